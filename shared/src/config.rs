@@ -1,0 +1,103 @@
+//! Configuration pieces flattened into both binaries, and the shared parse step.
+//!
+//! Every option is a clap flag with an env fallback; the doc comments become
+//! `--help`. Invalid configuration exits with status 64 (`EX_USAGE`).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+/// Exit status for bad configuration (`EX_USAGE` from sysexits.h).
+pub const EX_USAGE: i32 = 64;
+
+/// Default Redis address. The spec's default is `redis:6379` (a compose service
+/// name); ours is loopback so a local run works without extra setup.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Where and how to reach Redis.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis address: `host:port` (as in the spec) or a `redis://` / `rediss://` URL.
+    #[arg(long = "redis-url", env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+
+    /// Connections in the shared command pool (blocking reads and pub/sub get their own).
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 8)]
+    pub redis_pool_size: usize,
+
+    /// Timeout for connecting to Redis and for each command, in milliseconds.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    /// The URL with the spec's bare `host:port` form turned into `redis://host:port`.
+    pub fn normalized_url(&self) -> String {
+        normalize_redis_url(&self.redis_url)
+    }
+
+    /// The per-command timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+}
+
+/// Turns `host:port` into `redis://host:port`; URLs pass unchanged.
+pub fn normalize_redis_url(raw: &str) -> String {
+    let raw = raw.trim();
+    if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("redis://{raw}")
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logging options; the filter itself comes from `RUST_LOG` (default `info`).
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Parses `T` from the command line and environment.
+///
+/// `--help` and `--version` print and exit 0; any error prints clap's message
+/// and exits with [`EX_USAGE`].
+pub fn parse_or_exit<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(v) => v,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            std::process::exit(EX_USAGE);
+        }
+        Err(e) => e.exit(),
+    }
+}
+
+/// Prints a configuration error and exits with [`EX_USAGE`].
+pub fn exit_usage(message: impl std::fmt::Display) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(EX_USAGE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_host_port_becomes_url() {
+        assert_eq!(normalize_redis_url("redis:6379"), "redis://redis:6379");
+        assert_eq!(normalize_redis_url("redis://a:1/2"), "redis://a:1/2");
+        assert_eq!(normalize_redis_url("rediss://a:1"), "rediss://a:1");
+    }
+}

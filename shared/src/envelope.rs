@@ -1,0 +1,181 @@
+//! Internal records exchanged through Redis, encoded as MessagePack.
+//!
+//! They never reach clients: gateways append [`StreamEntry`] to a shard stream;
+//! workers publish [`DeliveryBatch`] to a gateway's channel. A version byte lets
+//! a rolling upgrade tell old records from new ones.
+
+use serde::{Deserialize, Serialize};
+
+/// Current envelope version.
+pub const VERSION: u8 = 1;
+
+/// Field name of the envelope inside a stream entry.
+pub const STREAM_FIELD: &str = "e";
+
+/// One chat message as the gateway stamped it, waiting in a shard stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEntry {
+    /// Envelope version ([`VERSION`]).
+    pub v: u8,
+    /// UUID v7 (string form).
+    pub id: String,
+    /// Validated room id.
+    pub room: String,
+    /// Validated display name.
+    pub username: String,
+    /// Validated message text.
+    pub message: String,
+    /// RFC 3339 UTC timestamp with milliseconds and `Z`.
+    pub timestamp: String,
+    /// Gateway stamp in Unix microseconds, for end-to-end latency metrics.
+    pub stamped_us: i64,
+}
+
+/// The JSON record of a message without its closing `}` and `seq`: the worker's
+/// persistence script appends `,"seq":N}` once it has assigned the sequence.
+#[derive(Serialize)]
+struct RecordPrefix<'a> {
+    id: &'a str,
+    room: &'a str,
+    message: &'a str,
+    username: &'a str,
+    timestamp: &'a str,
+}
+
+impl StreamEntry {
+    /// Encodes as MessagePack (named fields, so fields can be added later).
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding a struct of strings and integers into a Vec cannot fail.
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    /// Decodes an entry read from a stream.
+    ///
+    /// # Errors
+    /// Fails on bytes that are not a version-1 entry.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let e: Self = rmp_serde::from_slice(bytes).map_err(|_| DecodeError)?;
+        if e.v != VERSION {
+            return Err(DecodeError);
+        }
+        Ok(e)
+    }
+
+    /// The stored JSON record up to (not including) `,"seq":N}`.
+    pub fn record_prefix(&self) -> String {
+        let mut s = serde_json::to_string(&RecordPrefix {
+            id: &self.id,
+            room: &self.room,
+            message: &self.message,
+            username: &self.username,
+            timestamp: &self.timestamp,
+        })
+        .unwrap_or_default();
+        s.pop(); // the closing brace
+        s
+    }
+}
+
+/// One message ready for delivery to a gateway's local connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Room the message belongs to.
+    pub room: String,
+    /// Its per-room sequence number.
+    pub seq: u64,
+    /// The stored JSON record, embedded verbatim in the `message` frame.
+    pub record: String,
+    /// Gateway stamp in Unix microseconds (latency metrics).
+    pub stamped_us: i64,
+}
+
+/// What a worker publishes to one gateway's channel per processed batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryBatch {
+    /// Envelope version ([`VERSION`]).
+    pub v: u8,
+    /// Deliveries in stream order (so in `seq` order per room).
+    pub deliveries: Vec<Delivery>,
+    /// Worker publish time in Unix microseconds (latency metrics).
+    pub published_us: i64,
+}
+
+impl DeliveryBatch {
+    /// Encodes as MessagePack.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    /// Decodes a batch received on a gateway channel.
+    ///
+    /// # Errors
+    /// Fails on bytes that are not a version-1 batch.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let b: Self = rmp_serde::from_slice(bytes).map_err(|_| DecodeError)?;
+        if b.v != VERSION {
+            return Err(DecodeError);
+        }
+        Ok(b)
+    }
+}
+
+/// Bytes that are not a valid envelope of this version.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("undecodable envelope")]
+pub struct DecodeError;
+
+/// Current time in Unix microseconds.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MessageRecord;
+
+    fn entry() -> StreamEntry {
+        StreamEntry {
+            v: VERSION,
+            id: "0190-uuid".into(),
+            room: "lobby".into(),
+            username: "ana \"quoted\"".into(),
+            message: "hi\nthere ✓".into(),
+            timestamp: "2026-11-25T14:00:00.123Z".into(),
+            stamped_us: 42,
+        }
+    }
+
+    #[test]
+    fn stream_entry_round_trip() {
+        let e = entry();
+        assert_eq!(StreamEntry::decode(&e.encode()).unwrap(), e);
+        assert!(StreamEntry::decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn prefix_plus_seq_is_the_spec_record() {
+        let e = entry();
+        let json = format!("{},\"seq\":7}}", e.record_prefix());
+        let rec: MessageRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(rec.seq, 7);
+        assert_eq!(rec.message, e.message);
+        assert_eq!(rec.username, e.username);
+        assert!(json.starts_with(r#"{"id":"#));
+    }
+
+    #[test]
+    fn batch_round_trip() {
+        let b = DeliveryBatch {
+            v: VERSION,
+            deliveries: vec![Delivery {
+                room: "r".into(),
+                seq: 1,
+                record: "{}".into(),
+                stamped_us: 5,
+            }],
+            published_us: 6,
+        };
+        assert_eq!(DeliveryBatch::decode(&b.encode()).unwrap(), b);
+    }
+}

@@ -1,0 +1,109 @@
+//! Every Redis key, channel and group name, in one place.
+//!
+//! The spec's keys keep their exact names: `messages:<room>`, `connections:<room>`
+//! and `rooms:active`. Our own per-room keys embed the spec key as a cluster
+//! hash tag (`chat:room:{messages:<room>}`), so they share a slot with it and the
+//! worker's persistence script can touch the history list and the sequence
+//! state in one atomic call on Redis Cluster too. Room ids cannot contain braces
+//! (see [`RoomId`]), so no room can inject a hash tag.
+//!
+//! | key | type | owner |
+//! |---|---|---|
+//! | `messages:<room>` | list | worker (history, oldest first) |
+//! | `chat:room:{messages:<room>}` | hash `seq`, `last_entry`, `epoch` | worker |
+//! | `connections:<room>` | set of `<gateway>/<conn>` | gateway |
+//! | `chat:room-gateways:{connections:<room>}` | hash gateway → open connections | gateway |
+//! | `rooms:active` | set | gateway adds, worker adds, janitor removes |
+//! | `chat:stream:{shard-<n>}` | stream of [`crate::envelope::StreamEntry`] | gateway appends, worker consumes |
+//! | `chat:lease:{shard-<n>}` | string worker id, with TTL | worker |
+//! | `chat:gateways` | hash gateway id → last heartbeat (ms) | gateway, janitor |
+//! | `chat:deliver:<gateway>` | pub/sub channel of [`crate::envelope::DeliveryBatch`] | worker → gateway |
+
+use crate::ids::RoomId;
+
+/// The set of rooms with connections or unexpired history (spec key).
+pub const ROOMS_ACTIVE: &str = "rooms:active";
+/// The consumer group every worker joins on every shard stream.
+pub const CONSUMER_GROUP: &str = "chat-fanout";
+/// Registry of live gateways with their last heartbeat time.
+pub const GATEWAYS: &str = "chat:gateways";
+
+/// History list of a room (spec key).
+pub fn messages(room: &RoomId) -> String {
+    format!("messages:{room}")
+}
+
+/// Open connections of a room (spec key).
+pub fn connections(room: &RoomId) -> String {
+    format!("connections:{room}")
+}
+
+/// Sequence state of a room, in the slot of [`messages`].
+pub fn room_state(room: &RoomId) -> String {
+    format!("chat:room:{{messages:{room}}}")
+}
+
+/// Gateway → connection count of a room, in the slot of [`connections`].
+pub fn room_gateways(room: &RoomId) -> String {
+    format!("chat:room-gateways:{{connections:{room}}}")
+}
+
+/// Stream of shard `n`.
+pub fn stream(shard: u32) -> String {
+    format!("chat:stream:{{shard-{shard}}}")
+}
+
+/// Lease of shard `n`, in the slot of its stream.
+pub fn lease(shard: u32) -> String {
+    format!("chat:lease:{{shard-{shard}}}")
+}
+
+/// Pub/sub channel of one gateway.
+pub fn gateway_channel(gateway_id: &str) -> String {
+    format!("chat:deliver:{gateway_id}")
+}
+
+/// The member stored in `connections:<room>` for one connection.
+pub fn connection_member(gateway_id: &str, conn_id: &str) -> String {
+    format!("{gateway_id}/{conn_id}")
+}
+
+/// The shard of a room: FNV-1a (64 bit) of the room id modulo `shards`.
+///
+/// Stable across processes, versions and platforms: every gateway must map a
+/// room to the same stream, or per-room order would be lost.
+pub fn shard_of(room: &RoomId, shards: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in room.as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(shards.max(1))) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_keys_keep_their_names() {
+        let r = RoomId::parse("lobby").unwrap();
+        assert_eq!(messages(&r), "messages:lobby");
+        assert_eq!(connections(&r), "connections:lobby");
+        assert_eq!(room_state(&r), "chat:room:{messages:lobby}");
+        assert_eq!(room_gateways(&r), "chat:room-gateways:{connections:lobby}");
+    }
+
+    #[test]
+    fn shard_is_stable_and_in_range() {
+        let r = RoomId::parse("lobby").unwrap();
+        // Pinned: changing the hash would reorder rooms during a rolling upgrade.
+        assert_eq!(shard_of(&r, 16), shard_of(&r, 16));
+        assert_eq!(shard_of(&r, 1), 0);
+        for i in 0..1000 {
+            let r = RoomId::parse(&format!("room-{i}")).unwrap();
+            assert!(shard_of(&r, 16) < 16);
+        }
+        assert_eq!(shard_of(&RoomId::parse("a").unwrap(), 1 << 30), 0xaf63dc4c8601ec8c_u64 as u32 % (1 << 30));
+    }
+}

@@ -1,0 +1,31 @@
+//! Pieces shared by `chat-gateway` and `chat-fanout-worker`.
+//!
+//! # Layout
+//! - [`ids`]: validated newtypes (`RoomId`, `Username`, …) so unvalidated input
+//!   cannot reach Redis.
+//! - [`protocol`]: the client-facing JSON frames, their validation and the closed
+//!   set of error codes.
+//! - [`envelope`]: the internal MessagePack records that travel gateway → stream →
+//!   worker → gateway channel.
+//! - [`keys`]: every Redis key, channel and group name, with the hash tags that
+//!   keep per-room and per-shard work in one cluster slot.
+//! - [`config`]: clap pieces flattened into both binaries (Redis, logging).
+//! - [`redis`]: connection pool and dedicated-connection setup.
+//! - [`metrics`]: metric names, their descriptions and the Prometheus recorder.
+//! - [`shutdown`]: the one SIGTERM/SIGINT handler feeding a `CancellationToken`.
+//! - [`telemetry`]: tracing subscriber set-up (`RUST_LOG`, `LOG_FORMAT`).
+//!
+//! Data flows: a gateway parses a [`protocol::ClientFrame`], stamps it into an
+//! [`envelope::StreamEntry`] and appends it to the stream named by
+//! [`keys::stream`]; a worker persists it under [`keys::messages`] and publishes an
+//! [`envelope::DeliveryBatch`] to [`keys::gateway_channel`] of each owning gateway.
+
+pub mod config;
+pub mod envelope;
+pub mod ids;
+pub mod keys;
+pub mod metrics;
+pub mod protocol;
+pub mod redis;
+pub mod shutdown;
+pub mod telemetry;

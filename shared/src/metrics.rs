@@ -1,0 +1,93 @@
+//! Metric names, their descriptions, and the Prometheus recorder.
+//!
+//! Names follow `chat_<subsystem>_<name>_<unit>`; counters end in `_total`;
+//! label values come from small fixed sets (error codes, close reasons), never
+//! a room, user or message id.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Gauge: WebSocket connections open on this gateway.
+pub const GW_CONNECTIONS: &str = "chat_gateway_connections";
+/// Counter: connections accepted (upgraded).
+pub const GW_CONNECTIONS_OPENED: &str = "chat_gateway_connections_opened_total";
+/// Counter: connections closed, by `reason`.
+pub const GW_CONNECTIONS_CLOSED: &str = "chat_gateway_connections_closed_total";
+/// Counter: upgrade requests refused before the upgrade, by `code`.
+pub const GW_CONNECTIONS_REJECTED: &str = "chat_gateway_connections_rejected_total";
+/// Counter: inbound frames by `result` (`accepted` or an error code).
+pub const GW_FRAMES_RECEIVED: &str = "chat_gateway_frames_received_total";
+/// Counter: message frames queued to local connections.
+pub const GW_MESSAGES_DELIVERED: &str = "chat_gateway_messages_delivered_total";
+/// Counter: connections dropped because their outbound queue was full.
+pub const GW_SLOW_CONSUMERS: &str = "chat_gateway_slow_consumer_disconnects_total";
+/// Histogram: time to append a message to its stream (XADD round trip).
+pub const GW_APPEND_SECONDS: &str = "chat_gateway_stream_append_seconds";
+/// Histogram: gateway stamp → delivery into local queues.
+pub const GW_DELIVERY_LATENCY_SECONDS: &str = "chat_gateway_delivery_latency_seconds";
+/// Counter: failed Redis operations, by `op`.
+pub const GW_REDIS_ERRORS: &str = "chat_gateway_redis_errors_total";
+/// Counter: times the delivery subscription was (re-)established.
+pub const GW_SUBSCRIPTIONS: &str = "chat_gateway_subscriptions_total";
+
+/// Counter: messages newly written to history.
+pub const WK_PERSISTED: &str = "chat_worker_messages_persisted_total";
+/// Counter: stream entries that were already applied (takeover re-processing).
+pub const WK_DUPLICATES: &str = "chat_worker_messages_duplicate_total";
+/// Counter: stream entries that could not be decoded (acked and dropped).
+pub const WK_UNDECODABLE: &str = "chat_worker_entries_undecodable_total";
+/// Histogram: entries per processed batch.
+pub const WK_BATCH_SIZE: &str = "chat_worker_batch_size_messages";
+/// Histogram: gateway stamp → worker publish.
+pub const WK_PUBLISH_LATENCY_SECONDS: &str = "chat_worker_publish_latency_seconds";
+/// Counter: delivery batches published to gateway channels.
+pub const WK_PUBLISHES: &str = "chat_worker_publishes_total";
+/// Counter: failed Redis operations, by `op`.
+pub const WK_REDIS_ERRORS: &str = "chat_worker_redis_errors_total";
+/// Gauge: stream shards this worker processes.
+pub const WK_SHARDS_OWNED: &str = "chat_worker_shards_owned";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+/// Installs the global recorder and describes every metric once.
+///
+/// # Errors
+/// Fails when a recorder is already installed.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_messages".into()), BATCH_BUCKETS)?
+        .install_recorder()?;
+    describe_all();
+    Ok(handle)
+}
+
+/// Keeps histograms' internal buffers drained; run from a periodic task.
+pub fn upkeep(handle: &PrometheusHandle) {
+    handle.run_upkeep();
+}
+
+fn describe_all() {
+    describe_gauge!(GW_CONNECTIONS, Unit::Count, "WebSocket connections open on this gateway");
+    describe_counter!(GW_CONNECTIONS_OPENED, Unit::Count, "WebSocket connections accepted");
+    describe_counter!(GW_CONNECTIONS_CLOSED, Unit::Count, "WebSocket connections closed, by reason");
+    describe_counter!(GW_CONNECTIONS_REJECTED, Unit::Count, "Upgrade requests refused before the upgrade, by code");
+    describe_counter!(GW_FRAMES_RECEIVED, Unit::Count, "Inbound frames, by result (accepted or error code)");
+    describe_counter!(GW_MESSAGES_DELIVERED, Unit::Count, "Message frames queued to local connections");
+    describe_counter!(GW_SLOW_CONSUMERS, Unit::Count, "Connections closed because their outbound queue was full");
+    describe_histogram!(GW_APPEND_SECONDS, Unit::Seconds, "Time to append a message to its Redis stream");
+    describe_histogram!(GW_DELIVERY_LATENCY_SECONDS, Unit::Seconds, "Gateway stamp to delivery into local queues");
+    describe_counter!(GW_REDIS_ERRORS, Unit::Count, "Failed Redis operations on the gateway, by op");
+    describe_counter!(GW_SUBSCRIPTIONS, Unit::Count, "Delivery channel subscriptions established");
+    describe_counter!(WK_PERSISTED, Unit::Count, "Messages newly written to history");
+    describe_counter!(WK_DUPLICATES, Unit::Count, "Stream entries already applied before (re-processing)");
+    describe_counter!(WK_UNDECODABLE, Unit::Count, "Stream entries that could not be decoded");
+    describe_histogram!(WK_BATCH_SIZE, Unit::Count, "Stream entries per processed batch");
+    describe_histogram!(WK_PUBLISH_LATENCY_SECONDS, Unit::Seconds, "Gateway stamp to worker publish");
+    describe_counter!(WK_PUBLISHES, Unit::Count, "Delivery batches published to gateway channels");
+    describe_counter!(WK_REDIS_ERRORS, Unit::Count, "Failed Redis operations on the worker, by op");
+    describe_gauge!(WK_SHARDS_OWNED, Unit::Count, "Stream shards this worker processes");
+}
