@@ -1,1 +1,109 @@
+//! `chat-fanout-worker`: turns stream entries into history and deliveries.
+//!
+//! # Layout
+//! - [`config`]: flags and env variables.
+//! - `supervisor`: holds, renews and balances shard leases (`lease`), starting
+//!   one `shard` task per held shard and stopping it when the lease is lost.
+//! - `shard`: claims pending entries, reads new ones, and runs each batch
+//!   through `persist` (idempotent Lua: history, `seq`, epoch) and `publish`
+//!   (one delivery batch per owning gateway), then acks and trims.
+//! - `http`: `/metrics`, `/livez`, `/readyz`.
+//!
+//! [`run`] is what `main` calls and what tests start: the binary is a thin shell.
 
+pub mod config;
+mod http;
+mod lease;
+mod persist;
+mod publish;
+mod shard;
+mod supervisor;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_shared::redis::RedisHandle;
+use chat_shared::metrics::PrometheusHandle as Handle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::WorkerConfig;
+
+/// Everything the worker's tasks share.
+pub(crate) struct Context {
+    pub(crate) config: WorkerConfig,
+    pub(crate) worker_id: String,
+    pub(crate) redis: RedisHandle,
+    pub(crate) metrics: Option<Handle>,
+    ready: AtomicBool,
+}
+
+impl Context {
+    pub(crate) fn set_ready(&self, v: bool) {
+        self.ready.store(v, Ordering::Release);
+    }
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Runs the worker until `shutdown` is cancelled, then drains and returns.
+///
+/// `listener` serves the HTTP endpoints; `metrics` renders `/metrics` (tests
+/// may pass `None` when no recorder is installed).
+///
+/// # Errors
+/// Fails when the Redis configuration is unusable.
+pub async fn run(
+    config: WorkerConfig,
+    worker_id: String,
+    listener: TcpListener,
+    metrics: Option<Handle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let redis = RedisHandle::new(&config.redis)?;
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let ctx = Arc::new(Context {
+        config,
+        worker_id,
+        redis,
+        metrics,
+        ready: AtomicBool::new(false),
+    });
+    tracing::info!(worker_id = %ctx.worker_id, shards = ctx.config.stream_shards, "Worker starting");
+
+    let http_stop = CancellationToken::new();
+    let http = {
+        let stop = http_stop.clone();
+        let app = http::router(ctx.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        })
+    };
+    if let Some(h) = ctx.metrics.clone() {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = t.tick() => chat_shared::metrics::upkeep(&h),
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    let supervisor = tokio::spawn(supervisor::run(ctx.clone(), shutdown.clone()));
+    shutdown.cancelled().await;
+    tracing::info!(grace_secs = grace.as_secs(), "Draining worker");
+    if tokio::time::timeout(grace, supervisor).await.is_err() {
+        tracing::warn!("Drain exceeded the grace period; exiting anyway");
+    }
+    http_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
+    tracing::info!("Worker stopped");
+    Ok(())
+}

@@ -5,7 +5,8 @@
 //! a room, user or message id.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Gauge: WebSocket connections open on this gateway.
 pub const GW_CONNECTIONS: &str = "chat_gateway_connections";

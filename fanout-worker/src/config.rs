@@ -1,0 +1,77 @@
+//! Worker configuration: clap flags with env fallbacks.
+
+use std::time::Duration;
+
+use chat_shared::config::{LogArgs, RedisArgs};
+use clap::Parser;
+
+/// Default port of the worker's `/metrics`, `/livez`, `/readyz` server.
+pub const DEFAULT_METRICS_PORT: u16 = 9091;
+
+/// `chat-fanout-worker`: persists chat messages from the Redis stream shards to
+/// history, assigns per-room `seq`, and publishes them to the gateways that own
+/// connections in each room.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct WorkerConfig {
+    /// Identity of this worker (default: host name plus a random suffix).
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Port of the HTTP server for `/metrics`, `/livez` and `/readyz`.
+    #[arg(long, env = "METRICS_PORT", default_value_t = DEFAULT_METRICS_PORT)]
+    pub metrics_port: u16,
+
+    /// Address the HTTP server binds to.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind_addr: String,
+
+    /// Number of stream shards; must be the same on every gateway and worker.
+    #[arg(long, env = "STREAM_SHARDS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub stream_shards: u32,
+
+    /// Messages kept per room in `messages:{room}`.
+    #[arg(long, env = "HISTORY_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub history_limit: u64,
+
+    /// Expiry of a room's history after its last message, in seconds (default 7 days).
+    #[arg(long, env = "HISTORY_TTL", default_value_t = 604_800, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_ttl: u64,
+
+    /// Most stream entries read and processed per batch.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub batch_size: u64,
+
+    /// Longest a blocking stream read waits for new entries, in milliseconds.
+    #[arg(long, env = "READ_BLOCK_MS", default_value_t = 1000)]
+    pub read_block_ms: u64,
+
+    /// Lease time-to-live of a shard, in milliseconds. A dead worker's shards are
+    /// taken over after at most this long.
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub lease_ttl_ms: u64,
+
+    /// Seconds to finish in-flight work after SIGTERM before exiting anyway.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+}
+
+impl WorkerConfig {
+    /// Blocking read timeout.
+    pub fn read_block(&self) -> Duration {
+        Duration::from_millis(self.read_block_ms.clamp(10, 30_000))
+    }
+
+    /// Lease TTL.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+}

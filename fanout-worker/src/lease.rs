@@ -1,0 +1,156 @@
+//! Shard leases: at most one worker processes a shard at a time.
+//!
+//! A lease is `chat:lease:{shard-n}` = worker id with a TTL, taken with
+//! `SET NX PX` and renewed or released only by its holder (compare-and-set in
+//! Lua). The holder also tracks, on its own monotonic clock, until when its
+//! lease is surely still valid ([`LeaseClock`]): the renewal's send time plus
+//! the TTL minus a safety margin. A shard task stops before that instant when
+//! renewals fail, so it has stopped before any other worker can acquire the
+//! lease, whatever Redis's clock does.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_shared::keys;
+use chat_shared::redis::{RedisError, RedisHandle};
+use redis::Script;
+
+const RENEW_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// Lease operations for one worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Leases {
+    redis: RedisHandle,
+    worker_id: String,
+    ttl: Duration,
+}
+
+impl Leases {
+    pub(crate) fn new(redis: RedisHandle, worker_id: String, ttl: Duration) -> Self {
+        Self { redis, worker_id, ttl }
+    }
+
+    /// The part of the TTL a holder never uses: it stops this long before expiry.
+    pub(crate) fn safety_margin(&self) -> Duration {
+        self.ttl / 4
+    }
+
+    /// Tries to take a free lease. `Ok(true)` when this worker now holds it.
+    pub(crate) async fn acquire(&self, shard: u32) -> Result<bool, RedisError> {
+        let reply: Option<String> = self
+            .redis
+            .query(
+                redis::cmd("SET")
+                    .arg(keys::lease(shard))
+                    .arg(&self.worker_id)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.ttl.as_millis() as u64),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    /// Extends a held lease. `Ok(false)` when it is no longer ours.
+    pub(crate) async fn renew(&self, shard: u32) -> Result<bool, RedisError> {
+        let script = Script::new(RENEW_LUA);
+        let mut conn = self.redis.get().await?;
+        let n: i64 = script
+            .key(keys::lease(shard))
+            .arg(&self.worker_id)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Gives a lease back so another worker can take the shard at once.
+    pub(crate) async fn release(&self, shard: u32) -> Result<(), RedisError> {
+        let script = Script::new(RELEASE_LUA);
+        let mut conn = self.redis.get().await?;
+        let _: i64 = script
+            .key(keys::lease(shard))
+            .arg(&self.worker_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Until when a held lease is surely valid, on this process's monotonic clock.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseClock {
+    base: Instant,
+    /// Milliseconds after `base` at which the holder must have stopped.
+    valid_until_ms: Arc<AtomicU64>,
+}
+
+impl LeaseClock {
+    /// A clock valid until `sent + ttl - margin`, where `sent` is when the
+    /// acquiring or renewing command was sent.
+    pub(crate) fn new(sent: Instant, ttl: Duration, margin: Duration) -> Self {
+        let base = sent;
+        let c = Self {
+            base,
+            valid_until_ms: Arc::new(AtomicU64::new(0)),
+        };
+        c.extend(sent, ttl, margin);
+        c
+    }
+
+    /// Records a successful renewal sent at `sent`.
+    pub(crate) fn extend(&self, sent: Instant, ttl: Duration, margin: Duration) {
+        let until = sent.saturating_duration_since(self.base) + ttl.saturating_sub(margin);
+        self.valid_until_ms.fetch_max(until.as_millis() as u64, Ordering::AcqRel);
+    }
+
+    /// Whether the holder may still process.
+    pub(crate) fn is_valid(&self) -> bool {
+        let now = Instant::now().saturating_duration_since(self.base).as_millis() as u64;
+        now < self.valid_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Marks the lease lost at once.
+    pub(crate) fn expire(&self) {
+        self.valid_until_ms.store(0, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn clock_expires_before_the_lease_unless_renewed() {
+        let ttl = Duration::from_secs(10);
+        let margin = Duration::from_secs(2);
+        let clock = LeaseClock::new(tokio::time::Instant::now().into_std(), ttl, margin);
+        assert!(clock.is_valid());
+        tokio::time::advance(Duration::from_secs(7)).await;
+        // Paused tokio time does not move std's Instant; check the arithmetic directly.
+        let later = clock.base + Duration::from_millis(7_900);
+        let until = clock.valid_until_ms.load(Ordering::Acquire);
+        assert_eq!(until, 8_000);
+        assert!(later.saturating_duration_since(clock.base).as_millis() < u128::from(until));
+        clock.extend(clock.base + Duration::from_secs(5), ttl, margin);
+        assert_eq!(clock.valid_until_ms.load(Ordering::Acquire), 13_000);
+        // An older renewal never shortens validity.
+        clock.extend(clock.base, ttl, margin);
+        assert_eq!(clock.valid_until_ms.load(Ordering::Acquire), 13_000);
+        clock.expire();
+        assert!(!clock.is_valid());
+    }
+}

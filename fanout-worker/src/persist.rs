@@ -1,0 +1,97 @@
+//! Idempotent persistence of one message to its room's history.
+//!
+//! One Lua call per message touches only keys in the slot of `messages:<room>`:
+//! the history list and the room state hash (`seq`, `last_entry`, `epoch`). An
+//! entry whose stream id is not above `last_entry` was applied before (a
+//! takeover re-processing it): the script then returns the stored record so it
+//! can be delivered again, and neither adds a copy nor burns a `seq`.
+
+use chat_shared::ids::RoomId;
+use chat_shared::keys;
+use redis::Script;
+
+/// The persistence script.
+///
+/// KEYS: `messages:<room>`, `chat:room:{messages:<room>}`.
+/// ARGV: stream entry id, record prefix (JSON without `,"seq":N}`), history
+/// limit, ttl seconds, epoch candidate, message id.
+/// Returns `{seq, record}` when applied, `{0, record or false}` when it was
+/// applied before.
+const PERSIST_LUA: &str = r#"
+local function older_or_equal(a, b)
+  local am, as = string.match(a, "^(%d+)-(%d+)$")
+  local bm, bs = string.match(b, "^(%d+)-(%d+)$")
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  if am ~= bm then return am < bm end
+  return as <= bs
+end
+local last = redis.call('HGET', KEYS[2], 'last_entry')
+if last and older_or_equal(ARGV[1], last) then
+  local needle = '"id":"' .. ARGV[6] .. '"'
+  local items = redis.call('LRANGE', KEYS[1], 0, -1)
+  for i = #items, 1, -1 do
+    if string.find(items[i], needle, 1, true) then
+      return {0, items[i]}
+    end
+  end
+  return {0, false}
+end
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+redis.call('HSETNX', KEYS[2], 'epoch', ARGV[5])
+redis.call('HSET', KEYS[2], 'last_entry', ARGV[1])
+local record = ARGV[2] .. ',"seq":' .. seq .. '}'
+redis.call('RPUSH', KEYS[1], record)
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {seq, record}
+"#;
+
+/// The loaded script object (its SHA is computed once).
+pub(crate) fn script() -> Script {
+    Script::new(PERSIST_LUA)
+}
+
+/// Adds one persist invocation to `pipe`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_to_pipeline(
+    pipe: &mut redis::Pipeline,
+    script: &Script,
+    room: &RoomId,
+    entry_id: &str,
+    record_prefix: &str,
+    history_limit: u64,
+    ttl_secs: u64,
+    epoch: &str,
+    message_id: &str,
+) {
+    let mut inv = script.key(keys::messages(room));
+    inv.key(keys::room_state(room))
+        .arg(entry_id)
+        .arg(record_prefix)
+        .arg(history_limit)
+        .arg(ttl_secs)
+        .arg(epoch)
+        .arg(message_id);
+    pipe.invoke_script(&inv);
+}
+
+/// What the script answered for one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Persisted {
+    /// Newly written with this `seq`.
+    New { seq: u64, record: String },
+    /// Applied before; the stored record if it is still in history.
+    Duplicate { record: Option<String> },
+}
+
+impl redis::FromRedisValue for Persisted {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        let (seq, record): (u64, Option<String>) = redis::FromRedisValue::from_redis_value(v)?;
+        Ok(match (seq, record) {
+            (0, record) => Persisted::Duplicate { record },
+            (seq, Some(record)) => Persisted::New { seq, record },
+            (_, None) => return Err("persist script returned a seq without a record".into()),
+        })
+    }
+}

@@ -1,0 +1,280 @@
+//! Processing of one stream shard while this worker holds its lease.
+//!
+//! The loop first claims every pending entry of the shard's consumer group
+//! (entries a dead or replaced worker read but never acked) and processes them
+//! in id order, then reads new entries with `XREADGROUP … BLOCK`. Each batch
+//! costs three round trips: persist all (Lua, idempotent), look up the owning
+//! gateways of the batch's rooms, then publish + `XACK` + `XTRIM MINID`. An entry
+//! is acked only after it is persisted and published, so a crash at any point
+//! leaves it pending for the next holder.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_shared::envelope::{now_us, Delivery, StreamEntry, STREAM_FIELD};
+use chat_shared::ids::RoomId;
+use chat_shared::keys;
+use chat_shared::metrics as m;
+use chat_shared::protocol::record_seq;
+use chat_shared::redis::RedisError;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+use crate::lease::LeaseClock;
+use crate::persist::{self, Persisted};
+use crate::publish::{self, Routing};
+use crate::Context;
+
+/// Longest pause between attempts after a Redis failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Runs the shard loop until `cancel` fires or the lease lapses.
+pub(crate) async fn run(shard: u32, ctx: Arc<Context>, lease: LeaseClock, cancel: CancellationToken) {
+    let stream = keys::stream(shard);
+    let consumer = ctx.worker_id.clone();
+    let script = persist::script();
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut backlog_done = false;
+    let mut backoff = Duration::from_millis(50);
+    tracing::info!(shard, "Shard processing started");
+    while !cancel.is_cancelled() && lease.is_valid() {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match open(&ctx, &stream).await {
+                Ok(c) => {
+                    backoff = Duration::from_millis(50);
+                    backlog_done = false;
+                    conn.insert(c)
+                }
+                Err(e) => {
+                    metrics::counter!(m::WK_REDIS_ERRORS, "op" => "connect").increment(1);
+                    tracing::warn!(shard, error = %e, "Cannot open shard connection; retrying");
+                    pause(&cancel, &mut backoff).await;
+                    continue;
+                }
+            },
+        };
+        let read = if backlog_done {
+            read_new(c, &stream, &consumer, &ctx, &cancel).await
+        } else {
+            claim_pending(c, &stream, &consumer, &ctx).await.map(|(entries, done)| {
+                backlog_done = done;
+                entries
+            })
+        };
+        let result = match read {
+            Ok(entries) if entries.is_empty() => Ok(()),
+            // The lease may have lapsed during a long read: never process then.
+            Ok(_) if !lease.is_valid() => break,
+            Ok(entries) => process(c, &script, &stream, &ctx, entries).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let nogroup = matches!(&e, RedisError::Command(re) if re.code() == Some("NOGROUP"));
+            if !nogroup {
+                metrics::counter!(m::WK_REDIS_ERRORS, "op" => "shard").increment(1);
+                tracing::warn!(shard, error = %e, "Shard batch failed; will reconnect and retry pending entries");
+            } else {
+                tracing::info!(shard, "Consumer group missing (Redis restarted or flushed); recreating");
+            }
+            conn = None;
+            pause(&cancel, &mut backoff).await;
+        }
+    }
+    tracing::info!(shard, lease_valid = lease.is_valid(), "Shard processing stopped");
+}
+
+async fn pause(cancel: &CancellationToken, backoff: &mut Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = cancel.cancelled() => {}
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
+async fn open(ctx: &Context, stream: &str) -> Result<MultiplexedConnection, RedisError> {
+    let mut c = ctx.redis.dedicated(ctx.config.read_block()).await?;
+    let created: Result<(), redis::RedisError> = c.xgroup_create_mkstream(stream, keys::CONSUMER_GROUP, "0").await;
+    match created {
+        Ok(()) => {}
+        Err(e) if e.code() == Some("BUSYGROUP") => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(c)
+}
+
+/// Claims up to a batch of pending entries from any consumer. Returns the
+/// entries and whether the pending list is exhausted.
+async fn claim_pending(
+    c: &mut MultiplexedConnection,
+    stream: &str,
+    consumer: &str,
+    ctx: &Context,
+) -> Result<(Vec<StreamId>, bool), RedisError> {
+    // Entries in the pending list are claimed from the start each time: what
+    // we processed was acked and left the list, so "0-0" always yields the
+    // oldest unprocessed ones, in id order.
+    let opts = StreamAutoClaimOptions::default().count(ctx.config.batch_size as usize);
+    let reply: StreamAutoClaimReply = c
+        .xautoclaim_options(stream, keys::CONSUMER_GROUP, consumer, 0, "0-0", opts)
+        .await?;
+    let done = reply.claimed.is_empty();
+    if !reply.claimed.is_empty() {
+        tracing::info!(stream, entries = reply.claimed.len(), "Claimed pending entries");
+    }
+    Ok((reply.claimed, done))
+}
+
+async fn read_new(
+    c: &mut MultiplexedConnection,
+    stream: &str,
+    consumer: &str,
+    ctx: &Context,
+    cancel: &CancellationToken,
+) -> Result<Vec<StreamId>, RedisError> {
+    let opts = StreamReadOptions::default()
+        .group(keys::CONSUMER_GROUP, consumer)
+        .count(ctx.config.batch_size as usize)
+        .block(ctx.config.read_block().as_millis() as usize);
+    let keys = [stream];
+    let read = c.xread_options::<_, _, Option<StreamReadReply>>(&keys, &[">"], &opts);
+    let reply = tokio::select! {
+        r = read => r?,
+        // Dropping the read on shutdown is safe: anything it returned would
+        // stay pending and be claimed by the next holder.
+        _ = cancel.cancelled() => return Ok(Vec::new()),
+    };
+    Ok(reply
+        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+        .unwrap_or_default())
+}
+
+/// One decoded entry of a batch.
+struct Item {
+    entry: StreamEntry,
+    room: RoomId,
+}
+
+async fn process(
+    c: &mut MultiplexedConnection,
+    script: &redis::Script,
+    stream: &str,
+    ctx: &Context,
+    entries: Vec<StreamId>,
+) -> Result<(), RedisError> {
+    metrics::histogram!(m::WK_BATCH_SIZE).record(entries.len() as f64);
+    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    let mut items: Vec<(String, Item)> = Vec::with_capacity(entries.len());
+    for e in entries {
+        match decode(&e) {
+            Some(item) => items.push((e.id, item)),
+            None => {
+                metrics::counter!(m::WK_UNDECODABLE).increment(1);
+                tracing::warn!(stream, entry = %e.id, "Undecodable stream entry; acking and skipping it");
+            }
+        }
+    }
+
+    // 1. Persist every message (idempotent), mark rooms active.
+    let epoch = new_epoch();
+    let mut pipe = redis::pipe();
+    pipe.load_script(script).ignore();
+    let mut rooms: Vec<RoomId> = Vec::new();
+    for (id, item) in &items {
+        persist::add_to_pipeline(
+            &mut pipe,
+            script,
+            &item.room,
+            id,
+            &item.entry.record_prefix(),
+            ctx.config.history_limit,
+            ctx.config.history_ttl,
+            &epoch,
+            &item.entry.id,
+        );
+        if !rooms.contains(&item.room) {
+            rooms.push(item.room.clone());
+        }
+    }
+    for room in &rooms {
+        pipe.sadd(keys::ROOMS_ACTIVE, room.as_str()).ignore();
+    }
+    let persisted: Vec<Persisted> = if items.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(c).await?
+    };
+
+    // 2. Which gateways own connections in these rooms (after persisting, so a
+    //    gateway that registers later finds the message in history instead).
+    let mut pipe = redis::pipe();
+    publish::add_gateway_lookups(&mut pipe, &rooms);
+    let gateways: Vec<Vec<String>> = if rooms.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(c).await?
+    };
+
+    // 3. Route, publish, ack, trim.
+    let mut routing = Routing::default();
+    let now = now_us();
+    for ((_, item), result) in items.iter().zip(persisted) {
+        let (seq, record) = match result {
+            Persisted::New { seq, record } => {
+                metrics::counter!(m::WK_PERSISTED).increment(1);
+                (seq, record)
+            }
+            Persisted::Duplicate { record: Some(record) } => {
+                metrics::counter!(m::WK_DUPLICATES).increment(1);
+                match record_seq(&record) {
+                    Some(seq) => (seq, record),
+                    None => continue,
+                }
+            }
+            Persisted::Duplicate { record: None } => {
+                metrics::counter!(m::WK_DUPLICATES).increment(1);
+                continue;
+            }
+        };
+        let idx = rooms.iter().position(|r| r == &item.room).unwrap_or(0);
+        let delivery = Delivery {
+            room: item.entry.room.clone(),
+            seq,
+            record,
+            stamped_us: item.entry.stamped_us,
+        };
+        metrics::histogram!(m::WK_PUBLISH_LATENCY_SECONDS).record((now - item.entry.stamped_us).max(0) as f64 / 1e6);
+        if let Some(gws) = gateways.get(idx) {
+            routing.route(&delivery, gws);
+        }
+    }
+    let mut pipe = redis::pipe();
+    let published = routing.add_publishes(&mut pipe);
+    pipe.xack(stream, keys::CONSUMER_GROUP, &ids).ignore();
+    if let Some(last) = ids.last() {
+        // Everything up to `last` is processed and acked: entries below it can go.
+        pipe.cmd("XTRIM").arg(stream).arg("MINID").arg("~").arg(last).ignore();
+    }
+    let started = Instant::now();
+    pipe.query_async::<()>(c).await?;
+    metrics::counter!(m::WK_PUBLISHES).increment(published as u64);
+    tracing::trace!(stream, entries = ids.len(), published, elapsed = ?started.elapsed(), "Batch done");
+    Ok(())
+}
+
+fn decode(e: &StreamId) -> Option<Item> {
+    let bytes = match e.map.get(STREAM_FIELD)? {
+        redis::Value::BulkString(b) => b,
+        _ => return None,
+    };
+    let entry = StreamEntry::decode(bytes).ok()?;
+    let room = RoomId::parse(&entry.room).ok()?;
+    Some(Item { entry, room })
+}
+
+/// A fresh epoch candidate; only used when a room's state is created.
+fn new_epoch() -> String {
+    format!("{:x}", now_us())
+}

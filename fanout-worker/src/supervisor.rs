@@ -1,0 +1,185 @@
+//! Which shards this worker processes: acquires, renews, balances and releases leases.
+//!
+//! Every tick (a third of the lease TTL) the supervisor heartbeats in
+//! `chat:workers`, renews the leases it holds (a failed renewal stops that
+//! shard), computes its fair share `ceil(shards / live workers)`, releases
+//! shards above it (after their task has finished its batch) and tries to take
+//! free ones below it. A worker that joins therefore gets shards within a tick
+//! or two; a dead worker's shards are free once its leases expire.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_shared::envelope::now_us;
+use chat_shared::metrics as m;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::lease::{LeaseClock, Leases};
+use crate::{shard, Context};
+
+/// Registry of live workers: worker id → last heartbeat (Unix ms).
+pub(crate) const WORKERS_KEY: &str = "chat:workers";
+
+struct Owned {
+    clock: LeaseClock,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Runs until `shutdown`, then stops every shard task and releases its lease.
+pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let cfg = &ctx.config;
+    let ttl = cfg.lease_ttl();
+    let leases = Leases::new(ctx.redis.clone(), ctx.worker_id.clone(), ttl);
+    let margin = leases.safety_margin();
+    let tick = ttl / 3;
+    let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
+    let offset = start_offset(&ctx.worker_id, cfg.stream_shards);
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        // Tasks that stopped by themselves (lease lapsed) are forgotten.
+        owned.retain(|shard, o| {
+            let alive = !o.task.is_finished();
+            if !alive {
+                tracing::warn!(shard, "Shard task ended; lease considered lost");
+            }
+            alive
+        });
+
+        // Renew.
+        let mut lost = Vec::new();
+        for (&shard, o) in &owned {
+            let sent = Instant::now();
+            match tokio::time::timeout(margin, leases.renew(shard)).await {
+                Ok(Ok(true)) => o.clock.extend(sent, ttl, margin),
+                Ok(Ok(false)) => {
+                    tracing::warn!(shard, "Lease taken by another worker; stopping shard");
+                    o.clock.expire();
+                    lost.push(shard);
+                }
+                Ok(Err(e)) => {
+                    metrics::counter!(m::WK_REDIS_ERRORS, "op" => "lease").increment(1);
+                    tracing::warn!(shard, error = %e, "Lease renewal failed");
+                }
+                Err(_) => tracing::warn!(shard, "Lease renewal timed out"),
+            }
+        }
+        for shard in lost {
+            if let Some(o) = owned.remove(&shard) {
+                o.cancel.cancel();
+            }
+        }
+
+        // Balance.
+        let live = match live_workers(&ctx, ttl).await {
+            Ok(n) => n.max(1),
+            Err(e) => {
+                metrics::counter!(m::WK_REDIS_ERRORS, "op" => "heartbeat").increment(1);
+                tracing::warn!(error = %e, "Worker heartbeat failed; keeping current shards");
+                metrics::gauge!(m::WK_SHARDS_OWNED).set(owned.len() as f64);
+                continue;
+            }
+        };
+        let share = cfg.stream_shards.div_ceil(live) as usize;
+        while owned.len() > share {
+            let Some((&shard, _)) = owned.iter().next_back() else { break };
+            if let Some(o) = owned.remove(&shard) {
+                stop_and_release(shard, o, &leases).await;
+                tracing::info!(shard, share, live, "Released shard to rebalance");
+            }
+        }
+        for i in 0..cfg.stream_shards {
+            if owned.len() >= share {
+                break;
+            }
+            let shard = (offset + i) % cfg.stream_shards;
+            if owned.contains_key(&shard) {
+                continue;
+            }
+            let sent = Instant::now();
+            match leases.acquire(shard).await {
+                Ok(true) => {
+                    tracing::info!(shard, "Lease acquired");
+                    let clock = LeaseClock::new(sent, ttl, margin);
+                    let cancel = shutdown.child_token();
+                    let task = tokio::spawn(shard::run(shard, ctx.clone(), clock.clone(), cancel.clone()));
+                    owned.insert(shard, Owned { clock, cancel, task });
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    metrics::counter!(m::WK_REDIS_ERRORS, "op" => "lease").increment(1);
+                    tracing::warn!(shard, error = %e, "Lease acquisition failed");
+                    break;
+                }
+            }
+        }
+        metrics::gauge!(m::WK_SHARDS_OWNED).set(owned.len() as f64);
+        ctx.set_ready(true);
+    }
+
+    // Drain: let each shard finish its batch, then hand its lease over.
+    ctx.set_ready(false);
+    tracing::info!(shards = owned.len(), "Draining: releasing shard leases");
+    for (shard, o) in std::mem::take(&mut owned) {
+        stop_and_release(shard, o, &leases).await;
+    }
+    let _ = ctx
+        .redis
+        .query::<i64>(redis::cmd("HDEL").arg(WORKERS_KEY).arg(&ctx.worker_id))
+        .await;
+    metrics::gauge!(m::WK_SHARDS_OWNED).set(0.0);
+}
+
+async fn stop_and_release(shard: u32, o: Owned, leases: &Leases) {
+    o.cancel.cancel();
+    // The task stops after its in-flight batch; the lease is still ours until then.
+    if tokio::time::timeout(leases.safety_margin(), o.task).await.is_err() {
+        tracing::warn!(shard, "Shard task did not stop in time; leaving its lease to expire");
+        return;
+    }
+    if let Err(e) = leases.release(shard).await {
+        tracing::warn!(shard, error = %e, "Lease release failed; it will expire");
+    }
+}
+
+/// Heartbeats and counts workers seen within one lease TTL; forgets older ones.
+async fn live_workers(ctx: &Context, ttl: Duration) -> Result<u32, chat_shared::redis::RedisError> {
+    let now_ms = now_us() / 1000;
+    let (all,): (Vec<(String, i64)>,) = ctx
+        .redis
+        .pipe(
+            redis::pipe()
+                .cmd("HSET")
+                .arg(WORKERS_KEY)
+                .arg(&ctx.worker_id)
+                .arg(now_ms)
+                .ignore()
+                .cmd("HGETALL")
+                .arg(WORKERS_KEY),
+        )
+        .await?;
+    let cutoff = now_ms - ttl.as_millis() as i64;
+    let mut live = 0;
+    for (id, seen) in all {
+        if seen >= cutoff {
+            live += 1;
+        } else if seen < cutoff - 10 * ttl.as_millis() as i64 {
+            let _ = ctx.redis.query::<i64>(redis::cmd("HDEL").arg(WORKERS_KEY).arg(&id)).await;
+        }
+    }
+    Ok(live)
+}
+
+/// Where this worker starts looking for free shards, so workers that start
+/// together do not all race for shard 0.
+fn start_offset(worker_id: &str, shards: u32) -> u32 {
+    let h = worker_id.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    h % shards.max(1)
+}
