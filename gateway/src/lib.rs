@@ -1,1 +1,117 @@
+//! `chat-gateway`: the stateless WebSocket tier of the chat service.
+//!
+//! # Layout
+//! - [`config`]: flags and env variables.
+//! - [`http`]: routes (`/ws`, `/health`, `/livez`, `/readyz`, `/metrics`,
+//!   `/rooms/{room}/messages`) and the JSON error type.
+//! - `ws`: the upgrade (all refusals happen before it) and `ws::connection`,
+//!   one task per socket: inbound frames are validated ([`chat_shared::protocol`]),
+//!   stamped and appended to the room's stream ([`append`]), then acked.
+//! - [`subscriber`]: this gateway's delivery channel; batches published by
+//!   workers go to [`rooms`], the local registry, which queues each frame to the
+//!   members' bounded queues.
+//! - [`presence`]: connection entries and the gateway heartbeat in Redis.
+//! - [`history`]: consistent history snapshots for join, recovery and pages.
+//! - [`rate_limit`]: the per-connection token bucket.
+//!
+//! [`run`] is what `main` calls and what tests start.
 
+pub mod append;
+pub mod config;
+pub mod history;
+pub mod http;
+pub mod presence;
+pub mod rate_limit;
+pub mod rooms;
+pub mod state;
+pub mod subscriber;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chat_shared::metrics::PrometheusHandle;
+use chat_shared::redis::RedisHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::GatewayConfig;
+pub use state::AppState;
+
+/// Serves until `shutdown` is cancelled, then drains: readiness turns 503,
+/// new upgrades are refused, every connection is closed with 1001 and removed
+/// from Redis, and the call returns within `SHUTDOWN_GRACE_SECS`.
+///
+/// # Errors
+/// Fails when the Redis configuration is unusable or the server cannot run.
+pub async fn run(
+    config: GatewayConfig,
+    gateway_id: String,
+    listener: TcpListener,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let redis = RedisHandle::new(&config.redis)?;
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let heartbeat_every = config.heartbeat();
+    // Connections close on `conn_shutdown`, which fires when the drain starts.
+    let conn_shutdown = CancellationToken::new();
+    let state = AppState::new(config, gateway_id.clone(), redis.clone(), metrics.clone(), conn_shutdown.clone());
+    tracing::info!(gateway_id, addr = ?listener.local_addr().ok(), "Gateway starting");
+
+    let background = CancellationToken::new();
+    let subscriber = tokio::spawn(subscriber::run(
+        redis.clone(),
+        gateway_id.clone(),
+        state.rooms.clone(),
+        state.subscription.clone(),
+        background.clone(),
+    ));
+    let heartbeat = {
+        let redis = redis.clone();
+        let id = gateway_id.clone();
+        let stop = background.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(heartbeat_every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                if let Err(e) = presence::heartbeat(&redis, &id).await {
+                    metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "heartbeat").increment(1);
+                    tracing::warn!(error = %e, "Gateway heartbeat failed");
+                }
+                if let Some(h) = &metrics {
+                    chat_shared::metrics::upkeep(h);
+                }
+            }
+        })
+    };
+
+    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let drain_state = state.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.cancelled().await;
+        drain_state.draining.store(true, Ordering::Release);
+        tracing::info!(connections = drain_state.connection_count(), "Draining: closing connections with 1001");
+        conn_shutdown.cancel();
+    });
+    server.await?;
+
+    // The listener is closed; wait for the socket tasks axum does not track.
+    state.tracker.close();
+    if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
+        tracing::warn!(remaining = state.connection_count(), "Drain exceeded the grace period; exiting anyway");
+    }
+    background.cancel();
+    let _ = subscriber.await;
+    let _ = heartbeat.await;
+    if let Err(e) = presence::deregister(&redis, &gateway_id).await {
+        tracing::warn!(error = %e, "Cannot remove gateway heartbeat");
+    }
+    tracing::info!("Gateway stopped");
+    Ok(())
+}

@@ -1,1 +1,27 @@
-fn main() {}
+//! `chat-gateway` binary: parse config, set up logging and metrics, bind, run.
+
+use chat_gateway::GatewayConfig;
+use chat_shared::config::{exit_usage, parse_or_exit};
+use chat_shared::ids::ProcessId;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: GatewayConfig = parse_or_exit();
+    chat_shared::telemetry::init(config.log.log_format);
+    let gateway_id = match &config.gateway_id {
+        Some(id) => ProcessId::parse(id)
+            .unwrap_or_else(|_| exit_usage("GATEWAY_ID must be 1-64 characters of [A-Za-z0-9_.-]")),
+        None => ProcessId::generate(),
+    };
+    if let Err(e) = chat_shared::redis::RedisHandle::new(&config.redis) {
+        exit_usage(e);
+    }
+    let metrics = chat_shared::metrics::install()?;
+    let addr = format!("{}:{}", config.bind_addr, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .unwrap_or_else(|e| exit_usage(format!("cannot bind {addr}: {e}")));
+    tracing::info!(addr = %listener.local_addr()?, "Gateway listening");
+    let shutdown = chat_shared::shutdown::on_signal();
+    chat_gateway::run(config, gateway_id.to_string(), listener, Some(metrics), shutdown).await
+}

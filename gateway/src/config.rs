@@ -1,0 +1,117 @@
+//! Gateway configuration: clap flags with env fallbacks, defaults as constants.
+
+use std::time::Duration;
+
+use chat_shared::config::{LogArgs, RedisArgs};
+use clap::Parser;
+
+/// The spec's default port.
+pub const DEFAULT_PORT: u16 = 8084;
+
+/// `chat-gateway`: terminates chat WebSockets, validates and stamps messages,
+/// appends them to Redis streams, and delivers what workers publish back.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct GatewayConfig {
+    /// HTTP and WebSocket port.
+    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// Address to bind.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind_addr: String,
+
+    /// Identity of this gateway (default: host name plus a random suffix).
+    #[arg(long, env = "GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+
+    /// Number of stream shards; must be the same on every gateway and worker.
+    #[arg(long, env = "STREAM_SHARDS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub stream_shards: u32,
+
+    /// Messages sent in the `history` frame on join (0 disables it).
+    #[arg(long, env = "HISTORY_ON_JOIN", default_value_t = 50)]
+    pub history_on_join: usize,
+
+    /// Largest history page a client or the HTTP API may ask for.
+    #[arg(long, env = "HISTORY_PAGE_MAX", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub history_page_max: u64,
+
+    /// Longest message text, in characters.
+    #[arg(long, env = "MAX_MESSAGE_LEN", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_message_len: u64,
+
+    /// Largest text frame answered normally, in bytes; larger ones up to
+    /// `WS_MAX_MESSAGE_BYTES` get a `frame_too_large` error, the connection stays.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 65_536)]
+    pub max_frame_bytes: usize,
+
+    /// Hard WebSocket message limit in bytes: beyond it the connection is closed
+    /// with 1009 (the frame cannot even be buffered).
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
+    pub ws_max_message_bytes: usize,
+
+    /// Outbound frames queued per connection before it counts as a slow
+    /// consumer and is closed with 1013.
+    #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub outbound_queue: u64,
+
+    /// Longest a single write to a client may take before it counts as a slow consumer, in ms.
+    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
+    /// Interval between server pings, in milliseconds.
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub ping_interval_ms: u64,
+
+    /// A connection silent (no frame, no pong) for this long is closed, in ms.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub idle_timeout_ms: u64,
+
+    /// Most WebSocket connections this gateway holds; more get HTTP 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Messages per second a connection may send (token bucket refill rate).
+    #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 20.0)]
+    pub rate_limit_per_sec: f64,
+
+    /// Burst size of the per-connection token bucket.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 40.0)]
+    pub rate_limit_burst: f64,
+
+    /// Interval of the gateway's liveness heartbeat in Redis, in ms.
+    #[arg(long, env = "HEARTBEAT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub heartbeat_ms: u64,
+
+    /// Seconds to close connections and deregister after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+}
+
+impl GatewayConfig {
+    /// Ping interval.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    /// Idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// Write timeout.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms.max(1))
+    }
+    /// Heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+}

@@ -1,0 +1,143 @@
+//! HTTP routes: the WebSocket endpoint, health, readiness, metrics and history pages.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chat_shared::ids::RoomId;
+use chat_shared::metrics as m;
+use chat_shared::protocol::{http_error_body, ErrorCode, ProtocolError};
+
+use crate::history;
+use crate::state::AppState;
+use crate::ws;
+
+/// An HTTP error: status plus a `{"error":{"code","message"}}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: ProtocolError,
+}
+
+impl ApiError {
+    /// Builds an error response.
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: ProtocolError::new(code, message),
+        }
+    }
+
+    /// The error's code (for metric labels).
+    pub fn code(&self) -> ErrorCode {
+        self.error.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [("content-type", "application/json")],
+            http_error_body(&self.error),
+        )
+            .into_response()
+    }
+}
+
+/// All routes of the gateway.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/health", get(health))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/rooms/{room}/messages", get(messages))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route") })
+        .with_state(state)
+}
+
+/// `GET /health`: 200 when Redis answers PING, else 503.
+async fn health(State(state): State<AppState>) -> Response {
+    let redis_ok = state.redis.ping().await.is_ok();
+    let sub_ok = state.subscription.is_up();
+    let body = serde_json::json!({
+        "status": if redis_ok && sub_ok { "ok" } else { "degraded" },
+        "redis": if redis_ok { "ok" } else { "unreachable" },
+        "delivery": if sub_ok { "ok" } else { "down" },
+        "gateway_id": state.gateway_id,
+        "connections": state.connection_count(),
+        "draining": state.is_draining(),
+    });
+    let code = if redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+/// `GET /readyz`: 503 while draining, without Redis, or without a delivery subscription.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let ready = !state.is_draining() && state.subscription.is_up() && state.redis.ping().await.is_ok();
+    if ready {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    metrics::gauge!(m::GW_CONNECTIONS).set(state.connection_count() as f64);
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.as_ref().map(|h| h.render()).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// `GET /rooms/{room}/messages?limit=&before_seq=`: the newest `limit` messages
+/// with `seq < before_seq` (default: the newest), oldest first in the page. To
+/// walk back, pass the page's smallest `seq` as the next `before_seq`.
+async fn messages(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let room = RoomId::parse(&room)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, "room must be 1-64 characters of [A-Za-z0-9_.:-]"))?;
+    let max = state.config.history_page_max as usize;
+    let limit = match params.get("limit") {
+        None => 50.min(max),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidParameter,
+                    format!("limit must be an integer between 1 and {max}"),
+                ))
+            }
+        },
+    };
+    let before = match params.get("before_seq") {
+        None => None,
+        Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
+            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter, "before_seq must be a non-negative integer")
+        })?),
+    };
+    let snap = history::snapshot(&state.redis, &room, None).await.map_err(|_| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "history is unavailable: Redis unreachable")
+    })?;
+    let page = history::page(&snap, limit, before);
+    let records = format!("[{}]", page.join(","));
+    let meta = snap.meta(&room);
+    let body = format!(
+        r#"{{"room":{},"messages":{records},"epoch":{},"oldest_seq":{},"latest_seq":{}}}"#,
+        serde_json::to_string(&meta.room).unwrap_or_default(),
+        serde_json::to_string(&meta.epoch).unwrap_or_default(),
+        serde_json::to_string(&meta.oldest_seq).unwrap_or_default(),
+        meta.latest_seq,
+    );
+    Ok(([("content-type", "application/json")], body).into_response())
+}

@@ -1,0 +1,167 @@
+//! The local fan-out registry: which connections of this gateway are in which room.
+//!
+//! The subscriber hands each delivery batch here. A message frame is built once
+//! per gateway into shared bytes and offered with `try_send` to each member's
+//! bounded queue; a full queue means "slow consumer", decided here and only
+//! here: the member is kicked (its connection closes with 1013) and removed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use chat_shared::envelope::{now_us, DeliveryBatch};
+use chat_shared::metrics as m;
+use chat_shared::protocol::message_frame;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A frame queued for one connection.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The message's `seq`, used to drop repeats and detect gaps.
+    pub seq: u64,
+    /// The serialized `message` frame, shared by every recipient.
+    pub frame: Utf8Bytes,
+}
+
+/// What the registry holds per connection.
+#[derive(Debug)]
+struct Member {
+    tx: mpsc::Sender<Outbound>,
+    kick: CancellationToken,
+}
+
+/// Rooms → connections of this gateway.
+#[derive(Debug, Default)]
+pub struct LocalRooms {
+    rooms: RwLock<HashMap<String, HashMap<u64, Member>>>,
+}
+
+impl LocalRooms {
+    /// Adds a connection; returns a guard that removes it on drop.
+    #[must_use = "the membership ends when the guard is dropped"]
+    pub fn join(self: &Arc<Self>, room: &str, conn: u64, tx: mpsc::Sender<Outbound>, kick: CancellationToken) -> Membership {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        rooms.entry(room.to_owned()).or_default().insert(conn, Member { tx, kick });
+        Membership {
+            rooms: Arc::clone(self),
+            room: room.to_owned(),
+            conn,
+        }
+    }
+
+    fn leave(&self, room: &str, conn: u64) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(members) = rooms.get_mut(room) {
+            members.remove(&conn);
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    /// Number of rooms with at least one local connection.
+    pub fn room_count(&self) -> usize {
+        self.rooms.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Offers every delivery of `batch` to the local members of its room.
+    /// Returns the number of frames queued.
+    pub fn deliver(&self, batch: &DeliveryBatch) -> usize {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let now = now_us();
+        let mut queued = 0;
+        let mut slow = 0;
+        for d in &batch.deliveries {
+            let Some(members) = rooms.get(&d.room) else { continue };
+            let frame = Utf8Bytes::from(message_frame(&d.record));
+            for member in members.values() {
+                if member.kick.is_cancelled() {
+                    continue;
+                }
+                match member.tx.try_send(Outbound {
+                    seq: d.seq,
+                    frame: frame.clone(),
+                }) {
+                    Ok(()) => queued += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        slow += 1;
+                        member.kick.cancel();
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            metrics::histogram!(m::GW_DELIVERY_LATENCY_SECONDS).record((now - d.stamped_us).max(0) as f64 / 1e6);
+        }
+        metrics::counter!(m::GW_MESSAGES_DELIVERED).increment(queued as u64);
+        if slow > 0 {
+            metrics::counter!(m::GW_SLOW_CONSUMERS).increment(slow);
+        }
+        queued
+    }
+}
+
+/// Removes a connection from [`LocalRooms`] when dropped.
+#[derive(Debug)]
+pub struct Membership {
+    rooms: Arc<LocalRooms>,
+    room: String,
+    conn: u64,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.rooms.leave(&self.room, self.conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_shared::envelope::{Delivery, VERSION};
+
+    fn batch(room: &str, seqs: &[u64]) -> DeliveryBatch {
+        DeliveryBatch {
+            v: VERSION,
+            deliveries: seqs
+                .iter()
+                .map(|&seq| Delivery {
+                    room: room.into(),
+                    seq,
+                    record: format!("{{\"seq\":{seq}}}"),
+                    stamped_us: 0,
+                })
+                .collect(),
+            published_us: 0,
+        }
+    }
+
+    #[test]
+    fn delivers_to_room_members_only_and_kicks_full_queues() {
+        let rooms = Arc::new(LocalRooms::default());
+        let (tx_a, mut rx_a) = mpsc::channel(8);
+        let (tx_b, _rx_b) = mpsc::channel(1);
+        let (tx_c, mut rx_c) = mpsc::channel(8);
+        let kick_b = CancellationToken::new();
+        let _a = rooms.join("r", 1, tx_a, CancellationToken::new());
+        let _b = rooms.join("r", 2, tx_b, kick_b.clone());
+        let _c = rooms.join("other", 3, tx_c, CancellationToken::new());
+        assert_eq!(rooms.deliver(&batch("r", &[1, 2])), 3);
+        assert_eq!(rx_a.try_recv().unwrap().seq, 1);
+        assert_eq!(rx_a.try_recv().unwrap().seq, 2);
+        assert!(rx_c.try_recv().is_err());
+        assert!(kick_b.is_cancelled(), "member with a full queue is kicked");
+        assert_eq!(rooms.room_count(), 2);
+    }
+
+    #[test]
+    fn guard_removes_membership() {
+        let rooms = Arc::new(LocalRooms::default());
+        let (tx, _rx) = mpsc::channel(1);
+        {
+            let _m = rooms.join("r", 1, tx, CancellationToken::new());
+            assert_eq!(rooms.room_count(), 1);
+        }
+        assert_eq!(rooms.room_count(), 0);
+    }
+}

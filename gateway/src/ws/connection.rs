@@ -1,0 +1,425 @@
+//! One client connection: a `run()` loop over inbound frames, the bounded
+//! outbound queue, keepalive and cancellation.
+//!
+//! Lifecycle: join the local registry (so live deliveries start queueing),
+//! register in Redis (so workers route to this gateway), read history in one
+//! consistent snapshot and send it, then loop. `last_seq` is the newest `seq`
+//! the client has; live deliveries at or below it are repeats and are dropped,
+//! one above it is sent, and a jump further ahead means something was missed
+//! (e.g. while the subscription reconnected) and is filled from history first.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use chat_shared::ids::{RoomId, Username};
+use chat_shared::metrics as m;
+use chat_shared::protocol::{
+    ack_frame, error_frame, history_frame, message_frame, parse_client_frame, ClientFrame, ErrorCode, HistoryRequest,
+    OutgoingMessage, ProtocolError,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Resume;
+use crate::history::{self, Snapshot};
+use crate::rate_limit::TokenBucket;
+use crate::rooms::Outbound;
+use crate::state::AppState;
+use crate::{append, presence};
+
+/// Close codes and reasons, one per way a connection can end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    /// The client closed or went away.
+    Client,
+    /// The server is draining (1001).
+    Shutdown,
+    /// The outbound queue overflowed or a write stalled (1013).
+    SlowConsumer,
+    /// No frame or pong within the idle timeout (1008).
+    IdleTimeout,
+    /// Redis was unreachable when joining (1011).
+    Unavailable,
+    /// The socket failed (protocol error, oversized frame, reset).
+    SocketError,
+}
+
+impl CloseReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Shutdown => "shutdown",
+            Self::SlowConsumer => "slow_consumer",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Unavailable => "unavailable",
+            Self::SocketError => "socket_error",
+        }
+    }
+
+    fn frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            Self::Client | Self::SocketError => return None,
+            Self::Shutdown => (1001, "server shutting down; reconnect"),
+            Self::SlowConsumer => (1013, "slow consumer: outbound queue full"),
+            Self::IdleTimeout => (1008, "idle timeout: no pong received"),
+            Self::Unavailable => (1011, "redis unavailable; retry later"),
+        };
+        Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })
+    }
+}
+
+/// A write could not complete.
+enum WriteError {
+    /// The client does not read fast enough.
+    Slow,
+    /// The socket is gone.
+    Closed,
+}
+
+/// One accepted WebSocket.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    state: AppState,
+    socket: WebSocket,
+    room: RoomId,
+    username: Username,
+    conn_id: u64,
+    resume: Option<Resume>,
+    last_seq: u64,
+    kick: CancellationToken,
+    bucket: TokenBucket,
+    last_heard: Instant,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        state: AppState,
+        socket: WebSocket,
+        room: RoomId,
+        username: Username,
+        conn_id: u64,
+        resume: Option<Resume>,
+    ) -> Self {
+        let now = Instant::now();
+        let bucket = TokenBucket::new(state.config.rate_limit_per_sec, state.config.rate_limit_burst, now);
+        Self {
+            state,
+            socket,
+            room,
+            username,
+            conn_id,
+            resume,
+            last_seq: 0,
+            kick: CancellationToken::new(),
+            bucket,
+            last_heard: now,
+        }
+    }
+
+    /// Serves the connection until it ends; never panics on client input.
+    pub(crate) async fn run(mut self) {
+        let state = self.state.clone();
+        let conn_key = self.conn_id.to_string();
+        let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
+        let membership = state.rooms.join(self.room.as_str(), self.conn_id, tx, self.kick.clone());
+        state.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(m::GW_CONNECTIONS_OPENED).increment(1);
+        metrics::gauge!(m::GW_CONNECTIONS).increment(1.0);
+        tracing::debug!(username = self.username.as_str(), "Connection opened");
+
+        let reason = match presence::register(&state.redis, &state.gateway_id, &self.room, &conn_key).await {
+            Err(e) => {
+                metrics::counter!(m::GW_REDIS_ERRORS, "op" => "register").increment(1);
+                tracing::warn!(error = %e, "Cannot register connection in Redis");
+                CloseReason::Unavailable
+            }
+            Ok(()) => match self.send_join_history().await {
+                Err(reason) => reason,
+                Ok(()) => self.serve(rx).await,
+            },
+        };
+
+        if let Some(frame) = reason.frame() {
+            // The peer may not read at all: bound the close handshake.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.send(Message::Close(Some(frame)))).await;
+        }
+        drop(membership);
+        if reason != CloseReason::Unavailable {
+            if let Err(e) = presence::unregister(&state.redis, &state.gateway_id, &self.room, &conn_key).await {
+                metrics::counter!(m::GW_REDIS_ERRORS, "op" => "unregister").increment(1);
+                tracing::warn!(error = %e, "Cannot remove connection from Redis; the janitor will");
+            }
+        } else {
+            let _ = presence::unregister(&state.redis, &state.gateway_id, &self.room, &conn_key).await;
+        }
+        state.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!(m::GW_CONNECTIONS).decrement(1.0);
+        metrics::counter!(m::GW_CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
+        tracing::debug!(reason = reason.label(), "Connection closed");
+    }
+
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>) -> CloseReason {
+        let cfg = self.state.config.clone();
+        let shutdown = self.state.shutdown.clone();
+        let mut ping = tokio::time::interval(cfg.ping_interval());
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return CloseReason::Shutdown,
+                _ = self.kick.cancelled() => return CloseReason::SlowConsumer,
+                inbound = self.socket.recv() => {
+                    self.last_heard = Instant::now();
+                    let result = match inbound {
+                        None | Some(Ok(Message::Close(_))) => return CloseReason::Client,
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "Socket error");
+                            return CloseReason::SocketError;
+                        }
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            let err = ProtocolError::new(ErrorCode::BinaryNotSupported, "binary frames are not supported; send JSON text frames");
+                            self.reply_error(&err, None).await
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    };
+                    if let Err(e) = result {
+                        return write_reason(e);
+                    }
+                }
+                out = rx.recv() => {
+                    // The sender half lives in the registry until this
+                    // connection leaves it, so `None` cannot happen while
+                    // serving; treat it as a shutdown if it ever does.
+                    let Some(out) = out else { return CloseReason::Shutdown };
+                    if let Err(e) = self.deliver(out).await {
+                        return write_reason(e);
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > cfg.idle_timeout() {
+                        return CloseReason::IdleTimeout;
+                    }
+                    if let Err(e) = self.send(Message::Ping(Default::default())).await {
+                        return write_reason(e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), WriteError> {
+        let cfg = &self.state.config;
+        if text.len() > cfg.max_frame_bytes {
+            let err = ProtocolError::new(
+                ErrorCode::FrameTooLarge,
+                format!("frame is larger than {} bytes", cfg.max_frame_bytes),
+            );
+            return self.reply_error(&err, None).await;
+        }
+        if !self.bucket.try_take(Instant::now()) {
+            let err = ProtocolError::new(ErrorCode::RateLimited, "too many frames; slow down");
+            return self.reply_error(&err, None).await;
+        }
+        match parse_client_frame(text, &self.room, &self.state.limits) {
+            Err(rejected) => self.reply_error(&rejected.error, rejected.client_id.as_deref()).await,
+            Ok(ClientFrame::Message(msg)) => self.on_message(msg).await,
+            Ok(ClientFrame::History(req)) => self.on_history(req).await,
+        }
+    }
+
+    async fn on_message(&mut self, msg: OutgoingMessage) -> Result<(), WriteError> {
+        let username = msg.username.as_ref().unwrap_or(&self.username).clone();
+        let st = &self.state;
+        match append::append(&st.redis, st.config.stream_shards, &self.room, &username, msg.message).await {
+            Ok(done) => {
+                metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
+                let ack = ack_frame(msg.client_id.as_deref(), &done.id, &done.timestamp);
+                self.send(Message::Text(ack.into())).await
+            }
+            Err(_) => {
+                let err = ProtocolError::new(ErrorCode::Unavailable, "message not stored: Redis unavailable; retry");
+                self.reply_error(&err, msg.client_id.as_deref()).await
+            }
+        }
+    }
+
+    async fn on_history(&mut self, req: HistoryRequest) -> Result<(), WriteError> {
+        metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
+        let limit = req.limit.unwrap_or(self.state.config.history_on_join.max(1));
+        match history::snapshot(&self.state.redis, &self.room, None).await {
+            Ok(snap) => {
+                let page = history::page(&snap, limit, req.before_seq);
+                let frame = history_frame(&snap.meta(&self.room), page);
+                self.send(Message::Text(frame.into())).await
+            }
+            Err(_) => {
+                let err = ProtocolError::new(ErrorCode::Unavailable, "history unavailable: Redis unreachable");
+                self.send(Message::Text(error_frame(&err, None).into())).await
+            }
+        }
+    }
+
+    async fn reply_error(&mut self, err: &ProtocolError, client_id: Option<&str>) -> Result<(), WriteError> {
+        metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => err.code.as_str()).increment(1);
+        self.send(Message::Text(error_frame(err, client_id).into())).await
+    }
+
+    /// Sends the join (or recovery) history and sets `last_seq`.
+    async fn send_join_history(&mut self) -> Result<(), CloseReason> {
+        let cfg = &self.state.config;
+        let tail = if self.resume.is_some() { None } else { Some(cfg.history_on_join) };
+        let snap = match history::snapshot(&self.state.redis, &self.room, tail).await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics::counter!(m::GW_REDIS_ERRORS, "op" => "history").increment(1);
+                tracing::warn!(error = %e, "Cannot read history on join");
+                return Err(CloseReason::Unavailable);
+            }
+        };
+        let frame = join_frame(&snap, &self.room, self.resume.as_ref(), cfg.history_on_join);
+        self.last_seq = snap.latest_seq;
+        if let Some(frame) = frame {
+            self.send(Message::Text(frame.into())).await.map_err(write_reason)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one live message unless it is a repeat; fills a gap first.
+    async fn deliver(&mut self, out: Outbound) -> Result<(), WriteError> {
+        if out.seq <= self.last_seq {
+            return Ok(());
+        }
+        if out.seq > self.last_seq + 1 {
+            self.fill_gap(out.seq).await?;
+        }
+        self.last_seq = out.seq;
+        self.send(Message::Text(out.frame)).await
+    }
+
+    /// Sends stored messages with `last_seq < seq < upto`.
+    async fn fill_gap(&mut self, upto: u64) -> Result<(), WriteError> {
+        let snap = match history::snapshot(&self.state.redis, &self.room, None).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, from = self.last_seq, upto, "Cannot fill delivery gap from history");
+                return Ok(());
+            }
+        };
+        tracing::debug!(from = self.last_seq, upto, "Filling delivery gap from history");
+        let missing: Vec<(u64, String)> = snap
+            .records
+            .into_iter()
+            .filter(|(s, _)| *s > self.last_seq && *s < upto)
+            .collect();
+        for (seq, record) in missing {
+            self.last_seq = seq;
+            self.send(Message::Text(message_frame(&record).into())).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one frame, giving up when the client stalls or is kicked.
+    async fn send(&mut self, msg: Message) -> Result<(), WriteError> {
+        let timeout = self.state.config.write_timeout();
+        tokio::select! {
+            r = tokio::time::timeout(timeout, self.socket.send(msg)) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(WriteError::Closed),
+                Err(_) => {
+                    metrics::counter!(m::GW_SLOW_CONSUMERS).increment(1);
+                    Err(WriteError::Slow)
+                }
+            },
+            _ = self.kick.cancelled() => Err(WriteError::Slow),
+        }
+    }
+}
+
+fn write_reason(e: WriteError) -> CloseReason {
+    match e {
+        WriteError::Slow => CloseReason::SlowConsumer,
+        WriteError::Closed => CloseReason::SocketError,
+    }
+}
+
+/// The history frame sent on join, or `None` when history on join is disabled
+/// and the client is not recovering.
+fn join_frame(snap: &Snapshot, room: &RoomId, resume: Option<&Resume>, on_join: usize) -> Option<String> {
+    let mut meta = snap.meta(room);
+    let Some(resume) = resume else {
+        if on_join == 0 {
+            return None;
+        }
+        return Some(history_frame(&meta, snap.records.iter().map(|(_, r)| r.as_str())));
+    };
+    let epoch_changed = matches!((&resume.epoch, &snap.epoch), (Some(theirs), Some(ours)) if theirs != ours)
+        || (resume.epoch.is_some() && snap.epoch.is_none() && resume.since > 0);
+    if epoch_changed || resume.since > snap.latest_seq {
+        // The client's position belongs to a sequence that no longer exists:
+        // tell it, and give it the recent history of the new one.
+        meta.reset = Some(if epoch_changed { "epoch_changed" } else { "since_ahead" });
+        let skip = snap.records.len().saturating_sub(on_join);
+        return Some(history_frame(&meta, snap.records[skip..].iter().map(|(_, r)| r.as_str())));
+    }
+    let wanted = snap.records.iter().filter(|(s, _)| *s > resume.since);
+    meta.truncated = snap.oldest_seq().is_some_and(|o| o > resume.since + 1)
+        || (snap.records.is_empty() && snap.latest_seq > resume.since);
+    Some(history_frame(&meta, wanted.map(|(_, r)| r.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(range: std::ops::RangeInclusive<u64>, epoch: &str) -> Snapshot {
+        Snapshot {
+            records: range.clone().map(|s| (s, format!("{{\"seq\":{s}}}"))).collect(),
+            latest_seq: *range.end(),
+            epoch: Some(epoch.into()),
+        }
+    }
+
+    fn seqs(frame: &str) -> (Vec<u64>, serde_json::Value) {
+        let v: serde_json::Value = serde_json::from_str(frame).unwrap();
+        let s = v["data"]["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        (s, v["data"].clone())
+    }
+
+    #[test]
+    fn recovery_sends_exactly_what_follows_since() {
+        let room = RoomId::parse("r").unwrap();
+        let r = Resume { since: 7, epoch: Some("e1".into()) };
+        let (s, d) = seqs(&join_frame(&snap(5..=10, "e1"), &room, Some(&r), 2).unwrap());
+        assert_eq!(s, [8, 9, 10]);
+        assert!(d.get("truncated").is_none());
+        let r = Resume { since: 2, epoch: None };
+        let (s, d) = seqs(&join_frame(&snap(5..=10, "e1"), &room, Some(&r), 2).unwrap());
+        assert_eq!(s, [5, 6, 7, 8, 9, 10]);
+        assert_eq!(d["truncated"], true);
+    }
+
+    #[test]
+    fn stale_epoch_is_reported() {
+        let room = RoomId::parse("r").unwrap();
+        let r = Resume { since: 7, epoch: Some("old".into()) };
+        let (s, d) = seqs(&join_frame(&snap(1..=3, "new"), &room, Some(&r), 2).unwrap());
+        assert_eq!(d["reset"], "epoch_changed");
+        assert_eq!(s, [2, 3]);
+        let r = Resume { since: 70, epoch: None };
+        let (_, d) = seqs(&join_frame(&snap(1..=3, "new"), &room, Some(&r), 2).unwrap());
+        assert_eq!(d["reset"], "since_ahead");
+    }
+
+    #[test]
+    fn plain_join_sends_tail_or_nothing() {
+        let room = RoomId::parse("r").unwrap();
+        let (s, _) = seqs(&join_frame(&snap(1..=3, "e"), &room, None, 50).unwrap());
+        assert_eq!(s, [1, 2, 3]);
+        assert!(join_frame(&snap(1..=3, "e"), &room, None, 0).is_none());
+    }
+}

@@ -1,0 +1,130 @@
+//! The WebSocket endpoint: `GET /ws?room=R[&username=U][&since=S][&epoch=E]`.
+//!
+//! Everything that can be refused is refused here, before the upgrade, with an
+//! HTTP error and a JSON body: bad room, bad username, bad `since`, draining, or
+//! `MAX_CONNECTIONS` reached. The upgrade sets explicit frame, message and write
+//! buffer limits (axum's defaults are 64 MiB and unbounded). The socket task is
+//! tracked so the drain can wait for it (axum's graceful shutdown does not).
+
+mod connection;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chat_shared::ids::{RoomId, Username};
+use chat_shared::metrics as m;
+use chat_shared::protocol::ErrorCode;
+use tracing::Instrument;
+
+use crate::http::ApiError;
+use crate::state::AppState;
+
+pub(crate) use connection::Connection;
+
+/// Where a joining client wants its history to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resume {
+    /// Deliver every message with `seq` above this.
+    pub(crate) since: u64,
+    /// The epoch the client's `since` belongs to, if it knows it.
+    pub(crate) epoch: Option<String>,
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+fn reject(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    metrics::counter!(m::GW_CONNECTIONS_REJECTED, "code" => code.as_str()).increment(1);
+    ApiError::new(status, code, message).into_response()
+}
+
+/// Validates the request and upgrades it.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(room) = params.get("room").and_then(|r| RoomId::parse(r).ok()) else {
+        return reject(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRoom,
+            "query parameter room is required: 1-64 characters of [A-Za-z0-9_.:-]",
+        );
+    };
+    let username = match params.get("username") {
+        None => Username::default(),
+        Some(u) => match Username::parse(u) {
+            Ok(u) => u,
+            Err(_) => {
+                return reject(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidUsername,
+                    "username must be 1-64 characters without control characters",
+                )
+            }
+        },
+    };
+    let resume = match params.get("since") {
+        None => None,
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(since) => Some(Resume {
+                since,
+                epoch: params.get("epoch").cloned(),
+            }),
+            Err(_) => {
+                return reject(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidParameter,
+                    "since must be a non-negative integer",
+                )
+            }
+        },
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) => {
+            return reject(
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::InvalidParameter,
+                "this endpoint needs a WebSocket upgrade request",
+            )
+        }
+    };
+    if state.is_draining() {
+        return reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "gateway is shutting down; connect to another one",
+        );
+    }
+    let Ok(permit) = state.conn_permits.clone().try_acquire_owned() else {
+        return reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManyConnections,
+            "gateway is at its connection limit",
+        );
+    };
+    let cfg = &state.config;
+    let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", conn_id, room = %room, %peer);
+    let tracker = state.tracker.clone();
+    ws.max_message_size(cfg.ws_max_message_bytes)
+        .max_frame_size(cfg.ws_max_message_bytes)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(256 * 1024)
+        .on_upgrade(move |socket| {
+            tracker.track_future(
+                async move {
+                    let conn = Connection::new(state, socket, room, username, conn_id, resume);
+                    conn.run().await;
+                    drop(permit);
+                }
+                .instrument(span),
+            )
+        })
+}
