@@ -1,0 +1,460 @@
+//! Test harness: real `redis-server`, real gateway and worker binaries, real
+//! WebSocket clients, and waits with deadlines (never a bare sleep).
+//!
+//! Binaries are the ones `cargo build --workspace` puts next to the test
+//! executable's `deps/` folder; `scripts/test` builds them first.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Default deadline for a condition to become true.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh scratch directory for one test's processes and logs.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("chat-test-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Path of a workspace binary built next to this test executable.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A child process killed when dropped, with its output in a log file.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().unwrap();
+        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM.
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+    }
+
+    /// Waits for exit; `None` if still running at the deadline.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {} ----", self.name);
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// A private redis-server on a free loopback port, without persistence.
+pub struct Redis {
+    pub port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        let dir = scratch_dir("redis");
+        let mut r = Self {
+            port: free_port(),
+            dir,
+            proc: None,
+        };
+        r.boot().await;
+        r
+    }
+
+    async fn boot(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir.to_str().unwrap(),
+        ]);
+        self.proc = Some(Proc::spawn("redis-server", cmd, &self.dir));
+        let url = self.url();
+        eventually("redis-server answers PING", DEADLINE, || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url).ok()?;
+                let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+            }
+        })
+        .await;
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL: data is gone, as after a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.boot().await;
+    }
+
+    /// A connection for assertions on what Redis holds.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+}
+
+/// A started gateway.
+pub struct Gateway {
+    pub port: u16,
+    pub id: String,
+    pub proc: Proc,
+}
+
+impl Gateway {
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws?{query}", self.port)
+    }
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Starts a gateway against `redis_url` and waits until it is ready.
+pub async fn start_gateway(redis_url: &str, id: &str, env: &[(&str, &str)]) -> Gateway {
+    let dir = scratch_dir("gw");
+    let port = free_port();
+    let mut cmd = Command::new(bin_path("chat-gateway"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", redis_url)
+        .env("PORT", port.to_string())
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("GATEWAY_ID", id)
+        .env("RUST_LOG", "info,chat_gateway=debug")
+        .env("SHUTDOWN_GRACE_SECS", "5");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let proc = Proc::spawn(&format!("gateway-{id}"), cmd, &dir);
+    let gw = Gateway {
+        port,
+        id: id.to_owned(),
+        proc,
+    };
+    let addr = gw.addr();
+    eventually("gateway ready", DEADLINE, || {
+        let addr = addr.clone();
+        async move { (http_get(&addr, "/readyz").await.ok()?.0 == 200).then_some(()) }
+    })
+    .await;
+    gw
+}
+
+/// A started worker.
+pub struct Worker {
+    pub metrics_port: u16,
+    pub id: String,
+    pub proc: Proc,
+}
+
+/// Starts a worker against `redis_url` and waits until it holds shards.
+pub async fn start_worker(redis_url: &str, id: &str, env: &[(&str, &str)]) -> Worker {
+    let dir = scratch_dir("worker");
+    let port = free_port();
+    let mut cmd = Command::new(bin_path("chat-fanout-worker"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", redis_url)
+        .env("METRICS_PORT", port.to_string())
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("WORKER_ID", id)
+        .env("RUST_LOG", "info")
+        .env("READ_BLOCK_MS", "200")
+        .env("SHUTDOWN_GRACE_SECS", "5");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let proc = Proc::spawn(&format!("worker-{id}"), cmd, &dir);
+    let w = Worker {
+        metrics_port: port,
+        id: id.to_owned(),
+        proc,
+    };
+    let addr = format!("127.0.0.1:{port}");
+    eventually("worker ready", DEADLINE, || {
+        let addr = addr.clone();
+        async move { (http_get(&addr, "/readyz").await.ok()?.0 == 200).then_some(()) }
+    })
+    .await;
+    w
+}
+
+/// Minimal HTTP/1.1 GET: status and body.
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        // Chunked bodies: keep it simple, our JSON bodies are small; strip chunk framing.
+        let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(&body)
+        } else {
+            body
+        };
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .map_err(|_| std::io::Error::other("http timeout"))?
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client speaking the chat protocol.
+pub struct Client {
+    ws: Ws,
+    /// Close frame received, if any: (code, reason).
+    pub closed: Option<(u16, String)>,
+}
+
+impl Client {
+    /// Connects; panics if the upgrade fails.
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timeout")
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Self { ws, closed: None }
+    }
+
+    /// Connects and consumes the join `history` frame, returning it.
+    pub async fn join(url: &str) -> (Self, Value) {
+        let mut c = Self::connect(url).await;
+        let h = c.next_of_type("history").await;
+        (c, h)
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(msg).await
+    }
+
+    /// Sends a chat message to `room` with a `client_id`.
+    pub async fn say(&mut self, room: &str, text: &str, client_id: &str) {
+        let v = serde_json::json!({"type":"message","data":{"room":room,"message":text,"username":"tester","client_id":client_id}});
+        self.send_text(&v.to_string()).await;
+    }
+
+    /// Next JSON frame, or `None` on close / deadline.
+    pub async fn next_json_within(&mut self, deadline: Duration) -> Option<Value> {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.checked_duration_since(Instant::now())?;
+            let msg = tokio::time::timeout(left, self.ws.next()).await.ok()??;
+            match msg {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).expect("server sent invalid JSON")),
+                Ok(Message::Close(f)) => {
+                    self.closed = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    return None;
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Next JSON frame; panics at the deadline.
+    pub async fn next_json(&mut self) -> Value {
+        self.next_json_within(DEADLINE).await.expect("expected a frame before the deadline")
+    }
+
+    /// Skips frames until one of `kind` arrives.
+    pub async fn next_of_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Collects `n` message frames' `data`, keeping other frames aside.
+    pub async fn messages(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let v = self.next_json().await;
+            if v["type"] == "message" {
+                out.push(v["data"].clone());
+            }
+        }
+        out
+    }
+
+    /// Waits for the server to close the connection; returns the close frame.
+    pub async fn wait_closed(&mut self, deadline: Duration) -> Option<(u16, String)> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if self.next_json_within(end - Instant::now()).await.is_none() {
+                return self.closed.clone();
+            }
+        }
+        panic!("connection not closed before the deadline");
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Asserts `v` is an RFC 3339 UTC timestamp with milliseconds and `Z`.
+pub fn assert_timestamp(v: &Value) {
+    let s = v.as_str().expect("timestamp is a string");
+    assert!(s.ends_with('Z') && s.len() == 24, "timestamp {s} is not YYYY-MM-DDTHH:MM:SS.mmmZ");
+    chrono::DateTime::parse_from_rfc3339(s).expect("timestamp parses as RFC 3339");
+}
+
+/// Asserts `v` is a UUID v7.
+pub fn assert_uuid_v7(v: &Value) {
+    let u = uuid::Uuid::parse_str(v.as_str().expect("id is a string")).expect("id is a UUID");
+    assert_eq!(u.get_version_num(), 7, "id {u} is not UUID v7");
+}
