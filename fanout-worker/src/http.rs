@@ -36,6 +36,10 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
         "redis": if redis_ok { "ok" } else { "unreachable" },
         "worker_id": ctx.worker_id,
     });
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(body))
 }

@@ -40,7 +40,11 @@ pub(crate) struct Leases {
 
 impl Leases {
     pub(crate) fn new(redis: RedisHandle, worker_id: String, ttl: Duration) -> Self {
-        Self { redis, worker_id, ttl }
+        Self {
+            redis,
+            worker_id,
+            ttl,
+        }
     }
 
     /// The part of the TTL a holder never uses: it stops this long before expiry.
@@ -114,12 +118,15 @@ impl LeaseClock {
     /// Records a successful renewal sent at `sent`.
     pub(crate) fn extend(&self, sent: Instant, ttl: Duration, margin: Duration) {
         let until = sent.saturating_duration_since(self.base) + ttl.saturating_sub(margin);
-        self.valid_until_ms.fetch_max(until.as_millis() as u64, Ordering::AcqRel);
+        self.valid_until_ms
+            .fetch_max(until.as_millis() as u64, Ordering::AcqRel);
     }
 
     /// Whether the holder may still process.
     pub(crate) fn is_valid(&self) -> bool {
-        let now = Instant::now().saturating_duration_since(self.base).as_millis() as u64;
+        let now = Instant::now()
+            .saturating_duration_since(self.base)
+            .as_millis() as u64;
         now < self.valid_until_ms.load(Ordering::Acquire)
     }
 
@@ -133,24 +140,32 @@ impl LeaseClock {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn clock_expires_before_the_lease_unless_renewed() {
+    #[test]
+    fn validity_is_renewal_time_plus_ttl_minus_margin() {
         let ttl = Duration::from_secs(10);
         let margin = Duration::from_secs(2);
-        let clock = LeaseClock::new(tokio::time::Instant::now().into_std(), ttl, margin);
+        let clock = LeaseClock::new(Instant::now(), ttl, margin);
         assert!(clock.is_valid());
-        tokio::time::advance(Duration::from_secs(7)).await;
-        // Paused tokio time does not move std's Instant; check the arithmetic directly.
-        let later = clock.base + Duration::from_millis(7_900);
-        let until = clock.valid_until_ms.load(Ordering::Acquire);
-        assert_eq!(until, 8_000);
-        assert!(later.saturating_duration_since(clock.base).as_millis() < u128::from(until));
+        let until = || clock.valid_until_ms.load(Ordering::Acquire);
+        assert_eq!(until(), 8_000, "stops 2 s before the lease can expire");
         clock.extend(clock.base + Duration::from_secs(5), ttl, margin);
-        assert_eq!(clock.valid_until_ms.load(Ordering::Acquire), 13_000);
-        // An older renewal never shortens validity.
+        assert_eq!(until(), 13_000);
+        // A late reply to an older renewal never shortens validity.
         clock.extend(clock.base, ttl, margin);
-        assert_eq!(clock.valid_until_ms.load(Ordering::Acquire), 13_000);
+        assert_eq!(until(), 13_000);
         clock.expire();
         assert!(!clock.is_valid());
+    }
+
+    #[test]
+    fn clock_without_renewal_lapses() {
+        let ttl = Duration::from_millis(40);
+        let clock = LeaseClock::new(Instant::now(), ttl, Duration::from_millis(10));
+        let start = Instant::now();
+        while clock.is_valid() {
+            assert!(start.elapsed() < Duration::from_secs(5), "clock never lapsed");
+            std::thread::yield_now();
+        }
+        assert!(start.elapsed() >= Duration::from_millis(29));
     }
 }

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_shared::redis::RedisHandle;
 use chat_shared::metrics::PrometheusHandle as Handle;
+use chat_shared::redis::RedisHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -9,7 +9,8 @@ async fn main() -> anyhow::Result<()> {
     let config: WorkerConfig = parse_or_exit();
     chat_shared::telemetry::init(config.log.log_format);
     let worker_id = match &config.worker_id {
-        Some(id) => ProcessId::parse(id).unwrap_or_else(|_| exit_usage("WORKER_ID must be 1-64 characters of [A-Za-z0-9_.-]")),
+        Some(id) => ProcessId::parse(id)
+            .unwrap_or_else(|_| exit_usage("WORKER_ID must be 1-64 characters of [A-Za-z0-9_.-]")),
         None => ProcessId::generate(),
     };
     if let Err(e) = chat_shared::redis::RedisHandle::new(&config.redis) {
@@ -22,5 +23,12 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|e| exit_usage(format!("cannot bind {addr}: {e}")));
     tracing::info!(addr = %listener.local_addr()?, "Worker HTTP listening");
     let shutdown = chat_shared::shutdown::on_signal();
-    chat_fanout_worker::run(config, worker_id.to_string(), listener, Some(metrics), shutdown).await
+    chat_fanout_worker::run(
+        config,
+        worker_id.to_string(),
+        listener,
+        Some(metrics),
+        shutdown,
+    )
+    .await
 }

@@ -21,7 +21,10 @@ impl Routing {
     /// Adds `delivery` for every gateway in `gateways`.
     pub(crate) fn route(&mut self, delivery: &Delivery, gateways: &[String]) {
         for gw in gateways {
-            self.batches.entry(gw.clone()).or_default().push(delivery.clone());
+            self.batches
+                .entry(gw.clone())
+                .or_default()
+                .push(delivery.clone());
         }
     }
 
@@ -67,7 +70,13 @@ mod tests {
         r.route(&d("a", 1), &["g1".into(), "g2".into()]);
         r.route(&d("b", 1), &["g2".into()]);
         r.route(&d("a", 2), &["g1".into(), "g2".into()]);
-        assert_eq!(r.batches["g1"].iter().map(|d| (d.room.as_str(), d.seq)).collect::<Vec<_>>(), [("a", 1), ("a", 2)]);
+        assert_eq!(
+            r.batches["g1"]
+                .iter()
+                .map(|d| (d.room.as_str(), d.seq))
+                .collect::<Vec<_>>(),
+            [("a", 1), ("a", 2)]
+        );
         assert_eq!(r.batches["g2"].len(), 3);
         let mut pipe = redis::pipe();
         assert_eq!(r.add_publishes(&mut pipe), 2);

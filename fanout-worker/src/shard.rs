@@ -18,7 +18,9 @@ use chat_shared::metrics as m;
 use chat_shared::protocol::record_seq;
 use chat_shared::redis::RedisError;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+};
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +33,12 @@ use crate::Context;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Runs the shard loop until `cancel` fires or the lease lapses.
-pub(crate) async fn run(shard: u32, ctx: Arc<Context>, lease: LeaseClock, cancel: CancellationToken) {
+pub(crate) async fn run(
+    shard: u32,
+    ctx: Arc<Context>,
+    lease: LeaseClock,
+    cancel: CancellationToken,
+) {
     let stream = keys::stream(shard);
     let consumer = ctx.worker_id.clone();
     let script = persist::script();
@@ -59,10 +66,12 @@ pub(crate) async fn run(shard: u32, ctx: Arc<Context>, lease: LeaseClock, cancel
         let read = if backlog_done {
             read_new(c, &stream, &consumer, &ctx, &cancel).await
         } else {
-            claim_pending(c, &stream, &consumer, &ctx).await.map(|(entries, done)| {
-                backlog_done = done;
-                entries
-            })
+            claim_pending(c, &stream, &consumer, &ctx)
+                .await
+                .map(|(entries, done)| {
+                    backlog_done = done;
+                    entries
+                })
         };
         let result = match read {
             Ok(entries) if entries.is_empty() => Ok(()),
@@ -77,13 +86,20 @@ pub(crate) async fn run(shard: u32, ctx: Arc<Context>, lease: LeaseClock, cancel
                 metrics::counter!(m::WK_REDIS_ERRORS, "op" => "shard").increment(1);
                 tracing::warn!(shard, error = %e, "Shard batch failed; will reconnect and retry pending entries");
             } else {
-                tracing::info!(shard, "Consumer group missing (Redis restarted or flushed); recreating");
+                tracing::info!(
+                    shard,
+                    "Consumer group missing (Redis restarted or flushed); recreating"
+                );
             }
             conn = None;
             pause(&cancel, &mut backoff).await;
         }
     }
-    tracing::info!(shard, lease_valid = lease.is_valid(), "Shard processing stopped");
+    tracing::info!(
+        shard,
+        lease_valid = lease.is_valid(),
+        "Shard processing stopped"
+    );
 }
 
 async fn pause(cancel: &CancellationToken, backoff: &mut Duration) {
@@ -96,7 +112,9 @@ async fn pause(cancel: &CancellationToken, backoff: &mut Duration) {
 
 async fn open(ctx: &Context, stream: &str) -> Result<MultiplexedConnection, RedisError> {
     let mut c = ctx.redis.dedicated(ctx.config.read_block()).await?;
-    let created: Result<(), redis::RedisError> = c.xgroup_create_mkstream(stream, keys::CONSUMER_GROUP, "0").await;
+    let created: Result<(), redis::RedisError> = c
+        .xgroup_create_mkstream(stream, keys::CONSUMER_GROUP, "0")
+        .await;
     match created {
         Ok(()) => {}
         Err(e) if e.code() == Some("BUSYGROUP") => {}
@@ -122,7 +140,11 @@ async fn claim_pending(
         .await?;
     let done = reply.claimed.is_empty();
     if !reply.claimed.is_empty() {
-        tracing::info!(stream, entries = reply.claimed.len(), "Claimed pending entries");
+        tracing::info!(
+            stream,
+            entries = reply.claimed.len(),
+            "Claimed pending entries"
+        );
     }
     Ok((reply.claimed, done))
 }
@@ -226,7 +248,9 @@ async fn process(
                 metrics::counter!(m::WK_PERSISTED).increment(1);
                 (seq, record)
             }
-            Persisted::Duplicate { record: Some(record) } => {
+            Persisted::Duplicate {
+                record: Some(record),
+            } => {
                 metrics::counter!(m::WK_DUPLICATES).increment(1);
                 match record_seq(&record) {
                     Some(seq) => (seq, record),
@@ -245,7 +269,8 @@ async fn process(
             record,
             stamped_us: item.entry.stamped_us,
         };
-        metrics::histogram!(m::WK_PUBLISH_LATENCY_SECONDS).record((now - item.entry.stamped_us).max(0) as f64 / 1e6);
+        metrics::histogram!(m::WK_PUBLISH_LATENCY_SECONDS)
+            .record((now - item.entry.stamped_us).max(0) as f64 / 1e6);
         if let Some(gws) = gateways.get(idx) {
             routing.route(&delivery, gws);
         }
@@ -255,7 +280,12 @@ async fn process(
     pipe.xack(stream, keys::CONSUMER_GROUP, &ids).ignore();
     if let Some(last) = ids.last() {
         // Everything up to `last` is processed and acked: entries below it can go.
-        pipe.cmd("XTRIM").arg(stream).arg("MINID").arg("~").arg(last).ignore();
+        pipe.cmd("XTRIM")
+            .arg(stream)
+            .arg("MINID")
+            .arg("~")
+            .arg(last)
+            .ignore();
     }
     let started = Instant::now();
     pipe.query_async::<()>(c).await?;

@@ -89,7 +89,9 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         };
         let share = cfg.stream_shards.div_ceil(live) as usize;
         while owned.len() > share {
-            let Some((&shard, _)) = owned.iter().next_back() else { break };
+            let Some((&shard, _)) = owned.iter().next_back() else {
+                break;
+            };
             if let Some(o) = owned.remove(&shard) {
                 stop_and_release(shard, o, &leases).await;
                 tracing::info!(shard, share, live, "Released shard to rebalance");
@@ -109,8 +111,20 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                     tracing::info!(shard, "Lease acquired");
                     let clock = LeaseClock::new(sent, ttl, margin);
                     let cancel = shutdown.child_token();
-                    let task = tokio::spawn(shard::run(shard, ctx.clone(), clock.clone(), cancel.clone()));
-                    owned.insert(shard, Owned { clock, cancel, task });
+                    let task = tokio::spawn(shard::run(
+                        shard,
+                        ctx.clone(),
+                        clock.clone(),
+                        cancel.clone(),
+                    ));
+                    owned.insert(
+                        shard,
+                        Owned {
+                            clock,
+                            cancel,
+                            task,
+                        },
+                    );
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -140,8 +154,14 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 async fn stop_and_release(shard: u32, o: Owned, leases: &Leases) {
     o.cancel.cancel();
     // The task stops after its in-flight batch; the lease is still ours until then.
-    if tokio::time::timeout(leases.safety_margin(), o.task).await.is_err() {
-        tracing::warn!(shard, "Shard task did not stop in time; leaving its lease to expire");
+    if tokio::time::timeout(leases.safety_margin(), o.task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            shard,
+            "Shard task did not stop in time; leaving its lease to expire"
+        );
         return;
     }
     if let Err(e) = leases.release(shard).await {
@@ -171,7 +191,10 @@ async fn live_workers(ctx: &Context, ttl: Duration) -> Result<u32, chat_shared::
         if seen >= cutoff {
             live += 1;
         } else if seen < cutoff - 10 * ttl.as_millis() as i64 {
-            let _ = ctx.redis.query::<i64>(redis::cmd("HDEL").arg(WORKERS_KEY).arg(&id)).await;
+            let _ = ctx
+                .redis
+                .query::<i64>(redis::cmd("HDEL").arg(WORKERS_KEY).arg(&id))
+                .await;
         }
     }
     Ok(live)
@@ -180,6 +203,8 @@ async fn live_workers(ctx: &Context, ttl: Duration) -> Result<u32, chat_shared::
 /// Where this worker starts looking for free shards, so workers that start
 /// together do not all race for shard 0.
 fn start_offset(worker_id: &str, shards: u32) -> u32 {
-    let h = worker_id.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let h = worker_id
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
     h % shards.max(1)
 }

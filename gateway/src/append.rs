@@ -47,7 +47,12 @@ pub async fn append(
     };
     let stream = keys::stream(keys::shard_of(room, shards));
     let started = Instant::now();
-    let cmd = redis::cmd("XADD").arg(&stream).arg("*").arg(STREAM_FIELD).arg(entry.encode()).to_owned();
+    let cmd = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg(STREAM_FIELD)
+        .arg(entry.encode())
+        .to_owned();
     let result = tokio::time::timeout(redis.timeout(), redis.query::<String>(&cmd))
         .await
         .map_err(|_| RedisError::Timeout)

@@ -44,7 +44,11 @@ impl Snapshot {
 ///
 /// # Errors
 /// Fails when Redis does not answer.
-pub async fn snapshot(redis: &RedisHandle, room: &RoomId, tail: Option<usize>) -> Result<Snapshot, RedisError> {
+pub async fn snapshot(
+    redis: &RedisHandle,
+    room: &RoomId,
+    tail: Option<usize>,
+) -> Result<Snapshot, RedisError> {
     let start: isize = match tail {
         Some(0) => {
             // Still read the state; an empty range keeps the reply shape.
@@ -56,8 +60,12 @@ pub async fn snapshot(redis: &RedisHandle, room: &RoomId, tail: Option<usize>) -
     let mut pipe = redis::pipe();
     pipe.atomic()
         .lrange(keys::messages(room), start, -1)
-        .cmd("HMGET").arg(keys::room_state(room)).arg("seq").arg("epoch");
-    let (raw, (seq, epoch)): (Vec<String>, (Option<u64>, Option<String>)) = redis.pipe(&pipe).await?;
+        .cmd("HMGET")
+        .arg(keys::room_state(room))
+        .arg("seq")
+        .arg("epoch");
+    let (raw, (seq, epoch)): (Vec<String>, (Option<u64>, Option<String>)) =
+        redis.pipe(&pipe).await?;
     let raw = if tail == Some(0) { Vec::new() } else { raw };
     let records = raw
         .into_iter()

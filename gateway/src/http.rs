@@ -57,7 +57,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/rooms/{room}/messages", get(messages))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
+        })
         .with_state(state)
 }
 
@@ -73,13 +75,18 @@ async fn health(State(state): State<AppState>) -> Response {
         "connections": state.connection_count(),
         "draining": state.is_draining(),
     });
-    let code = if redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if redis_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
 /// `GET /readyz`: 503 while draining, without Redis, or without a delivery subscription.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let ready = !state.is_draining() && state.subscription.is_up() && state.redis.ping().await.is_ok();
+    let ready =
+        !state.is_draining() && state.subscription.is_up() && state.redis.ping().await.is_ok();
     if ready {
         (StatusCode::OK, "ready").into_response()
     } else {
@@ -91,7 +98,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!(m::GW_CONNECTIONS).set(state.connection_count() as f64);
     (
         [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.as_ref().map(|h| h.render()).unwrap_or_default(),
+        state
+            .metrics
+            .as_ref()
+            .map(|h| h.render())
+            .unwrap_or_default(),
     )
         .into_response()
 }
@@ -104,8 +115,13 @@ async fn messages(
     Path(room): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let room = RoomId::parse(&room)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, "room must be 1-64 characters of [A-Za-z0-9_.:-]"))?;
+    let room = RoomId::parse(&room).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRoom,
+            "room must be 1-64 characters of [A-Za-z0-9_.:-]",
+        )
+    })?;
     let max = state.config.history_page_max as usize;
     let limit = match params.get("limit") {
         None => 50.min(max),
@@ -123,12 +139,22 @@ async fn messages(
     let before = match params.get("before_seq") {
         None => None,
         Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
-            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter, "before_seq must be a non-negative integer")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidParameter,
+                "before_seq must be a non-negative integer",
+            )
         })?),
     };
-    let snap = history::snapshot(&state.redis, &room, None).await.map_err(|_| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "history is unavailable: Redis unreachable")
-    })?;
+    let snap = history::snapshot(&state.redis, &room, None)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "history is unavailable: Redis unreachable",
+            )
+        })?;
     let page = history::page(&snap, limit, before);
     let records = format!("[{}]", page.join(","));
     let meta = snap.meta(&room);

@@ -57,7 +57,13 @@ pub async fn run(
     let heartbeat_every = config.heartbeat();
     // Connections close on `conn_shutdown`, which fires when the drain starts.
     let conn_shutdown = CancellationToken::new();
-    let state = AppState::new(config, gateway_id.clone(), redis.clone(), metrics.clone(), conn_shutdown.clone());
+    let state = AppState::new(
+        config,
+        gateway_id.clone(),
+        redis.clone(),
+        metrics.clone(),
+        conn_shutdown.clone(),
+    );
     tracing::info!(gateway_id, addr = ?listener.local_addr().ok(), "Gateway starting");
 
     let background = CancellationToken::new();
@@ -81,7 +87,8 @@ pub async fn run(
                     _ = stop.cancelled() => break,
                 }
                 if let Err(e) = presence::heartbeat(&redis, &id).await {
-                    metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "heartbeat").increment(1);
+                    metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "heartbeat")
+                        .increment(1);
                     tracing::warn!(error = %e, "Gateway heartbeat failed");
                 }
                 if let Some(h) = &metrics {
@@ -96,15 +103,24 @@ pub async fn run(
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.cancelled().await;
         drain_state.draining.store(true, Ordering::Release);
-        tracing::info!(connections = drain_state.connection_count(), "Draining: closing connections with 1001");
+        tracing::info!(
+            connections = drain_state.connection_count(),
+            "Draining: closing connections with 1001"
+        );
         conn_shutdown.cancel();
     });
     server.await?;
 
     // The listener is closed; wait for the socket tasks axum does not track.
     state.tracker.close();
-    if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
-        tracing::warn!(remaining = state.connection_count(), "Drain exceeded the grace period; exiting anyway");
+    if tokio::time::timeout(grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = state.connection_count(),
+            "Drain exceeded the grace period; exiting anyway"
+        );
     }
     background.cancel();
     let _ = subscriber.await;

@@ -23,5 +23,12 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|e| exit_usage(format!("cannot bind {addr}: {e}")));
     tracing::info!(addr = %listener.local_addr()?, "Gateway listening");
     let shutdown = chat_shared::shutdown::on_signal();
-    chat_gateway::run(config, gateway_id.to_string(), listener, Some(metrics), shutdown).await
+    chat_gateway::run(
+        config,
+        gateway_id.to_string(),
+        listener,
+        Some(metrics),
+        shutdown,
+    )
+    .await
 }

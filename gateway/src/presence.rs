@@ -25,7 +25,12 @@ return n
 ///
 /// # Errors
 /// Fails when Redis does not answer.
-pub async fn register(redis: &RedisHandle, gateway: &str, room: &RoomId, conn: &str) -> Result<(), RedisError> {
+pub async fn register(
+    redis: &RedisHandle,
+    gateway: &str,
+    room: &RoomId,
+    conn: &str,
+) -> Result<(), RedisError> {
     let member = keys::connection_member(gateway, conn);
     let mut pipe = redis::pipe();
     pipe.atomic()
@@ -48,7 +53,12 @@ pub async fn register(redis: &RedisHandle, gateway: &str, room: &RoomId, conn: &
 ///
 /// # Errors
 /// Fails when Redis does not answer; the janitor then cleans up later.
-pub async fn unregister(redis: &RedisHandle, gateway: &str, room: &RoomId, conn: &str) -> Result<(), RedisError> {
+pub async fn unregister(
+    redis: &RedisHandle,
+    gateway: &str,
+    room: &RoomId,
+    conn: &str,
+) -> Result<(), RedisError> {
     let member = keys::connection_member(gateway, conn);
     let mut c = redis.get().await?;
     Script::new(LEAVE_LUA)
@@ -67,7 +77,12 @@ pub async fn unregister(redis: &RedisHandle, gateway: &str, room: &RoomId, conn:
 /// Fails when Redis does not answer.
 pub async fn heartbeat(redis: &RedisHandle, gateway: &str) -> Result<(), RedisError> {
     redis
-        .query::<()>(redis::cmd("HSET").arg(keys::GATEWAYS).arg(gateway).arg(now_us() / 1000))
+        .query::<()>(
+            redis::cmd("HSET")
+                .arg(keys::GATEWAYS)
+                .arg(gateway)
+                .arg(now_us() / 1000),
+        )
         .await
 }
 
@@ -76,5 +91,7 @@ pub async fn heartbeat(redis: &RedisHandle, gateway: &str) -> Result<(), RedisEr
 /// # Errors
 /// Fails when Redis does not answer.
 pub async fn deregister(redis: &RedisHandle, gateway: &str) -> Result<(), RedisError> {
-    redis.query::<()>(redis::cmd("HDEL").arg(keys::GATEWAYS).arg(gateway)).await
+    redis
+        .query::<()>(redis::cmd("HDEL").arg(keys::GATEWAYS).arg(gateway))
+        .await
 }

@@ -40,9 +40,18 @@ pub struct LocalRooms {
 impl LocalRooms {
     /// Adds a connection; returns a guard that removes it on drop.
     #[must_use = "the membership ends when the guard is dropped"]
-    pub fn join(self: &Arc<Self>, room: &str, conn: u64, tx: mpsc::Sender<Outbound>, kick: CancellationToken) -> Membership {
+    pub fn join(
+        self: &Arc<Self>,
+        room: &str,
+        conn: u64,
+        tx: mpsc::Sender<Outbound>,
+        kick: CancellationToken,
+    ) -> Membership {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        rooms.entry(room.to_owned()).or_default().insert(conn, Member { tx, kick });
+        rooms
+            .entry(room.to_owned())
+            .or_default()
+            .insert(conn, Member { tx, kick });
         Membership {
             rooms: Arc::clone(self),
             room: room.to_owned(),
@@ -73,7 +82,9 @@ impl LocalRooms {
         let mut queued = 0;
         let mut slow = 0;
         for d in &batch.deliveries {
-            let Some(members) = rooms.get(&d.room) else { continue };
+            let Some(members) = rooms.get(&d.room) else {
+                continue;
+            };
             let frame = Utf8Bytes::from(message_frame(&d.record));
             for member in members.values() {
                 if member.kick.is_cancelled() {
@@ -91,7 +102,8 @@ impl LocalRooms {
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
-            metrics::histogram!(m::GW_DELIVERY_LATENCY_SECONDS).record((now - d.stamped_us).max(0) as f64 / 1e6);
+            metrics::histogram!(m::GW_DELIVERY_LATENCY_SECONDS)
+                .record((now - d.stamped_us).max(0) as f64 / 1e6);
         }
         metrics::counter!(m::GW_MESSAGES_DELIVERED).increment(queued as u64);
         if slow > 0 {

@@ -124,7 +124,10 @@ impl ProcessId {
             .take(40)
             .collect();
         let suffix: u32 = rand::rng().random();
-        Self(format!("{}-{suffix:08x}", if host.is_empty() { "chat" } else { &host }))
+        Self(format!(
+            "{}-{suffix:08x}",
+            if host.is_empty() { "chat" } else { &host }
+        ))
     }
 
     /// The id as a string slice.

@@ -104,6 +104,9 @@ mod tests {
             let r = RoomId::parse(&format!("room-{i}")).unwrap();
             assert!(shard_of(&r, 16) < 16);
         }
-        assert_eq!(shard_of(&RoomId::parse("a").unwrap(), 1 << 30), 0xaf63dc4c8601ec8c_u64 as u32 % (1 << 30));
+        assert_eq!(
+            shard_of(&RoomId::parse("a").unwrap(), 1 << 30),
+            0xaf63dc4c8601ec8c_u64 as u32 % (1 << 30)
+        );
     }
 }

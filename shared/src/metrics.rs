@@ -5,8 +5,8 @@
 //! a room, user or message id.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 pub use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// Gauge: WebSocket connections open on this gateway.
 pub const GW_CONNECTIONS: &str = "chat_gateway_connections";
@@ -72,23 +72,99 @@ pub fn upkeep(handle: &PrometheusHandle) {
 }
 
 fn describe_all() {
-    describe_gauge!(GW_CONNECTIONS, Unit::Count, "WebSocket connections open on this gateway");
-    describe_counter!(GW_CONNECTIONS_OPENED, Unit::Count, "WebSocket connections accepted");
-    describe_counter!(GW_CONNECTIONS_CLOSED, Unit::Count, "WebSocket connections closed, by reason");
-    describe_counter!(GW_CONNECTIONS_REJECTED, Unit::Count, "Upgrade requests refused before the upgrade, by code");
-    describe_counter!(GW_FRAMES_RECEIVED, Unit::Count, "Inbound frames, by result (accepted or error code)");
-    describe_counter!(GW_MESSAGES_DELIVERED, Unit::Count, "Message frames queued to local connections");
-    describe_counter!(GW_SLOW_CONSUMERS, Unit::Count, "Connections closed because their outbound queue was full");
-    describe_histogram!(GW_APPEND_SECONDS, Unit::Seconds, "Time to append a message to its Redis stream");
-    describe_histogram!(GW_DELIVERY_LATENCY_SECONDS, Unit::Seconds, "Gateway stamp to delivery into local queues");
-    describe_counter!(GW_REDIS_ERRORS, Unit::Count, "Failed Redis operations on the gateway, by op");
-    describe_counter!(GW_SUBSCRIPTIONS, Unit::Count, "Delivery channel subscriptions established");
-    describe_counter!(WK_PERSISTED, Unit::Count, "Messages newly written to history");
-    describe_counter!(WK_DUPLICATES, Unit::Count, "Stream entries already applied before (re-processing)");
-    describe_counter!(WK_UNDECODABLE, Unit::Count, "Stream entries that could not be decoded");
-    describe_histogram!(WK_BATCH_SIZE, Unit::Count, "Stream entries per processed batch");
-    describe_histogram!(WK_PUBLISH_LATENCY_SECONDS, Unit::Seconds, "Gateway stamp to worker publish");
-    describe_counter!(WK_PUBLISHES, Unit::Count, "Delivery batches published to gateway channels");
-    describe_counter!(WK_REDIS_ERRORS, Unit::Count, "Failed Redis operations on the worker, by op");
-    describe_gauge!(WK_SHARDS_OWNED, Unit::Count, "Stream shards this worker processes");
+    describe_gauge!(
+        GW_CONNECTIONS,
+        Unit::Count,
+        "WebSocket connections open on this gateway"
+    );
+    describe_counter!(
+        GW_CONNECTIONS_OPENED,
+        Unit::Count,
+        "WebSocket connections accepted"
+    );
+    describe_counter!(
+        GW_CONNECTIONS_CLOSED,
+        Unit::Count,
+        "WebSocket connections closed, by reason"
+    );
+    describe_counter!(
+        GW_CONNECTIONS_REJECTED,
+        Unit::Count,
+        "Upgrade requests refused before the upgrade, by code"
+    );
+    describe_counter!(
+        GW_FRAMES_RECEIVED,
+        Unit::Count,
+        "Inbound frames, by result (accepted or error code)"
+    );
+    describe_counter!(
+        GW_MESSAGES_DELIVERED,
+        Unit::Count,
+        "Message frames queued to local connections"
+    );
+    describe_counter!(
+        GW_SLOW_CONSUMERS,
+        Unit::Count,
+        "Connections closed because their outbound queue was full"
+    );
+    describe_histogram!(
+        GW_APPEND_SECONDS,
+        Unit::Seconds,
+        "Time to append a message to its Redis stream"
+    );
+    describe_histogram!(
+        GW_DELIVERY_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Gateway stamp to delivery into local queues"
+    );
+    describe_counter!(
+        GW_REDIS_ERRORS,
+        Unit::Count,
+        "Failed Redis operations on the gateway, by op"
+    );
+    describe_counter!(
+        GW_SUBSCRIPTIONS,
+        Unit::Count,
+        "Delivery channel subscriptions established"
+    );
+    describe_counter!(
+        WK_PERSISTED,
+        Unit::Count,
+        "Messages newly written to history"
+    );
+    describe_counter!(
+        WK_DUPLICATES,
+        Unit::Count,
+        "Stream entries already applied before (re-processing)"
+    );
+    describe_counter!(
+        WK_UNDECODABLE,
+        Unit::Count,
+        "Stream entries that could not be decoded"
+    );
+    describe_histogram!(
+        WK_BATCH_SIZE,
+        Unit::Count,
+        "Stream entries per processed batch"
+    );
+    describe_histogram!(
+        WK_PUBLISH_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Gateway stamp to worker publish"
+    );
+    describe_counter!(
+        WK_PUBLISHES,
+        Unit::Count,
+        "Delivery batches published to gateway channels"
+    );
+    describe_counter!(
+        WK_REDIS_ERRORS,
+        Unit::Count,
+        "Failed Redis operations on the worker, by op"
+    );
+    describe_gauge!(
+        WK_SHARDS_OWNED,
+        Unit::Count,
+        "Stream shards this worker processes"
+    );
 }

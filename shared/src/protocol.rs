@@ -206,7 +206,11 @@ impl Rejected {
 ///
 /// # Errors
 /// Returns a [`Rejected`] carrying the error code to send back.
-pub fn parse_client_frame(text: &str, room: &RoomId, limits: &Limits) -> Result<ClientFrame, Rejected> {
+pub fn parse_client_frame(
+    text: &str,
+    room: &RoomId,
+    limits: &Limits,
+) -> Result<ClientFrame, Rejected> {
     let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|_| {
         Rejected::new(
             ErrorCode::BadJson,
@@ -228,8 +232,13 @@ pub fn parse_client_frame(text: &str, room: &RoomId, limits: &Limits) -> Result<
     }
 }
 
-fn parse_message(data: Option<&RawValue>, room: &RoomId, limits: &Limits) -> Result<OutgoingMessage, Rejected> {
-    let data = data.ok_or_else(|| Rejected::new(ErrorCode::BadFrame, "\"data\" object is required", None))?;
+fn parse_message(
+    data: Option<&RawValue>,
+    room: &RoomId,
+    limits: &Limits,
+) -> Result<OutgoingMessage, Rejected> {
+    let data = data
+        .ok_or_else(|| Rejected::new(ErrorCode::BadFrame, "\"data\" object is required", None))?;
     let raw: RawMessage = serde_json::from_str(data.get()).map_err(|_| {
         Rejected::new(
             ErrorCode::BadFrame,
@@ -268,13 +277,21 @@ fn parse_message(data: Option<&RawValue>, room: &RoomId, limits: &Limits) -> Res
         return reject(ErrorCode::EmptyMessage, "data.message is required".into());
     };
     if message.is_empty() {
-        return reject(ErrorCode::EmptyMessage, "data.message must not be empty".into());
+        return reject(
+            ErrorCode::EmptyMessage,
+            "data.message must not be empty".into(),
+        );
     }
     // Fast path: byte length bounds char count from above.
-    if message.len() > limits.max_message_chars && message.chars().count() > limits.max_message_chars {
+    if message.len() > limits.max_message_chars
+        && message.chars().count() > limits.max_message_chars
+    {
         return reject(
             ErrorCode::MessageTooLong,
-            format!("data.message is longer than {} characters", limits.max_message_chars),
+            format!(
+                "data.message is longer than {} characters",
+                limits.max_message_chars
+            ),
         );
     }
     let username = match raw.username {
@@ -381,7 +398,14 @@ struct AckData<'a> {
 /// `{"type":"ack","data":{"client_id","id","timestamp"}}`, sent once the message
 /// is durable in the Redis stream. `client_id` is `null` when none was given.
 pub fn ack_frame(client_id: Option<&str>, id: &str, timestamp: &str) -> String {
-    frame("ack", AckData { client_id, id, timestamp })
+    frame(
+        "ack",
+        AckData {
+            client_id,
+            id,
+            timestamp,
+        },
+    )
 }
 
 /// `{"type":"message","data":<record>}` where `record` is the stored JSON object.
@@ -457,7 +481,9 @@ pub fn record_seq(record_json: &str) -> Option<u64> {
     struct SeqOnly {
         seq: u64,
     }
-    serde_json::from_str::<SeqOnly>(record_json).ok().map(|s| s.seq)
+    serde_json::from_str::<SeqOnly>(record_json)
+        .ok()
+        .map(|s| s.seq)
 }
 
 #[cfg(test)]
@@ -499,24 +525,58 @@ mod tests {
         assert_eq!(code(r#"{"data":{}}"#), ErrorCode::BadJson);
         assert_eq!(code(r#"{"type":"nope","data":{}}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":"message"}"#), ErrorCode::BadFrame);
-        assert_eq!(code(r#"{"type":"message","data":{"room":1}}"#), ErrorCode::BadFrame);
-        assert_eq!(code(r#"{"type":"message","data":{"message":"x"}}"#), ErrorCode::InvalidRoom);
-        assert_eq!(code(r#"{"type":"message","data":{"room":"a b","message":"x"}}"#), ErrorCode::InvalidRoom);
-        assert_eq!(code(r#"{"type":"message","data":{"room":"other","message":"x"}}"#), ErrorCode::RoomMismatch);
-        assert_eq!(code(r#"{"type":"message","data":{"room":"lobby","message":""}}"#), ErrorCode::EmptyMessage);
-        assert_eq!(code(r#"{"type":"message","data":{"room":"lobby"}}"#), ErrorCode::EmptyMessage);
-        assert_eq!(code(r#"{"type":"message","data":{"room":"lobby","message":"01234567890"}}"#), ErrorCode::MessageTooLong);
-        assert!(parse(r#"{"type":"message","data":{"room":"lobby","message":"éééééééééé"}}"#).is_ok());
-        assert_eq!(code(r#"{"type":"message","data":{"room":"lobby","message":"x","username":""}}"#), ErrorCode::InvalidUsername);
-        assert_eq!(code(r#"{"type":"history","data":{"limit":0}}"#), ErrorCode::InvalidParameter);
-        assert_eq!(code(r#"{"type":"history","data":{"limit":-1}}"#), ErrorCode::InvalidParameter);
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":1}}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"message":"x"}}"#),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"a b","message":"x"}}"#),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"other","message":"x"}}"#),
+            ErrorCode::RoomMismatch
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"lobby","message":""}}"#),
+            ErrorCode::EmptyMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"lobby"}}"#),
+            ErrorCode::EmptyMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"lobby","message":"01234567890"}}"#),
+            ErrorCode::MessageTooLong
+        );
+        assert!(
+            parse(r#"{"type":"message","data":{"room":"lobby","message":"éééééééééé"}}"#).is_ok()
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"lobby","message":"x","username":""}}"#),
+            ErrorCode::InvalidUsername
+        );
+        assert_eq!(
+            code(r#"{"type":"history","data":{"limit":0}}"#),
+            ErrorCode::InvalidParameter
+        );
+        assert_eq!(
+            code(r#"{"type":"history","data":{"limit":-1}}"#),
+            ErrorCode::InvalidParameter
+        );
     }
 
     #[test]
     fn rejection_echoes_client_id() {
-        let r = parse(r#"{"type":"message","data":{"room":"x","message":"hi","client_id":"n1"}}"#).unwrap_err();
+        let r = parse(r#"{"type":"message","data":{"room":"x","message":"hi","client_id":"n1"}}"#)
+            .unwrap_err();
         assert_eq!(r.client_id.as_deref(), Some("n1"));
-        let frame: serde_json::Value = serde_json::from_str(&error_frame(&r.error, r.client_id.as_deref())).unwrap();
+        let frame: serde_json::Value =
+            serde_json::from_str(&error_frame(&r.error, r.client_id.as_deref())).unwrap();
         assert_eq!(frame["type"], "error");
         assert_eq!(frame["data"]["code"], "room_mismatch");
         assert_eq!(frame["data"]["client_id"], "n1");

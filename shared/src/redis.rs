@@ -70,7 +70,8 @@ impl RedisHandle {
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let manager = deadpool_redis::Manager::new_with_config(url.as_str(), conn_config).map_err(RedisError::Url)?;
+        let manager = deadpool_redis::Manager::new_with_config(url.as_str(), conn_config)
+            .map_err(RedisError::Url)?;
         let pool = Pool::builder(manager)
             .max_size(args.redis_pool_size.max(1))
             .wait_timeout(Some(timeout))
@@ -79,7 +80,11 @@ impl RedisHandle {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| RedisError::Pool(e.to_string()))?;
-        Ok(Self { pool, client, timeout })
+        Ok(Self {
+            pool,
+            client,
+            timeout,
+        })
     }
 
     /// The per-command timeout.
@@ -111,7 +116,10 @@ impl RedisHandle {
     ///
     /// # Errors
     /// Fails on connection errors, command errors and timeouts.
-    pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, RedisError> {
+    pub async fn pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
         let mut conn = self.get().await?;
         Ok(pipe.query_async(&mut conn).await?)
     }
@@ -123,7 +131,9 @@ impl RedisHandle {
     pub async fn ping(&self) -> Result<(), RedisError> {
         let cmd = redis::cmd("PING");
         let fut = self.query::<String>(&cmd);
-        tokio::time::timeout(self.timeout, fut).await.map_err(|_| RedisError::Timeout)??;
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| RedisError::Timeout)??;
         Ok(())
     }
 
@@ -133,11 +143,17 @@ impl RedisHandle {
     ///
     /// # Errors
     /// Fails when Redis cannot be reached in time.
-    pub async fn dedicated(&self, block: Duration) -> Result<redis::aio::MultiplexedConnection, RedisError> {
+    pub async fn dedicated(
+        &self,
+        block: Duration,
+    ) -> Result<redis::aio::MultiplexedConnection, RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(block + self.timeout));
-        Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 
     /// A fresh pub/sub connection.

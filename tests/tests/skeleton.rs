@@ -31,7 +31,9 @@ async fn cluster(gw_env: &[(&str, &str)]) -> Cluster {
 }
 
 fn seqs(msgs: &[Value]) -> Vec<u64> {
-    msgs.iter().map(|m| m["seq"].as_u64().expect("seq")).collect()
+    msgs.iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,9 +62,21 @@ async fn members_on_two_gateways_see_one_order_and_other_rooms_see_nothing() {
     }
     let got_b = b.messages(20).await;
 
-    assert_eq!(seqs(&got_a), (1..=20).collect::<Vec<_>>(), "seq rises by exactly 1");
-    let ids = |v: &[Value]| v.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
-    assert_eq!(ids(&got_a), ids(&got_b), "both gateways deliver the same order");
+    assert_eq!(
+        seqs(&got_a),
+        (1..=20).collect::<Vec<_>>(),
+        "seq rises by exactly 1"
+    );
+    let ids = |v: &[Value]| {
+        v.iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&got_a),
+        ids(&got_b),
+        "both gateways deliver the same order"
+    );
     // Each sender's own messages keep their send order.
     let order_of = |prefix: &str| -> Vec<String> {
         got_a
@@ -71,8 +85,14 @@ async fn members_on_two_gateways_see_one_order_and_other_rooms_see_nothing() {
             .filter(|t| t.starts_with(prefix))
             .collect()
     };
-    assert_eq!(order_of("a"), (0..10).map(|i| format!("a{i}")).collect::<Vec<_>>());
-    assert_eq!(order_of("b"), (0..10).map(|i| format!("b{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        order_of("a"),
+        (0..10).map(|i| format!("a{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        order_of("b"),
+        (0..10).map(|i| format!("b{i}")).collect::<Vec<_>>()
+    );
     for m in &got_a {
         assert_uuid_v7(&m["id"]);
         assert_timestamp(&m["timestamp"]);
@@ -89,12 +109,18 @@ async fn members_on_two_gateways_see_one_order_and_other_rooms_see_nothing() {
     // History holds the same order, as the spec's JSON.
     let mut r = c.redis.conn().await;
     let stored: Vec<String> = r.lrange("messages:lobby", 0, -1).await.unwrap();
-    let stored: Vec<Value> = stored.iter().map(|s| serde_json::from_str(s).unwrap()).collect();
+    let stored: Vec<Value> = stored
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
     assert_eq!(ids(&stored), ids(&got_a));
     for m in &stored {
         let mut keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["id", "message", "room", "seq", "timestamp", "username"]);
+        assert_eq!(
+            keys,
+            ["id", "message", "room", "seq", "timestamp", "username"]
+        );
     }
 
     // The other room saw nothing: its first frame is its own marker, seq 1.
@@ -129,7 +155,10 @@ async fn join_history_and_redis_bookkeeping() {
     let mut members: Vec<String> = r.smembers("connections:hist").await.unwrap();
     members.sort();
     assert_eq!(members.len(), 2);
-    assert!(members[0].starts_with("gw1/") && members[1].starts_with("gw2/"), "{members:?}");
+    assert!(
+        members[0].starts_with("gw1/") && members[1].starts_with("gw2/"),
+        "{members:?}"
+    );
 
     // Disconnecting removes the member.
     b.close().await;
@@ -143,43 +172,90 @@ async fn join_history_and_redis_bookkeeping() {
     .await;
 
     // The HTTP history page agrees.
-    let (status, body) = http_get(&c.gw1.addr(), "/rooms/hist/messages?limit=2&before_seq=5").await.unwrap();
+    let (status, body) = http_get(&c.gw1.addr(), "/rooms/hist/messages?limit=2&before_seq=5")
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let page: Value = serde_json::from_str(&body).unwrap();
-    let s: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let s: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(s, [3, 4]);
-    let (status, body) = http_get(&c.gw1.addr(), "/rooms/hist/messages?limit=zero").await.unwrap();
+    let (status, body) = http_get(&c.gw1.addr(), "/rooms/hist/messages?limit=zero")
+        .await
+        .unwrap();
     assert_eq!(status, 400);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], "invalid_parameter");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        "invalid_parameter"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_documented_errors_and_the_connection_lives_on() {
     let c = cluster(&[("MAX_MESSAGE_LEN", "100")]).await;
     // Refused before the upgrade.
-    for q in ["", "room=", "room=a%20b", "room=%7Bx%7D", &format!("room={}", "x".repeat(65))] {
+    for q in [
+        "",
+        "room=",
+        "room=a%20b",
+        "room=%7Bx%7D",
+        &format!("room={}", "x".repeat(65)),
+    ] {
         let (status, body) = http_get(&c.gw1.addr(), &format!("/ws?{q}")).await.unwrap();
         assert_eq!(status, 400, "query {q:?}");
         let v: Value = serde_json::from_str(&body).expect("JSON error body");
         assert_eq!(v["error"]["code"], "invalid_room");
         assert!(v["error"]["message"].is_string());
     }
-    let (status, _) = http_get(&c.gw1.addr(), "/ws?room=ok&username=%0A").await.unwrap();
+    let (status, _) = http_get(&c.gw1.addr(), "/ws?room=ok&username=%0A")
+        .await
+        .unwrap();
     assert_eq!(status, 400);
 
     let (mut a, _) = Client::join(&c.gw1.ws_url("room=bad")).await;
     let cases: Vec<(String, &str)> = vec![
         ("not json".into(), "bad_json"),
         ("{\"type\":".into(), "bad_json"),
-        (json!({"type":"shout","data":{}}).to_string(), "unknown_type"),
+        (
+            json!({"type":"shout","data":{}}).to_string(),
+            "unknown_type",
+        ),
         (json!({"type":"message"}).to_string(), "bad_frame"),
-        (json!({"type":"message","data":{"room":"bad","message":7}}).to_string(), "bad_frame"),
-        (json!({"type":"message","data":{"room":"other","message":"x","client_id":"k"}}).to_string(), "room_mismatch"),
-        (json!({"type":"message","data":{"room":"b d","message":"x"}}).to_string(), "invalid_room"),
-        (json!({"type":"message","data":{"room":"bad","message":""}}).to_string(), "empty_message"),
-        (json!({"type":"message","data":{"room":"bad","message":"x".repeat(101)}}).to_string(), "message_too_long"),
-        (json!({"type":"message","data":{"room":"bad","message":"x","username":"a\u{1}"}}).to_string(), "invalid_username"),
-        (json!({"type":"message","data":{"room":"bad","message":"x".repeat(70_000)}}).to_string(), "frame_too_large"),
+        (
+            json!({"type":"message","data":{"room":"bad","message":7}}).to_string(),
+            "bad_frame",
+        ),
+        (
+            json!({"type":"message","data":{"room":"other","message":"x","client_id":"k"}})
+                .to_string(),
+            "room_mismatch",
+        ),
+        (
+            json!({"type":"message","data":{"room":"b d","message":"x"}}).to_string(),
+            "invalid_room",
+        ),
+        (
+            json!({"type":"message","data":{"room":"bad","message":""}}).to_string(),
+            "empty_message",
+        ),
+        (
+            json!({"type":"message","data":{"room":"bad","message":"x".repeat(101)}}).to_string(),
+            "message_too_long",
+        ),
+        (
+            json!({"type":"message","data":{"room":"bad","message":"x","username":"a\u{1}"}})
+                .to_string(),
+            "invalid_username",
+        ),
+        (
+            json!({"type":"message","data":{"room":"bad","message":"x".repeat(70_000)}})
+                .to_string(),
+            "frame_too_large",
+        ),
     ];
     for (frame, code) in &cases {
         a.send_text(frame).await;
@@ -188,12 +264,17 @@ async fn bad_input_gets_documented_errors_and_the_connection_lives_on() {
         assert_eq!(f["data"]["code"], *code, "for {frame:.60}");
         assert!(f["data"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    a.send_raw(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    a.send_raw(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
     let f = a.next_json().await;
     assert_eq!(f["data"]["code"], "binary_not_supported");
     // The error echoes client_id when it could be read.
-    a.send_text(&json!({"type":"message","data":{"room":"nope","message":"x","client_id":"echo-me"}}).to_string())
-        .await;
+    a.send_text(
+        &json!({"type":"message","data":{"room":"nope","message":"x","client_id":"echo-me"}})
+            .to_string(),
+    )
+    .await;
     assert_eq!(a.next_json().await["data"]["client_id"], "echo-me");
 
     // Still alive: a valid message is acked and delivered.
@@ -206,7 +287,9 @@ async fn bad_input_gets_documented_errors_and_the_connection_lives_on() {
 
     // Above the hard limit the socket is closed with 1009, the process lives.
     let (mut big, _) = Client::join(&c.gw1.ws_url("room=bad")).await;
-    let _ = big.send_raw(Message::Text("x".repeat(2 * 1024 * 1024).into())).await;
+    let _ = big
+        .send_raw(Message::Text("x".repeat(2 * 1024 * 1024).into()))
+        .await;
     let closed = big.wait_closed(DEADLINE).await;
     if let Some((code, _)) = closed {
         assert_eq!(code, 1009);
@@ -234,7 +317,10 @@ async fn floods_are_rate_limited_with_errors_not_drops() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!((5..=6).contains(&acks), "burst of 5 (plus at most one refill), got {acks}");
+    assert!(
+        (5..=6).contains(&acks),
+        "burst of 5 (plus at most one refill), got {acks}"
+    );
     assert_eq!(limited, 20 - acks);
 }
 
@@ -307,8 +393,17 @@ async fn reconnect_with_since_gets_exactly_the_missed_messages() {
     }
     b.messages(3).await;
     let since = first.last().unwrap()["seq"].as_u64().unwrap();
-    let (mut a2, h) = Client::join(&c.gw2.ws_url(&format!("room=rec&since={since}&epoch={epoch}"))).await;
-    let s: Vec<u64> = h["data"]["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let (mut a2, h) = Client::join(
+        &c.gw2
+            .ws_url(&format!("room=rec&since={since}&epoch={epoch}")),
+    )
+    .await;
+    let s: Vec<u64> = h["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(s, [5, 6, 7]);
     assert!(h["data"].get("reset").is_none());
     // Then live, with no gap.

@@ -14,8 +14,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::metrics as m;
 use chat_shared::protocol::{
-    ack_frame, error_frame, history_frame, message_frame, parse_client_frame, ClientFrame, ErrorCode, HistoryRequest,
-    OutgoingMessage, ProtocolError,
+    ack_frame, error_frame, history_frame, message_frame, parse_client_frame, ClientFrame,
+    ErrorCode, HistoryRequest, OutgoingMessage, ProtocolError,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,11 @@ impl Connection {
         resume: Option<Resume>,
     ) -> Self {
         let now = Instant::now();
-        let bucket = TokenBucket::new(state.config.rate_limit_per_sec, state.config.rate_limit_burst, now);
+        let bucket = TokenBucket::new(
+            state.config.rate_limit_per_sec,
+            state.config.rate_limit_burst,
+            now,
+        );
         Self {
             state,
             socket,
@@ -124,13 +128,24 @@ impl Connection {
         let state = self.state.clone();
         let conn_key = self.conn_id.to_string();
         let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
-        let membership = state.rooms.join(self.room.as_str(), self.conn_id, tx, self.kick.clone());
-        state.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let membership = state
+            .rooms
+            .join(self.room.as_str(), self.conn_id, tx, self.kick.clone());
+        state
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!(m::GW_CONNECTIONS_OPENED).increment(1);
         metrics::gauge!(m::GW_CONNECTIONS).increment(1.0);
         tracing::debug!(username = self.username.as_str(), "Connection opened");
 
-        let reason = match presence::register(&state.redis, &state.gateway_id, &self.room, &conn_key).await {
+        let reason = match presence::register(
+            &state.redis,
+            &state.gateway_id,
+            &self.room,
+            &conn_key,
+        )
+        .await
+        {
             Err(e) => {
                 metrics::counter!(m::GW_REDIS_ERRORS, "op" => "register").increment(1);
                 tracing::warn!(error = %e, "Cannot register connection in Redis");
@@ -144,18 +159,27 @@ impl Connection {
 
         if let Some(frame) = reason.frame() {
             // The peer may not read at all: bound the close handshake.
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.send(Message::Close(Some(frame)))).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.socket.send(Message::Close(Some(frame))),
+            )
+            .await;
         }
         drop(membership);
         if reason != CloseReason::Unavailable {
-            if let Err(e) = presence::unregister(&state.redis, &state.gateway_id, &self.room, &conn_key).await {
+            if let Err(e) =
+                presence::unregister(&state.redis, &state.gateway_id, &self.room, &conn_key).await
+            {
                 metrics::counter!(m::GW_REDIS_ERRORS, "op" => "unregister").increment(1);
                 tracing::warn!(error = %e, "Cannot remove connection from Redis; the janitor will");
             }
         } else {
-            let _ = presence::unregister(&state.redis, &state.gateway_id, &self.room, &conn_key).await;
+            let _ =
+                presence::unregister(&state.redis, &state.gateway_id, &self.room, &conn_key).await;
         }
-        state.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        state
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!(m::GW_CONNECTIONS).decrement(1.0);
         metrics::counter!(m::GW_CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
         tracing::debug!(reason = reason.label(), "Connection closed");
@@ -226,7 +250,10 @@ impl Connection {
             return self.reply_error(&err, None).await;
         }
         match parse_client_frame(text, &self.room, &self.state.limits) {
-            Err(rejected) => self.reply_error(&rejected.error, rejected.client_id.as_deref()).await,
+            Err(rejected) => {
+                self.reply_error(&rejected.error, rejected.client_id.as_deref())
+                    .await
+            }
             Ok(ClientFrame::Message(msg)) => self.on_message(msg).await,
             Ok(ClientFrame::History(req)) => self.on_history(req).await,
         }
@@ -235,14 +262,25 @@ impl Connection {
     async fn on_message(&mut self, msg: OutgoingMessage) -> Result<(), WriteError> {
         let username = msg.username.as_ref().unwrap_or(&self.username).clone();
         let st = &self.state;
-        match append::append(&st.redis, st.config.stream_shards, &self.room, &username, msg.message).await {
+        match append::append(
+            &st.redis,
+            st.config.stream_shards,
+            &self.room,
+            &username,
+            msg.message,
+        )
+        .await
+        {
             Ok(done) => {
                 metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
                 let ack = ack_frame(msg.client_id.as_deref(), &done.id, &done.timestamp);
                 self.send(Message::Text(ack.into())).await
             }
             Err(_) => {
-                let err = ProtocolError::new(ErrorCode::Unavailable, "message not stored: Redis unavailable; retry");
+                let err = ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    "message not stored: Redis unavailable; retry",
+                );
                 self.reply_error(&err, msg.client_id.as_deref()).await
             }
         }
@@ -250,7 +288,9 @@ impl Connection {
 
     async fn on_history(&mut self, req: HistoryRequest) -> Result<(), WriteError> {
         metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
-        let limit = req.limit.unwrap_or(self.state.config.history_on_join.max(1));
+        let limit = req
+            .limit
+            .unwrap_or(self.state.config.history_on_join.max(1));
         match history::snapshot(&self.state.redis, &self.room, None).await {
             Ok(snap) => {
                 let page = history::page(&snap, limit, req.before_seq);
@@ -258,21 +298,34 @@ impl Connection {
                 self.send(Message::Text(frame.into())).await
             }
             Err(_) => {
-                let err = ProtocolError::new(ErrorCode::Unavailable, "history unavailable: Redis unreachable");
-                self.send(Message::Text(error_frame(&err, None).into())).await
+                let err = ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    "history unavailable: Redis unreachable",
+                );
+                self.send(Message::Text(error_frame(&err, None).into()))
+                    .await
             }
         }
     }
 
-    async fn reply_error(&mut self, err: &ProtocolError, client_id: Option<&str>) -> Result<(), WriteError> {
+    async fn reply_error(
+        &mut self,
+        err: &ProtocolError,
+        client_id: Option<&str>,
+    ) -> Result<(), WriteError> {
         metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => err.code.as_str()).increment(1);
-        self.send(Message::Text(error_frame(err, client_id).into())).await
+        self.send(Message::Text(error_frame(err, client_id).into()))
+            .await
     }
 
     /// Sends the join (or recovery) history and sets `last_seq`.
     async fn send_join_history(&mut self) -> Result<(), CloseReason> {
         let cfg = &self.state.config;
-        let tail = if self.resume.is_some() { None } else { Some(cfg.history_on_join) };
+        let tail = if self.resume.is_some() {
+            None
+        } else {
+            Some(cfg.history_on_join)
+        };
         let snap = match history::snapshot(&self.state.redis, &self.room, tail).await {
             Ok(s) => s,
             Err(e) => {
@@ -284,7 +337,9 @@ impl Connection {
         let frame = join_frame(&snap, &self.room, self.resume.as_ref(), cfg.history_on_join);
         self.last_seq = snap.latest_seq;
         if let Some(frame) = frame {
-            self.send(Message::Text(frame.into())).await.map_err(write_reason)?;
+            self.send(Message::Text(frame.into()))
+                .await
+                .map_err(write_reason)?;
         }
         Ok(())
     }
@@ -310,7 +365,11 @@ impl Connection {
                 return Ok(());
             }
         };
-        tracing::debug!(from = self.last_seq, upto, "Filling delivery gap from history");
+        tracing::debug!(
+            from = self.last_seq,
+            upto,
+            "Filling delivery gap from history"
+        );
         let missing: Vec<(u64, String)> = snap
             .records
             .into_iter()
@@ -318,7 +377,8 @@ impl Connection {
             .collect();
         for (seq, record) in missing {
             self.last_seq = seq;
-            self.send(Message::Text(message_frame(&record).into())).await?;
+            self.send(Message::Text(message_frame(&record).into()))
+                .await?;
         }
         Ok(())
     }
@@ -349,22 +409,37 @@ fn write_reason(e: WriteError) -> CloseReason {
 
 /// The history frame sent on join, or `None` when history on join is disabled
 /// and the client is not recovering.
-fn join_frame(snap: &Snapshot, room: &RoomId, resume: Option<&Resume>, on_join: usize) -> Option<String> {
+fn join_frame(
+    snap: &Snapshot,
+    room: &RoomId,
+    resume: Option<&Resume>,
+    on_join: usize,
+) -> Option<String> {
     let mut meta = snap.meta(room);
     let Some(resume) = resume else {
         if on_join == 0 {
             return None;
         }
-        return Some(history_frame(&meta, snap.records.iter().map(|(_, r)| r.as_str())));
+        return Some(history_frame(
+            &meta,
+            snap.records.iter().map(|(_, r)| r.as_str()),
+        ));
     };
     let epoch_changed = matches!((&resume.epoch, &snap.epoch), (Some(theirs), Some(ours)) if theirs != ours)
         || (resume.epoch.is_some() && snap.epoch.is_none() && resume.since > 0);
     if epoch_changed || resume.since > snap.latest_seq {
         // The client's position belongs to a sequence that no longer exists:
         // tell it, and give it the recent history of the new one.
-        meta.reset = Some(if epoch_changed { "epoch_changed" } else { "since_ahead" });
+        meta.reset = Some(if epoch_changed {
+            "epoch_changed"
+        } else {
+            "since_ahead"
+        });
         let skip = snap.records.len().saturating_sub(on_join);
-        return Some(history_frame(&meta, snap.records[skip..].iter().map(|(_, r)| r.as_str())));
+        return Some(history_frame(
+            &meta,
+            snap.records[skip..].iter().map(|(_, r)| r.as_str()),
+        ));
     }
     let wanted = snap.records.iter().filter(|(s, _)| *s > resume.since);
     meta.truncated = snap.oldest_seq().is_some_and(|o| o > resume.since + 1)
@@ -378,7 +453,10 @@ mod tests {
 
     fn snap(range: std::ops::RangeInclusive<u64>, epoch: &str) -> Snapshot {
         Snapshot {
-            records: range.clone().map(|s| (s, format!("{{\"seq\":{s}}}"))).collect(),
+            records: range
+                .clone()
+                .map(|s| (s, format!("{{\"seq\":{s}}}")))
+                .collect(),
             latest_seq: *range.end(),
             epoch: Some(epoch.into()),
         }
@@ -386,18 +464,29 @@ mod tests {
 
     fn seqs(frame: &str) -> (Vec<u64>, serde_json::Value) {
         let v: serde_json::Value = serde_json::from_str(frame).unwrap();
-        let s = v["data"]["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        let s = v["data"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
         (s, v["data"].clone())
     }
 
     #[test]
     fn recovery_sends_exactly_what_follows_since() {
         let room = RoomId::parse("r").unwrap();
-        let r = Resume { since: 7, epoch: Some("e1".into()) };
+        let r = Resume {
+            since: 7,
+            epoch: Some("e1".into()),
+        };
         let (s, d) = seqs(&join_frame(&snap(5..=10, "e1"), &room, Some(&r), 2).unwrap());
         assert_eq!(s, [8, 9, 10]);
         assert!(d.get("truncated").is_none());
-        let r = Resume { since: 2, epoch: None };
+        let r = Resume {
+            since: 2,
+            epoch: None,
+        };
         let (s, d) = seqs(&join_frame(&snap(5..=10, "e1"), &room, Some(&r), 2).unwrap());
         assert_eq!(s, [5, 6, 7, 8, 9, 10]);
         assert_eq!(d["truncated"], true);
@@ -406,11 +495,17 @@ mod tests {
     #[test]
     fn stale_epoch_is_reported() {
         let room = RoomId::parse("r").unwrap();
-        let r = Resume { since: 7, epoch: Some("old".into()) };
+        let r = Resume {
+            since: 7,
+            epoch: Some("old".into()),
+        };
         let (s, d) = seqs(&join_frame(&snap(1..=3, "new"), &room, Some(&r), 2).unwrap());
         assert_eq!(d["reset"], "epoch_changed");
         assert_eq!(s, [2, 3]);
-        let r = Resume { since: 70, epoch: None };
+        let r = Resume {
+            since: 70,
+            epoch: None,
+        };
         let (_, d) = seqs(&join_frame(&snap(1..=3, "new"), &room, Some(&r), 2).unwrap());
         assert_eq!(d["reset"], "since_ahead");
     }

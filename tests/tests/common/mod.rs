@@ -80,7 +80,9 @@ impl Proc {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().unwrap();
-        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).stdin(Stdio::null());
+        cmd.stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         Self {
             name: name.to_owned(),
@@ -101,7 +103,10 @@ impl Proc {
 
     /// SIGTERM.
     pub fn sigterm(&self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Waits for exit; `None` if still running at the deadline.
@@ -317,9 +322,15 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         // Chunked bodies: keep it simple, our JSON bodies are small; strip chunk framing.
-        let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if text
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(&body)
         } else {
             body
@@ -345,7 +356,8 @@ fn dechunk(body: &str) -> String {
     out
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client speaking the chat protocol.
 pub struct Client {
@@ -372,10 +384,16 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::Text(text.into())).await.expect("send");
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
     }
 
-    pub async fn send_raw(&mut self, msg: Message) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    pub async fn send_raw(
+        &mut self,
+        msg: Message,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         self.ws.send(msg).await
     }
 
@@ -392,7 +410,11 @@ impl Client {
             let left = end.checked_duration_since(Instant::now())?;
             let msg = tokio::time::timeout(left, self.ws.next()).await.ok()??;
             match msg {
-                Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).expect("server sent invalid JSON")),
+                Ok(Message::Text(t)) => {
+                    return Some(
+                        serde_json::from_str(t.as_str()).expect("server sent invalid JSON"),
+                    )
+                }
                 Ok(Message::Close(f)) => {
                     self.closed = f.map(|f| (u16::from(f.code), f.reason.to_string()));
                     return None;
@@ -405,7 +427,9 @@ impl Client {
 
     /// Next JSON frame; panics at the deadline.
     pub async fn next_json(&mut self) -> Value {
-        self.next_json_within(DEADLINE).await.expect("expected a frame before the deadline")
+        self.next_json_within(DEADLINE)
+            .await
+            .expect("expected a frame before the deadline")
     }
 
     /// Skips frames until one of `kind` arrives.
@@ -449,7 +473,10 @@ impl Client {
 /// Asserts `v` is an RFC 3339 UTC timestamp with milliseconds and `Z`.
 pub fn assert_timestamp(v: &Value) {
     let s = v.as_str().expect("timestamp is a string");
-    assert!(s.ends_with('Z') && s.len() == 24, "timestamp {s} is not YYYY-MM-DDTHH:MM:SS.mmmZ");
+    assert!(
+        s.ends_with('Z') && s.len() == 24,
+        "timestamp {s} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
+    );
     chrono::DateTime::parse_from_rfc3339(s).expect("timestamp parses as RFC 3339");
 }
 

@@ -1,0 +1,30 @@
+# Shared helpers for scripts/run-local and scripts/test: install what is missing.
+# Sourced, not run.
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# redis-server, redis-cli and curl from Debian's packages, when missing.
+ensure_redis() {
+  if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 \
+    && command -v curl >/dev/null 2>&1; then
+    return
+  fi
+  echo "==> Installing redis-server, redis-tools and curl (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools curl >/dev/null
+}
+
+# A Rust toolchain (rustup's cargo); Debian's own cargo is too old for axum 0.8.
+ensure_cargo() {
+  if command -v cargo >/dev/null 2>&1; then
+    return
+  fi
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+    return
+  fi
+  echo "error: cargo not found. Install Rust with rustup (https://rustup.rs), then re-run." >&2
+  exit 1
+}
