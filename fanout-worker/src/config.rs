@@ -51,6 +51,15 @@ pub struct WorkerConfig {
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..))]
     pub lease_ttl_ms: u64,
 
+    /// Interval of the janitor's sweep, in milliseconds.
+    #[arg(long, env = "JANITOR_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(50..))]
+    pub janitor_interval_ms: u64,
+
+    /// A gateway whose heartbeat is older than this is dead; its connection
+    /// entries are removed. In milliseconds.
+    #[arg(long, env = "GATEWAY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub gateway_timeout_ms: u64,
+
     /// Seconds to finish in-flight work after SIGTERM before exiting anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

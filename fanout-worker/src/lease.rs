@@ -52,13 +52,28 @@ impl Leases {
         self.ttl / 4
     }
 
-    /// Tries to take a free lease. `Ok(true)` when this worker now holds it.
+    /// Tries to take a free shard lease. `Ok(true)` when this worker now holds it.
     pub(crate) async fn acquire(&self, shard: u32) -> Result<bool, RedisError> {
+        self.acquire_key(&keys::lease(shard)).await
+    }
+
+    /// Extends a held shard lease. `Ok(false)` when it is no longer ours.
+    pub(crate) async fn renew(&self, shard: u32) -> Result<bool, RedisError> {
+        self.renew_key(&keys::lease(shard)).await
+    }
+
+    /// Gives a shard lease back so another worker can take the shard at once.
+    pub(crate) async fn release(&self, shard: u32) -> Result<(), RedisError> {
+        self.release_key(&keys::lease(shard)).await
+    }
+
+    /// Tries to take the lease stored at `key`.
+    pub(crate) async fn acquire_key(&self, key: &str) -> Result<bool, RedisError> {
         let reply: Option<String> = self
             .redis
             .query(
                 redis::cmd("SET")
-                    .arg(keys::lease(shard))
+                    .arg(key)
                     .arg(&self.worker_id)
                     .arg("NX")
                     .arg("PX")
@@ -68,12 +83,12 @@ impl Leases {
         Ok(reply.is_some())
     }
 
-    /// Extends a held lease. `Ok(false)` when it is no longer ours.
-    pub(crate) async fn renew(&self, shard: u32) -> Result<bool, RedisError> {
+    /// Extends the lease at `key`. `Ok(false)` when it is no longer ours.
+    pub(crate) async fn renew_key(&self, key: &str) -> Result<bool, RedisError> {
         let script = Script::new(RENEW_LUA);
         let mut conn = self.redis.get().await?;
         let n: i64 = script
-            .key(keys::lease(shard))
+            .key(key)
             .arg(&self.worker_id)
             .arg(self.ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -81,12 +96,12 @@ impl Leases {
         Ok(n == 1)
     }
 
-    /// Gives a lease back so another worker can take the shard at once.
-    pub(crate) async fn release(&self, shard: u32) -> Result<(), RedisError> {
+    /// Gives the lease at `key` back.
+    pub(crate) async fn release_key(&self, key: &str) -> Result<(), RedisError> {
         let script = Script::new(RELEASE_LUA);
         let mut conn = self.redis.get().await?;
         let _: i64 = script
-            .key(keys::lease(shard))
+            .key(key)
             .arg(&self.worker_id)
             .invoke_async(&mut conn)
             .await?;
@@ -163,7 +178,10 @@ mod tests {
         let clock = LeaseClock::new(Instant::now(), ttl, Duration::from_millis(10));
         let start = Instant::now();
         while clock.is_valid() {
-            assert!(start.elapsed() < Duration::from_secs(5), "clock never lapsed");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "clock never lapsed"
+            );
             std::thread::yield_now();
         }
         assert!(start.elapsed() >= Duration::from_millis(29));

@@ -7,12 +7,15 @@
 //! - `shard`: claims pending entries, reads new ones, and runs each batch
 //!   through `persist` (idempotent Lua: history, `seq`, epoch) and `publish`
 //!   (one delivery batch per owning gateway), then acks and trims.
+//! - `janitor`: one worker at a time removes dead gateways' connection entries
+//!   and rooms with neither connections nor history from `rooms:active`.
 //! - `http`: `/metrics`, `/livez`, `/readyz`.
 //!
 //! [`run`] is what `main` calls and what tests start: the binary is a thin shell.
 
 pub mod config;
 mod http;
+mod janitor;
 mod lease;
 mod persist;
 mod publish;
@@ -97,11 +100,13 @@ pub async fn run(
     }
 
     let supervisor = tokio::spawn(supervisor::run(ctx.clone(), shutdown.clone()));
+    let janitor = tokio::spawn(janitor::run(ctx.clone(), shutdown.clone()));
     shutdown.cancelled().await;
     tracing::info!(grace_secs = grace.as_secs(), "Draining worker");
     if tokio::time::timeout(grace, supervisor).await.is_err() {
         tracing::warn!("Drain exceeded the grace period; exiting anyway");
     }
+    let _ = tokio::time::timeout(Duration::from_secs(1), janitor).await;
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
     tracing::info!("Worker stopped");

@@ -15,8 +15,8 @@ use redis::Script;
 /// KEYS: `messages:<room>`, `chat:room:{messages:<room>}`.
 /// ARGV: stream entry id, record prefix (JSON without `,"seq":N}`), history
 /// limit, ttl seconds, epoch candidate, message id.
-/// Returns `{seq, record}` when applied, `{0, record or false}` when it was
-/// applied before.
+/// Returns `{seq, record, epoch}` when applied, `{0, record or false, epoch}`
+/// when it was applied before.
 const PERSIST_LUA: &str = r#"
 local function older_or_equal(a, b)
   local am, as = string.match(a, "^(%d+)-(%d+)$")
@@ -27,24 +27,26 @@ local function older_or_equal(a, b)
 end
 local last = redis.call('HGET', KEYS[2], 'last_entry')
 if last and older_or_equal(ARGV[1], last) then
+  local epoch = redis.call('HGET', KEYS[2], 'epoch') or ARGV[5]
   local needle = '"id":"' .. ARGV[6] .. '"'
   local items = redis.call('LRANGE', KEYS[1], 0, -1)
   for i = #items, 1, -1 do
     if string.find(items[i], needle, 1, true) then
-      return {0, items[i]}
+      return {0, items[i], epoch}
     end
   end
-  return {0, false}
+  return {0, false, epoch}
 end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('HSETNX', KEYS[2], 'epoch', ARGV[5])
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
 redis.call('HSET', KEYS[2], 'last_entry', ARGV[1])
 local record = ARGV[2] .. ',"seq":' .. seq .. '}'
 redis.call('RPUSH', KEYS[1], record)
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {seq, record}
+return {seq, record, epoch}
 "#;
 
 /// The loaded script object (its SHA is computed once).
@@ -80,17 +82,25 @@ pub(crate) fn add_to_pipeline(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Persisted {
     /// Newly written with this `seq`.
-    New { seq: u64, record: String },
+    New {
+        seq: u64,
+        record: String,
+        epoch: String,
+    },
     /// Applied before; the stored record if it is still in history.
-    Duplicate { record: Option<String> },
+    Duplicate {
+        record: Option<String>,
+        epoch: String,
+    },
 }
 
 impl redis::FromRedisValue for Persisted {
     fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
-        let (seq, record): (u64, Option<String>) = redis::FromRedisValue::from_redis_value(v)?;
+        let (seq, record, epoch): (u64, Option<String>, String) =
+            redis::FromRedisValue::from_redis_value(v)?;
         Ok(match (seq, record) {
-            (0, record) => Persisted::Duplicate { record },
-            (seq, Some(record)) => Persisted::New { seq, record },
+            (0, record) => Persisted::Duplicate { record, epoch },
+            (seq, Some(record)) => Persisted::New { seq, record, epoch },
             (_, None) => return Err("persist script returned a seq without a record".into()),
         })
     }

@@ -63,6 +63,7 @@ mod tests {
         let d = |room: &str, seq| Delivery {
             room: room.into(),
             seq,
+            epoch: String::new(),
             record: String::new(),
             stamped_us: 0,
         };

@@ -243,21 +243,22 @@ async fn process(
     let mut routing = Routing::default();
     let now = now_us();
     for ((_, item), result) in items.iter().zip(persisted) {
-        let (seq, record) = match result {
-            Persisted::New { seq, record } => {
+        let (seq, record, epoch) = match result {
+            Persisted::New { seq, record, epoch } => {
                 metrics::counter!(m::WK_PERSISTED).increment(1);
-                (seq, record)
+                (seq, record, epoch)
             }
             Persisted::Duplicate {
                 record: Some(record),
+                epoch,
             } => {
                 metrics::counter!(m::WK_DUPLICATES).increment(1);
                 match record_seq(&record) {
-                    Some(seq) => (seq, record),
+                    Some(seq) => (seq, record, epoch),
                     None => continue,
                 }
             }
-            Persisted::Duplicate { record: None } => {
+            Persisted::Duplicate { record: None, .. } => {
                 metrics::counter!(m::WK_DUPLICATES).increment(1);
                 continue;
             }
@@ -266,6 +267,7 @@ async fn process(
         let delivery = Delivery {
             room: item.entry.room.clone(),
             seq,
+            epoch,
             record,
             stamped_us: item.entry.stamped_us,
         };

@@ -52,8 +52,10 @@ pub struct GatewayConfig {
     pub ws_max_message_bytes: usize,
 
     /// Outbound frames queued per connection before it counts as a slow
-    /// consumer and is closed with 1013.
-    #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    /// consumer and is closed with 1013. Keep it at least the workers'
+    /// `BATCH_SIZE`: one batch can carry that many messages of one room. Slots
+    /// are allocated lazily and frames are shared, so a large bound is cheap.
+    #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub outbound_queue: u64,
 
     /// Longest a single write to a client may take before it counts as a slow consumer, in ms.

@@ -79,18 +79,36 @@ pub async fn run(
         let id = gateway_id.clone();
         let stop = background.clone();
         let metrics = metrics.clone();
+        let rooms = state.rooms.clone();
         tokio::spawn(async move {
+            let mut first = true;
             let mut tick = tokio::time::interval(heartbeat_every);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop.cancelled() => break,
                 }
-                if let Err(e) = presence::heartbeat(&redis, &id).await {
-                    metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "heartbeat")
-                        .increment(1);
-                    tracing::warn!(error = %e, "Gateway heartbeat failed");
+                match presence::heartbeat(&redis, &id).await {
+                    Ok(true) if !first => {
+                        let members = rooms.members();
+                        tracing::warn!(
+                            rooms = members.len(),
+                            "Redis lost this gateway's registrations; restoring them"
+                        );
+                        if let Err(e) = presence::reregister(&redis, &id, &members).await {
+                            metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "reregister").increment(1);
+                            tracing::warn!(error = %e, "Cannot restore registrations; retrying next heartbeat");
+                            // Forget the heartbeat so the next one sees "new" again.
+                            let _ = presence::deregister(&redis, &id).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "heartbeat").increment(1);
+                        tracing::warn!(error = %e, "Gateway heartbeat failed");
+                    }
                 }
+                first = false;
                 if let Some(h) = &metrics {
                     chat_shared::metrics::upkeep(h);
                 }

@@ -71,19 +71,60 @@ pub async fn unregister(
     Ok(())
 }
 
-/// Records that this gateway is alive now.
+/// Records that this gateway is alive now. Returns `true` when Redis did not
+/// know this gateway yet: on any heartbeat but the first, that means Redis lost
+/// our registrations (restarted empty, flushed, or the janitor judged us dead)
+/// and [`reregister`] must restore them.
 ///
 /// # Errors
 /// Fails when Redis does not answer.
-pub async fn heartbeat(redis: &RedisHandle, gateway: &str) -> Result<(), RedisError> {
-    redis
-        .query::<()>(
+pub async fn heartbeat(redis: &RedisHandle, gateway: &str) -> Result<bool, RedisError> {
+    let added: i64 = redis
+        .query(
             redis::cmd("HSET")
                 .arg(keys::GATEWAYS)
                 .arg(gateway)
                 .arg(now_us() / 1000),
         )
-        .await
+        .await?;
+    Ok(added == 1)
+}
+
+/// Writes every local connection back into Redis (idempotent: set members and
+/// absolute counts).
+///
+/// # Errors
+/// Fails when Redis does not answer; the next heartbeat retries.
+pub async fn reregister(
+    redis: &RedisHandle,
+    gateway: &str,
+    members: &[(String, Vec<u64>)],
+) -> Result<(), RedisError> {
+    for (room, conns) in members {
+        let Ok(room) = RoomId::parse(room) else {
+            continue;
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for c in conns {
+            pipe.sadd(
+                keys::connections(&room),
+                keys::connection_member(gateway, &c.to_string()),
+            )
+            .ignore();
+        }
+        pipe.hset(keys::room_gateways(&room), gateway, conns.len())
+            .ignore();
+        redis.pipe::<()>(&pipe).await?;
+        redis
+            .query::<()>(
+                redis::cmd("SADD")
+                    .arg(keys::ROOMS_ACTIVE)
+                    .arg(room.as_str()),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Removes this gateway's heartbeat on clean shutdown.

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Outbound {
     /// The message's `seq`, used to drop repeats and detect gaps.
     pub seq: u64,
+    /// The room's epoch the `seq` belongs to.
+    pub epoch: Arc<str>,
     /// The serialized `message` frame, shared by every recipient.
     pub frame: Utf8Bytes,
 }
@@ -69,6 +71,16 @@ impl LocalRooms {
         }
     }
 
+    /// Every room with the ids of its local connections, for re-registering
+    /// them in Redis after Redis lost them.
+    pub fn members(&self) -> Vec<(String, Vec<u64>)> {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .iter()
+            .map(|(r, m)| (r.clone(), m.keys().copied().collect()))
+            .collect()
+    }
+
     /// Number of rooms with at least one local connection.
     pub fn room_count(&self) -> usize {
         self.rooms.read().unwrap_or_else(|e| e.into_inner()).len()
@@ -86,12 +98,14 @@ impl LocalRooms {
                 continue;
             };
             let frame = Utf8Bytes::from(message_frame(&d.record));
+            let epoch: Arc<str> = Arc::from(d.epoch.as_str());
             for member in members.values() {
                 if member.kick.is_cancelled() {
                     continue;
                 }
                 match member.tx.try_send(Outbound {
                     seq: d.seq,
+                    epoch: epoch.clone(),
                     frame: frame.clone(),
                 }) {
                     Ok(()) => queued += 1,
@@ -140,6 +154,7 @@ mod tests {
                 .map(|&seq| Delivery {
                     room: room.into(),
                     seq,
+                    epoch: "e".into(),
                     record: format!("{{\"seq\":{seq}}}"),
                     stamped_us: 0,
                 })

@@ -83,6 +83,8 @@ pub struct Delivery {
     pub room: String,
     /// Its per-room sequence number.
     pub seq: u64,
+    /// The room's sequence epoch: `seq` only compares within one epoch.
+    pub epoch: String,
     /// The stored JSON record, embedded verbatim in the `message` frame.
     pub record: String,
     /// Gateway stamp in Unix microseconds (latency metrics).
@@ -171,6 +173,7 @@ mod tests {
             deliveries: vec![Delivery {
                 room: "r".into(),
                 seq: 1,
+                epoch: "e".into(),
                 record: "{}".into(),
                 stamped_us: 5,
             }],

@@ -291,9 +291,11 @@ async fn bad_input_gets_documented_errors_and_the_connection_lives_on() {
         .send_raw(Message::Text("x".repeat(2 * 1024 * 1024).into()))
         .await;
     let closed = big.wait_closed(DEADLINE).await;
-    if let Some((code, _)) = closed {
-        assert_eq!(code, 1009);
-    }
+    assert_eq!(
+        closed.map(|c| c.0),
+        Some(1009),
+        "oversized message closes with 1009"
+    );
     let (status, _) = http_get(&c.gw1.addr(), "/health").await.unwrap();
     assert_eq!(status, 200);
     a.say("bad", "after the big one", "ok2").await;

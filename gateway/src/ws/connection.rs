@@ -8,6 +8,8 @@
 //! one above it is sent, and a jump further ahead means something was missed
 //! (e.g. while the subscription reconnected) and is filled from history first.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -17,6 +19,7 @@ use chat_shared::protocol::{
     ack_frame, error_frame, history_frame, message_frame, parse_client_frame, ClientFrame,
     ErrorCode, HistoryRequest, OutgoingMessage, ProtocolError,
 };
+use chat_shared::redis::RedisError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +43,8 @@ enum CloseReason {
     IdleTimeout,
     /// Redis was unreachable when joining (1011).
     Unavailable,
+    /// A message above `WS_MAX_MESSAGE_BYTES` arrived (1009).
+    TooBig,
     /// The socket failed (protocol error, oversized frame, reset).
     SocketError,
 }
@@ -52,6 +57,7 @@ impl CloseReason {
             Self::SlowConsumer => "slow_consumer",
             Self::IdleTimeout => "idle_timeout",
             Self::Unavailable => "unavailable",
+            Self::TooBig => "too_big",
             Self::SocketError => "socket_error",
         }
     }
@@ -63,6 +69,7 @@ impl CloseReason {
             Self::SlowConsumer => (1013, "slow consumer: outbound queue full"),
             Self::IdleTimeout => (1008, "idle timeout: no pong received"),
             Self::Unavailable => (1011, "redis unavailable; retry later"),
+            Self::TooBig => (1009, "message larger than WS_MAX_MESSAGE_BYTES"),
         };
         Some(CloseFrame {
             code,
@@ -70,6 +77,12 @@ impl CloseReason {
         })
     }
 }
+
+/// The sender's `client_id` and the result of appending its message.
+type AppendOutcome = (Option<String>, Result<append::Appended, RedisError>);
+
+/// An append started by a connection and driven by its `serve` loop.
+type PendingAppend = Pin<Box<dyn Future<Output = AppendOutcome> + Send>>;
 
 /// A write could not complete.
 enum WriteError {
@@ -89,6 +102,8 @@ pub(crate) struct Connection {
     conn_id: u64,
     resume: Option<Resume>,
     last_seq: u64,
+    /// The epoch `last_seq` belongs to (`None` until the room has one).
+    epoch: Option<String>,
     kick: CancellationToken,
     bucket: TokenBucket,
     last_heard: Instant,
@@ -117,6 +132,7 @@ impl Connection {
             conn_id,
             resume,
             last_seq: 0,
+            epoch: None,
             kick: CancellationToken::new(),
             bucket,
             last_heard: now,
@@ -191,20 +207,45 @@ impl Connection {
         let mut ping = tokio::time::interval(cfg.ping_interval());
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
+        // At most one append in flight: a client's messages stay in order, and
+        // while Redis answers, deliveries keep flowing to this client. Inbound
+        // reads pause meanwhile, so a fast sender is slowed by TCP, not buffered.
+        let mut inflight: Option<PendingAppend> = None;
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return CloseReason::Shutdown,
+                _ = shutdown.cancelled() => {
+                    if let Some(pending) = inflight.take() {
+                        let _ = self.finish_append(pending.await).await;
+                    }
+                    return CloseReason::Shutdown;
+                }
                 _ = self.kick.cancelled() => return CloseReason::SlowConsumer,
-                inbound = self.socket.recv() => {
+                done = async { inflight.as_mut().expect("guarded by the branch condition").await }, if inflight.is_some() => {
+                    inflight = None;
+                    if let Err(e) = self.finish_append(done).await {
+                        return write_reason(e);
+                    }
+                }
+                inbound = self.socket.recv(), if inflight.is_none() => {
                     self.last_heard = Instant::now();
                     let result = match inbound {
                         None | Some(Ok(Message::Close(_))) => return CloseReason::Client,
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "Socket error");
+                            // tungstenite's capacity error; axum does not expose its type.
+                            if e.to_string().contains("Space limit exceeded") {
+                                return CloseReason::TooBig;
+                            }
                             return CloseReason::SocketError;
                         }
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        Some(Ok(Message::Text(text))) => match self.on_text(text.as_str()).await {
+                            Ok(pending) => {
+                                inflight = pending;
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        },
                         Some(Ok(Message::Binary(_))) => {
                             let err = ProtocolError::new(ErrorCode::BinaryNotSupported, "binary frames are not supported; send JSON text frames");
                             self.reply_error(&err, None).await
@@ -236,44 +277,51 @@ impl Connection {
         }
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), WriteError> {
+    /// Handles one text frame; a valid chat message starts an append that
+    /// the caller drives to completion.
+    async fn on_text(&mut self, text: &str) -> Result<Option<PendingAppend>, WriteError> {
         let cfg = &self.state.config;
         if text.len() > cfg.max_frame_bytes {
             let err = ProtocolError::new(
                 ErrorCode::FrameTooLarge,
                 format!("frame is larger than {} bytes", cfg.max_frame_bytes),
             );
-            return self.reply_error(&err, None).await;
+            return self.reply_error(&err, None).await.map(|()| None);
         }
         if !self.bucket.try_take(Instant::now()) {
             let err = ProtocolError::new(ErrorCode::RateLimited, "too many frames; slow down");
-            return self.reply_error(&err, None).await;
+            return self.reply_error(&err, None).await.map(|()| None);
         }
         match parse_client_frame(text, &self.room, &self.state.limits) {
-            Err(rejected) => {
-                self.reply_error(&rejected.error, rejected.client_id.as_deref())
-                    .await
-            }
-            Ok(ClientFrame::Message(msg)) => self.on_message(msg).await,
-            Ok(ClientFrame::History(req)) => self.on_history(req).await,
+            Err(rejected) => self
+                .reply_error(&rejected.error, rejected.client_id.as_deref())
+                .await
+                .map(|()| None),
+            Ok(ClientFrame::Message(msg)) => Ok(Some(self.start_append(msg))),
+            Ok(ClientFrame::History(req)) => self.on_history(req).await.map(|()| None),
         }
     }
 
-    async fn on_message(&mut self, msg: OutgoingMessage) -> Result<(), WriteError> {
-        let username = msg.username.as_ref().unwrap_or(&self.username).clone();
-        let st = &self.state;
-        match append::append(
-            &st.redis,
-            st.config.stream_shards,
-            &self.room,
-            &username,
-            msg.message,
-        )
-        .await
-        {
+    fn start_append(&self, msg: OutgoingMessage) -> PendingAppend {
+        let username = msg.username.unwrap_or_else(|| self.username.clone());
+        let redis = self.state.redis.clone();
+        let shards = self.state.config.stream_shards;
+        let room = self.room.clone();
+        Box::pin(async move {
+            let result = append::append(&redis, shards, &room, &username, msg.message).await;
+            (msg.client_id, result)
+        })
+    }
+
+    /// Acks a stored message, or tells the sender it was not stored.
+    async fn finish_append(
+        &mut self,
+        (client_id, result): AppendOutcome,
+    ) -> Result<(), WriteError> {
+        match result {
             Ok(done) => {
                 metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
-                let ack = ack_frame(msg.client_id.as_deref(), &done.id, &done.timestamp);
+                let ack = ack_frame(client_id.as_deref(), &done.id, &done.timestamp);
                 self.send(Message::Text(ack.into())).await
             }
             Err(_) => {
@@ -281,7 +329,7 @@ impl Connection {
                     ErrorCode::Unavailable,
                     "message not stored: Redis unavailable; retry",
                 );
-                self.reply_error(&err, msg.client_id.as_deref()).await
+                self.reply_error(&err, client_id.as_deref()).await
             }
         }
     }
@@ -336,6 +384,7 @@ impl Connection {
         };
         let frame = join_frame(&snap, &self.room, self.resume.as_ref(), cfg.history_on_join);
         self.last_seq = snap.latest_seq;
+        self.epoch = snap.epoch;
         if let Some(frame) = frame {
             self.send(Message::Text(frame.into()))
                 .await
@@ -346,6 +395,11 @@ impl Connection {
 
     /// Sends one live message unless it is a repeat; fills a gap first.
     async fn deliver(&mut self, out: Outbound) -> Result<(), WriteError> {
+        match &self.epoch {
+            None => self.epoch = Some(out.epoch.to_string()),
+            Some(e) if e.as_str() != &*out.epoch => return self.epoch_changed().await,
+            Some(_) => {}
+        }
         if out.seq <= self.last_seq {
             return Ok(());
         }
@@ -354,6 +408,27 @@ impl Connection {
         }
         self.last_seq = out.seq;
         self.send(Message::Text(out.frame)).await
+    }
+
+    /// The room's sequence restarted (its state was lost, e.g. Redis was
+    /// replaced): tell the client with a `history` frame marked
+    /// `reset: "epoch_changed"` holding the new sequence's messages, and
+    /// continue from there.
+    async fn epoch_changed(&mut self) -> Result<(), WriteError> {
+        let snap = match history::snapshot(&self.state.redis, &self.room, None).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read history after an epoch change");
+                return Ok(());
+            }
+        };
+        tracing::info!(old = ?self.epoch, new = ?snap.epoch, "Room epoch changed");
+        let mut meta = snap.meta(&self.room);
+        meta.reset = Some("epoch_changed");
+        let frame = history_frame(&meta, snap.records.iter().map(|(_, r)| r.as_str()));
+        self.last_seq = snap.latest_seq;
+        self.epoch = snap.epoch;
+        self.send(Message::Text(frame.into())).await
     }
 
     /// Sends stored messages with `last_seq < seq < upto`.

@@ -153,15 +153,27 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     proc: Option<Proc>,
+    durable: bool,
 }
 
 impl Redis {
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// With an fsync-always append-only file: a SIGKILLed server restarts with
+    /// every write it acknowledged (for "nothing acked is lost" tests).
+    pub async fn start_durable() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(durable: bool) -> Self {
         let dir = scratch_dir("redis");
         let mut r = Self {
             port: free_port(),
             dir,
             proc: None,
+            durable,
         };
         r.boot().await;
         r
@@ -177,7 +189,9 @@ impl Redis {
             "--save",
             "",
             "--appendonly",
-            "no",
+            if self.durable { "yes" } else { "no" },
+            "--appendfsync",
+            "always",
             "--dir",
             self.dir.to_str().unwrap(),
         ]);
@@ -376,6 +390,22 @@ impl Client {
         Self { ws, closed: None }
     }
 
+    /// Connects with a tiny TCP receive buffer, so a client that stops reading
+    /// backs the server up quickly.
+    pub async fn connect_small_buffer(url: &str, port: u16) -> Self {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let stream = sock
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .expect("tcp connect");
+        let (ws, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+                .await
+                .expect("ws handshake");
+        Self { ws, closed: None }
+    }
+
     /// Connects and consumes the join `history` frame, returning it.
     pub async fn join(url: &str) -> (Self, Value) {
         let mut c = Self::connect(url).await;
@@ -484,4 +514,14 @@ pub fn assert_timestamp(v: &Value) {
 pub fn assert_uuid_v7(v: &Value) {
     let u = uuid::Uuid::parse_str(v.as_str().expect("id is a string")).expect("id is a UUID");
     assert_eq!(u.get_version_num(), 7, "id {u} is not UUID v7");
+}
+
+/// Scrapes `/metrics` at `addr` and returns the value of the sample whose line
+/// starts with `series` (name plus optional labels), if present.
+pub async fn metric(addr: &str, series: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics").await.ok()?;
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
