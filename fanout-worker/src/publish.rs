@@ -37,6 +37,7 @@ impl Routing {
                 v: VERSION,
                 deliveries,
                 published_us,
+                probe: None,
             };
             pipe.cmd("PUBLISH")
                 .arg(keys::gateway_channel(&gateway))

@@ -86,6 +86,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "HEARTBEAT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_ms: u64,
 
+    /// Interval of the delivery-subscription probe, in ms. Three missed probes
+    /// mark the subscription dead (not ready) and re-establish it.
+    #[arg(long, env = "PROBE_INTERVAL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub probe_interval_ms: u64,
+
     /// Seconds to close connections and deregister after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -111,6 +116,10 @@ impl GatewayConfig {
     /// Write timeout.
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms.max(1))
+    }
+    /// Probe interval of the delivery subscription.
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
     }
     /// Heartbeat interval.
     pub fn heartbeat(&self) -> Duration {

@@ -72,6 +72,7 @@ pub async fn run(
         gateway_id.clone(),
         state.rooms.clone(),
         state.subscription.clone(),
+        state.config.probe_interval(),
         background.clone(),
     ));
     let heartbeat = {

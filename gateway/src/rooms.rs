@@ -15,9 +15,19 @@ use chat_shared::protocol::message_frame;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A frame queued for one connection.
+/// What the registry queues for one connection.
 #[derive(Debug, Clone)]
-pub struct Outbound {
+pub enum Outbound {
+    /// A live chat message.
+    Message(LiveMessage),
+    /// Deliveries may have been missed (the subscription was re-established):
+    /// catch up from history.
+    Resync,
+}
+
+/// A live message, serialized once and shared by every recipient.
+#[derive(Debug, Clone)]
+pub struct LiveMessage {
     /// The message's `seq`, used to drop repeats and detect gaps.
     pub seq: u64,
     /// The room's epoch the `seq` belongs to.
@@ -71,6 +81,18 @@ impl LocalRooms {
         }
     }
 
+    /// Asks every local connection to catch up from history, after the
+    /// delivery subscription was re-established. A full queue kicks the
+    /// member, as for a message.
+    pub fn resync_all(&self) {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        for member in rooms.values().flat_map(|m| m.values()) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Resync) {
+                member.kick.cancel();
+            }
+        }
+    }
+
     /// Every room with the ids of its local connections, for re-registering
     /// them in Redis after Redis lost them.
     pub fn members(&self) -> Vec<(String, Vec<u64>)> {
@@ -103,11 +125,11 @@ impl LocalRooms {
                 if member.kick.is_cancelled() {
                     continue;
                 }
-                match member.tx.try_send(Outbound {
+                match member.tx.try_send(Outbound::Message(LiveMessage {
                     seq: d.seq,
                     epoch: epoch.clone(),
                     frame: frame.clone(),
-                }) {
+                })) {
                     Ok(()) => queued += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         slow += 1;
@@ -160,6 +182,7 @@ mod tests {
                 })
                 .collect(),
             published_us: 0,
+            probe: None,
         }
     }
 
@@ -174,11 +197,17 @@ mod tests {
         let _b = rooms.join("r", 2, tx_b, kick_b.clone());
         let _c = rooms.join("other", 3, tx_c, CancellationToken::new());
         assert_eq!(rooms.deliver(&batch("r", &[1, 2])), 3);
-        assert_eq!(rx_a.try_recv().unwrap().seq, 1);
-        assert_eq!(rx_a.try_recv().unwrap().seq, 2);
+        let seq = |o: Outbound| match o {
+            Outbound::Message(m) => m.seq,
+            Outbound::Resync => 0,
+        };
+        assert_eq!(seq(rx_a.try_recv().unwrap()), 1);
+        assert_eq!(seq(rx_a.try_recv().unwrap()), 2);
         assert!(rx_c.try_recv().is_err());
         assert!(kick_b.is_cancelled(), "member with a full queue is kicked");
         assert_eq!(rooms.room_count(), 2);
+        rooms.resync_all();
+        assert!(matches!(rx_c.try_recv().unwrap(), Outbound::Resync));
     }
 
     #[test]

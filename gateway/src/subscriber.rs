@@ -1,17 +1,25 @@
 //! The gateway's delivery channel: one pub/sub subscription to `chat:deliver:<gateway>`.
 //!
-//! Runs on its own connection (never from the pool), hands each batch to
-//! [`LocalRooms::deliver`], and re-subscribes with backoff whenever the
-//! connection drops (a lost subscription is the known Socket.IO failure).
-//! While unsubscribed, `/readyz` and `/health` report it. Messages published
-//! while unsubscribed are not lost for connected clients: each connection
-//! notices the `seq` gap on the next message and fills it from history.
+//! Runs on its own connection (never from the pool) and hands each batch to
+//! [`LocalRooms::deliver`]. Two failure modes are handled, both known from
+//! peers:
+//! - the connection drops (Socket.IO #4845: subscriptions not restored): the
+//!   loop re-subscribes with backoff;
+//! - the subscription stays open but silently delivers nothing (Centrifugo
+//!   #1189: health green while delivery is dead): every `PROBE_INTERVAL_MS` the
+//!   gateway publishes a probe to its own channel through Redis; when none has
+//!   come back for three intervals the subscription is declared dead, torn
+//!   down and re-established.
+//!
+//! While down, [`SubscriptionState::is_up`] is false, so `/readyz` is 503 and
+//! `/health` says `delivery: down`. After every re-subscription each local
+//! connection catches up from history, so nothing published meanwhile is lost.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_shared::envelope::DeliveryBatch;
+use chat_shared::envelope::{now_us, DeliveryBatch};
 use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::redis::RedisHandle;
@@ -20,14 +28,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::rooms::LocalRooms;
 
-/// Whether the subscription is currently established.
+/// How many probe intervals without a probe make a subscription dead.
+const MISSED_PROBES: u32 = 3;
+
+/// Whether the subscription is established and proven to deliver.
 #[derive(Debug, Default)]
 pub struct SubscriptionState {
     up: AtomicBool,
+    /// When the last probe came back (Unix µs).
+    last_probe_us: AtomicI64,
 }
 
 impl SubscriptionState {
-    /// True while subscribed.
+    /// True while subscribed and probes come back.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
@@ -36,16 +49,24 @@ impl SubscriptionState {
     }
 }
 
+/// Whether a subscription whose last sign of life was at `last_us` is dead at `now_us`.
+fn is_silent(last_us: i64, now_us: i64, probe_interval: Duration) -> bool {
+    let limit = (probe_interval * MISSED_PROBES).as_micros() as i64;
+    now_us - last_us > limit
+}
+
 /// Subscribes and delivers until `shutdown`.
 pub async fn run(
     redis: RedisHandle,
     gateway_id: String,
     rooms: Arc<LocalRooms>,
     state: Arc<SubscriptionState>,
+    probe_interval: Duration,
     shutdown: CancellationToken,
 ) {
     let channel = keys::gateway_channel(&gateway_id);
     let mut backoff = Duration::from_millis(50);
+    let mut established_before = false;
     while !shutdown.is_cancelled() {
         let mut pubsub = match redis.pubsub().await {
             Ok(p) => p,
@@ -56,36 +77,72 @@ pub async fn run(
                 continue;
             }
         };
-        if let Err(e) = pubsub.subscribe(&channel).await {
+        // A reply that never comes (a half-dead connection) must not hang us.
+        let subscribed = tokio::time::timeout(redis.timeout(), pubsub.subscribe(&channel)).await;
+        if let Err(e) = subscribed
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
             metrics::counter!(m::GW_REDIS_ERRORS, "op" => "subscribe").increment(1);
             tracing::warn!(error = %e, "Subscribe failed; retrying");
             sleep_or_cancel(&shutdown, &mut backoff).await;
             continue;
         }
         backoff = Duration::from_millis(50);
+        state.last_probe_us.store(now_us(), Ordering::Release);
         state.set(true);
         metrics::counter!(m::GW_SUBSCRIPTIONS).increment(1);
         tracing::info!(channel, "Delivery subscription established");
+        if established_before {
+            // Whatever was published while we were away is in history.
+            rooms.resync_all();
+        }
+        established_before = true;
+
         let mut messages = pubsub.on_message();
+        let mut probe = tokio::time::interval(probe_interval);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 msg = messages.next() => match msg {
                     Some(msg) => match DeliveryBatch::decode(msg.get_payload_bytes()) {
+                        Ok(batch) if batch.probe.is_some() => {
+                            state.last_probe_us.store(now_us(), Ordering::Release);
+                        }
                         Ok(batch) => {
                             rooms.deliver(&batch);
                         }
                         Err(_) => tracing::warn!(channel, "Undecodable delivery batch dropped"),
                     },
-                    None => break,
+                    None => {
+                        metrics::counter!(m::GW_REDIS_ERRORS, "op" => "subscription_lost").increment(1);
+                        tracing::warn!(channel, "Delivery subscription lost; re-subscribing");
+                        break;
+                    }
                 },
+                _ = probe.tick() => {
+                    if is_silent(state.last_probe_us.load(Ordering::Acquire), now_us(), probe_interval) {
+                        metrics::counter!(m::GW_REDIS_ERRORS, "op" => "subscription_silent").increment(1);
+                        tracing::warn!(channel, "Delivery subscription silent (probes not returning); re-subscribing");
+                        break;
+                    }
+                    send_probe(&redis, &channel).await;
+                }
                 _ = shutdown.cancelled() => break,
             }
         }
         state.set(false);
-        if !shutdown.is_cancelled() {
-            metrics::counter!(m::GW_REDIS_ERRORS, "op" => "subscription_lost").increment(1);
-            tracing::warn!(channel, "Delivery subscription lost; re-subscribing");
-        }
+    }
+}
+
+async fn send_probe(redis: &RedisHandle, channel: &str) {
+    let payload = DeliveryBatch::probe(now_us()).encode();
+    if let Err(e) = redis
+        .query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(payload))
+        .await
+    {
+        metrics::counter!(m::GW_REDIS_ERRORS, "op" => "probe").increment(1);
+        tracing::debug!(error = %e, "Delivery probe not published");
     }
 }
 
@@ -95,4 +152,17 @@ async fn sleep_or_cancel(shutdown: &CancellationToken, backoff: &mut Duration) {
         _ = shutdown.cancelled() => {}
     }
     *backoff = (*backoff * 2).min(Duration::from_secs(2));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_after_three_missed_probes() {
+        let i = Duration::from_secs(5);
+        assert!(!is_silent(0, 14_000_000, i));
+        assert!(!is_silent(0, 15_000_000, i));
+        assert!(is_silent(0, 15_000_001, i));
+    }
 }

@@ -100,9 +100,23 @@ pub struct DeliveryBatch {
     pub deliveries: Vec<Delivery>,
     /// Worker publish time in Unix microseconds (latency metrics).
     pub published_us: i64,
+    /// Set on a gateway's liveness probe to itself (no deliveries then): the
+    /// probe's send time in Unix microseconds.
+    #[serde(default)]
+    pub probe: Option<i64>,
 }
 
 impl DeliveryBatch {
+    /// A liveness probe a gateway publishes to its own channel.
+    pub fn probe(now_us: i64) -> Self {
+        Self {
+            v: VERSION,
+            deliveries: Vec::new(),
+            published_us: now_us,
+            probe: Some(now_us),
+        }
+    }
+
     /// Encodes as MessagePack.
     pub fn encode(&self) -> Vec<u8> {
         rmp_serde::to_vec_named(self).unwrap_or_default()
@@ -178,6 +192,7 @@ mod tests {
                 stamped_us: 5,
             }],
             published_us: 6,
+            probe: None,
         };
         assert_eq!(DeliveryBatch::decode(&b.encode()).unwrap(), b);
     }

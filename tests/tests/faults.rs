@@ -233,6 +233,24 @@ async fn killing_workers_under_load_loses_nothing_and_duplicates_nothing() {
     .await;
     w2.proc.kill9();
     let _w4 = start_worker(&redis.url(), "w4", FAST_WORKER).await;
+    // The survivor hands half of its shards to the newcomer.
+    let c = redis.conn().await;
+    eventually("shards spread fairly over w3 and w4", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            let mut owners = Vec::new();
+            for s in 0..4 {
+                owners.push(
+                    c.get::<_, Option<String>>(format!("chat:lease:{{shard-{s}}}"))
+                        .await
+                        .ok()??,
+                );
+            }
+            let w4 = owners.iter().filter(|o| *o == "w4").count();
+            (w4 == 2 && owners.iter().filter(|o| *o == "w3").count() == 2).then_some(())
+        }
+    })
+    .await;
 
     // Everything sent is acked (Redis stayed up); then each room's total is known.
     let expected: HashMap<&str, usize> = rooms.iter().map(|r| (*r, 2 * per_client)).collect();
@@ -606,4 +624,61 @@ async fn redis_restart_mid_load_keeps_every_acked_message() {
     }
     let mut w = w;
     assert!(w.proc.is_running(), "worker survived the outage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_data_starts_a_new_epoch_that_connected_clients_are_told_about() {
+    let mut redis = Redis::start().await;
+    let _w = start_worker(&redis.url(), "w1", FAST_WORKER).await;
+    let gw = start_gateway(
+        &redis.url(),
+        "gw1",
+        &[FAST_GW, &[("STREAM_SHARDS", "4")]].concat(),
+    )
+    .await;
+    let (mut a, h) = Client::join(&gw.ws_url("room=amnesia")).await;
+    assert!(
+        h["data"].get("epoch").is_none(),
+        "a new room has no epoch yet"
+    );
+    for i in 1..=3 {
+        a.say("amnesia", &format!("old-{i}"), &format!("o{i}"))
+            .await;
+    }
+    let old = a.messages(3).await;
+    assert_eq!(old[2]["seq"], 3);
+
+    // Redis comes back empty (no persistence): history, seq and registrations are gone.
+    redis.restart().await;
+    let c = redis.conn().await;
+    eventually("gateway re-registered its connection", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            let m: Vec<String> = c.smembers("connections:amnesia").await.ok()?;
+            (m.len() == 1).then_some(())
+        }
+    })
+    .await;
+    // The client keeps sending until one message is accepted.
+    let mut n = 0;
+    let reset = loop {
+        n += 1;
+        a.say("amnesia", "fresh", &format!("f{n}")).await;
+        let mut found = None;
+        while let Some(f) = a.next_json_within(Duration::from_millis(500)).await {
+            if f["type"] == "history" {
+                found = Some(f);
+                break;
+            }
+        }
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(n < 20, "no epoch reset frame after 20 attempts");
+    };
+    assert_eq!(reset["data"]["reset"], "epoch_changed");
+    let msgs = reset["data"]["messages"].as_array().unwrap();
+    assert_eq!(msgs[0]["seq"], 1, "the new epoch starts at seq 1");
+    assert_eq!(msgs[0]["message"], "fresh");
+    assert!(reset["data"]["epoch"].is_string());
 }

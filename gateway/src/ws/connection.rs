@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::Resume;
 use crate::history::{self, Snapshot};
 use crate::rate_limit::TokenBucket;
-use crate::rooms::Outbound;
+use crate::rooms::{LiveMessage, Outbound};
 use crate::state::AppState;
 use crate::{append, presence};
 
@@ -395,6 +395,13 @@ impl Connection {
 
     /// Sends one live message unless it is a repeat; fills a gap first.
     async fn deliver(&mut self, out: Outbound) -> Result<(), WriteError> {
+        match out {
+            Outbound::Message(m) => self.deliver_live(m).await,
+            Outbound::Resync => self.fill_gap(u64::MAX).await,
+        }
+    }
+
+    async fn deliver_live(&mut self, out: LiveMessage) -> Result<(), WriteError> {
         match &self.epoch {
             None => self.epoch = Some(out.epoch.to_string()),
             Some(e) if e.as_str() != &*out.epoch => return self.epoch_changed().await,
@@ -440,6 +447,11 @@ impl Connection {
                 return Ok(());
             }
         };
+        match (&self.epoch, &snap.epoch) {
+            (Some(ours), Some(now)) if ours != now => return self.epoch_changed().await,
+            (None, Some(now)) => self.epoch = Some(now.clone()),
+            _ => {}
+        }
         tracing::debug!(
             from = self.last_seq,
             upto,
