@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_shared::metrics::PrometheusHandle as Handle;
+use chat_shared::metrics::Exporter as Handle;
 use chat_shared::redis::RedisHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -92,7 +92,7 @@ pub async fn run(
             let mut t = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
-                    _ = t.tick() => chat_shared::metrics::upkeep(&h),
+                    _ = t.tick() => h.upkeep(),
                     _ = stop.cancelled() => break,
                 }
             }

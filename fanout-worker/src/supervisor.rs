@@ -7,7 +7,7 @@
 //! free ones below it. A worker that joins therefore gets shards within a tick
 //! or two; a dead worker's shards are free once its leases expire.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,14 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         }
         metrics::gauge!(m::WK_SHARDS_OWNED).set(owned.len() as f64);
         ctx.set_ready(true);
+        let shards: Vec<u32> = owned.keys().copied().collect();
+        match backlog(&ctx, &shards).await {
+            Ok((lag, pending)) => {
+                metrics::gauge!(m::WK_STREAM_LAG).set(lag as f64);
+                metrics::gauge!(m::WK_STREAM_PENDING).set(pending as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "Cannot read stream backlog"),
+        }
     }
 
     // Drain: let each shard finish its batch, then hand its lease over.
@@ -198,6 +206,38 @@ async fn live_workers(ctx: &Context, ttl: Duration) -> Result<u32, chat_shared::
         }
     }
     Ok(live)
+}
+
+/// Sums the consumer group's `lag` (not yet read) and `pending` (read, not
+/// acked) over `shards`, from `XINFO GROUPS`.
+async fn backlog(
+    ctx: &Context,
+    shards: &[u32],
+) -> Result<(u64, u64), chat_shared::redis::RedisError> {
+    if shards.is_empty() {
+        return Ok((0, 0));
+    }
+    let mut pipe = redis::pipe();
+    for &s in shards {
+        pipe.cmd("XINFO")
+            .arg("GROUPS")
+            .arg(chat_shared::keys::stream(s));
+    }
+    let replies: Vec<Vec<HashMap<String, redis::Value>>> = ctx.redis.pipe(&pipe).await?;
+    let (mut lag, mut pending) = (0, 0);
+    for group in replies.iter().flatten() {
+        let is_ours = matches!(group.get("name"), Some(redis::Value::BulkString(n)) if n == chat_shared::keys::CONSUMER_GROUP.as_bytes());
+        if !is_ours {
+            continue;
+        }
+        let num = |k: &str| match group.get(k) {
+            Some(redis::Value::Int(n)) => (*n).max(0) as u64,
+            _ => 0,
+        };
+        lag += num("lag");
+        pending += num("pending");
+    }
+    Ok((lag, pending))
 }
 
 /// Where this worker starts looking for free shards, so workers that start

@@ -96,6 +96,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!(m::GW_CONNECTIONS).set(state.connection_count() as f64);
+    metrics::gauge!(m::GW_ROOMS).set(state.rooms.room_count() as f64);
     (
         [("content-type", "text/plain; version=0.0.4")],
         state

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chat_shared::metrics::PrometheusHandle;
+use chat_shared::metrics::Exporter;
 use chat_shared::redis::RedisHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +49,7 @@ pub async fn run(
     config: GatewayConfig,
     gateway_id: String,
     listener: TcpListener,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<Exporter>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let redis = RedisHandle::new(&config.redis)?;
@@ -111,7 +111,7 @@ pub async fn run(
                 }
                 first = false;
                 if let Some(h) = &metrics {
-                    chat_shared::metrics::upkeep(h);
+                    h.upkeep();
                 }
             }
         })

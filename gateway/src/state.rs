@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use chat_shared::metrics::PrometheusHandle;
+use chat_shared::metrics::Exporter;
 use chat_shared::protocol::Limits;
 use chat_shared::redis::RedisHandle;
 use tokio::sync::Semaphore;
@@ -46,7 +46,7 @@ pub struct Inner {
     /// Validation limits derived from the config.
     pub limits: Limits,
     /// Renders `/metrics`, when a recorder is installed.
-    pub metrics: Option<PrometheusHandle>,
+    pub metrics: Option<Exporter>,
 }
 
 impl std::ops::Deref for AppState {
@@ -62,7 +62,7 @@ impl AppState {
         config: GatewayConfig,
         gateway_id: String,
         redis: RedisHandle,
-        metrics: Option<PrometheusHandle>,
+        metrics: Option<Exporter>,
         shutdown: CancellationToken,
     ) -> Self {
         let limits = Limits {

@@ -1,8 +1,9 @@
 //! Metric names, their descriptions, and the Prometheus recorder.
 //!
 //! Names follow `chat_<subsystem>_<name>_<unit>`; counters end in `_total`;
-//! label values come from small fixed sets (error codes, close reasons), never
-//! a room, user or message id.
+//! label values come from small fixed sets (error codes, close reasons, Redis
+//! operations), never a room, user or message id. Process CPU, memory and file
+//! descriptors come from `metrics-process` as the standard `process_*` series.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 pub use metrics_exporter_prometheus::PrometheusHandle;
@@ -18,6 +19,10 @@ pub const GW_CONNECTIONS_CLOSED: &str = "chat_gateway_connections_closed_total";
 pub const GW_CONNECTIONS_REJECTED: &str = "chat_gateway_connections_rejected_total";
 /// Counter: inbound frames by `result` (`accepted` or an error code).
 pub const GW_FRAMES_RECEIVED: &str = "chat_gateway_frames_received_total";
+/// Counter: frames refused by the per-connection rate limit.
+pub const GW_RATE_LIMITED: &str = "chat_gateway_rate_limited_frames_total";
+/// Gauge: rooms with at least one connection on this gateway.
+pub const GW_ROOMS: &str = "chat_gateway_rooms";
 /// Counter: message frames queued to local connections.
 pub const GW_MESSAGES_DELIVERED: &str = "chat_gateway_messages_delivered_total";
 /// Counter: connections dropped because their outbound queue was full.
@@ -47,28 +52,58 @@ pub const WK_PUBLISHES: &str = "chat_worker_publishes_total";
 pub const WK_REDIS_ERRORS: &str = "chat_worker_redis_errors_total";
 /// Gauge: stream shards this worker processes.
 pub const WK_SHARDS_OWNED: &str = "chat_worker_shards_owned";
+/// Gauge: entries in this worker's shards not yet read by the group (Redis `lag`).
+pub const WK_STREAM_LAG: &str = "chat_worker_stream_lag_entries";
+/// Gauge: entries in this worker's shards read but not yet acked.
+pub const WK_STREAM_PENDING: &str = "chat_worker_stream_pending_entries";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
+/// The installed recorder plus the process collector; renders `/metrics`.
+#[derive(Clone)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+    process: std::sync::Arc<metrics_process::Collector>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// Prometheus text exposition of every metric, with fresh process metrics.
+    pub fn render(&self) -> String {
+        self.process.collect();
+        self.handle.render()
+    }
+
+    /// Keeps histograms' internal buffers drained; run from a periodic task.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
 /// Installs the global recorder and describes every metric once.
 ///
 /// # Errors
 /// Fails when a recorder is already installed.
-pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+pub fn install() -> Result<Exporter, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Suffix("_messages".into()), BATCH_BUCKETS)?
         .install_recorder()?;
     describe_all();
-    Ok(handle)
-}
-
-/// Keeps histograms' internal buffers drained; run from a periodic task.
-pub fn upkeep(handle: &PrometheusHandle) {
-    handle.run_upkeep();
+    let process = metrics_process::Collector::default();
+    process.describe();
+    Ok(Exporter {
+        handle,
+        process: std::sync::Arc::new(process),
+    })
 }
 
 fn describe_all() {

@@ -152,7 +152,7 @@ impl Connection {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!(m::GW_CONNECTIONS_OPENED).increment(1);
         metrics::gauge!(m::GW_CONNECTIONS).increment(1.0);
-        tracing::debug!(username = self.username.as_str(), "Connection opened");
+        tracing::info!(username = self.username.as_str(), "Connection opened");
 
         let reason = match presence::register(
             &state.redis,
@@ -198,7 +198,7 @@ impl Connection {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!(m::GW_CONNECTIONS).decrement(1.0);
         metrics::counter!(m::GW_CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
-        tracing::debug!(reason = reason.label(), "Connection closed");
+        tracing::info!(reason = reason.label(), "Connection closed");
     }
 
     async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>) -> CloseReason {
@@ -289,6 +289,7 @@ impl Connection {
             return self.reply_error(&err, None).await.map(|()| None);
         }
         if !self.bucket.try_take(Instant::now()) {
+            metrics::counter!(m::GW_RATE_LIMITED).increment(1);
             let err = ProtocolError::new(ErrorCode::RateLimited, "too many frames; slow down");
             return self.reply_error(&err, None).await.map(|()| None);
         }

@@ -516,12 +516,20 @@ pub fn assert_uuid_v7(v: &Value) {
     assert_eq!(u.get_version_num(), 7, "id {u} is not UUID v7");
 }
 
-/// Scrapes `/metrics` at `addr` and returns the value of the sample whose line
-/// starts with `series` (name plus optional labels), if present.
+/// Scrapes `/metrics` at `addr` and returns the value of the sample named
+/// exactly `series` (name plus labels as exposed), if present.
 pub async fn metric(addr: &str, series: &str) -> Option<f64> {
     let (_, body) = http_get(addr, "/metrics").await.ok()?;
-    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.trim().parse().ok())
-    })
+    parse_exposition(&body).remove(series)
+}
+
+/// Parses Prometheus text exposition into `series → value`.
+pub fn parse_exposition(body: &str) -> std::collections::HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
