@@ -86,26 +86,17 @@ impl Leases {
     /// Extends the lease at `key`. `Ok(false)` when it is no longer ours.
     pub(crate) async fn renew_key(&self, key: &str) -> Result<bool, RedisError> {
         let script = Script::new(RENEW_LUA);
-        let mut conn = self.redis.get().await?;
-        let n: i64 = script
-            .key(key)
-            .arg(&self.worker_id)
-            .arg(self.ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(n == 1)
+        let mut inv = script.key(key);
+        inv.arg(&self.worker_id).arg(self.ttl.as_millis() as u64);
+        Ok(self.redis.script::<i64>(&inv).await? == 1)
     }
 
     /// Gives the lease at `key` back.
     pub(crate) async fn release_key(&self, key: &str) -> Result<(), RedisError> {
         let script = Script::new(RELEASE_LUA);
-        let mut conn = self.redis.get().await?;
-        let _: i64 = script
-            .key(key)
-            .arg(&self.worker_id)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(())
+        let mut inv = script.key(key);
+        inv.arg(&self.worker_id);
+        self.redis.script::<i64>(&inv).await.map(|_| ())
     }
 }
 

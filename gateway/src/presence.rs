@@ -38,15 +38,15 @@ pub async fn register(
         .ignore()
         .hincr(keys::room_gateways(room), gateway, 1)
         .ignore();
-    let mut conn = redis.get().await?;
-    pipe.query_async::<()>(&mut conn).await?;
+    redis.pipe::<()>(&pipe).await?;
     // Separate slot: not part of the transaction, and need not be.
-    redis::cmd("SADD")
-        .arg(keys::ROOMS_ACTIVE)
-        .arg(room.as_str())
-        .query_async::<()>(&mut conn)
-        .await?;
-    Ok(())
+    redis
+        .query::<()>(
+            redis::cmd("SADD")
+                .arg(keys::ROOMS_ACTIVE)
+                .arg(room.as_str()),
+        )
+        .await
 }
 
 /// Removes a connection.
@@ -60,15 +60,10 @@ pub async fn unregister(
     conn: &str,
 ) -> Result<(), RedisError> {
     let member = keys::connection_member(gateway, conn);
-    let mut c = redis.get().await?;
-    Script::new(LEAVE_LUA)
-        .key(keys::connections(room))
-        .key(keys::room_gateways(room))
-        .arg(gateway)
-        .arg(member)
-        .invoke_async::<i64>(&mut c)
-        .await?;
-    Ok(())
+    let script = Script::new(LEAVE_LUA);
+    let mut inv = script.key(keys::connections(room));
+    inv.key(keys::room_gateways(room)).arg(gateway).arg(member);
+    redis.script::<i64>(&inv).await.map(|_| ())
 }
 
 /// Records that this gateway is alive now. Returns `true` when Redis did not

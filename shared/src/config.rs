@@ -21,8 +21,8 @@ pub struct RedisArgs {
     #[arg(long = "redis-url", env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
 
-    /// Connections in the shared command pool (blocking reads and pub/sub get their own).
-    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 8)]
+    /// Multiplexed connections shared by short commands (blocking reads and pub/sub get their own).
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: usize,
 
     /// Timeout for connecting to Redis and for each command, in milliseconds.

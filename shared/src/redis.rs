@@ -1,22 +1,29 @@
 //! Redis connection set-up.
 //!
-//! Short commands share a deadpool of multiplexed connections. Blocking reads
-//! (`XREADGROUP … BLOCK`) and pub/sub each need a connection of their own, so
-//! [`RedisHandle::dedicated`] and [`RedisHandle::pubsub`] open fresh ones that
-//! never enter the pool.
+//! Short commands share a few auto-reconnecting multiplexed connections
+//! (redis-rs `ConnectionManager`), picked round-robin: a multiplexed connection
+//! pipelines concurrent commands from many tasks by itself, so under load the
+//! gateways' appends coalesce into few writes with no timer at idle. We do not
+//! use a checkout pool (deadpool-redis): it sends `UNWATCH`+`PING` on every
+//! checkout, which doubled the round trips of every command on the hot path.
+//! Blocking reads (`XREADGROUP … BLOCK`) and pub/sub each need a connection of
+//! their own, so [`RedisHandle::dedicated`] and [`RedisHandle::pubsub`] open
+//! fresh ones that are never shared.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::{Pool, Runtime};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncConnectionConfig;
 
 use crate::config::RedisArgs;
 
-/// The pool plus what is needed to open dedicated connections.
+/// Shared connections plus what is needed to open dedicated ones.
 #[derive(Clone)]
 pub struct RedisHandle {
-    /// Shared multiplexed connections for short commands.
-    pub pool: Pool,
+    shared: Arc<[ConnectionManager]>,
+    next: Arc<AtomicUsize>,
     client: redis::Client,
     timeout: Duration,
 }
@@ -24,6 +31,7 @@ pub struct RedisHandle {
 impl std::fmt::Debug for RedisHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisHandle")
+            .field("connections", &self.shared.len())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -35,9 +43,9 @@ pub enum RedisError {
     /// The URL could not be parsed.
     #[error("invalid REDIS_URL: {0}")]
     Url(#[source] redis::RedisError),
-    /// A connection could not be taken from the pool or opened.
+    /// A connection could not be opened.
     #[error("redis connection: {0}")]
-    Pool(String),
+    Connection(String),
     /// A command failed.
     #[error("redis command: {0}")]
     Command(#[from] redis::RedisError),
@@ -51,15 +59,33 @@ impl RedisError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Url(_) => "url",
-            Self::Pool(_) => "connection",
+            Self::Connection(_) => "connection",
             Self::Command(_) => "command",
             Self::Timeout => "timeout",
         }
     }
 }
 
+/// Whether a failed request certainly never reached Redis, so repeating it
+/// cannot apply it twice.
+fn not_sent(e: &redis::RedisError) -> bool {
+    if e.is_connection_refusal() {
+        return true;
+    }
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    match io {
+        Some(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::NotConnected
+        ),
+        // The connection's driver is gone: the request was not written.
+        None => e.kind() == redis::ErrorKind::Io,
+    }
+}
+
 impl RedisHandle {
-    /// Builds the pool; no connection is opened until first use.
+    /// Builds the shared connections; they connect lazily on first use and
+    /// reconnect by themselves after a failure.
     ///
     /// # Errors
     /// Fails when the URL is invalid.
@@ -67,21 +93,18 @@ impl RedisHandle {
         let url = args.normalized_url();
         let timeout = args.timeout();
         let client = redis::Client::open(url.as_str()).map_err(RedisError::Url)?;
-        let conn_config = AsyncConnectionConfig::new()
+        let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let manager = deadpool_redis::Manager::new_with_config(url.as_str(), conn_config)
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(timeout);
+        let shared = (0..args.redis_pool_size.max(1))
+            .map(|_| client.get_connection_manager_lazy(config.clone()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(RedisError::Url)?;
-        let pool = Pool::builder(manager)
-            .max_size(args.redis_pool_size.max(1))
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| RedisError::Pool(e.to_string()))?;
         Ok(Self {
-            pool,
+            shared: shared.into(),
+            next: Arc::new(AtomicUsize::new(0)),
             client,
             timeout,
         })
@@ -92,27 +115,22 @@ impl RedisHandle {
         self.timeout
     }
 
-    /// A pooled connection.
-    ///
-    /// # Errors
-    /// Fails when no connection can be had within the timeout.
-    pub async fn get(&self) -> Result<deadpool_redis::Connection, RedisError> {
-        self.pool.get().await.map_err(|e| match e {
-            deadpool_redis::PoolError::Timeout(_) => RedisError::Timeout,
-            other => RedisError::Pool(other.to_string()),
-        })
+    /// One of the shared connections (cheap clone), round-robin.
+    fn next_shared(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
+        self.shared[i].clone()
     }
 
-    /// Runs `cmd` on a pooled connection with the configured timeout.
+    /// Runs `cmd` on a shared connection within the timeout.
     ///
     /// # Errors
     /// Fails on connection errors, command errors and timeouts.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
-        let mut conn = self.get().await?;
-        Ok(cmd.query_async(&mut conn).await?)
+        self.with_retry(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await
     }
 
-    /// Runs a pipeline on a pooled connection.
+    /// Runs a pipeline on a shared connection within the timeout.
     ///
     /// # Errors
     /// Fails on connection errors, command errors and timeouts.
@@ -120,8 +138,45 @@ impl RedisHandle {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisError> {
-        let mut conn = self.get().await?;
-        Ok(pipe.query_async(&mut conn).await?)
+        self.with_retry(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs a Lua script (`EVALSHA`, loading it when Redis lacks it) on a
+    /// shared connection within the timeout.
+    ///
+    /// # Errors
+    /// Fails on connection errors, script errors and timeouts.
+    pub async fn script<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, RedisError> {
+        self.with_retry(|mut conn| async move { inv.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs `op`, moving on to the next shared connection when one turns out
+    /// to be dead without having sent the request (after Redis restarted, each
+    /// connection learns it on its next use and reconnects in the background).
+    /// Requests that may have reached Redis are never repeated.
+    async fn with_retry<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let conn = self.next_shared();
+            let result = tokio::time::timeout_at(deadline, op(conn))
+                .await
+                .map_err(|_| RedisError::Timeout)?;
+            match result {
+                Err(e) if attempts < self.shared.len() + 1 && not_sent(&e) => continue,
+                other => return other.map_err(RedisError::from),
+            }
+        }
     }
 
     /// `PING`, for health checks.
@@ -129,15 +184,10 @@ impl RedisHandle {
     /// # Errors
     /// Fails when Redis does not answer in time.
     pub async fn ping(&self) -> Result<(), RedisError> {
-        let cmd = redis::cmd("PING");
-        let fut = self.query::<String>(&cmd);
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| RedisError::Timeout)??;
-        Ok(())
+        self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 
-    /// A fresh multiplexed connection outside the pool, for blocking commands.
+    /// A fresh multiplexed connection, never shared, for blocking commands.
     /// `block` is the longest server-side block the caller will ask for; the
     /// response timeout is that plus the normal timeout.
     ///

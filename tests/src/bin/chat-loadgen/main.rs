@@ -1,0 +1,221 @@
+//! `chat-loadgen`: bounded load scenarios against running gateways over real
+//! WebSockets, reporting loss, duplicates, order and latency as a table and as
+//! one `RESULT {json}` line. Loopback targets only; every run stops by itself.
+//!
+//! Scenarios:
+//! - `fanout`: R rooms × C subscribers × P publishers at a fixed rate for D s;
+//! - `burst`: one room, C subscribers, one publisher as fast as a window of
+//!   unacked messages allows;
+//! - `conns`: N idle connections over several loopback source addresses,
+//!   with connect rate and gateway RSS per connection;
+//! - `persist`: entries appended straight to the streams, timed until the
+//!   worker has persisted and published them all.
+
+mod client;
+mod roles;
+mod scenarios;
+mod stats;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::roles::Pace;
+use crate::scenarios::{RoomLoad, Targets};
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for the chat service (loopback targets only)")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Gateway WebSocket endpoints, comma separated; clients are spread round-robin.
+    #[arg(
+        long,
+        default_value = "ws://127.0.0.1:8084/ws,ws://127.0.0.1:8085/ws",
+        value_delimiter = ','
+    )]
+    urls: Vec<String>,
+    /// Number of loopback source addresses (127.0.0.1 ..= 127.0.0.N) to spread connections over.
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// R rooms × C subscribers × P publishers at a fixed rate.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        #[arg(long, default_value_t = 50)]
+        subs: usize,
+        #[arg(long, default_value_t = 1)]
+        pubs: usize,
+        /// Messages per second per publisher.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Padding characters per message.
+        #[arg(long, default_value_t = 0)]
+        pad: usize,
+    },
+    /// One room, C subscribers, one publisher with a window of unacked messages.
+    Burst {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        subs: usize,
+        /// Unacked messages the publisher may have in flight.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 0)]
+        pad: usize,
+    },
+    /// N idle connections.
+    Conns {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Connection attempts in parallel.
+        #[arg(long, default_value_t = 256)]
+        parallel: usize,
+        /// Seconds to hold the connections before measuring and closing.
+        #[arg(long, default_value_t = 3)]
+        hold: u64,
+        /// Gateway PIDs whose RSS to measure (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        gateway_pids: Vec<u32>,
+    },
+    /// Stream → history → publish throughput of the running worker(s).
+    Persist {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        /// Worker metrics addresses (host:port), comma separated.
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        worker_metrics: String,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        /// Must equal the services' STREAM_SHARDS.
+        #[arg(long, default_value_t = 16)]
+        stream_shards: u32,
+    },
+}
+
+fn targets(c: &Common) -> anyhow::Result<Targets> {
+    for u in &c.urls {
+        let host = u
+            .trim_start_matches("ws://")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("");
+        anyhow::ensure!(
+            host == "localhost" || host.starts_with("127.") || host == "[::1]",
+            "refusing non-loopback target {u}: load tests target loopback only"
+        );
+    }
+    Ok(Targets {
+        urls: c.urls.clone(),
+        sources: client::loopback_sources(c.sources),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let report = match cli.scenario {
+        Scenario::Fanout {
+            common,
+            rooms,
+            subs,
+            pubs,
+            rate,
+            duration,
+            pad,
+        } => {
+            scenarios::rooms(
+                &targets(&common)?,
+                RoomLoad {
+                    name: "fanout".into(),
+                    rooms,
+                    subs,
+                    pubs,
+                    pace: Pace::Rate(rate),
+                    duration: Duration::from_secs(duration),
+                    pad,
+                },
+            )
+            .await?
+        }
+        Scenario::Burst {
+            common,
+            subs,
+            window,
+            duration,
+            pad,
+        } => {
+            scenarios::rooms(
+                &targets(&common)?,
+                RoomLoad {
+                    name: "burst".into(),
+                    rooms: 1,
+                    subs,
+                    pubs: 1,
+                    pace: Pace::Window(window),
+                    duration: Duration::from_secs(duration),
+                    pad,
+                },
+            )
+            .await?
+        }
+        Scenario::Conns {
+            common,
+            count,
+            parallel,
+            hold,
+            gateway_pids,
+        } => {
+            scenarios::conns(
+                &targets(&common)?,
+                count,
+                parallel,
+                Duration::from_secs(hold),
+                &gateway_pids,
+            )
+            .await?
+        }
+        Scenario::Persist {
+            common,
+            redis_url,
+            worker_metrics,
+            count,
+            rooms,
+            stream_shards,
+        } => {
+            scenarios::persist(
+                &redis_url,
+                &worker_metrics,
+                count,
+                rooms,
+                stream_shards,
+                &targets(&common)?,
+            )
+            .await?
+        }
+    };
+    report.print();
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The two client roles: a subscriber that checks every delivery, and a
+//! publisher that sends at a fixed rate or as fast as a window of unacked
+//! messages allows.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Incoming};
+use crate::stats::SubStats;
+
+/// How a publisher paces itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pace {
+    /// Messages per second.
+    Rate(f64),
+    /// At most this many unacked messages in flight.
+    Window(usize),
+}
+
+/// What a publisher did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PubResult {
+    pub(crate) sent: u64,
+    pub(crate) acked: u64,
+    pub(crate) refused: u64,
+}
+
+/// Reads frames until the `history` frame of the join.
+async fn joined(ws: &mut client::Ws) -> anyhow::Result<()> {
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(t) = msg? {
+            let f: Incoming<'_> = serde_json::from_str(t.as_str())?;
+            if f.kind == "history" {
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("closed before the history frame")
+}
+
+/// Joins `room`, reports readiness, then records deliveries until it has
+/// `target` distinct messages (once known) or `deadline` passes.
+pub(crate) async fn subscriber(
+    url: String,
+    source: Option<IpAddr>,
+    ready: mpsc::Sender<()>,
+    mut target: watch::Receiver<Option<u64>>,
+    deadline: Duration,
+) -> anyhow::Result<SubStats> {
+    let mut ws = client::connect(&url, source).await?;
+    joined(&mut ws).await?;
+    let _ = ready.send(()).await;
+    let mut stats = SubStats::new();
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if target.borrow().is_some_and(|t| stats.unique() >= t) {
+            break;
+        }
+        tokio::select! {
+            msg = ws.next() => {
+                let Some(msg) = msg else { break };
+                let Message::Text(t) = msg? else { continue };
+                let now = client::now_us();
+                let f: Incoming<'_> = serde_json::from_str(t.as_str())?;
+                if f.kind != "message" {
+                    continue;
+                }
+                let Some(data) = f.data else { continue };
+                if let Some((p, n, sent)) = data.message.as_deref().and_then(client::parse_payload) {
+                    stats.record(p, n, sent, data.seq.unwrap_or(0), now);
+                }
+            }
+            r = target.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep_until(end) => break,
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(stats)
+}
+
+/// What a publisher sends, where and how fast.
+#[derive(Debug, Clone)]
+pub(crate) struct PublisherSpec {
+    pub(crate) url: String,
+    pub(crate) room: String,
+    pub(crate) id: u32,
+    pub(crate) pace: Pace,
+    pub(crate) duration: Duration,
+    pub(crate) pad: usize,
+    pub(crate) source: Option<IpAddr>,
+}
+
+/// Joins `room` and, once `start` is set, sends for `duration`, then waits
+/// (bounded) for the answers to everything sent.
+pub(crate) async fn publisher(
+    spec: PublisherSpec,
+    start: watch::Receiver<bool>,
+) -> anyhow::Result<PubResult> {
+    let PublisherSpec {
+        url,
+        room,
+        id,
+        pace,
+        duration,
+        pad,
+        source,
+    } = spec;
+    let mut ws = client::connect(&url, source).await?;
+    joined(&mut ws).await?;
+    let mut start = start;
+    while !*start.borrow() {
+        start.changed().await?;
+    }
+    let mut r = PubResult::default();
+    let stop_at = tokio::time::Instant::now() + duration;
+    let period = match pace {
+        Pace::Rate(rate) => Duration::from_secs_f64(1.0 / rate.max(0.001)),
+        Pace::Window(_) => Duration::from_millis(1),
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let drain_end = stop_at + Duration::from_secs(10);
+    loop {
+        let sending = tokio::time::Instant::now() < stop_at;
+        let answered = r.acked + r.refused;
+        if !sending && answered >= r.sent {
+            break;
+        }
+        if tokio::time::Instant::now() > drain_end {
+            break;
+        }
+        let in_flight = r.sent - answered;
+        let may_send = sending
+            && match pace {
+                Pace::Rate(_) => true,
+                Pace::Window(w) => in_flight < w as u64,
+            };
+        tokio::select! {
+            _ = tick.tick(), if may_send && matches!(pace, Pace::Rate(_)) => {
+                send(&mut ws, &room, id, r.sent, pad).await?;
+                r.sent += 1;
+            }
+            _ = std::future::ready(()), if may_send && matches!(pace, Pace::Window(_)) => {
+                send(&mut ws, &room, id, r.sent, pad).await?;
+                r.sent += 1;
+            }
+            msg = ws.next() => {
+                let Some(msg) = msg else { break };
+                let Message::Text(t) = msg? else { continue };
+                let f: Incoming<'_> = serde_json::from_str(t.as_str())?;
+                match f.kind.as_ref() {
+                    "ack" => r.acked += 1,
+                    "error" => {
+                        r.refused += 1;
+                        if let Some(code) = f.data.and_then(|d| d.code) {
+                            if code != "rate_limited" && code != "unavailable" {
+                                anyhow::bail!("publisher {id}: unexpected error {code}");
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::time::sleep_until(stop_at), if sending => {}
+            _ = tokio::time::sleep_until(drain_end) => {}
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(r)
+}
+
+async fn send(ws: &mut client::Ws, room: &str, id: u32, n: u64, pad: usize) -> anyhow::Result<()> {
+    let text = client::payload(id, n, client::now_us(), pad);
+    ws.send(Message::Text(client::message_frame(room, &text, n).into()))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! The scenarios: `fanout`, `burst`, `conns` and `persist`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::client;
+use crate::roles::{self, Pace, PubResult, PublisherSpec};
+use crate::stats::{Report, SubStats};
+
+/// Where clients connect and from which source addresses.
+#[derive(Debug, Clone)]
+pub(crate) struct Targets {
+    pub(crate) urls: Vec<String>,
+    pub(crate) sources: Vec<IpAddr>,
+}
+
+impl Targets {
+    /// The `i`-th client's gateway URL (round-robin) for `room`, and source.
+    fn pick(&self, i: usize, room: &str, extra: &str) -> (String, Option<IpAddr>) {
+        let base = &self.urls[i % self.urls.len()];
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}room={room}{extra}");
+        (url, Some(self.sources[i % self.sources.len()]))
+    }
+}
+
+/// A room load: `subs` subscribers and `pubs` publishers per room.
+#[derive(Debug, Clone)]
+pub(crate) struct RoomLoad {
+    pub(crate) name: String,
+    pub(crate) rooms: usize,
+    pub(crate) subs: usize,
+    pub(crate) pubs: usize,
+    pub(crate) pace: Pace,
+    pub(crate) duration: Duration,
+    pub(crate) pad: usize,
+}
+
+/// Runs subscribers and publishers over rooms and accounts for every delivery.
+pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report> {
+    let prefix = format!("{}-{}", load.name, std::process::id());
+    let (ready_tx, mut ready_rx) = mpsc::channel(1024);
+    let mut targets = Vec::new();
+    let mut subs = Vec::new();
+    let mut idx = 0;
+    let drain = load.duration + Duration::from_secs(30);
+    for r in 0..load.rooms {
+        let room = format!("{prefix}-{r}");
+        let (tx, rx) = watch::channel(None);
+        targets.push(tx);
+        for _ in 0..load.subs {
+            let (url, src) = t.pick(idx, &room, "");
+            idx += 1;
+            subs.push((
+                r,
+                tokio::spawn(roles::subscriber(
+                    url,
+                    src,
+                    ready_tx.clone(),
+                    rx.clone(),
+                    drain,
+                )),
+            ));
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..subs.len() {
+        ready_rx
+            .recv()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("a subscriber failed to join"))?;
+    }
+    let (start_tx, start_rx) = watch::channel(false);
+    let mut pubs = Vec::new();
+    for r in 0..load.rooms {
+        let room = format!("{prefix}-{r}");
+        for p in 0..load.pubs {
+            let (url, src) = t.pick(idx, &room, "");
+            idx += 1;
+            let id = (r * load.pubs + p) as u32;
+            pubs.push((
+                r,
+                tokio::spawn(roles::publisher(
+                    PublisherSpec {
+                        url,
+                        room: room.clone(),
+                        id,
+                        pace: load.pace,
+                        duration: load.duration,
+                        pad: load.pad,
+                        source: src,
+                    },
+                    start_rx.clone(),
+                )),
+            ));
+        }
+    }
+    // Give publishers a moment to join, then start them together.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start_us = client::now_us();
+    let started = Instant::now();
+    start_tx.send(true)?;
+    let mut per_room: HashMap<usize, PubResult> = HashMap::new();
+    let mut total = PubResult::default();
+    for (r, h) in pubs {
+        let res = h.await??;
+        let e = per_room.entry(r).or_default();
+        e.acked += res.acked;
+        total.sent += res.sent;
+        total.acked += res.acked;
+        total.refused += res.refused;
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    let mut expected = 0;
+    for (r, tx) in targets.iter().enumerate() {
+        let acked = per_room.get(&r).map_or(0, |p| p.acked);
+        expected += acked * load.subs as u64;
+        let _ = tx.send(Some(acked));
+    }
+    let mut stats: Vec<SubStats> = Vec::new();
+    for (_, h) in subs {
+        stats.push(h.await??);
+    }
+    let mut report = Report::from_subs(&load.name, &stats, expected, start_us);
+    report.sent = total.sent;
+    report.acked = total.acked;
+    report.refused = total.refused;
+    report
+        .extra
+        .insert("publish_seconds".into(), format!("{send_secs:.2}").into());
+    report.extra.insert(
+        "shape".into(),
+        format!(
+            "{} rooms x {} subs x {} pubs",
+            load.rooms, load.subs, load.pubs
+        )
+        .into(),
+    );
+    Ok(report)
+}
+
+/// Opens `count` idle connections, holds them for `hold`, and reports the
+/// connect rate and, given gateway PIDs, their resident memory per connection.
+pub(crate) async fn conns(
+    t: &Targets,
+    count: usize,
+    parallel: usize,
+    hold: Duration,
+    gateway_pids: &[u32],
+) -> anyhow::Result<Report> {
+    let rss_before: u64 = gateway_pids.iter().map(|p| rss_bytes(*p)).sum();
+    let started = Instant::now();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let (done_tx, _) = watch::channel(false);
+    let mut handles = Vec::with_capacity(count);
+    let (ok_tx, mut ok_rx) = mpsc::channel::<bool>(count.max(1));
+    for i in 0..count {
+        let (url, src) = t.pick(i, &format!("idle-{}", i % 100), "");
+        let permit = sem.clone().acquire_owned().await?;
+        let ok_tx = ok_tx.clone();
+        let mut done = done_tx.subscribe();
+        handles.push(tokio::spawn(async move {
+            let ws = client::connect(&url, src).await;
+            drop(permit);
+            let Ok(mut ws) = ws else {
+                let _ = ok_tx.send(false).await;
+                return;
+            };
+            let _ = ok_tx.send(true).await;
+            // Keep reading so pings are answered, until told to stop.
+            loop {
+                tokio::select! {
+                    m = ws.next() => if m.is_none() { break },
+                    _ = done.changed() => break,
+                }
+            }
+            let _ = ws.close(None).await;
+        }));
+    }
+    drop(ok_tx);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    while let Some(r) = ok_rx.recv().await {
+        if r {
+            ok += 1
+        } else {
+            failed += 1
+        }
+        if ok + failed == count as u64 {
+            break;
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    // Let the gateways settle (registrations, history frames) before measuring.
+    tokio::time::sleep(hold).await;
+    let rss_after: u64 = gateway_pids.iter().map(|p| rss_bytes(*p)).sum();
+    let _ = done_tx.send(true);
+    for h in handles {
+        let _ = h.await;
+    }
+    let mut r = Report {
+        scenario: "conns".into(),
+        ..Default::default()
+    };
+    r.extra.insert("connected".into(), ok.into());
+    r.extra.insert("failed".into(), failed.into());
+    r.extra.insert(
+        "connect_seconds".into(),
+        format!("{connect_secs:.2}").into(),
+    );
+    r.extra.insert(
+        "connects_per_s".into(),
+        format!("{:.0}", ok as f64 / connect_secs).into(),
+    );
+    if !gateway_pids.is_empty() {
+        let per = rss_after.saturating_sub(rss_before) as f64 / ok.max(1) as f64;
+        r.extra.insert(
+            "gateway_rss_before_mib".into(),
+            format!("{:.1}", rss_before as f64 / 1048576.0).into(),
+        );
+        r.extra.insert(
+            "gateway_rss_after_mib".into(),
+            format!("{:.1}", rss_after as f64 / 1048576.0).into(),
+        );
+        r.extra.insert(
+            "gateway_rss_per_conn_kib".into(),
+            format!("{:.2}", per / 1024.0).into(),
+        );
+    }
+    Ok(r)
+}
+
+/// Resident set size of a process, from `/proc/<pid>/status`.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Appends `count` stamped entries straight into the shard streams (as
+/// gateways would), then times how long the worker(s) take to persist and
+/// publish them all, from the worker's own counter.
+pub(crate) async fn persist(
+    redis_url: &str,
+    worker_metrics: &str,
+    count: u64,
+    rooms: usize,
+    shards: u32,
+    t: &Targets,
+) -> anyhow::Result<Report> {
+    use chat_shared::envelope::{StreamEntry, STREAM_FIELD, VERSION};
+    use chat_shared::ids::RoomId;
+    use chat_shared::keys;
+
+    let prefix = format!("persist-{}", std::process::id());
+    // One subscriber per room, so the worker really publishes.
+    let (ready_tx, mut ready_rx) = mpsc::channel(1024);
+    let (_tx, rx) = watch::channel(None);
+    let mut subs = Vec::new();
+    for r in 0..rooms {
+        let (url, src) = t.pick(r, &format!("{prefix}-{r}"), "");
+        subs.push(tokio::spawn(roles::subscriber(
+            url,
+            src,
+            ready_tx.clone(),
+            rx.clone(),
+            Duration::from_secs(120),
+        )));
+    }
+    drop(ready_tx);
+    for _ in 0..rooms {
+        ready_rx
+            .recv()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("a subscriber failed to join"))?;
+    }
+    let client = redis::Client::open(chat_shared::config::normalize_redis_url(redis_url))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let before = worker_counter(worker_metrics).await?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while n < count {
+        let mut pipe = redis::pipe();
+        for _ in 0..1000.min(count - n) {
+            let room = RoomId::parse(&format!("{prefix}-{}", n as usize % rooms))?;
+            let entry = StreamEntry {
+                v: VERSION,
+                id: uuid::Uuid::now_v7().to_string(),
+                room: room.to_string(),
+                username: "loadgen".into(),
+                message: client::payload(0, n, client::now_us(), 0),
+                timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                stamped_us: client::now_us(),
+            };
+            pipe.cmd("XADD")
+                .arg(keys::stream(keys::shard_of(&room, shards)))
+                .arg("*")
+                .arg(STREAM_FIELD)
+                .arg(entry.encode())
+                .ignore();
+            n += 1;
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+    }
+    let append_secs = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = worker_counter(worker_metrics).await? - before;
+        if done >= count as f64 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "worker persisted only {done} of {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    for s in subs {
+        s.abort();
+    }
+    let mut r = Report {
+        scenario: "persist".into(),
+        sent: count,
+        acked: count,
+        duration_s: secs,
+        ..Default::default()
+    };
+    r.extra
+        .insert("append_seconds".into(), format!("{append_secs:.2}").into());
+    r.extra.insert(
+        "persisted_per_s".into(),
+        format!("{:.0}", count as f64 / secs).into(),
+    );
+    r.extra.insert("rooms".into(), rooms.into());
+    Ok(r)
+}
+
+/// Sum of `chat_worker_messages_persisted_total` over comma-separated addresses.
+async fn worker_counter(addrs: &str) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for addr in addrs.split(',') {
+        let url = format!("http://{addr}/metrics");
+        let body = http_get(&url).await?;
+        total += body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("chat_worker_messages_persisted_total ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
+    }
+    Ok(total)
+}
+
+async fn http_get(url: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
