@@ -113,7 +113,8 @@ pub(crate) async fn upgrade(
     let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", conn_id, room = %room, %peer);
     let tracker = state.tracker.clone();
-    ws.max_message_size(cfg.ws_max_message_bytes)
+    ws.read_buffer_size(cfg.ws_read_buffer_bytes as usize)
+        .max_message_size(cfg.ws_max_message_bytes)
         .max_frame_size(cfg.ws_max_message_bytes)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(256 * 1024)

@@ -1,0 +1,67 @@
+"""Turns scripts/bench results (JSON lines) into the README's benchmark table.
+
+Replaces the text between <!-- bench:start --> and <!-- bench:end -->.
+"""
+import json
+import platform
+import subprocess
+import sys
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    mem = ""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1048576:.0f} GiB RAM"
+    except OSError:
+        pass
+    return f"{cores} cores ({cpu}), {mem}, {platform.system()} {platform.release()}"
+
+
+def row(name, r):
+    x = r
+    if name.startswith("conns"):
+        return (f"| {name} | {x.get('connected')} connected, {x.get('failed')} failed | "
+                f"{x.get('connects_per_s')} connects/s | RSS {x.get('gateway_rss_before_mib')} → "
+                f"{x.get('gateway_rss_after_mib')} MiB = **{x.get('gateway_rss_per_conn_kib')} KiB/conn** | — |")
+    if name == "persist":
+        return (f"| persist | {x['sent']} messages, {x.get('rooms')} rooms | "
+                f"**{x.get('persisted_per_s')} msg/s** persisted+published | "
+                f"append {x.get('append_seconds')} s, total {x['duration_s']:.2f} s | — |")
+    return (f"| {name} | {x.get('shape', '')}; sent {x['sent']}, acked {x['acked']} | "
+            f"**{x['deliveries_per_s']:.0f} deliveries/s** | p50 {x['p50_ms']:.2f} / p90 {x['p90_ms']:.2f} / "
+            f"p99 **{x['p99_ms']:.2f}** / p99.9 {x['p999_ms']:.2f} / max {x['max_ms']:.2f} ms | "
+            f"lost {x['lost']}, dup {x['duplicated']}, ooo {x['out_of_order']} |")
+
+
+def main(results, readme):
+    rows = [json.loads(l) for l in open(results) if l.strip()]
+    lines = [
+        "<!-- bench:start -->",
+        f"Machine: {machine()}; Redis, worker, three gateways and the load generator all on it.",
+        "Command: `scripts/bench` (raw results: `.run/bench/results.jsonl`).",
+        "",
+        "| scenario | shape | throughput | latency / memory | correctness |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [row(r["name"], r["r"]) for r in rows]
+    lines += ["", "Exact commands:", ""]
+    lines += [f"- `{r['name']}`: `{r['cmd']}`" for r in rows]
+    lines.append("<!-- bench:end -->")
+    text = open(readme).read()
+    start, end = text.index("<!-- bench:start -->"), text.index("<!-- bench:end -->") + len("<!-- bench:end -->")
+    open(readme, "w").write(text[:start] + "\n".join(lines) + text[end:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
