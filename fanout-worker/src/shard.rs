@@ -3,7 +3,7 @@
 //! The loop first claims every pending entry of the shard's consumer group
 //! (entries a dead or replaced worker read but never acked) and processes them
 //! in id order, then reads new entries with `XREADGROUP … BLOCK`. Each batch
-//! costs three round trips: persist all (Lua, idempotent), look up the owning
+//! costs two round trips: persist all (Lua, idempotent) and look up the owning
 //! gateways of the batch's rooms, then publish + `XACK` + `XTRIM MINID`. An entry
 //! is acked only after it is persisted and published, so a crash at any point
 //! leaves it pending for the next holder.
@@ -223,20 +223,26 @@ async fn process(
     for room in &rooms {
         pipe.sadd(keys::ROOMS_ACTIVE, room.as_str()).ignore();
     }
-    let persisted: Vec<Persisted> = if items.is_empty() {
-        Vec::new()
-    } else {
-        pipe.query_async(c).await?
-    };
-
-    // 2. Which gateways own connections in these rooms (after persisting, so a
-    //    gateway that registers later finds the message in history instead).
-    let mut pipe = redis::pipe();
+    // 2. In the same round trip, after the writes: which gateways own
+    //    connections in these rooms. Redis runs a pipeline in order, so a
+    //    gateway that registers after this lookup finds the message in history.
     publish::add_gateway_lookups(&mut pipe, &rooms);
-    let gateways: Vec<Vec<String>> = if rooms.is_empty() {
-        Vec::new()
+    let (persisted, gateways) = if items.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
-        pipe.query_async(c).await?
+        let mut replies: Vec<redis::Value> = pipe.query_async(c).await?;
+        let lookups = replies.split_off(items.len());
+        let persisted = replies
+            .into_iter()
+            .map(<Persisted as redis::FromRedisValue>::from_redis_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RedisError::Command(e.into()))?;
+        let gateways = lookups
+            .into_iter()
+            .map(<Vec<String> as redis::FromRedisValue>::from_redis_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RedisError::Command(e.into()))?;
+        (persisted, gateways)
     };
 
     // 3. Route, publish, ack, trim.

@@ -20,6 +20,7 @@ use chat_shared::protocol::{
     ErrorCode, HistoryRequest, OutgoingMessage, ProtocolError,
 };
 use chat_shared::redis::RedisError;
+use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +84,9 @@ type AppendOutcome = (Option<String>, Result<append::Appended, RedisError>);
 
 /// An append started by a connection and driven by its `serve` loop.
 type PendingAppend = Pin<Box<dyn Future<Output = AppendOutcome> + Send>>;
+
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
 
 /// A write could not complete.
 enum WriteError {
@@ -261,7 +265,16 @@ impl Connection {
                     // connection leaves it, so `None` cannot happen while
                     // serving; treat it as a shutdown if it ever does.
                     let Some(out) = out else { return CloseReason::Shutdown };
-                    if let Err(e) = self.deliver(out).await {
+                    // Write what is already queued in one go and flush once:
+                    // one syscall per burst instead of one per message.
+                    let mut result = self.deliver(out).await;
+                    let mut batch = 1;
+                    while result.is_ok() && batch < WRITE_BATCH {
+                        let Ok(more) = rx.try_recv() else { break };
+                        result = self.deliver(more).await;
+                        batch += 1;
+                    }
+                    if let Err(e) = result.and(self.flush().await) {
                         return write_reason(e);
                     }
                 }
@@ -415,7 +428,7 @@ impl Connection {
             self.fill_gap(out.seq).await?;
         }
         self.last_seq = out.seq;
-        self.send(Message::Text(out.frame)).await
+        self.feed(Message::Text(out.frame)).await
     }
 
     /// The room's sequence restarted (its state was lost, e.g. Redis was
@@ -471,20 +484,48 @@ impl Connection {
         Ok(())
     }
 
-    /// Writes one frame, giving up when the client stalls or is kicked.
+    /// Writes one frame and flushes.
     async fn send(&mut self, msg: Message) -> Result<(), WriteError> {
+        self.feed(msg).await?;
+        self.flush().await
+    }
+
+    /// Queues one frame in the socket's write buffer (written out when the
+    /// buffer fills or on [`Self::flush`]).
+    async fn feed(&mut self, msg: Message) -> Result<(), WriteError> {
         let timeout = self.state.config.write_timeout();
-        tokio::select! {
-            r = tokio::time::timeout(timeout, self.socket.send(msg)) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(WriteError::Closed),
-                Err(_) => {
-                    metrics::counter!(m::GW_SLOW_CONSUMERS).increment(1);
-                    Err(WriteError::Slow)
-                }
-            },
-            _ = self.kick.cancelled() => Err(WriteError::Slow),
-        }
+        let kick = self.kick.clone();
+        bounded_write(timeout, &kick, self.socket.feed(msg)).await
+    }
+
+    /// Writes out everything queued.
+    async fn flush(&mut self) -> Result<(), WriteError> {
+        let timeout = self.state.config.write_timeout();
+        let kick = self.kick.clone();
+        bounded_write(timeout, &kick, self.socket.flush()).await
+    }
+}
+
+/// Awaits a socket write, giving up when the client stalls past `timeout` or
+/// is kicked as a slow consumer.
+async fn bounded_write<F>(
+    timeout: Duration,
+    kick: &CancellationToken,
+    write: F,
+) -> Result<(), WriteError>
+where
+    F: Future<Output = Result<(), axum::Error>>,
+{
+    tokio::select! {
+        r = tokio::time::timeout(timeout, write) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteError::Closed),
+            Err(_) => {
+                metrics::counter!(m::GW_SLOW_CONSUMERS).increment(1);
+                Err(WriteError::Slow)
+            }
+        },
+        _ = kick.cancelled() => Err(WriteError::Slow),
     }
 }
 
