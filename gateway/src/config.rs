@@ -53,7 +53,7 @@ pub struct GatewayConfig {
 
     /// Initial read buffer per WebSocket, in bytes. It grows for larger frames;
     /// tungstenite's default (128 KiB, touched on read) dominated per-connection memory.
-    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
+    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
     pub ws_read_buffer_bytes: u64,
 
     /// Outbound frames queued per connection before it counts as a slow

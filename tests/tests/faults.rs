@@ -122,6 +122,16 @@ async fn chatter(
     seen
 }
 
+/// Resident set size of a process, from `/proc/<pid>/status`.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// Reads `messages:<room>` as `(seq, id)`.
 async fn history(redis: &Redis, room: &str) -> Vec<(u64, String)> {
     let mut c = redis.conn().await;
@@ -364,12 +374,17 @@ async fn a_client_that_never_reads_is_disconnected_and_others_keep_up() {
     let _w = start_worker(&redis.url(), "w1", &[("BATCH_SIZE", "32")]).await;
     let env = [
         FAST_GW,
-        &[("OUTBOUND_QUEUE", "64"), ("WRITE_TIMEOUT_MS", "2000")],
+        &[
+            ("OUTBOUND_QUEUE", "64"),
+            ("WRITE_TIMEOUT_MS", "2000"),
+            ("MAX_MESSAGE_LEN", "40000"),
+        ],
     ]
     .concat();
     let gw = start_gateway(&redis.url(), "gw1", &env).await;
+    let rss_before = rss_bytes(gw.proc.pid());
     let slow = Client::connect_small_buffer(&gw.ws_url("room=slow"), gw.port).await;
-    let total = 1500;
+    let total = 3000;
     let (tx, rx) = watch::channel(Some(total));
     let reader = tokio::spawn(chatter(
         Chat {
@@ -382,8 +397,8 @@ async fn a_client_that_never_reads_is_disconnected_and_others_keep_up() {
     ));
     let sender = tokio::spawn(chatter(
         Chat {
-            pad: 4000,
-            pace: Duration::from_micros(500),
+            pad: 20_000,
+            pace: Duration::from_millis(2),
             ..Chat::new(gw.ws_url("room=slow"), "slow", "s", total)
         },
         rx,
@@ -400,6 +415,11 @@ async fn a_client_that_never_reads_is_disconnected_and_others_keep_up() {
         "the reading client got everything, in order"
     );
     assert_eq!(sender.received.len(), total);
+    // 3000 x 20 KB went by the client that never read: buffered for it, that
+    // would be 60 MB. Bounded, the gateway grows by its queues only.
+    let grown = rss_bytes(gw.proc.pid()).saturating_sub(rss_before);
+    eprintln!("gateway RSS grew by {} KiB", grown / 1024);
+    assert!(grown < 20 << 20, "gateway RSS grew by {} MiB", grown >> 20);
     let metric_addr = gw.addr();
     let kicked = eventually("slow consumer disconnected", DEADLINE, || {
         let a = metric_addr.clone();
