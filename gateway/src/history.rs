@@ -36,6 +36,7 @@ impl Snapshot {
             latest_seq: self.latest_seq,
             truncated: false,
             reset: None,
+            more: false,
         }
     }
 }

@@ -437,6 +437,46 @@ pub struct HistoryMeta {
     /// Why recovery was impossible, e.g. `epoch_changed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset: Option<&'static str>,
+    /// Set on every frame but the last when a history answer is split into
+    /// several frames (each at most [`HISTORY_FRAME_BYTES`] of records).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+}
+
+/// Largest amount of record JSON packed into one history frame. Longer
+/// answers are split (records stay oldest first across the frames), so no
+/// frame outgrows the socket's write buffer.
+pub const HISTORY_FRAME_BYTES: usize = 64 * 1024;
+
+/// A history answer as one or more frames: records packed greedily up to
+/// `max_bytes` each (a single larger record gets a frame of its own); every
+/// frame but the last carries `"more":true`.
+pub fn history_frames<'a>(
+    meta: &HistoryMeta,
+    records: impl IntoIterator<Item = &'a str>,
+    max_bytes: usize,
+) -> Vec<String> {
+    let mut chunks: Vec<Vec<&str>> = vec![Vec::new()];
+    let mut size = 0;
+    for r in records {
+        let current = chunks.last_mut().expect("never empty");
+        if !current.is_empty() && size + r.len() > max_bytes {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += r.len() + 1;
+        chunks.last_mut().expect("never empty").push(r);
+    }
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut m = meta.clone();
+            m.more = i < last;
+            history_frame(&m, chunk)
+        })
+        .collect()
 }
 
 /// `{"type":"history","data":{"room":..,"messages":[<records>],..meta}}`,
@@ -596,6 +636,14 @@ mod tests {
         assert_eq!(h["type"], "history");
         assert_eq!(h["data"]["messages"].as_array().unwrap().len(), 2);
         assert_eq!(h["data"]["room"], "r");
+        let split = history_frames(&meta, [rec, rec, rec], rec.len() * 2 + 2);
+        assert_eq!(split.len(), 2);
+        let first: serde_json::Value = serde_json::from_str(&split[0]).unwrap();
+        let second: serde_json::Value = serde_json::from_str(&split[1]).unwrap();
+        assert_eq!(first["data"]["messages"].as_array().unwrap().len(), 2);
+        assert_eq!(first["data"]["more"], true);
+        assert!(second["data"].get("more").is_none());
+        assert_eq!(history_frames(&meta, [], 10).len(), 1);
         let empty: serde_json::Value = serde_json::from_str(&history_frame(&meta, [])).unwrap();
         assert_eq!(empty["data"]["messages"].as_array().unwrap().len(), 0);
         let a: serde_json::Value = serde_json::from_str(&ack_frame(None, "i", "t")).unwrap();

@@ -415,3 +415,39 @@ async fn reconnect_with_since_gets_exactly_the_missed_messages() {
     let (_, h) = Client::join(&c.gw1.ws_url("room=rec&since=3&epoch=stale")).await;
     assert_eq!(h["data"]["reset"], "epoch_changed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_histories_arrive_in_several_frames() {
+    let c = cluster(&[("RATE_LIMIT_BURST", "100")]).await;
+    let (mut a, _) = Client::join(&c.gw1.ws_url("room=big")).await;
+    // Control characters are escaped to 6 bytes each: 50 x 24 KB of history.
+    let text = "\u{1}".repeat(4096);
+    for i in 0..50 {
+        a.say("big", &text, &format!("b{i}")).await;
+    }
+    a.messages(50).await;
+    let (mut b, first) = Client::join(&c.gw2.ws_url("room=big")).await;
+    let mut frames = vec![first];
+    while frames.last().unwrap()["data"]["more"] == true {
+        frames.push(b.next_of_type("history").await);
+    }
+    assert!(frames.len() > 1, "split into several frames");
+    let seqs: Vec<u64> = frames
+        .iter()
+        .flat_map(|f| f["data"]["messages"].as_array().unwrap().clone())
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=50).collect::<Vec<_>>(),
+        "all of it, oldest first, once"
+    );
+    // Recovery over the whole range works too, and so does a history request.
+    let (_, h) = Client::join(&c.gw1.ws_url("room=big&since=0")).await;
+    assert!(h["data"]["messages"].as_array().unwrap().len() < 50);
+    b.send_text(r#"{"type":"history","data":{"limit":50}}"#)
+        .await;
+    assert_eq!(b.next_of_type("history").await["data"]["more"], true);
+    b.say("big", "still open", "z").await;
+    assert_eq!(b.next_of_type("ack").await["data"]["client_id"], "z");
+}

@@ -16,8 +16,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::metrics as m;
 use chat_shared::protocol::{
-    ack_frame, error_frame, history_frame, message_frame, parse_client_frame, ClientFrame,
-    ErrorCode, HistoryRequest, OutgoingMessage, ProtocolError,
+    ack_frame, error_frame, history_frames, message_frame, parse_client_frame, ClientFrame,
+    ErrorCode, HistoryRequest, OutgoingMessage, ProtocolError, HISTORY_FRAME_BYTES,
 };
 use chat_shared::redis::RedisError;
 use futures_util::SinkExt;
@@ -350,14 +350,15 @@ impl Connection {
 
     async fn on_history(&mut self, req: HistoryRequest) -> Result<(), WriteError> {
         metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
+        let cfg = &self.state.config;
         let limit = req
             .limit
-            .unwrap_or(self.state.config.history_on_join.max(1));
+            .unwrap_or(cfg.history_on_join.clamp(1, cfg.history_page_max as usize));
         match history::snapshot(&self.state.redis, &self.room, None).await {
             Ok(snap) => {
                 let page = history::page(&snap, limit, req.before_seq);
-                let frame = history_frame(&snap.meta(&self.room), page);
-                self.send(Message::Text(frame.into())).await
+                let frames = history_frames(&snap.meta(&self.room), page, HISTORY_FRAME_BYTES);
+                self.send_all(frames).await
             }
             Err(_) => {
                 let err = ProtocolError::new(
@@ -399,10 +400,8 @@ impl Connection {
         let frame = join_frame(&snap, &self.room, self.resume.as_ref(), cfg.history_on_join);
         self.last_seq = snap.latest_seq;
         self.epoch = snap.epoch;
-        if let Some(frame) = frame {
-            self.send(Message::Text(frame.into()))
-                .await
-                .map_err(write_reason)?;
+        if let Some(frames) = frame {
+            self.send_all(frames).await.map_err(write_reason)?;
         }
         Ok(())
     }
@@ -446,10 +445,14 @@ impl Connection {
         tracing::info!(old = ?self.epoch, new = ?snap.epoch, "Room epoch changed");
         let mut meta = snap.meta(&self.room);
         meta.reset = Some("epoch_changed");
-        let frame = history_frame(&meta, snap.records.iter().map(|(_, r)| r.as_str()));
+        let frames = history_frames(
+            &meta,
+            snap.records.iter().map(|(_, r)| r.as_str()),
+            HISTORY_FRAME_BYTES,
+        );
         self.last_seq = snap.latest_seq;
         self.epoch = snap.epoch;
-        self.send(Message::Text(frame.into())).await
+        self.send_all(frames).await
     }
 
     /// Sends stored messages with `last_seq < seq < upto`.
@@ -482,6 +485,14 @@ impl Connection {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Writes several text frames, then flushes once.
+    async fn send_all(&mut self, frames: Vec<String>) -> Result<(), WriteError> {
+        for f in frames {
+            self.feed(Message::Text(f.into())).await?;
+        }
+        self.flush().await
     }
 
     /// Writes one frame and flushes.
@@ -543,15 +554,16 @@ fn join_frame(
     room: &RoomId,
     resume: Option<&Resume>,
     on_join: usize,
-) -> Option<String> {
+) -> Option<Vec<String>> {
     let mut meta = snap.meta(room);
     let Some(resume) = resume else {
         if on_join == 0 {
             return None;
         }
-        return Some(history_frame(
+        return Some(history_frames(
             &meta,
             snap.records.iter().map(|(_, r)| r.as_str()),
+            HISTORY_FRAME_BYTES,
         ));
     };
     let epoch_changed = matches!((&resume.epoch, &snap.epoch), (Some(theirs), Some(ours)) if theirs != ours)
@@ -565,15 +577,20 @@ fn join_frame(
             "since_ahead"
         });
         let skip = snap.records.len().saturating_sub(on_join);
-        return Some(history_frame(
+        return Some(history_frames(
             &meta,
             snap.records[skip..].iter().map(|(_, r)| r.as_str()),
+            HISTORY_FRAME_BYTES,
         ));
     }
     let wanted = snap.records.iter().filter(|(s, _)| *s > resume.since);
     meta.truncated = snap.oldest_seq().is_some_and(|o| o > resume.since + 1)
         || (snap.records.is_empty() && snap.latest_seq > resume.since);
-    Some(history_frame(&meta, wanted.map(|(_, r)| r.as_str())))
+    Some(history_frames(
+        &meta,
+        wanted.map(|(_, r)| r.as_str()),
+        HISTORY_FRAME_BYTES,
+    ))
 }
 
 #[cfg(test)]
@@ -589,6 +606,18 @@ mod tests {
             latest_seq: *range.end(),
             epoch: Some(epoch.into()),
         }
+    }
+
+    fn join_frame_one(
+        snap: &Snapshot,
+        room: &RoomId,
+        resume: Option<&Resume>,
+        on_join: usize,
+    ) -> Option<String> {
+        join_frame(snap, room, resume, on_join).map(|f| {
+            assert_eq!(f.len(), 1);
+            f.into_iter().next().unwrap()
+        })
     }
 
     fn seqs(frame: &str) -> (Vec<u64>, serde_json::Value) {
@@ -609,14 +638,14 @@ mod tests {
             since: 7,
             epoch: Some("e1".into()),
         };
-        let (s, d) = seqs(&join_frame(&snap(5..=10, "e1"), &room, Some(&r), 2).unwrap());
+        let (s, d) = seqs(&join_frame_one(&snap(5..=10, "e1"), &room, Some(&r), 2).unwrap());
         assert_eq!(s, [8, 9, 10]);
         assert!(d.get("truncated").is_none());
         let r = Resume {
             since: 2,
             epoch: None,
         };
-        let (s, d) = seqs(&join_frame(&snap(5..=10, "e1"), &room, Some(&r), 2).unwrap());
+        let (s, d) = seqs(&join_frame_one(&snap(5..=10, "e1"), &room, Some(&r), 2).unwrap());
         assert_eq!(s, [5, 6, 7, 8, 9, 10]);
         assert_eq!(d["truncated"], true);
     }
@@ -628,21 +657,21 @@ mod tests {
             since: 7,
             epoch: Some("old".into()),
         };
-        let (s, d) = seqs(&join_frame(&snap(1..=3, "new"), &room, Some(&r), 2).unwrap());
+        let (s, d) = seqs(&join_frame_one(&snap(1..=3, "new"), &room, Some(&r), 2).unwrap());
         assert_eq!(d["reset"], "epoch_changed");
         assert_eq!(s, [2, 3]);
         let r = Resume {
             since: 70,
             epoch: None,
         };
-        let (_, d) = seqs(&join_frame(&snap(1..=3, "new"), &room, Some(&r), 2).unwrap());
+        let (_, d) = seqs(&join_frame_one(&snap(1..=3, "new"), &room, Some(&r), 2).unwrap());
         assert_eq!(d["reset"], "since_ahead");
     }
 
     #[test]
     fn plain_join_sends_tail_or_nothing() {
         let room = RoomId::parse("r").unwrap();
-        let (s, _) = seqs(&join_frame(&snap(1..=3, "e"), &room, None, 50).unwrap());
+        let (s, _) = seqs(&join_frame_one(&snap(1..=3, "e"), &room, None, 50).unwrap());
         assert_eq!(s, [1, 2, 3]);
         assert!(join_frame(&snap(1..=3, "e"), &room, None, 0).is_none());
     }

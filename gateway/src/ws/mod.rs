@@ -37,6 +37,13 @@ pub(crate) struct Resume {
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Upper bound of a socket's write buffer: room for the largest frame plus the
+/// small frames queued behind it.
+fn max_write_buffer(max_message_chars: usize) -> usize {
+    let largest_record = max_message_chars * 6 + 1024;
+    (2 * chat_shared::protocol::HISTORY_FRAME_BYTES.max(largest_record)).max(256 * 1024)
+}
+
 fn reject(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     metrics::counter!(m::GW_CONNECTIONS_REJECTED, "code" => code.as_str()).increment(1);
     ApiError::new(status, code, message).into_response()
@@ -117,7 +124,9 @@ pub(crate) async fn upgrade(
         .max_message_size(cfg.ws_max_message_bytes)
         .max_frame_size(cfg.ws_max_message_bytes)
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(256 * 1024)
+        // Must exceed the largest single frame we send: a history chunk, or one
+        // record of MAX_MESSAGE_LEN characters at 6 bytes each once escaped.
+        .max_write_buffer_size(max_write_buffer(cfg.max_message_len as usize))
         .on_upgrade(move |socket| {
             tracker.track_future(
                 async move {
