@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_shared::envelope::now_us;
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
@@ -70,15 +69,48 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
+/// Deletes a gateway's heartbeat only if it is still older than the cutoff
+/// (it may have beaten again since the sweep started).
+const FORGET_IF_STALE_LUA: &str = r#"
+local t = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if t and t < tonumber(ARGV[2]) then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"#;
+
+/// Which gateways are dead, judged on Redis's clock (heartbeats are stamped
+/// with Redis `TIME` too) and re-read just before acting, so neither clock
+/// skew nor a heartbeat during the sweep removes a live gateway's entries.
+struct Liveness {
+    cutoff_ms: i64,
+    known: HashMap<String, bool>,
+}
+
+impl Liveness {
+    async fn new(ctx: &Context) -> Result<Self, RedisError> {
+        let (secs, micros): (i64, i64) = ctx.redis.query(&redis::cmd("TIME")).await?;
+        Ok(Self {
+            cutoff_ms: secs * 1000 + micros / 1000 - ctx.config.gateway_timeout_ms as i64,
+            known: HashMap::new(),
+        })
+    }
+
+    async fn is_dead(&mut self, ctx: &Context, gateway: &str) -> Result<bool, RedisError> {
+        if let Some(&dead) = self.known.get(gateway) {
+            return Ok(dead);
+        }
+        let beat: Option<i64> = ctx
+            .redis
+            .query(redis::cmd("HGET").arg(keys::GATEWAYS).arg(gateway))
+            .await?;
+        let dead = beat.is_none_or(|t| t < self.cutoff_ms);
+        self.known.insert(gateway.to_owned(), dead);
+        Ok(dead)
+    }
+}
+
 async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     let redis = &ctx.redis;
-    let now_ms = now_us() / 1000;
-    let cutoff = now_ms - ctx.config.gateway_timeout_ms as i64;
-    let beats: HashMap<String, i64> = redis
-        .query(redis::cmd("HGETALL").arg(keys::GATEWAYS))
-        .await?;
-    let is_dead = |gw: &str| beats.get(gw).is_none_or(|&t| t < cutoff);
-
+    let mut liveness = Liveness::new(ctx).await?;
     let rooms: Vec<String> = redis
         .query(redis::cmd("SMEMBERS").arg(keys::ROOMS_ACTIVE))
         .await?;
@@ -92,18 +124,24 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
         }
         let owners: Vec<Vec<String>> = redis.pipe(&pipe).await?;
         for (room, gws) in rooms.iter().zip(owners) {
-            for gw in gws.iter().filter(|g| is_dead(g)) {
-                removed_conns += remove_gateway_from_room(ctx, room, gw).await?;
+            for gw in &gws {
+                if liveness.is_dead(ctx, gw).await? {
+                    removed_conns += remove_gateway_from_room(ctx, room, gw).await?;
+                }
             }
             // Members of dead gateways without a count entry (a crash between
             // the two writes) are found by scanning the set itself.
             let members: Vec<String> = redis
                 .query(redis::cmd("SMEMBERS").arg(keys::connections(room)))
                 .await?;
-            let stale: Vec<&String> = members
-                .iter()
-                .filter(|m| m.split_once('/').is_some_and(|(gw, _)| is_dead(gw)))
-                .collect();
+            let mut stale = Vec::new();
+            for m in &members {
+                if let Some((gw, _)) = m.split_once('/') {
+                    if liveness.is_dead(ctx, gw).await? {
+                        stale.push(m);
+                    }
+                }
+            }
             if !stale.is_empty() {
                 removed_conns += stale.len();
                 redis
@@ -131,16 +169,20 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
             }
         }
     }
-    let dead: Vec<&String> = beats
-        .iter()
-        .filter(|(_, &t)| t < cutoff)
-        .map(|(g, _)| g)
-        .collect();
-    if !dead.is_empty() {
-        redis
-            .query::<()>(redis::cmd("HDEL").arg(keys::GATEWAYS).arg(&dead))
-            .await?;
-        tracing::info!(gateways = ?dead, "Removed dead gateways");
+    let beats: HashMap<String, i64> = redis
+        .query(redis::cmd("HGETALL").arg(keys::GATEWAYS))
+        .await?;
+    let script = redis::Script::new(FORGET_IF_STALE_LUA);
+    let mut forgotten = Vec::new();
+    for (gw, _) in beats.iter().filter(|(_, &t)| t < liveness.cutoff_ms) {
+        let mut inv = script.key(keys::GATEWAYS);
+        inv.arg(gw).arg(liveness.cutoff_ms);
+        if redis.script::<i64>(&inv).await? == 1 {
+            forgotten.push(gw.as_str());
+        }
+    }
+    if !forgotten.is_empty() {
+        tracing::info!(gateways = ?forgotten, "Removed dead gateways");
     }
     if removed_conns > 0 || removed_rooms > 0 {
         tracing::info!(removed_conns, removed_rooms, "Janitor sweep cleaned up");

@@ -136,6 +136,18 @@ impl LeaseClock {
         now < self.valid_until_ms.load(Ordering::Acquire)
     }
 
+    /// How long the holder may still process (zero once lapsed).
+    pub(crate) fn remaining(&self) -> Duration {
+        let now = Instant::now()
+            .saturating_duration_since(self.base)
+            .as_millis() as u64;
+        Duration::from_millis(
+            self.valid_until_ms
+                .load(Ordering::Acquire)
+                .saturating_sub(now),
+        )
+    }
+
     /// Marks the lease lost at once.
     pub(crate) fn expire(&self) {
         self.valid_until_ms.store(0, Ordering::Release);

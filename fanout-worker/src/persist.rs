@@ -14,7 +14,9 @@ use redis::Script;
 ///
 /// KEYS: `messages:<room>`, `chat:room:{messages:<room>}`.
 /// ARGV: stream entry id, record prefix (JSON without `,"seq":N}`), history
-/// limit, ttl seconds, epoch candidate, message id.
+/// limit, ttl seconds, epoch candidate, message id, how many of the newest
+/// records to search for a re-processed entry (a takeover re-processes at most
+/// a batch or two, so the whole list never needs scanning).
 /// Returns `{seq, record, epoch}` when applied, `{0, record or false, epoch}`
 /// when it was applied before.
 const PERSIST_LUA: &str = r#"
@@ -29,7 +31,7 @@ local last = redis.call('HGET', KEYS[2], 'last_entry')
 if last and older_or_equal(ARGV[1], last) then
   local epoch = redis.call('HGET', KEYS[2], 'epoch') or ARGV[5]
   local needle = '"id":"' .. ARGV[6] .. '"'
-  local items = redis.call('LRANGE', KEYS[1], 0, -1)
+  local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[7]), -1)
   for i = #items, 1, -1 do
     if string.find(items[i], needle, 1, true) then
       return {0, items[i], epoch}
@@ -66,6 +68,7 @@ pub(crate) fn add_to_pipeline(
     ttl_secs: u64,
     epoch: &str,
     message_id: &str,
+    search_window: u64,
 ) {
     let mut inv = script.key(keys::messages(room));
     inv.key(keys::room_state(room))
@@ -74,7 +77,8 @@ pub(crate) fn add_to_pipeline(
         .arg(history_limit)
         .arg(ttl_secs)
         .arg(epoch)
-        .arg(message_id);
+        .arg(message_id)
+        .arg(search_window);
     pipe.invoke_script(&inv);
 }
 

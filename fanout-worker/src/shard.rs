@@ -77,7 +77,20 @@ pub(crate) async fn run(
             Ok(entries) if entries.is_empty() => Ok(()),
             // The lease may have lapsed during a long read: never process then.
             Ok(_) if !lease.is_valid() => break,
-            Ok(entries) => process(c, &script, &stream, &ctx, entries).await,
+            // A batch must finish while the lease surely holds: abandoned
+            // half-way, its entries stay pending and are redone idempotently.
+            Ok(entries) => match tokio::time::timeout(
+                lease.remaining(),
+                process(c, &script, &stream, &ctx, &lease, entries),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(shard, "Lease margin reached mid-batch; batch abandoned");
+                    break;
+                }
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = result {
@@ -184,6 +197,7 @@ async fn process(
     script: &redis::Script,
     stream: &str,
     ctx: &Context,
+    lease: &LeaseClock,
     entries: Vec<StreamId>,
 ) -> Result<(), RedisError> {
     metrics::histogram!(m::WK_BATCH_SIZE).record(entries.len() as f64);
@@ -215,6 +229,7 @@ async fn process(
             ctx.config.history_ttl,
             &epoch,
             &item.entry.id,
+            2 * ctx.config.batch_size,
         );
         if !rooms.contains(&item.room) {
             rooms.push(item.room.clone());
@@ -282,6 +297,10 @@ async fn process(
         if let Some(gws) = gateways.get(idx) {
             routing.route(&delivery, gws);
         }
+    }
+    if !lease.is_valid() {
+        // Persisted (idempotently) but not acked: the next holder publishes.
+        return Ok(());
     }
     let mut pipe = redis::pipe();
     let published = routing.add_publishes(&mut pipe);

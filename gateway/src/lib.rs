@@ -91,7 +91,13 @@ pub async fn run(
                 }
                 match presence::heartbeat(&redis, &id).await {
                     Ok(true) if !first => {
-                        let members = rooms.members();
+                        let members: Vec<(String, Vec<String>)> = rooms
+                            .members()
+                            .into_iter()
+                            .map(|(room, ids)| {
+                                (room, ids.into_iter().map(presence::conn_key).collect())
+                            })
+                            .collect();
                         tracing::warn!(
                             rooms = members.len(),
                             "Redis lost this gateway's registrations; restoring them"
@@ -101,6 +107,9 @@ pub async fn run(
                             tracing::warn!(error = %e, "Cannot restore registrations; retrying next heartbeat");
                             // Forget the heartbeat so the next one sees "new" again.
                             let _ = presence::deregister(&redis, &id).await;
+                        } else {
+                            // Workers skipped us meanwhile: catch up from history.
+                            rooms.resync_all();
                         }
                     }
                     Ok(_) => {}

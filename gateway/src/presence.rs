@@ -3,23 +3,91 @@
 //! Per connection: a member `<gateway>/<conn>` in `connections:<room>` (spec),
 //! a count in `chat:room-gateways:{connections:<room>}` (so workers find the
 //! owning gateways without scanning connections) and the room in
-//! `rooms:active`. Both per-room keys share a slot, so one `MULTI` updates them.
-//! Per gateway: a heartbeat in `chat:gateways`, which the janitor uses to remove
-//! entries of gateways that died without deregistering.
+//! `rooms:active`. Both per-room keys share a slot, so one Lua call updates
+//! them, and the count only moves when the set really changed: a repeated or
+//! failed registration can never leave the count at zero while a member is
+//! still there (which would silently stop delivery to this gateway).
+//! Per gateway: a heartbeat in `chat:gateways`, stamped with Redis's own clock
+//! so the janitor's liveness check does not depend on clock skew.
 
-use chat_shared::envelope::now_us;
+use std::sync::LazyLock;
+
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::redis::{RedisError, RedisHandle};
 use redis::Script;
 
-/// Decrements a room's gateway count and removes the field at zero.
-const LEAVE_LUA: &str = r#"
-redis.call('SREM', KEYS[1], ARGV[2])
-local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
-if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
-return n
-"#;
+/// Adds members (ARGV[2..]) and raises the gateway's count (ARGV[1]) by the
+/// number actually added.
+static JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local added = 0
+for i = 2, #ARGV do added = added + redis.call('SADD', KEYS[1], ARGV[i]) end
+if added > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], added) end
+return added
+"#,
+    )
+});
+
+/// Removes a member and lowers the count only if it was there; drops the
+/// field at zero.
+static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SREM', KEYS[1], ARGV[2]) == 1 then
+  local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+  if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+end
+return 1
+"#,
+    )
+});
+
+/// Heartbeat at Redis's time; returns 1 when the gateway was not known.
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('HSET', KEYS[1], ARGV[1], ms)
+"#,
+    )
+});
+
+async fn join(
+    redis: &RedisHandle,
+    gateway: &str,
+    room: &RoomId,
+    conns: &[String],
+) -> Result<(), RedisError> {
+    let mut inv = JOIN.key(keys::connections(room));
+    inv.key(keys::room_gateways(room)).arg(gateway);
+    for c in conns {
+        inv.arg(keys::connection_member(gateway, c));
+    }
+    redis.script::<i64>(&inv).await?;
+    // Separate slot: not part of the script, and need not be.
+    redis
+        .query::<()>(
+            redis::cmd("SADD")
+                .arg(keys::ROOMS_ACTIVE)
+                .arg(room.as_str()),
+        )
+        .await
+}
+
+/// The per-process part of connection ids: a gateway restarted with the same
+/// `GATEWAY_ID` never reuses a member name of its previous incarnation.
+static BOOT_NONCE: LazyLock<u32> = LazyLock::new(|| {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u32
+});
+
+/// The `<conn>` part of a `connections:<room>` member for local connection `id`.
+pub fn conn_key(id: u64) -> String {
+    format!("{:08x}-{id}", *BOOT_NONCE)
+}
 
 /// Registers a connection.
 ///
@@ -31,25 +99,10 @@ pub async fn register(
     room: &RoomId,
     conn: &str,
 ) -> Result<(), RedisError> {
-    let member = keys::connection_member(gateway, conn);
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .sadd(keys::connections(room), &member)
-        .ignore()
-        .hincr(keys::room_gateways(room), gateway, 1)
-        .ignore();
-    redis.pipe::<()>(&pipe).await?;
-    // Separate slot: not part of the transaction, and need not be.
-    redis
-        .query::<()>(
-            redis::cmd("SADD")
-                .arg(keys::ROOMS_ACTIVE)
-                .arg(room.as_str()),
-        )
-        .await
+    join(redis, gateway, room, &[conn.to_owned()]).await
 }
 
-/// Removes a connection.
+/// Removes a connection (a no-op for one that was never registered).
 ///
 /// # Errors
 /// Fails when Redis does not answer; the janitor then cleans up later.
@@ -59,10 +112,10 @@ pub async fn unregister(
     room: &RoomId,
     conn: &str,
 ) -> Result<(), RedisError> {
-    let member = keys::connection_member(gateway, conn);
-    let script = Script::new(LEAVE_LUA);
-    let mut inv = script.key(keys::connections(room));
-    inv.key(keys::room_gateways(room)).arg(gateway).arg(member);
+    let mut inv = LEAVE.key(keys::connections(room));
+    inv.key(keys::room_gateways(room))
+        .arg(gateway)
+        .arg(keys::connection_member(gateway, conn));
     redis.script::<i64>(&inv).await.map(|_| ())
 }
 
@@ -74,50 +127,26 @@ pub async fn unregister(
 /// # Errors
 /// Fails when Redis does not answer.
 pub async fn heartbeat(redis: &RedisHandle, gateway: &str) -> Result<bool, RedisError> {
-    let added: i64 = redis
-        .query(
-            redis::cmd("HSET")
-                .arg(keys::GATEWAYS)
-                .arg(gateway)
-                .arg(now_us() / 1000),
-        )
-        .await?;
-    Ok(added == 1)
+    let mut inv = HEARTBEAT.key(keys::GATEWAYS);
+    inv.arg(gateway);
+    Ok(redis.script::<i64>(&inv).await? == 1)
 }
 
-/// Writes every local connection back into Redis (idempotent: set members and
-/// absolute counts).
+/// Writes every local connection back into Redis. Idempotent: only members
+/// that are missing are added, and the count rises by exactly that many.
 ///
 /// # Errors
 /// Fails when Redis does not answer; the next heartbeat retries.
 pub async fn reregister(
     redis: &RedisHandle,
     gateway: &str,
-    members: &[(String, Vec<u64>)],
+    members: &[(String, Vec<String>)],
 ) -> Result<(), RedisError> {
     for (room, conns) in members {
         let Ok(room) = RoomId::parse(room) else {
             continue;
         };
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for c in conns {
-            pipe.sadd(
-                keys::connections(&room),
-                keys::connection_member(gateway, &c.to_string()),
-            )
-            .ignore();
-        }
-        pipe.hset(keys::room_gateways(&room), gateway, conns.len())
-            .ignore();
-        redis.pipe::<()>(&pipe).await?;
-        redis
-            .query::<()>(
-                redis::cmd("SADD")
-                    .arg(keys::ROOMS_ACTIVE)
-                    .arg(room.as_str()),
-            )
-            .await?;
+        join(redis, gateway, &room, conns).await?;
     }
     Ok(())
 }

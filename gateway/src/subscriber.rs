@@ -66,7 +66,6 @@ pub async fn run(
 ) {
     let channel = keys::gateway_channel(&gateway_id);
     let mut backoff = Duration::from_millis(50);
-    let mut established_before = false;
     while !shutdown.is_cancelled() {
         let mut pubsub = match redis.pubsub().await {
             Ok(p) => p,
@@ -93,11 +92,10 @@ pub async fn run(
         state.set(true);
         metrics::counter!(m::GW_SUBSCRIPTIONS).increment(1);
         tracing::info!(channel, "Delivery subscription established");
-        if established_before {
-            // Whatever was published while we were away is in history.
-            rooms.resync_all();
-        }
-        established_before = true;
+        // Whatever was published while we were not subscribed (including
+        // before the first subscription, for connections accepted meanwhile)
+        // is in history.
+        rooms.resync_all();
 
         let mut messages = pubsub.on_message();
         let mut probe = tokio::time::interval(probe_interval);

@@ -146,7 +146,7 @@ impl Connection {
     /// Serves the connection until it ends; never panics on client input.
     pub(crate) async fn run(mut self) {
         let state = self.state.clone();
-        let conn_key = self.conn_id.to_string();
+        let conn_key = presence::conn_key(self.conn_id);
         let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
         let membership = state
             .rooms
@@ -186,16 +186,13 @@ impl Connection {
             .await;
         }
         drop(membership);
-        if reason != CloseReason::Unavailable {
-            if let Err(e) =
-                presence::unregister(&state.redis, &state.gateway_id, &self.room, &conn_key).await
-            {
-                metrics::counter!(m::GW_REDIS_ERRORS, "op" => "unregister").increment(1);
-                tracing::warn!(error = %e, "Cannot remove connection from Redis; the janitor will");
-            }
-        } else {
-            let _ =
-                presence::unregister(&state.redis, &state.gateway_id, &self.room, &conn_key).await;
+        // Also after a failed registration: removing a member that is not
+        // there changes nothing.
+        if let Err(e) =
+            presence::unregister(&state.redis, &state.gateway_id, &self.room, &conn_key).await
+        {
+            metrics::counter!(m::GW_REDIS_ERRORS, "op" => "unregister").increment(1);
+            tracing::warn!(error = %e, "Cannot remove connection from Redis; the janitor will");
         }
         state
             .connections
@@ -251,7 +248,10 @@ impl Connection {
                             Err(e) => Err(e),
                         },
                         Some(Ok(Message::Binary(_))) => {
-                            let err = ProtocolError::new(ErrorCode::BinaryNotSupported, "binary frames are not supported; send JSON text frames");
+                            let err = self.rate_limit().unwrap_or_else(|| ProtocolError::new(
+                                ErrorCode::BinaryNotSupported,
+                                "binary frames are not supported; send JSON text frames",
+                            ));
                             self.reply_error(&err, None).await
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
@@ -293,17 +293,15 @@ impl Connection {
     /// Handles one text frame; a valid chat message starts an append that
     /// the caller drives to completion.
     async fn on_text(&mut self, text: &str) -> Result<Option<PendingAppend>, WriteError> {
+        if let Some(limited) = self.rate_limit() {
+            return self.reply_error(&limited, None).await.map(|()| None);
+        }
         let cfg = &self.state.config;
         if text.len() > cfg.max_frame_bytes {
             let err = ProtocolError::new(
                 ErrorCode::FrameTooLarge,
                 format!("frame is larger than {} bytes", cfg.max_frame_bytes),
             );
-            return self.reply_error(&err, None).await.map(|()| None);
-        }
-        if !self.bucket.try_take(Instant::now()) {
-            metrics::counter!(m::GW_RATE_LIMITED).increment(1);
-            let err = ProtocolError::new(ErrorCode::RateLimited, "too many frames; slow down");
             return self.reply_error(&err, None).await.map(|()| None);
         }
         match parse_client_frame(text, &self.room, &self.state.limits) {
@@ -314,6 +312,19 @@ impl Connection {
             Ok(ClientFrame::Message(msg)) => Ok(Some(self.start_append(msg))),
             Ok(ClientFrame::History(req)) => self.on_history(req).await.map(|()| None),
         }
+    }
+
+    /// Spends a token; every data frame does, valid or not, so a flood of
+    /// bad frames is limited too.
+    fn rate_limit(&mut self) -> Option<ProtocolError> {
+        if self.bucket.try_take(Instant::now()) {
+            return None;
+        }
+        metrics::counter!(m::GW_RATE_LIMITED).increment(1);
+        Some(ProtocolError::new(
+            ErrorCode::RateLimited,
+            "too many frames; slow down",
+        ))
     }
 
     fn start_append(&self, msg: OutgoingMessage) -> PendingAppend {
