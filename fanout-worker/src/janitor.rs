@@ -24,9 +24,6 @@ use tokio_util::sync::CancellationToken;
 use crate::lease::Leases;
 use crate::Context;
 
-/// The janitor's lease key.
-const JANITOR_LEASE: &str = "chat:lease:{janitor}";
-
 /// Runs sweeps while holding the janitor lease, until `shutdown`.
 pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let every = Duration::from_millis(ctx.config.janitor_interval_ms);
@@ -39,9 +36,9 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
         }
         let held = if holding {
-            leases.renew_key(JANITOR_LEASE).await
+            leases.renew_key(keys::JANITOR_LEASE).await
         } else {
-            leases.acquire_key(JANITOR_LEASE).await
+            leases.acquire_key(keys::JANITOR_LEASE).await
         };
         match held {
             Ok(h) => {
@@ -65,7 +62,7 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         }
     }
     if holding {
-        let _ = leases.release_key(JANITOR_LEASE).await;
+        let _ = leases.release_key(keys::JANITOR_LEASE).await;
     }
 }
 

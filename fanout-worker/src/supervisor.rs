@@ -19,9 +19,6 @@ use tokio_util::sync::CancellationToken;
 use crate::lease::{LeaseClock, Leases};
 use crate::{shard, Context};
 
-/// Registry of live workers: worker id → last heartbeat (Unix ms).
-pub(crate) const WORKERS_KEY: &str = "chat:workers";
-
 struct Owned {
     clock: LeaseClock,
     cancel: CancellationToken,
@@ -154,7 +151,11 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
     let _ = ctx
         .redis
-        .query::<i64>(redis::cmd("HDEL").arg(WORKERS_KEY).arg(&ctx.worker_id))
+        .query::<i64>(
+            redis::cmd("HDEL")
+                .arg(chat_shared::keys::WORKERS)
+                .arg(&ctx.worker_id),
+        )
         .await;
     metrics::gauge!(m::WK_SHARDS_OWNED).set(0.0);
 }
@@ -185,12 +186,12 @@ async fn live_workers(ctx: &Context, ttl: Duration) -> Result<u32, chat_shared::
         .pipe(
             redis::pipe()
                 .cmd("HSET")
-                .arg(WORKERS_KEY)
+                .arg(chat_shared::keys::WORKERS)
                 .arg(&ctx.worker_id)
                 .arg(now_ms)
                 .ignore()
                 .cmd("HGETALL")
-                .arg(WORKERS_KEY),
+                .arg(chat_shared::keys::WORKERS),
         )
         .await?;
     let cutoff = now_ms - ttl.as_millis() as i64;
@@ -201,7 +202,7 @@ async fn live_workers(ctx: &Context, ttl: Duration) -> Result<u32, chat_shared::
         } else if seen < cutoff - 10 * ttl.as_millis() as i64 {
             let _ = ctx
                 .redis
-                .query::<i64>(redis::cmd("HDEL").arg(WORKERS_KEY).arg(&id))
+                .query::<i64>(redis::cmd("HDEL").arg(chat_shared::keys::WORKERS).arg(&id))
                 .await;
         }
     }

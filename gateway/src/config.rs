@@ -79,7 +79,7 @@ pub struct GatewayConfig {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
-    /// Messages per second a connection may send (token bucket refill rate).
+    /// Frames per second a connection may send (token bucket refill rate).
     #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 20.0)]
     pub rate_limit_per_sec: f64,
 

@@ -30,11 +30,6 @@ impl ApiError {
             error: ProtocolError::new(code, message),
         }
     }
-
-    /// The error's code (for metric labels).
-    pub fn code(&self) -> ErrorCode {
-        self.error.code
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -95,7 +90,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    metrics::gauge!(m::GW_CONNECTIONS).set(state.connection_count() as f64);
     metrics::gauge!(m::GW_ROOMS).set(state.rooms.room_count() as f64);
     (
         [("content-type", "text/plain; version=0.0.4")],

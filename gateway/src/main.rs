@@ -13,9 +13,16 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|_| exit_usage("GATEWAY_ID must be 1-64 characters of [A-Za-z0-9_.-]")),
         None => ProcessId::generate(),
     };
-    if let Err(e) = chat_shared::redis::RedisHandle::new(&config.redis) {
-        exit_usage(e);
+    let redis = chat_shared::redis::RedisHandle::new(&config.redis).unwrap_or_else(|e| exit_usage(e));
+    match redis.claim_stream_shards(config.stream_shards).await {
+        Ok(None) => {}
+        Ok(Some(recorded)) => exit_usage(format!(
+            "STREAM_SHARDS={} but this deployment uses {recorded} (Redis key chat:config:stream-shards); every process must use the same value",
+            config.stream_shards
+        )),
+        Err(e) => tracing::warn!(error = %e, "Cannot check STREAM_SHARDS against Redis now; continuing"),
     }
+    drop(redis);
     let metrics = chat_shared::metrics::install()?;
     let addr = format!("{}:{}", config.bind_addr, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)

@@ -16,7 +16,10 @@
 //! | `rooms:active` | set | gateway adds, worker adds, janitor removes |
 //! | `chat:stream:{shard-<n>}` | stream of [`crate::envelope::StreamEntry`] | gateway appends, worker consumes |
 //! | `chat:lease:{shard-<n>}` | string worker id, with TTL | worker |
-//! | `chat:gateways` | hash gateway id → last heartbeat (ms) | gateway, janitor |
+//! | `chat:gateways` | hash gateway id → last heartbeat (Redis time, ms) | gateway, janitor |
+//! | `chat:config:stream-shards` | string, the deployment's `STREAM_SHARDS` | first process to start |
+//! | `chat:workers` | hash worker id → last heartbeat (ms) | worker supervisors |
+//! | `chat:lease:{janitor}` | string worker id, with TTL | the worker running the janitor |
 //! | `chat:deliver:<gateway>` | pub/sub channel of [`crate::envelope::DeliveryBatch`] | worker → gateway |
 
 use crate::ids::RoomId;
@@ -27,6 +30,12 @@ pub const ROOMS_ACTIVE: &str = "rooms:active";
 pub const CONSUMER_GROUP: &str = "chat-fanout";
 /// Registry of live gateways with their last heartbeat time.
 pub const GATEWAYS: &str = "chat:gateways";
+/// Registry of live workers with their last heartbeat time (fair shard share).
+pub const WORKERS: &str = "chat:workers";
+/// The `STREAM_SHARDS` every process of this deployment must use.
+pub const STREAM_SHARDS: &str = "chat:config:stream-shards";
+/// Lease of the janitor: one worker at a time sweeps.
+pub const JANITOR_LEASE: &str = "chat:lease:{janitor}";
 
 /// History list of a room (spec key).
 pub fn messages(room: &RoomId) -> String {
@@ -98,7 +107,9 @@ mod tests {
     fn shard_is_stable_and_in_range() {
         let r = RoomId::parse("lobby").unwrap();
         // Pinned: changing the hash would reorder rooms during a rolling upgrade.
-        assert_eq!(shard_of(&r, 16), shard_of(&r, 16));
+        // FNV-1a 64 of "lobby" is 0x1ccae3b6ef72f533.
+        assert_eq!(shard_of(&r, 16), 3);
+        assert_eq!(shard_of(&r, 1000), 243);
         assert_eq!(shard_of(&r, 1), 0);
         for i in 0..1000 {
             let r = RoomId::parse(&format!("room-{i}")).unwrap();

@@ -25,7 +25,7 @@ pub const GW_RATE_LIMITED: &str = "chat_gateway_rate_limited_frames_total";
 pub const GW_ROOMS: &str = "chat_gateway_rooms";
 /// Counter: message frames queued to local connections.
 pub const GW_MESSAGES_DELIVERED: &str = "chat_gateway_messages_delivered_total";
-/// Counter: connections dropped because their outbound queue was full.
+/// Counter: connections dropped as slow consumers (queue full or write timeout).
 pub const GW_SLOW_CONSUMERS: &str = "chat_gateway_slow_consumer_disconnects_total";
 /// Histogram: time to append a message to its stream (XADD round trip).
 pub const GW_APPEND_SECONDS: &str = "chat_gateway_stream_append_seconds";
@@ -107,6 +107,26 @@ pub fn install() -> Result<Exporter, metrics_exporter_prometheus::BuildError> {
 }
 
 fn describe_all() {
+    describe_counter!(
+        GW_RATE_LIMITED,
+        Unit::Count,
+        "Frames refused by the per-connection rate limit"
+    );
+    describe_gauge!(
+        GW_ROOMS,
+        Unit::Count,
+        "Rooms with at least one connection on this gateway"
+    );
+    describe_gauge!(
+        WK_STREAM_LAG,
+        Unit::Count,
+        "Entries in this worker's shards not yet read by the consumer group"
+    );
+    describe_gauge!(
+        WK_STREAM_PENDING,
+        Unit::Count,
+        "Entries in this worker's shards read but not yet acked"
+    );
     describe_gauge!(
         GW_CONNECTIONS,
         Unit::Count,
@@ -140,7 +160,7 @@ fn describe_all() {
     describe_counter!(
         GW_SLOW_CONSUMERS,
         Unit::Count,
-        "Connections closed because their outbound queue was full"
+        "Connections closed as slow consumers (outbound queue full or write timeout)"
     );
     describe_histogram!(
         GW_APPEND_SECONDS,

@@ -187,6 +187,26 @@ impl RedisHandle {
         self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 
+    /// Records `shards` as the deployment's `STREAM_SHARDS` unless one is
+    /// recorded already, and returns the recorded value when it differs: a
+    /// process with another shard count would put a room's messages on two
+    /// streams and break its order.
+    ///
+    /// # Errors
+    /// Fails when Redis does not answer.
+    pub async fn claim_stream_shards(&self, shards: u32) -> Result<Option<u32>, RedisError> {
+        let previous: Option<u32> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(crate::keys::STREAM_SHARDS)
+                    .arg(shards)
+                    .arg("NX")
+                    .arg("GET"),
+            )
+            .await?;
+        Ok(previous.filter(|p| *p != shards))
+    }
+
     /// A fresh multiplexed connection, never shared, for blocking commands.
     /// `block` is the longest server-side block the caller will ask for; the
     /// response timeout is that plus the normal timeout.

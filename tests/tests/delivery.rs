@@ -205,3 +205,18 @@ async fn connections_beyond_the_limit_are_refused_before_the_upgrade() {
     .await;
     let (_c3, _) = Client::join(&gw.ws_url("room=cap")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_another_shard_count_refuses_to_start() {
+    let redis = Redis::start().await;
+    let _w = start_worker(&redis.url(), "w1", &[("STREAM_SHARDS", "8")]).await;
+    let out = std::process::Command::new(bin_path("chat-gateway"))
+        .env("REDIS_URL", redis.url())
+        .env("STREAM_SHARDS", "16")
+        .env("PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("STREAM_SHARDS=16") && stderr.contains("uses 8"), "{stderr}");
+}

@@ -109,6 +109,14 @@ async fn metrics_count_what_happened_on_both_tiers() {
                 "no room-named series: {name}"
             );
         }
+        // Every series is described.
+        for line in body.lines().filter(|l| l.starts_with("# TYPE chat_")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                body.contains(&format!("# HELP {name} ")),
+                "{addr}: {name} has no HELP"
+            );
+        }
         // Label values are never room names.
         assert!(
             !body.contains("metered"),

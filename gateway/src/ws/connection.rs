@@ -471,7 +471,7 @@ impl Connection {
         let snap = match history::snapshot(&self.state.redis, &self.room, None).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, from = self.last_seq, upto, "Cannot fill delivery gap from history");
+                tracing::debug!(error = %e, from = self.last_seq, upto, "Cannot fill delivery gap from history");
                 return Ok(());
             }
         };

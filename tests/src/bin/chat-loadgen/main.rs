@@ -115,17 +115,29 @@ enum Scenario {
     },
 }
 
+/// Refuses any target that is not a loopback address: load tests stay on this host.
+fn ensure_loopback(url: &str) -> anyhow::Result<()> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let host = match hostport.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => hostport,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ok = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(
+        ok,
+        "refusing non-loopback target {url}: load tests target loopback only"
+    );
+    Ok(())
+}
+
 fn targets(c: &Common) -> anyhow::Result<Targets> {
     for u in &c.urls {
-        let host = u
-            .trim_start_matches("ws://")
-            .split(['/', ':'])
-            .next()
-            .unwrap_or("");
-        anyhow::ensure!(
-            host == "localhost" || host.starts_with("127.") || host == "[::1]",
-            "refusing non-loopback target {u}: load tests target loopback only"
-        );
+        ensure_loopback(u)?;
     }
     Ok(Targets {
         urls: c.urls.clone(),
@@ -205,6 +217,10 @@ async fn main() -> anyhow::Result<()> {
             rooms,
             stream_shards,
         } => {
+            ensure_loopback(&chat_shared::config::normalize_redis_url(&redis_url))?;
+            for addr in worker_metrics.split(',') {
+                ensure_loopback(&format!("http://{addr}"))?;
+            }
             scenarios::persist(
                 &redis_url,
                 &worker_metrics,
@@ -218,4 +234,30 @@ async fn main() -> anyhow::Result<()> {
     };
     report.print();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ensure_loopback;
+
+    #[test]
+    fn only_loopback_targets() {
+        for ok in [
+            "ws://127.0.0.1:8084/ws",
+            "ws://127.0.0.9:1/ws",
+            "ws://localhost:8084/ws",
+            "ws://[::1]:8084/ws",
+            "redis://127.0.0.1:6379",
+        ] {
+            assert!(ensure_loopback(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ws://127.example.com:80/ws",
+            "ws://10.0.0.1:8084/ws",
+            "redis://redis:6379",
+            "ws://[2001:db8::1]:1/ws",
+        ] {
+            assert!(ensure_loopback(bad).is_err(), "{bad}");
+        }
+    }
 }
