@@ -13,7 +13,8 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|_| exit_usage("WORKER_ID must be 1-64 characters of [A-Za-z0-9_.-]")),
         None => ProcessId::generate(),
     };
-    let redis = chat_shared::redis::RedisHandle::new(&config.redis).unwrap_or_else(|e| exit_usage(e));
+    let redis =
+        chat_shared::redis::RedisHandle::new(&config.redis).unwrap_or_else(|e| exit_usage(e));
     match redis.claim_stream_shards(config.stream_shards).await {
         Ok(None) => {}
         Ok(Some(recorded)) => exit_usage(format!(

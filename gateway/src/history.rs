@@ -1,30 +1,83 @@
-//! Reading a room's history: the join frame, recovery after `since`, and pages.
+//! Reading a room's history: the join frame, recovery after `since`, gap
+//! fills and pages.
 //!
-//! The list and the room's sequence state are read in one `MULTI` (they share a
-//! slot), so `latest_seq` is exactly the newest `seq` the records reflect: a
-//! connection that registered before this read receives every later message
-//! live, and drops live repeats with `seq <= latest_seq`.
+//! One Lua call (the list and the room's sequence state share a slot) reads
+//! the state and only the slice of the list that is asked for: records are
+//! contiguous in `seq`, newest at the tail, so the slice is computed from the
+//! room's latest `seq` instead of reading the whole list. `latest_seq` is
+//! exactly the newest `seq` the records reflect: a connection that registered
+//! before this read receives every later message live, and drops live repeats
+//! with `seq <= latest_seq`.
+
+use std::sync::LazyLock;
 
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::protocol::{record_seq, HistoryMeta};
 use chat_shared::redis::{RedisError, RedisHandle};
+use redis::Script;
 
-/// A consistent view of a room's history.
+/// KEYS: `messages:<room>`, `chat:room:{messages:<room>}`.
+/// ARGV: mode (`tail`, `after`, `before`), n (count, `since` or `before_seq`), limit.
+/// Returns `{latest_seq, epoch or false, records held, records}`.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+local epoch = redis.call('HGET', KEYS[2], 'epoch') or false
+local len = redis.call('LLEN', KEYS[1])
+local n = tonumber(ARGV[2])
+local records = {}
+if len > 0 then
+  if ARGV[1] == 'tail' then
+    if n > 0 then records = redis.call('LRANGE', KEYS[1], -n, -1) end
+  elseif ARGV[1] == 'after' then
+    if seq > n then records = redis.call('LRANGE', KEYS[1], -(seq - n), -1) end
+  else
+    local skip = math.max(seq - n + 1, 0)
+    if skip < len then
+      records = redis.call('LRANGE', KEYS[1], -(skip + tonumber(ARGV[3])), -(skip + 1))
+    end
+  end
+end
+return {seq, epoch, len, records}
+"#,
+    )
+});
+
+/// Which part of a room's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// The newest `n` records.
+    Tail(usize),
+    /// Every record with `seq` above this.
+    After(u64),
+    /// The newest `limit` records with `seq` below `before`.
+    Before {
+        /// Exclusive upper bound of `seq`.
+        before: u64,
+        /// Most records returned.
+        limit: usize,
+    },
+}
+
+/// A consistent view of (part of) a room's history.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Records oldest first, with their `seq`.
+    /// The records read, oldest first, with their `seq`.
     pub records: Vec<(u64, String)>,
     /// Newest `seq` assigned (0 for a room with none).
     pub latest_seq: u64,
     /// The room's epoch, if it has sequence state.
     pub epoch: Option<String>,
+    /// How many records the room's history holds in all.
+    pub held: u64,
 }
 
 impl Snapshot {
-    /// Smallest `seq` still held.
+    /// Smallest `seq` still held in the room's history (not just this read).
     pub fn oldest_seq(&self) -> Option<u64> {
-        self.records.first().map(|(s, _)| *s)
+        (self.held > 0 && self.latest_seq >= self.held).then(|| self.latest_seq - self.held + 1)
     }
 
     /// Frame metadata for `room`.
@@ -41,54 +94,41 @@ impl Snapshot {
     }
 }
 
-/// Reads the newest `tail` records (all when `None`) plus the sequence state.
+/// Reads `range` of the room's history plus its sequence state.
 ///
 /// # Errors
 /// Fails when Redis does not answer.
-pub async fn snapshot(
+pub async fn read(
     redis: &RedisHandle,
     room: &RoomId,
-    tail: Option<usize>,
+    range: Range,
 ) -> Result<Snapshot, RedisError> {
-    let start: isize = match tail {
-        Some(0) => {
-            // Still read the state; an empty range keeps the reply shape.
-            -1
-        }
-        Some(n) => -(n as isize),
-        None => 0,
+    let (mode, n, limit) = match range {
+        Range::Tail(n) => ("tail", n as u64, 0),
+        Range::After(since) => ("after", since, 0),
+        Range::Before { before, limit } => ("before", before, limit),
     };
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .lrange(keys::messages(room), start, -1)
-        .cmd("HMGET")
-        .arg(keys::room_state(room))
-        .arg("seq")
-        .arg("epoch");
-    let (raw, (seq, epoch)): (Vec<String>, (Option<u64>, Option<String>)) =
-        redis.pipe(&pipe).await?;
-    let raw = if tail == Some(0) { Vec::new() } else { raw };
+    let mut inv = READ.key(keys::messages(room));
+    inv.key(keys::room_state(room)).arg(mode).arg(n).arg(limit);
+    let (seq, epoch, held, raw): (u64, Option<String>, u64, Vec<String>) =
+        redis.script(&inv).await?;
+    // The slice is computed from contiguity; filtering by the records' own
+    // `seq` keeps the answer exact even if the list was altered by hand.
     let records = raw
         .into_iter()
         .filter_map(|r| record_seq(&r).map(|s| (s, r)))
+        .filter(|(s, _)| match range {
+            Range::Tail(_) => true,
+            Range::After(since) => *s > since,
+            Range::Before { before, .. } => *s < before,
+        })
         .collect();
     Ok(Snapshot {
         records,
-        latest_seq: seq.unwrap_or(0),
+        latest_seq: seq,
         epoch,
+        held,
     })
-}
-
-/// The newest `limit` records with `seq < before` (all when `before` is `None`),
-/// oldest first.
-pub fn page(snapshot: &Snapshot, limit: usize, before: Option<u64>) -> Vec<&str> {
-    let eligible: Vec<&(u64, String)> = snapshot
-        .records
-        .iter()
-        .filter(|(s, _)| before.is_none_or(|b| *s < b))
-        .collect();
-    let skip = eligible.len().saturating_sub(limit);
-    eligible[skip..].iter().map(|(_, r)| r.as_str()).collect()
 }
 
 #[cfg(test)]
@@ -96,15 +136,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pages_are_newest_first_chunks_in_ascending_order() {
+    fn oldest_seq_comes_from_what_the_room_holds() {
         let snap = Snapshot {
-            records: (1..=10).map(|s| (s, format!("r{s}"))).collect(),
-            latest_seq: 10,
+            records: vec![(11, "r".into())],
+            latest_seq: 12,
             epoch: None,
+            held: 5,
         };
-        assert_eq!(page(&snap, 3, None), ["r8", "r9", "r10"]);
-        assert_eq!(page(&snap, 3, Some(8)), ["r5", "r6", "r7"]);
-        assert_eq!(page(&snap, 5, Some(3)), ["r1", "r2"]);
-        assert!(page(&snap, 5, Some(1)).is_empty());
+        assert_eq!(snap.oldest_seq(), Some(8));
+        assert_eq!(Snapshot::default().oldest_seq(), None);
     }
 }

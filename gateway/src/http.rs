@@ -141,7 +141,11 @@ async fn messages(
             )
         })?),
     };
-    let snap = history::snapshot(&state.redis, &room, None)
+    let range = match before {
+        Some(before) => history::Range::Before { before, limit },
+        None => history::Range::Tail(limit),
+    };
+    let snap = history::read(&state.redis, &room, range)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -150,7 +154,7 @@ async fn messages(
                 "history is unavailable: Redis unreachable",
             )
         })?;
-    let page = history::page(&snap, limit, before);
+    let page: Vec<&str> = snap.records.iter().map(|(_, r)| r.as_str()).collect();
     let records = format!("[{}]", page.join(","));
     let meta = snap.meta(&room);
     let body = format!(

@@ -218,5 +218,8 @@ async fn a_process_with_another_shard_count_refuses_to_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("STREAM_SHARDS=16") && stderr.contains("uses 8"), "{stderr}");
+    assert!(
+        stderr.contains("STREAM_SHARDS=16") && stderr.contains("uses 8"),
+        "{stderr}"
+    );
 }

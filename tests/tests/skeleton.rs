@@ -451,3 +451,47 @@ async fn large_histories_arrive_in_several_frames() {
     b.say("big", "still open", "z").await;
     assert_eq!(b.next_of_type("ack").await["data"]["client_id"], "z");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_ranges_stay_exact_after_trimming() {
+    let redis = Redis::start().await;
+    let _w = start_worker(&redis.url(), "w1", &[("HISTORY_LIMIT", "5")]).await;
+    let gw = start_gateway(&redis.url(), "gw1", &[]).await;
+    let (mut a, _) = Client::join(&gw.ws_url("room=trim")).await;
+    for i in 1..=12 {
+        a.say("trim", &format!("m{i}"), &format!("c{i}")).await;
+    }
+    a.messages(12).await;
+    let page = |q: &'static str| {
+        let addr = gw.addr();
+        async move {
+            let (status, body) = http_get(&addr, &format!("/rooms/trim/messages?{q}"))
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{q}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["oldest_seq"], 8, "{q}");
+            assert_eq!(v["latest_seq"], 12, "{q}");
+            seqs(v["messages"].as_array().unwrap())
+        }
+    };
+    assert_eq!(page("limit=3").await, [10, 11, 12]);
+    assert_eq!(page("limit=2&before_seq=11").await, [9, 10]);
+    assert_eq!(page("limit=5&before_seq=9").await, [8]);
+    assert!(page("limit=5&before_seq=8").await.is_empty());
+    // Recovery from before the retained range is flagged as truncated.
+    let (_, h) = Client::join(&gw.ws_url("room=trim&since=3")).await;
+    assert_eq!(
+        seqs(h["data"]["messages"].as_array().unwrap()),
+        [8, 9, 10, 11, 12]
+    );
+    assert_eq!(h["data"]["truncated"], true);
+    let (_, h) = Client::join(&gw.ws_url("room=trim&since=10")).await;
+    assert_eq!(seqs(h["data"]["messages"].as_array().unwrap()), [11, 12]);
+    assert!(h["data"].get("truncated").is_none());
+    // A history request over the socket uses the same ranges.
+    a.send_text(r#"{"type":"history","data":{"limit":2,"before_seq":12}}"#)
+        .await;
+    let h = a.next_of_type("history").await;
+    assert_eq!(seqs(h["data"]["messages"].as_array().unwrap()), [10, 11]);
+}

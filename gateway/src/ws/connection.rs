@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Resume;
-use crate::history::{self, Snapshot};
+use crate::history::{self, Range, Snapshot};
 use crate::rate_limit::TokenBucket;
 use crate::rooms::{LiveMessage, Outbound};
 use crate::state::AppState;
@@ -365,9 +365,13 @@ impl Connection {
         let limit = req
             .limit
             .unwrap_or(cfg.history_on_join.clamp(1, cfg.history_page_max as usize));
-        match history::snapshot(&self.state.redis, &self.room, None).await {
+        let range = match req.before_seq {
+            Some(before) => Range::Before { before, limit },
+            None => Range::Tail(limit),
+        };
+        match history::read(&self.state.redis, &self.room, range).await {
             Ok(snap) => {
-                let page = history::page(&snap, limit, req.before_seq);
+                let page = snap.records.iter().map(|(_, r)| r.as_str());
                 let frames = history_frames(&snap.meta(&self.room), page, HISTORY_FRAME_BYTES);
                 self.send_all(frames).await
             }
@@ -395,12 +399,19 @@ impl Connection {
     /// Sends the join (or recovery) history and sets `last_seq`.
     async fn send_join_history(&mut self) -> Result<(), CloseReason> {
         let cfg = &self.state.config;
-        let tail = if self.resume.is_some() {
-            None
-        } else {
-            Some(cfg.history_on_join)
+        let on_join = Range::Tail(cfg.history_on_join);
+        let first = match &self.resume {
+            None => on_join,
+            Some(r) => Range::After(r.since),
         };
-        let snap = match history::snapshot(&self.state.redis, &self.room, tail).await {
+        let mut snap = history::read(&self.state.redis, &self.room, first).await;
+        if let (Ok(s), Some(r)) = (&snap, &self.resume) {
+            if reset_reason(r, s).is_some() {
+                // The client's position is void: it gets a fresh join's history.
+                snap = history::read(&self.state.redis, &self.room, on_join).await;
+            }
+        }
+        let snap = match snap {
             Ok(s) => s,
             Err(e) => {
                 metrics::counter!(m::GW_REDIS_ERRORS, "op" => "history").increment(1);
@@ -446,7 +457,8 @@ impl Connection {
     /// `reset: "epoch_changed"` holding the new sequence's messages, and
     /// continue from there.
     async fn epoch_changed(&mut self) -> Result<(), WriteError> {
-        let snap = match history::snapshot(&self.state.redis, &self.room, None).await {
+        let tail = Range::Tail(self.state.config.history_on_join.max(1));
+        let snap = match history::read(&self.state.redis, &self.room, tail).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot read history after an epoch change");
@@ -468,7 +480,8 @@ impl Connection {
 
     /// Sends stored messages with `last_seq < seq < upto`.
     async fn fill_gap(&mut self, upto: u64) -> Result<(), WriteError> {
-        let snap = match history::snapshot(&self.state.redis, &self.room, None).await {
+        let missed = Range::After(self.last_seq);
+        let snap = match history::read(&self.state.redis, &self.room, missed).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, from = self.last_seq, upto, "Cannot fill delivery gap from history");
@@ -558,6 +571,19 @@ fn write_reason(e: WriteError) -> CloseReason {
     }
 }
 
+/// Why a client's `since` (and `epoch`) cannot be honoured, if it cannot.
+fn reset_reason(resume: &Resume, snap: &Snapshot) -> Option<&'static str> {
+    let epoch_changed = matches!((&resume.epoch, &snap.epoch), (Some(theirs), Some(ours)) if theirs != ours)
+        || (resume.epoch.is_some() && snap.epoch.is_none() && resume.since > 0);
+    if epoch_changed {
+        Some("epoch_changed")
+    } else if resume.since > snap.latest_seq {
+        Some("since_ahead")
+    } else {
+        None
+    }
+}
+
 /// The history frame sent on join, or `None` when history on join is disabled
 /// and the client is not recovering.
 fn join_frame(
@@ -577,16 +603,10 @@ fn join_frame(
             HISTORY_FRAME_BYTES,
         ));
     };
-    let epoch_changed = matches!((&resume.epoch, &snap.epoch), (Some(theirs), Some(ours)) if theirs != ours)
-        || (resume.epoch.is_some() && snap.epoch.is_none() && resume.since > 0);
-    if epoch_changed || resume.since > snap.latest_seq {
+    if let Some(reason) = reset_reason(resume, snap) {
         // The client's position belongs to a sequence that no longer exists:
         // tell it, and give it the recent history of the new one.
-        meta.reset = Some(if epoch_changed {
-            "epoch_changed"
-        } else {
-            "since_ahead"
-        });
+        meta.reset = Some(reason);
         let skip = snap.records.len().saturating_sub(on_join);
         return Some(history_frames(
             &meta,
@@ -596,7 +616,7 @@ fn join_frame(
     }
     let wanted = snap.records.iter().filter(|(s, _)| *s > resume.since);
     meta.truncated = snap.oldest_seq().is_some_and(|o| o > resume.since + 1)
-        || (snap.records.is_empty() && snap.latest_seq > resume.since);
+        || (snap.held == 0 && snap.latest_seq > resume.since);
     Some(history_frames(
         &meta,
         wanted.map(|(_, r)| r.as_str()),
@@ -616,6 +636,7 @@ mod tests {
                 .collect(),
             latest_seq: *range.end(),
             epoch: Some(epoch.into()),
+            held: range.end() - range.start() + 1,
         }
     }
 
