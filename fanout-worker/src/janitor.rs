@@ -6,7 +6,8 @@
 //!   from `connections:<room>` and their counts from the room's gateway hash, so
 //!   workers stop publishing to them (a wrongly judged live gateway notices on its
 //!   next heartbeat and re-registers);
-//! - removes from `rooms:active` rooms with no connection and no history.
+//! - removes from `rooms:active` rooms with no connection and no history;
+//! - deletes stream consumers of past workers that have nothing pending.
 //!
 //! History itself expires by TTL (`HISTORY_TTL`, refreshed per message) and is
 //! trimmed on every write, so there is nothing else to delete.
@@ -181,10 +182,64 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     if !forgotten.is_empty() {
         tracing::info!(gateways = ?forgotten, "Removed dead gateways");
     }
+    let pruned = prune_consumers(ctx).await?;
+    if pruned > 0 {
+        tracing::info!(pruned, "Removed idle stream consumers of past workers");
+    }
     if removed_conns > 0 || removed_rooms > 0 {
         tracing::info!(removed_conns, removed_rooms, "Janitor sweep cleaned up");
     }
     Ok(())
+}
+
+/// Every worker process joins each shard's consumer group under its own id,
+/// so ids of past workers pile up. A consumer with nothing pending can go
+/// (deleting one with pending entries would drop them from the pending list,
+/// so those are left for `XAUTOCLAIM`).
+async fn prune_consumers(ctx: &Context) -> Result<usize, RedisError> {
+    let idle_limit_ms = 10 * ctx.config.lease_ttl_ms as i64;
+    let mut pruned = 0;
+    for shard in 0..ctx.config.stream_shards {
+        let stream = keys::stream(shard);
+        let consumers: Result<Vec<HashMap<String, redis::Value>>, _> = ctx
+            .redis
+            .query(
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(&stream)
+                    .arg(keys::CONSUMER_GROUP),
+            )
+            .await;
+        // No stream or group yet: nothing to prune.
+        let Ok(consumers) = consumers else { continue };
+        for c in consumers {
+            let int = |k: &str| match c.get(k) {
+                Some(redis::Value::Int(n)) => *n,
+                _ => -1,
+            };
+            let Some(redis::Value::BulkString(name)) = c.get("name") else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(name);
+            if name == ctx.worker_id || int("pending") != 0 || int("idle") < idle_limit_ms {
+                continue;
+            }
+            let removed: i64 = ctx
+                .redis
+                .query(
+                    redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(&stream)
+                        .arg(keys::CONSUMER_GROUP)
+                        .arg(name.as_ref()),
+                )
+                .await?;
+            // DELCONSUMER returns the pending count it dropped: 0 here.
+            debug_assert_eq!(removed, 0);
+            pruned += 1;
+        }
+    }
+    Ok(pruned)
 }
 
 async fn remove_gateway_from_room(

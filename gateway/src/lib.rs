@@ -126,6 +126,22 @@ pub async fn run(
         })
     };
 
+    // A previous process with this GATEWAY_ID (fixed ids, e.g. a restarted
+    // container) may have left connection entries behind: clear them before
+    // serving, or workers would count connections that no longer exist.
+    if let Ok(false) = presence::heartbeat(&redis, &gateway_id).await {
+        match presence::purge_previous(&redis, &gateway_id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                entries = n,
+                "Removed connection entries of this gateway's previous process"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot clear a previous process's connection entries")
+            }
+        }
+    }
+
     let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let drain_state = state.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -151,6 +151,46 @@ pub async fn reregister(
     Ok(())
 }
 
+/// Removes the connection entries a previous process with this same
+/// `GATEWAY_ID` left behind (it was killed and this one started before the
+/// janitor judged it dead). Run before accepting connections. Returns how
+/// many entries were removed.
+///
+/// # Errors
+/// Fails when Redis does not answer.
+pub async fn purge_previous(redis: &RedisHandle, gateway: &str) -> Result<usize, RedisError> {
+    let prefix = format!("{gateway}/");
+    let rooms: Vec<String> = redis
+        .query(redis::cmd("SMEMBERS").arg(keys::ROOMS_ACTIVE))
+        .await?;
+    let mut removed = 0;
+    for room in rooms {
+        let Ok(room) = RoomId::parse(&room) else {
+            continue;
+        };
+        let members: Vec<String> = redis
+            .query(redis::cmd("SMEMBERS").arg(keys::connections(&room)))
+            .await?;
+        let stale: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
+        if stale.is_empty() {
+            continue;
+        }
+        removed += stale.len();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SREM")
+            .arg(keys::connections(&room))
+            .arg(&stale)
+            .ignore()
+            .cmd("HDEL")
+            .arg(keys::room_gateways(&room))
+            .arg(gateway)
+            .ignore();
+        redis.pipe::<()>(&pipe).await?;
+    }
+    Ok(removed)
+}
+
 /// Removes this gateway's heartbeat on clean shutdown.
 ///
 /// # Errors

@@ -223,3 +223,35 @@ async fn a_process_with_another_shard_count_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_clears_what_its_killed_predecessor_left() {
+    let redis = Redis::start().await;
+    let _w = start_worker(&redis.url(), "w1", &[]).await;
+    let mut gw = start_gateway(&redis.url(), "fixed-id", &[]).await;
+    let (_a, _) = Client::join(&gw.ws_url("room=ghost")).await;
+    let c = redis.conn().await;
+    let members = |c: redis::aio::MultiplexedConnection| async move {
+        let mut c = c;
+        c.smembers::<_, Vec<String>>("connections:ghost")
+            .await
+            .unwrap()
+    };
+    assert_eq!(members(c.clone()).await.len(), 1);
+    gw.proc.kill9();
+    // Long before the janitor would judge it dead, the same id comes back.
+    let gw2 = start_gateway(&redis.url(), "fixed-id", &[]).await;
+    assert!(
+        members(c.clone()).await.is_empty(),
+        "stale entry of the killed process removed"
+    );
+    let mut c2 = c.clone();
+    let owners: Vec<String> = c2
+        .hkeys("chat:room-gateways:{connections:ghost}")
+        .await
+        .unwrap();
+    assert!(owners.is_empty());
+    // And the new process registers its own connections normally.
+    let (_b, _) = Client::join(&gw2.ws_url("room=ghost")).await;
+    assert_eq!(members(c.clone()).await.len(), 1);
+}
