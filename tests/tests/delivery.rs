@@ -255,3 +255,109 @@ async fn a_restarted_gateway_clears_what_its_killed_predecessor_left() {
     let (_b, _) = Client::join(&gw2.ws_url("room=ghost")).await;
     assert_eq!(members(c.clone()).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_pings_is_closed_and_deregistered() {
+    let redis = Redis::start().await;
+    let _w = start_worker(&redis.url(), "w1", &[]).await;
+    let gw = start_gateway(
+        &redis.url(),
+        "gw1",
+        &[("PING_INTERVAL_MS", "100"), ("IDLE_TIMEOUT_MS", "400")],
+    )
+    .await;
+    // A live client answers pings (tungstenite replies while reading) and stays.
+    let (mut live, _) = Client::join(&gw.ws_url("room=idle")).await;
+    // A silent one is not read at all, so it never answers.
+    let (mut silent, _) = Client::join(&gw.ws_url("room=idle")).await;
+    let mut c = redis.conn().await;
+    // Wait for the silent one to go, reading the live one meanwhile (reading is
+    // what makes it answer pings).
+    let end = std::time::Instant::now() + DEADLINE;
+    while c.scard::<_, u64>("connections:idle").await.unwrap() != 1 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the silent client was not closed"
+        );
+        let _ = live
+            .next_json_within(std::time::Duration::from_millis(50))
+            .await;
+    }
+    // The close frame (1008) is sent, but this client's late pong replies can
+    // meet the already closed socket and reset it before the frame is read, so
+    // the code is checked on the server side (metric below).
+    let _ = silent.wait_closed(DEADLINE).await;
+    // Meanwhile the reading client kept going for several idle periods.
+    for i in 0..5 {
+        live.say("idle", "still here", &format!("l{i}")).await;
+        assert_eq!(
+            live.next_of_type("ack").await["data"]["client_id"],
+            format!("l{i}")
+        );
+        let _ = live
+            .next_json_within(std::time::Duration::from_millis(150))
+            .await;
+    }
+    let addr = gw.addr();
+    let n = metric(
+        &addr,
+        "chat_gateway_connections_closed_total{reason=\"idle_timeout\"}",
+    )
+    .await;
+    assert_eq!(n, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_without_connections_or_history_leave_rooms_active() {
+    let redis = Redis::start().await;
+    let _w = start_worker(
+        &redis.url(),
+        "w1",
+        &[("JANITOR_INTERVAL_MS", "100"), ("HISTORY_TTL", "2")],
+    )
+    .await;
+    let gw = start_gateway(&redis.url(), "gw1", &[]).await;
+    let c = redis.conn().await;
+    let active = |c: redis::aio::MultiplexedConnection, room: &'static str| async move {
+        let mut c = c;
+        c.sismember::<_, _, bool>("rooms:active", room)
+            .await
+            .unwrap()
+    };
+    // A room that only had a connection: gone once it closes.
+    let (a, _) = Client::join(&gw.ws_url("room=empty")).await;
+    assert!(active(c.clone(), "empty").await);
+    a.close().await;
+    eventually("empty room leaves rooms:active", DEADLINE, || {
+        let c = c.clone();
+        async move { (!active(c, "empty").await).then_some(()) }
+    })
+    .await;
+    // A room with history stays until its history expires (HISTORY_TTL=2 s).
+    let (mut b, _) = Client::join(&gw.ws_url("room=kept")).await;
+    b.say("kept", "remember me", "k").await;
+    b.messages(1).await;
+    let mut c2 = c.clone();
+    let ttl: i64 = c2.ttl("messages:kept").await.unwrap();
+    assert!(
+        (1..=2).contains(&ttl),
+        "history expires after HISTORY_TTL: {ttl}"
+    );
+    let state_ttl: i64 = c2.ttl("chat:room:{messages:kept}").await.unwrap();
+    assert!(
+        (1..=2).contains(&state_ttl),
+        "sequence state expires with it: {state_ttl}"
+    );
+    b.close().await;
+    eventually(
+        "room leaves rooms:active after its history expired",
+        DEADLINE,
+        || {
+            let c = c.clone();
+            async move { (!active(c, "kept").await).then_some(()) }
+        },
+    )
+    .await;
+    let mut c3 = c.clone();
+    assert!(!c3.exists::<_, bool>("messages:kept").await.unwrap());
+}
