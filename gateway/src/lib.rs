@@ -31,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use chat_shared::metrics::Exporter;
 use chat_shared::redis::RedisHandle;
 use tokio::net::TcpListener;
@@ -144,6 +145,11 @@ pub async fn run(
 
     let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let drain_state = state.clone();
+    // Chat frames are small: without TCP_NODELAY, Nagle's algorithm holds one
+    // back while an earlier one is unacknowledged, adding delayed-ACK latency.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.cancelled().await;
         drain_state.draining.store(true, Ordering::Release);

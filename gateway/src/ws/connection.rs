@@ -212,16 +212,21 @@ impl Connection {
         // while Redis answers, deliveries keep flowing to this client. Inbound
         // reads pause meanwhile, so a fast sender is slowed by TCP, not buffered.
         let mut inflight: Option<PendingAppend> = None;
+        // Created once: a cancellation future registers a waiter when first
+        // polled, which per loop turn would cost two lock round trips per message.
+        let shutdown_signal = shutdown.cancelled_owned();
+        let kicked = self.kick.clone().cancelled_owned();
+        tokio::pin!(shutdown_signal, kicked);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown_signal => {
                     if let Some(pending) = inflight.take() {
                         let _ = self.finish_append(pending.await).await;
                     }
                     return CloseReason::Shutdown;
                 }
-                _ = self.kick.cancelled() => return CloseReason::SlowConsumer,
+                _ = &mut kicked => return CloseReason::SlowConsumer,
                 done = async { inflight.as_mut().expect("guarded by the branch condition").await }, if inflight.is_some() => {
                     inflight = None;
                     if let Err(e) = self.finish_append(done).await {
@@ -552,6 +557,9 @@ where
     F: Future<Output = Result<(), axum::Error>>,
 {
     tokio::select! {
+        // The write first: when it completes at once (the usual case), the
+        // kick future is never polled and registers nothing.
+        biased;
         r = tokio::time::timeout(timeout, write) => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriteError::Closed),

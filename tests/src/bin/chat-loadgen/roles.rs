@@ -55,12 +55,15 @@ pub(crate) async fn subscriber(
     joined(&mut ws).await?;
     let _ = ready.send(()).await;
     let mut stats = SubStats::new();
-    let end = tokio::time::Instant::now() + deadline;
+    // One timer for the whole run, not one per received frame.
+    let end = tokio::time::sleep(deadline);
+    tokio::pin!(end);
     loop {
         if target.borrow().is_some_and(|t| stats.unique() >= t) {
             break;
         }
         tokio::select! {
+            biased;
             msg = ws.next() => {
                 let Some(msg) = msg else { break };
                 let Message::Text(t) = msg? else { continue };
@@ -75,7 +78,7 @@ pub(crate) async fn subscriber(
                 }
             }
             r = target.changed() => if r.is_err() { break },
-            _ = tokio::time::sleep_until(end) => break,
+            _ = &mut end => break,
         }
     }
     let _ = ws.close(None).await;
