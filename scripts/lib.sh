@@ -28,3 +28,13 @@ ensure_cargo() {
   echo "error: cargo not found. Install Rust with rustup (https://rustup.rs), then re-run." >&2
   exit 1
 }
+
+# python3 with venv support, for scripts/check-manifests (tools come from PyPI).
+ensure_python_venv() {
+  if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    return
+  fi
+  echo "==> Installing python3 and python3-venv (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+}
