@@ -1,42 +1,28 @@
-//! `chat-gateway` binary: parse config, set up logging and metrics, bind, run.
+//! `chat-gateway` binary: parse config, start up, run.
 
 use chat_gateway::GatewayConfig;
-use chat_shared::config::{exit_usage, parse_or_exit};
-use chat_shared::ids::ProcessId;
+use chat_shared::config::parse_or_exit;
+use chat_shared::startup::{start, StartSpec};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: GatewayConfig = parse_or_exit();
-    chat_shared::telemetry::init(config.log.log_format);
-    let gateway_id = match &config.gateway_id {
-        Some(id) => ProcessId::parse(id)
-            .unwrap_or_else(|_| exit_usage("GATEWAY_ID must be 1-64 characters of [A-Za-z0-9_.-]")),
-        None => ProcessId::generate(),
-    };
-    let redis =
-        chat_shared::redis::RedisHandle::new(&config.redis).unwrap_or_else(|e| exit_usage(e));
-    match redis.claim_stream_shards(config.stream_shards).await {
-        Ok(None) => {}
-        Ok(Some(recorded)) => exit_usage(format!(
-            "STREAM_SHARDS={} but this deployment uses {recorded} (Redis key chat:config:stream-shards); every process must use the same value",
-            config.stream_shards
-        )),
-        Err(e) => tracing::warn!(error = %e, "Cannot check STREAM_SHARDS against Redis now; continuing"),
-    }
-    drop(redis);
-    let metrics = chat_shared::metrics::install()?;
-    let addr = format!("{}:{}", config.bind_addr, config.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .unwrap_or_else(|e| exit_usage(format!("cannot bind {addr}: {e}")));
-    tracing::info!(addr = %listener.local_addr()?, "Gateway listening");
-    let shutdown = chat_shared::shutdown::on_signal();
+    let s = start(StartSpec {
+        name: "Gateway",
+        id: config.gateway_id.as_deref(),
+        id_env: "GATEWAY_ID",
+        redis: &config.redis,
+        log_format: config.log.log_format,
+        stream_shards: config.stream_shards,
+        listen: format!("{}:{}", config.bind_addr, config.port),
+    })
+    .await;
     chat_gateway::run(
         config,
-        gateway_id.to_string(),
-        listener,
-        Some(metrics),
-        shutdown,
+        s.id.to_string(),
+        s.listener,
+        Some(s.metrics),
+        s.shutdown,
     )
     .await
 }

@@ -14,6 +14,8 @@
 //! - [`metrics`]: metric names, their descriptions and the Prometheus recorder.
 //! - [`shutdown`]: the one SIGTERM/SIGINT handler feeding a `CancellationToken`.
 //! - [`telemetry`]: tracing subscriber set-up (`RUST_LOG`, `LOG_FORMAT`).
+//! - [`startup`]: the start-up steps both binaries share (identity, shard
+//!   guard, metrics, listener, signals).
 //!
 //! Data flows: a gateway parses a [`protocol::ClientFrame`], stamps it into an
 //! [`envelope::StreamEntry`] and appends it to the stream named by
@@ -28,4 +30,5 @@ pub mod metrics;
 pub mod protocol;
 pub mod redis;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;

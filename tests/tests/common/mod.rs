@@ -254,33 +254,21 @@ impl Gateway {
 
 /// Starts a gateway against `redis_url` and waits until it is ready.
 pub async fn start_gateway(redis_url: &str, id: &str, env: &[(&str, &str)]) -> Gateway {
-    let dir = scratch_dir("gw");
-    let port = free_port();
-    let mut cmd = Command::new(bin_path("chat-gateway"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", redis_url)
-        .env("PORT", port.to_string())
-        .env("BIND_ADDR", "127.0.0.1")
-        .env("GATEWAY_ID", id)
-        .env("RUST_LOG", "info,chat_gateway=debug")
-        .env("SHUTDOWN_GRACE_SECS", "5");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let proc = Proc::spawn(&format!("gateway-{id}"), cmd, &dir);
-    let gw = Gateway {
+    let base = [("GATEWAY_ID", id), ("RUST_LOG", "info,chat_gateway=debug")];
+    let (port, proc) = start_service(
+        "chat-gateway",
+        &format!("gateway-{id}"),
+        "PORT",
+        redis_url,
+        &base,
+        env,
+    )
+    .await;
+    Gateway {
         port,
         id: id.to_owned(),
         proc,
-    };
-    let addr = gw.addr();
-    eventually("gateway ready", DEADLINE, || {
-        let addr = addr.clone();
-        async move { (http_get(&addr, "/readyz").await.ok()?.0 == 200).then_some(()) }
-    })
-    .await;
-    gw
+    }
 }
 
 /// A started worker.
@@ -292,34 +280,58 @@ pub struct Worker {
 
 /// Starts a worker against `redis_url` and waits until it holds shards.
 pub async fn start_worker(redis_url: &str, id: &str, env: &[(&str, &str)]) -> Worker {
-    let dir = scratch_dir("worker");
-    let port = free_port();
-    let mut cmd = Command::new(bin_path("chat-fanout-worker"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", redis_url)
-        .env("METRICS_PORT", port.to_string())
-        .env("BIND_ADDR", "127.0.0.1")
-        .env("WORKER_ID", id)
-        .env("RUST_LOG", "info")
-        .env("READ_BLOCK_MS", "200")
-        .env("SHUTDOWN_GRACE_SECS", "5");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let proc = Proc::spawn(&format!("worker-{id}"), cmd, &dir);
-    let w = Worker {
+    let base = [
+        ("WORKER_ID", id),
+        ("RUST_LOG", "info"),
+        ("READ_BLOCK_MS", "200"),
+    ];
+    let (port, proc) = start_service(
+        "chat-fanout-worker",
+        &format!("worker-{id}"),
+        "METRICS_PORT",
+        redis_url,
+        &base,
+        env,
+    )
+    .await;
+    Worker {
         metrics_port: port,
         id: id.to_owned(),
         proc,
-    };
+    }
+}
+
+/// Spawns `bin` on a free loopback port (given in `port_env`) with a clean
+/// environment plus `base` and `env` (later entries win), and waits until its
+/// `/readyz` answers 200.
+async fn start_service(
+    bin: &str,
+    name: &str,
+    port_env: &str,
+    redis_url: &str,
+    base: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> (u16, Proc) {
+    let dir = scratch_dir(name);
+    let port = free_port();
+    let mut cmd = Command::new(bin_path(bin));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", redis_url)
+        .env(port_env, port.to_string())
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("SHUTDOWN_GRACE_SECS", "5");
+    for (k, v) in base.iter().chain(env) {
+        cmd.env(k, v);
+    }
+    let proc = Proc::spawn(name, cmd, &dir);
     let addr = format!("127.0.0.1:{port}");
-    eventually("worker ready", DEADLINE, || {
+    eventually(&format!("{name} ready"), DEADLINE, || {
         let addr = addr.clone();
         async move { (http_get(&addr, "/readyz").await.ok()?.0 == 200).then_some(()) }
     })
     .await;
-    w
+    (port, proc)
 }
 
 /// Minimal HTTP/1.1 GET: status and body.
