@@ -109,13 +109,14 @@ impl Liveness {
 async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     let redis = &ctx.redis;
     let mut liveness = Liveness::new(ctx).await?;
-    let rooms: Vec<String> = redis
-        .query(redis::cmd("SMEMBERS").arg(keys::ROOMS_ACTIVE))
-        .await?;
+    let mut cursor = 0;
     let mut removed_conns = 0usize;
     let mut removed_rooms = 0usize;
-    for chunk in rooms.chunks(200) {
-        let rooms: Vec<RoomId> = chunk.iter().filter_map(|r| RoomId::parse(r).ok()).collect();
+    // Walk rooms:active page by page: no single command blocks Redis, and a
+    // room seen twice (SSCAN may repeat) is only checked twice.
+    loop {
+        let (next, page) = redis.sscan_page(keys::ROOMS_ACTIVE, cursor, 200).await?;
+        let rooms: Vec<RoomId> = page.iter().filter_map(|r| RoomId::parse(r).ok()).collect();
         let mut pipe = redis::pipe();
         for r in &rooms {
             pipe.cmd("HKEYS").arg(keys::room_gateways(r));
@@ -129,9 +130,7 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
             }
             // Members of dead gateways without a count entry (a crash between
             // the two writes) are found by scanning the set itself.
-            let members: Vec<String> = redis
-                .query(redis::cmd("SMEMBERS").arg(keys::connections(room)))
-                .await?;
+            let members = redis.sscan_all(&keys::connections(room)).await?;
             let mut stale = Vec::new();
             for m in &members {
                 if let Some((gw, _)) = m.split_once('/') {
@@ -166,6 +165,10 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
                 removed_rooms += 1;
             }
         }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
     }
     let beats: HashMap<String, i64> = redis
         .query(redis::cmd("HGETALL").arg(keys::GATEWAYS))
@@ -247,10 +250,7 @@ async fn remove_gateway_from_room(
     room: &RoomId,
     gateway: &str,
 ) -> Result<usize, RedisError> {
-    let members: Vec<String> = ctx
-        .redis
-        .query(redis::cmd("SMEMBERS").arg(keys::connections(room)))
-        .await?;
+    let members = ctx.redis.sscan_all(&keys::connections(room)).await?;
     let prefix = format!("{gateway}/");
     let mine: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
     let mut pipe = redis::pipe();

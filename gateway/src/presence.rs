@@ -160,17 +160,13 @@ pub async fn reregister(
 /// Fails when Redis does not answer.
 pub async fn purge_previous(redis: &RedisHandle, gateway: &str) -> Result<usize, RedisError> {
     let prefix = format!("{gateway}/");
-    let rooms: Vec<String> = redis
-        .query(redis::cmd("SMEMBERS").arg(keys::ROOMS_ACTIVE))
-        .await?;
+    let rooms = redis.sscan_all(keys::ROOMS_ACTIVE).await?;
     let mut removed = 0;
     for room in rooms {
         let Ok(room) = RoomId::parse(&room) else {
             continue;
         };
-        let members: Vec<String> = redis
-            .query(redis::cmd("SMEMBERS").arg(keys::connections(&room)))
-            .await?;
+        let members = redis.sscan_all(&keys::connections(&room)).await?;
         let stale: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
         if stale.is_empty() {
             continue;

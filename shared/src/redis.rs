@@ -187,6 +187,46 @@ impl RedisHandle {
         self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 
+    /// One page of `SSCAN key cursor COUNT count`: the next cursor (0 when
+    /// done) and the members. Large sets are walked page by page so no single
+    /// command blocks Redis.
+    ///
+    /// # Errors
+    /// Fails when Redis does not answer.
+    pub async fn sscan_page(
+        &self,
+        key: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), RedisError> {
+        self.query(
+            redis::cmd("SSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(count),
+        )
+        .await
+    }
+
+    /// Every member of a set, read with `SSCAN` pages (members added or
+    /// removed meanwhile may or may not appear, as `SSCAN` guarantees).
+    ///
+    /// # Errors
+    /// Fails when Redis does not answer.
+    pub async fn sscan_all(&self, key: &str) -> Result<Vec<String>, RedisError> {
+        let mut out = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (next, members) = self.sscan_page(key, cursor, 500).await?;
+            out.extend(members);
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
     /// Records `shards` as the deployment's `STREAM_SHARDS` unless one is
     /// recorded already, and returns the recorded value when it differs: a
     /// process with another shard count would put a room's messages on two
