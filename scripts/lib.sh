@@ -38,3 +38,22 @@ ensure_python_venv() {
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
 }
+
+# Headless Chromium (Debian's package) and playwright-core (npm, pinned by
+# tests/browser/package-lock.json) for the browser test. Playwright never
+# downloads a browser here: the test points it at /usr/bin/chromium.
+ensure_browser() {
+  local pkgs=()
+  command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+  command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+  command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    echo "==> Installing ${pkgs[*]} (apt)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+  if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    echo "==> Installing playwright-core for the browser test (npm)"
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/browser --no-audit --no-fund --silent
+  fi
+}
