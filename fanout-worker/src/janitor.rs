@@ -121,7 +121,13 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
         for r in &rooms {
             pipe.cmd("HKEYS").arg(keys::room_gateways(r));
         }
-        let owners: Vec<Vec<String>> = redis.pipe(&pipe).await?;
+        // An empty page (empty set, or SSCAN returning nothing this turn)
+        // must not become an empty pipeline, which redis-rs rejects.
+        let owners: Vec<Vec<String>> = if rooms.is_empty() {
+            Vec::new()
+        } else {
+            redis.pipe(&pipe).await?
+        };
         for (room, gws) in rooms.iter().zip(owners) {
             for gw in &gws {
                 if liveness.is_dead(ctx, gw).await? {
@@ -195,6 +201,19 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     Ok(())
 }
 
+/// Deletes a consumer only if it has nothing pending, atomically.
+/// KEYS: stream. ARGV: group, consumer. Returns -1 when it kept the consumer.
+static DELETE_IF_IDLE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"#,
+    )
+});
+
 /// Every worker process joins each shard's consumer group under its own id,
 /// so ids of past workers pile up. A consumer with nothing pending can go
 /// (deleting one with pending entries would drop them from the pending list,
@@ -202,6 +221,11 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
 async fn prune_consumers(ctx: &Context) -> Result<usize, RedisError> {
     let idle_limit_ms = 10 * ctx.config.lease_ttl_ms as i64;
     let mut pruned = 0;
+    // Workers with a heartbeat may take a shard back at any moment: keep theirs.
+    let live_workers: std::collections::HashSet<String> = ctx
+        .redis
+        .query(redis::cmd("HKEYS").arg(keys::WORKERS))
+        .await?;
     for shard in 0..ctx.config.stream_shards {
         let stream = keys::stream(shard);
         let consumers: Result<Vec<HashMap<String, redis::Value>>, _> = ctx
@@ -227,18 +251,16 @@ async fn prune_consumers(ctx: &Context) -> Result<usize, RedisError> {
             if name == ctx.worker_id || int("pending") != 0 || int("idle") < idle_limit_ms {
                 continue;
             }
-            let removed: i64 = ctx
-                .redis
-                .query(
-                    redis::cmd("XGROUP")
-                        .arg("DELCONSUMER")
-                        .arg(&stream)
-                        .arg(keys::CONSUMER_GROUP)
-                        .arg(name.as_ref()),
-                )
-                .await?;
-            // DELCONSUMER returns the pending count it dropped: 0 here.
-            debug_assert_eq!(removed, 0);
+            if live_workers.contains(name.as_ref()) {
+                continue;
+            }
+            // Check and delete in one step: a consumer that just claimed
+            // entries must never be deleted with them still pending.
+            let mut inv = DELETE_IF_IDLE.key(&stream);
+            inv.arg(keys::CONSUMER_GROUP).arg(name.as_ref());
+            if ctx.redis.script::<i64>(&inv).await? < 0 {
+                continue;
+            }
             pruned += 1;
         }
     }

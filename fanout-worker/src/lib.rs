@@ -99,6 +99,7 @@ pub async fn run(
         });
     }
 
+    let keepalive = ctx.redis.spawn_keepalive(shutdown.clone());
     let supervisor = tokio::spawn(supervisor::run(ctx.clone(), shutdown.clone()));
     let janitor = tokio::spawn(janitor::run(ctx.clone(), shutdown.clone()));
     shutdown.cancelled().await;
@@ -107,6 +108,7 @@ pub async fn run(
         tracing::warn!("Drain exceeded the grace period; exiting anyway");
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), janitor).await;
+    let _ = keepalive.await;
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
     tracing::info!("Worker stopped");

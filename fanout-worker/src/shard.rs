@@ -87,8 +87,12 @@ pub(crate) async fn run(
             {
                 Ok(r) => r,
                 Err(_) => {
+                    // The connection may still owe replies: start afresh,
+                    // which also re-claims the abandoned (pending) entries.
+                    // The loop condition stops us if the lease really lapsed.
                     tracing::warn!(shard, "Lease margin reached mid-batch; batch abandoned");
-                    break;
+                    conn = None;
+                    continue;
                 }
             },
             Err(e) => Err(e),

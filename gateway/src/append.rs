@@ -53,7 +53,8 @@ pub async fn append(
         .arg(STREAM_FIELD)
         .arg(entry.encode())
         .to_owned();
-    let result = redis.query::<String>(&cmd).await;
+    // Not retried: an append repeated after a lost reply would be stored twice.
+    let result = redis.query_once::<String>(&cmd).await;
     metrics::histogram!(m::GW_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
         metrics::counter!(m::GW_REDIS_ERRORS, "op" => "append").increment(1);

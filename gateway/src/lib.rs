@@ -68,6 +68,7 @@ pub async fn run(
     tracing::info!(gateway_id, addr = ?listener.local_addr().ok(), "Gateway starting");
 
     let background = CancellationToken::new();
+    let keepalive = redis.spawn_keepalive(background.clone());
     let subscriber = tokio::spawn(subscriber::run(
         redis.clone(),
         gateway_id.clone(),
@@ -175,6 +176,7 @@ pub async fn run(
     background.cancel();
     let _ = subscriber.await;
     let _ = heartbeat.await;
+    let _ = keepalive.await;
     if let Err(e) = presence::deregister(&redis, &gateway_id).await {
         tracing::warn!(error = %e, "Cannot remove gateway heartbeat");
     }

@@ -66,8 +66,9 @@ impl RedisError {
     }
 }
 
-/// Whether a failed request certainly never reached Redis, so repeating it
-/// cannot apply it twice.
+/// Whether a failed request is worth repeating on another connection: the
+/// connection was refused or is gone. (It may still have run: callers of the
+/// retrying methods only send idempotent requests.)
 fn not_sent(e: &redis::RedisError) -> bool {
     if e.is_connection_refusal() {
         return true;
@@ -130,6 +131,24 @@ impl RedisHandle {
             .await
     }
 
+    /// Runs a command that must not run twice (e.g. `XADD`) on a shared
+    /// connection within the timeout, never retried: redis-rs reports a
+    /// connection lost with requests in flight the same way as one that was
+    /// never written, so a retry could apply the command twice.
+    ///
+    /// # Errors
+    /// Fails on connection errors, command errors and timeouts.
+    pub async fn query_once<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisError> {
+        let mut conn = self.next_shared();
+        tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| RedisError::Timeout)?
+            .map_err(RedisError::from)
+    }
+
     /// Runs a pipeline on a shared connection within the timeout.
     ///
     /// # Errors
@@ -156,9 +175,10 @@ impl RedisHandle {
     }
 
     /// Runs `op`, moving on to the next shared connection when one turns out
-    /// to be dead without having sent the request (after Redis restarted, each
-    /// connection learns it on its next use and reconnects in the background).
-    /// Requests that may have reached Redis are never repeated.
+    /// to be dead (after Redis restarted, each connection learns it on its
+    /// next use and reconnects in the background). Only for idempotent
+    /// requests: a lost connection can also fail requests Redis already ran,
+    /// so non-idempotent ones go through [`Self::query_once`].
     async fn with_retry<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
     where
         F: Fn(ConnectionManager) -> Fut,
@@ -245,6 +265,33 @@ impl RedisHandle {
             )
             .await?;
         Ok(previous.filter(|p| *p != shards))
+    }
+
+    /// Pings every shared connection once a second until `stop`, so that after
+    /// Redis restarts each of them notices and reconnects within a second,
+    /// instead of failing the next real request (an append is never retried).
+    pub fn spawn_keepalive(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let shared = self.shared.clone();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                for conn in shared.iter() {
+                    let mut conn = conn.clone();
+                    let cmd = redis::cmd("PING");
+                    let _ =
+                        tokio::time::timeout(timeout, cmd.query_async::<String>(&mut conn)).await;
+                }
+            }
+        })
     }
 
     /// A fresh multiplexed connection, never shared, for blocking commands.

@@ -369,7 +369,18 @@ async fn health_follows_redis_and_recovers_without_restart() {
     .await;
     // Service resumes by itself: a new client on the other gateway gets messages.
     let (mut b, _) = Client::join(&c.gw2.ws_url("room=h2")).await;
-    b.say("h2", "back", "r1").await;
+    // The documented client behaviour: `unavailable` means "not stored, retry".
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        b.say("h2", "back", &format!("r{attempt}")).await;
+        let f = b.next_json().await;
+        if f["type"] == "ack" {
+            break;
+        }
+        assert_eq!(f["data"]["code"], "unavailable", "{f}");
+        assert!(attempt < 10, "still unavailable after {attempt} attempts");
+    }
     let got = b.messages(1).await;
     assert_eq!(got[0]["message"], "back");
     let _ = Duration::ZERO;

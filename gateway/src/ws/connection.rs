@@ -410,11 +410,15 @@ impl Connection {
             Some(r) => Range::After(r.since),
         };
         let mut snap = history::read(&self.state.redis, &self.room, first).await;
-        if let (Ok(s), Some(r)) = (&snap, &self.resume) {
-            if reset_reason(r, s).is_some() {
-                // The client's position is void: it gets a fresh join's history.
-                snap = history::read(&self.state.redis, &self.room, on_join).await;
-            }
+        // Decided on the first read: messages arriving before the second read
+        // must not turn a reset back into a (gapped) recovery.
+        let forced = match (&snap, &self.resume) {
+            (Ok(s), Some(r)) => reset_reason(r, s),
+            _ => None,
+        };
+        if forced.is_some() {
+            // The client's position is void: it gets a fresh join's history.
+            snap = history::read(&self.state.redis, &self.room, on_join).await;
         }
         let snap = match snap {
             Ok(s) => s,
@@ -424,7 +428,13 @@ impl Connection {
                 return Err(CloseReason::Unavailable);
             }
         };
-        let frame = join_frame(&snap, &self.room, self.resume.as_ref(), cfg.history_on_join);
+        let frame = join_frame(
+            &snap,
+            &self.room,
+            self.resume.as_ref(),
+            forced,
+            cfg.history_on_join,
+        );
         self.last_seq = snap.latest_seq;
         self.epoch = snap.epoch;
         if let Some(frames) = frame {
@@ -598,6 +608,7 @@ fn join_frame(
     snap: &Snapshot,
     room: &RoomId,
     resume: Option<&Resume>,
+    forced: Option<&'static str>,
     on_join: usize,
 ) -> Option<Vec<String>> {
     let mut meta = snap.meta(room);
@@ -611,7 +622,7 @@ fn join_frame(
             HISTORY_FRAME_BYTES,
         ));
     };
-    if let Some(reason) = reset_reason(resume, snap) {
+    if let Some(reason) = forced.or_else(|| reset_reason(resume, snap)) {
         // The client's position belongs to a sequence that no longer exists:
         // tell it, and give it the recent history of the new one.
         meta.reset = Some(reason);
@@ -654,7 +665,7 @@ mod tests {
         resume: Option<&Resume>,
         on_join: usize,
     ) -> Option<String> {
-        join_frame(snap, room, resume, on_join).map(|f| {
+        join_frame(snap, room, resume, None, on_join).map(|f| {
             assert_eq!(f.len(), 1);
             f.into_iter().next().unwrap()
         })
@@ -709,10 +720,29 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_decided_on_the_first_read_stands() {
+        // The first read found `since` ahead; by the second, the room caught up.
+        let room = RoomId::parse("r").unwrap();
+        let r = Resume {
+            since: 7,
+            epoch: Some("e".into()),
+        };
+        let frames =
+            join_frame(&snap(5..=10, "e"), &room, Some(&r), Some("since_ahead"), 50).unwrap();
+        let (s, d) = seqs(&frames[0]);
+        assert_eq!(d["reset"], "since_ahead");
+        assert_eq!(
+            s,
+            [5, 6, 7, 8, 9, 10],
+            "the whole tail, not just what follows since"
+        );
+    }
+
+    #[test]
     fn plain_join_sends_tail_or_nothing() {
         let room = RoomId::parse("r").unwrap();
         let (s, _) = seqs(&join_frame_one(&snap(1..=3, "e"), &room, None, 50).unwrap());
         assert_eq!(s, [1, 2, 3]);
-        assert!(join_frame(&snap(1..=3, "e"), &room, None, 0).is_none());
+        assert!(join_frame(&snap(1..=3, "e"), &room, None, None, 0).is_none());
     }
 }
