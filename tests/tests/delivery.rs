@@ -361,3 +361,34 @@ async fn rooms_without_connections_or_history_leave_rooms_active() {
     let mut c3 = c.clone();
     assert!(!c3.exists::<_, bool>("messages:kept").await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_forgets_dead_gateways_even_with_no_active_rooms() {
+    let redis = Redis::start().await;
+    let mut c = redis.conn().await;
+    // A gateway that stopped heartbeating an hour ago, and no room at all.
+    let (secs, _): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let _: () = c
+        .hset("chat:gateways", "ghost", (secs - 3600) * 1000)
+        .await
+        .unwrap();
+    let _w = start_worker(
+        &redis.url(),
+        "w1",
+        &[
+            ("JANITOR_INTERVAL_MS", "100"),
+            ("GATEWAY_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await;
+    eventually("dead gateway forgotten", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            (!c.hexists::<_, _, bool>("chat:gateways", "ghost")
+                .await
+                .ok()?)
+            .then_some(())
+        }
+    })
+    .await;
+}
