@@ -267,24 +267,28 @@ async fn process(
     // 3. Route, publish, ack, trim.
     let mut routing = Routing::default();
     let now = now_us();
+    // Metric handles resolved once per batch, not per message.
+    let publish_latency = metrics::histogram!(m::WK_PUBLISH_LATENCY_SECONDS);
+    let persisted_total = metrics::counter!(m::WK_PERSISTED);
+    let duplicate_total = metrics::counter!(m::WK_DUPLICATES);
     for ((_, item), result) in items.iter().zip(persisted) {
         let (seq, record, epoch) = match result {
             Persisted::New { seq, record, epoch } => {
-                metrics::counter!(m::WK_PERSISTED).increment(1);
+                persisted_total.increment(1);
                 (seq, record, epoch)
             }
             Persisted::Duplicate {
                 record: Some(record),
                 epoch,
             } => {
-                metrics::counter!(m::WK_DUPLICATES).increment(1);
+                duplicate_total.increment(1);
                 match record_seq(&record) {
                     Some(seq) => (seq, record, epoch),
                     None => continue,
                 }
             }
             Persisted::Duplicate { record: None, .. } => {
-                metrics::counter!(m::WK_DUPLICATES).increment(1);
+                duplicate_total.increment(1);
                 continue;
             }
         };
@@ -296,8 +300,7 @@ async fn process(
             record,
             stamped_us: item.entry.stamped_us,
         };
-        metrics::histogram!(m::WK_PUBLISH_LATENCY_SECONDS)
-            .record((now - item.entry.stamped_us).max(0) as f64 / 1e6);
+        publish_latency.record((now - item.entry.stamped_us).max(0) as f64 / 1e6);
         if let Some(gws) = gateways.get(idx) {
             routing.route(&delivery, gws);
         }

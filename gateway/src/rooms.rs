@@ -6,6 +6,7 @@
 //! here: the member is kicked (its connection closes with 1013) and removed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -41,6 +42,16 @@ pub struct LiveMessage {
 struct Member {
     tx: mpsc::Sender<Outbound>,
     kick: CancellationToken,
+    /// Set together with `kick`; a plain atomic because it is read for every
+    /// delivery, and the token's own check takes a lock.
+    kicked: AtomicBool,
+}
+
+impl Member {
+    fn kick(&self) {
+        self.kicked.store(true, Ordering::Relaxed);
+        self.kick.cancel();
+    }
 }
 
 /// Rooms → connections of this gateway.
@@ -60,10 +71,14 @@ impl LocalRooms {
         kick: CancellationToken,
     ) -> Membership {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        rooms
-            .entry(room.to_owned())
-            .or_default()
-            .insert(conn, Member { tx, kick });
+        rooms.entry(room.to_owned()).or_default().insert(
+            conn,
+            Member {
+                tx,
+                kick,
+                kicked: AtomicBool::new(false),
+            },
+        );
         Membership {
             rooms: Arc::clone(self),
             room: room.to_owned(),
@@ -88,7 +103,8 @@ impl LocalRooms {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         for member in rooms.values().flat_map(|m| m.values()) {
             if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Resync) {
-                member.kick.cancel();
+                metrics::counter!(m::GW_SLOW_CONSUMERS).increment(1);
+                member.kick();
             }
         }
     }
@@ -122,7 +138,7 @@ impl LocalRooms {
             let frame = Utf8Bytes::from(message_frame(&d.record));
             let epoch: Arc<str> = Arc::from(d.epoch.as_str());
             for member in members.values() {
-                if member.kick.is_cancelled() {
+                if member.kicked.load(Ordering::Relaxed) {
                     continue;
                 }
                 match member.tx.try_send(Outbound::Message(LiveMessage {
@@ -133,7 +149,7 @@ impl LocalRooms {
                     Ok(()) => queued += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         slow += 1;
-                        member.kick.cancel();
+                        member.kick();
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
