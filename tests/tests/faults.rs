@@ -18,6 +18,7 @@ const FAST_GW: &[(&str, &str)] = &[
     ("RATE_LIMIT_PER_SEC", "10000"),
     ("RATE_LIMIT_BURST", "10000"),
     ("HEARTBEAT_MS", "200"),
+    ("STREAM_SHARDS", "4"),
 ];
 const FAST_WORKER: &[(&str, &str)] = &[
     ("LEASE_TTL_MS", "1500"),
@@ -195,18 +196,8 @@ async fn killing_workers_under_load_loses_nothing_and_duplicates_nothing() {
     let mut w1 = start_worker(&redis.url(), "w1", FAST_WORKER).await;
     let mut w2 = start_worker(&redis.url(), "w2", FAST_WORKER).await;
     let _w3 = start_worker(&redis.url(), "w3", FAST_WORKER).await;
-    let gw1 = start_gateway(
-        &redis.url(),
-        "gw1",
-        &[FAST_GW, &[("STREAM_SHARDS", "4")]].concat(),
-    )
-    .await;
-    let gw2 = start_gateway(
-        &redis.url(),
-        "gw2",
-        &[FAST_GW, &[("STREAM_SHARDS", "4")]].concat(),
-    )
-    .await;
+    let gw1 = start_gateway(&redis.url(), "gw1", FAST_GW).await;
+    let gw2 = start_gateway(&redis.url(), "gw2", FAST_GW).await;
 
     let rooms = ["chaos-a", "chaos-b", "chaos-c"];
     let per_client = 60;
@@ -288,18 +279,8 @@ async fn killing_workers_under_load_loses_nothing_and_duplicates_nothing() {
 async fn gateway_crash_clients_recover_on_the_other_and_janitor_cleans_up() {
     let redis = Redis::start().await;
     let _w = start_worker(&redis.url(), "w1", FAST_WORKER).await;
-    let mut gw1 = start_gateway(
-        &redis.url(),
-        "gw1",
-        &[FAST_GW, &[("STREAM_SHARDS", "4")]].concat(),
-    )
-    .await;
-    let gw2 = start_gateway(
-        &redis.url(),
-        "gw2",
-        &[FAST_GW, &[("STREAM_SHARDS", "4")]].concat(),
-    )
-    .await;
+    let mut gw1 = start_gateway(&redis.url(), "gw1", FAST_GW).await;
+    let gw2 = start_gateway(&redis.url(), "gw2", FAST_GW).await;
     let (mut a, h) = Client::join(&gw1.ws_url("room=crash")).await;
     let (mut b, _) = Client::join(&gw2.ws_url("room=crash")).await;
     for i in 1..=5 {
@@ -371,7 +352,12 @@ async fn gateway_crash_clients_recover_on_the_other_and_janitor_cleans_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_disconnected_and_others_keep_up() {
     let redis = Redis::start().await;
-    let _w = start_worker(&redis.url(), "w1", &[("BATCH_SIZE", "32")]).await;
+    let _w = start_worker(
+        &redis.url(),
+        "w1",
+        &[("BATCH_SIZE", "32"), ("STREAM_SHARDS", "4")],
+    )
+    .await;
     let env = [
         FAST_GW,
         &[
@@ -548,18 +534,8 @@ async fn sigterm_drains_gateway_and_worker() {
 async fn redis_restart_mid_load_keeps_every_acked_message() {
     let mut redis = Redis::start_durable().await;
     let w = start_worker(&redis.url(), "w1", FAST_WORKER).await;
-    let gw1 = start_gateway(
-        &redis.url(),
-        "gw1",
-        &[FAST_GW, &[("STREAM_SHARDS", "4")]].concat(),
-    )
-    .await;
-    let gw2 = start_gateway(
-        &redis.url(),
-        "gw2",
-        &[FAST_GW, &[("STREAM_SHARDS", "4")]].concat(),
-    )
-    .await;
+    let gw1 = start_gateway(&redis.url(), "gw1", FAST_GW).await;
+    let gw2 = start_gateway(&redis.url(), "gw2", FAST_GW).await;
     let (tx, rx) = watch::channel(None);
     let t1 = tokio::spawn(chatter(
         Chat {
@@ -650,12 +626,7 @@ async fn redis_restart_mid_load_keeps_every_acked_message() {
 async fn redis_losing_its_data_starts_a_new_epoch_that_connected_clients_are_told_about() {
     let mut redis = Redis::start().await;
     let _w = start_worker(&redis.url(), "w1", FAST_WORKER).await;
-    let gw = start_gateway(
-        &redis.url(),
-        "gw1",
-        &[FAST_GW, &[("STREAM_SHARDS", "4")]].concat(),
-    )
-    .await;
+    let gw = start_gateway(&redis.url(), "gw1", FAST_GW).await;
     let (mut a, h) = Client::join(&gw.ws_url("room=amnesia")).await;
     assert!(
         h["data"].get("epoch").is_none(),
