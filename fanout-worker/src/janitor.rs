@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_shared::connections::remove_gateway_from_room;
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
@@ -131,7 +132,7 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
         for (room, gws) in rooms.iter().zip(owners) {
             for gw in &gws {
                 if liveness.is_dead(ctx, gw).await? {
-                    removed_conns += remove_gateway_from_room(ctx, room, gw).await?;
+                    removed_conns += remove_gateway_from_room(&ctx.redis, room, gw).await?;
                 }
             }
             // Members of dead gateways without a count entry (a crash between
@@ -265,28 +266,4 @@ async fn prune_consumers(ctx: &Context) -> Result<usize, RedisError> {
         }
     }
     Ok(pruned)
-}
-
-async fn remove_gateway_from_room(
-    ctx: &Context,
-    room: &RoomId,
-    gateway: &str,
-) -> Result<usize, RedisError> {
-    let members = ctx.redis.sscan_all(&keys::connections(room)).await?;
-    let prefix = format!("{gateway}/");
-    let mine: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    if !mine.is_empty() {
-        pipe.cmd("SREM")
-            .arg(keys::connections(room))
-            .arg(&mine)
-            .ignore();
-    }
-    pipe.cmd("HDEL")
-        .arg(keys::room_gateways(room))
-        .arg(gateway)
-        .ignore();
-    ctx.redis.pipe::<()>(&pipe).await?;
-    Ok(mine.len())
 }

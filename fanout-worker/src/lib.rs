@@ -86,17 +86,8 @@ pub async fn run(
                 .await;
         })
     };
-    if let Some(h) = ctx.metrics.clone() {
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = t.tick() => h.upkeep(),
-                    _ = stop.cancelled() => break,
-                }
-            }
-        });
+    if let Some(m) = &ctx.metrics {
+        m.spawn_upkeep(shutdown.clone());
     }
 
     let keepalive = ctx.redis.spawn_keepalive(shutdown.clone());

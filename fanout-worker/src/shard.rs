@@ -17,6 +17,7 @@ use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::protocol::record_seq;
 use chat_shared::redis::RedisError;
+use chat_shared::shutdown::sleep_or_cancel;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
@@ -49,7 +50,7 @@ pub(crate) async fn run(
     while !cancel.is_cancelled() && lease.is_valid() {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match open(&ctx, &stream).await {
+            None => match open(&ctx, &stream, &script).await {
                 Ok(c) => {
                     backoff = Duration::from_millis(50);
                     backlog_done = false;
@@ -58,7 +59,7 @@ pub(crate) async fn run(
                 Err(e) => {
                     metrics::counter!(m::WK_REDIS_ERRORS, "op" => "connect").increment(1);
                     tracing::warn!(shard, error = %e, "Cannot open shard connection; retrying");
-                    pause(&cancel, &mut backoff).await;
+                    sleep_or_cancel(&cancel, &mut backoff, MAX_BACKOFF).await;
                     continue;
                 }
             },
@@ -109,7 +110,7 @@ pub(crate) async fn run(
                 );
             }
             conn = None;
-            pause(&cancel, &mut backoff).await;
+            sleep_or_cancel(&cancel, &mut backoff, MAX_BACKOFF).await;
         }
     }
     tracing::info!(
@@ -119,16 +120,17 @@ pub(crate) async fn run(
     );
 }
 
-async fn pause(cancel: &CancellationToken, backoff: &mut Duration) {
-    tokio::select! {
-        _ = tokio::time::sleep(*backoff) => {}
-        _ = cancel.cancelled() => {}
-    }
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-}
-
-async fn open(ctx: &Context, stream: &str) -> Result<MultiplexedConnection, RedisError> {
+/// Opens the shard's connection, makes sure the consumer group exists and
+/// loads the persistence script. Every failure reopens the connection, so a
+/// Redis that restarted (or flushed its scripts) gets the script again; batches
+/// then only send `EVALSHA`.
+async fn open(
+    ctx: &Context,
+    stream: &str,
+    script: &redis::Script,
+) -> Result<MultiplexedConnection, RedisError> {
     let mut c = ctx.redis.dedicated(ctx.config.read_block()).await?;
+    script.load_async(&mut c).await?;
     let created: Result<(), redis::RedisError> = c
         .xgroup_create_mkstream(stream, keys::CONSUMER_GROUP, "0")
         .await;
@@ -220,7 +222,6 @@ async fn process(
     // 1. Persist every message (idempotent), mark rooms active.
     let epoch = new_epoch();
     let mut pipe = redis::pipe();
-    pipe.load_script(script).ignore();
     let mut rooms: Vec<RoomId> = Vec::new();
     for (id, item) in &items {
         persist::add_to_pipeline(

@@ -69,6 +69,7 @@ pub async fn run(
 
     let background = CancellationToken::new();
     let keepalive = redis.spawn_keepalive(background.clone());
+    let upkeep = metrics.as_ref().map(|m| m.spawn_upkeep(background.clone()));
     let subscriber = tokio::spawn(subscriber::run(
         redis.clone(),
         gateway_id.clone(),
@@ -81,7 +82,6 @@ pub async fn run(
         let redis = redis.clone();
         let id = gateway_id.clone();
         let stop = background.clone();
-        let metrics = metrics.clone();
         let rooms = state.rooms.clone();
         tokio::spawn(async move {
             let mut first = true;
@@ -121,9 +121,6 @@ pub async fn run(
                     }
                 }
                 first = false;
-                if let Some(h) = &metrics {
-                    h.upkeep();
-                }
             }
         })
     };
@@ -177,6 +174,9 @@ pub async fn run(
     let _ = subscriber.await;
     let _ = heartbeat.await;
     let _ = keepalive.await;
+    if let Some(upkeep) = upkeep {
+        let _ = upkeep.await;
+    }
     if let Err(e) = presence::deregister(&redis, &gateway_id).await {
         tracing::warn!(error = %e, "Cannot remove gateway heartbeat");
     }

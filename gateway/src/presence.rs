@@ -12,6 +12,7 @@
 
 use std::sync::LazyLock;
 
+use chat_shared::connections::remove_gateway_from_room;
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::redis::{RedisError, RedisHandle};
@@ -159,30 +160,11 @@ pub async fn reregister(
 /// # Errors
 /// Fails when Redis does not answer.
 pub async fn purge_previous(redis: &RedisHandle, gateway: &str) -> Result<usize, RedisError> {
-    let prefix = format!("{gateway}/");
-    let rooms = redis.sscan_all(keys::ROOMS_ACTIVE).await?;
     let mut removed = 0;
-    for room in rooms {
-        let Ok(room) = RoomId::parse(&room) else {
-            continue;
-        };
-        let members = redis.sscan_all(&keys::connections(&room)).await?;
-        let stale: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
-        if stale.is_empty() {
-            continue;
+    for room in redis.sscan_all(keys::ROOMS_ACTIVE).await? {
+        if let Ok(room) = RoomId::parse(&room) {
+            removed += remove_gateway_from_room(redis, &room, gateway).await?;
         }
-        removed += stale.len();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SREM")
-            .arg(keys::connections(&room))
-            .arg(&stale)
-            .ignore()
-            .cmd("HDEL")
-            .arg(keys::room_gateways(&room))
-            .arg(gateway)
-            .ignore();
-        redis.pipe::<()>(&pipe).await?;
     }
     Ok(removed)
 }

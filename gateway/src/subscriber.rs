@@ -23,10 +23,14 @@ use chat_shared::envelope::{now_us, DeliveryBatch};
 use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::redis::RedisHandle;
+use chat_shared::shutdown::sleep_or_cancel;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::rooms::LocalRooms;
+
+/// Longest pause between re-subscription attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How many probe intervals without a probe make a subscription dead.
 const MISSED_PROBES: u32 = 3;
@@ -72,7 +76,7 @@ pub async fn run(
             Err(e) => {
                 metrics::counter!(m::GW_REDIS_ERRORS, "op" => "subscribe").increment(1);
                 tracing::warn!(error = %e, "Cannot open delivery subscription; retrying");
-                sleep_or_cancel(&shutdown, &mut backoff).await;
+                sleep_or_cancel(&shutdown, &mut backoff, MAX_BACKOFF).await;
                 continue;
             }
         };
@@ -84,7 +88,7 @@ pub async fn run(
         {
             metrics::counter!(m::GW_REDIS_ERRORS, "op" => "subscribe").increment(1);
             tracing::warn!(error = %e, "Subscribe failed; retrying");
-            sleep_or_cancel(&shutdown, &mut backoff).await;
+            sleep_or_cancel(&shutdown, &mut backoff, MAX_BACKOFF).await;
             continue;
         }
         backoff = Duration::from_millis(50);
@@ -142,14 +146,6 @@ async fn send_probe(redis: &RedisHandle, channel: &str) {
         metrics::counter!(m::GW_REDIS_ERRORS, "op" => "probe").increment(1);
         tracing::debug!(error = %e, "Delivery probe not published");
     }
-}
-
-async fn sleep_or_cancel(shutdown: &CancellationToken, backoff: &mut Duration) {
-    tokio::select! {
-        _ = tokio::time::sleep(*backoff) => {}
-        _ = shutdown.cancelled() => {}
-    }
-    *backoff = (*backoff * 2).min(Duration::from_secs(2));
 }
 
 #[cfg(test)]

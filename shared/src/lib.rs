@@ -9,6 +9,7 @@
 //!   worker → gateway channel.
 //! - [`keys`]: every Redis key, channel and group name, with the hash tags that
 //!   keep per-room and per-shard work in one cluster slot.
+//! - [`connections`]: removing a gateway's connection entries (janitor, restart).
 //! - [`config`]: clap pieces flattened into both binaries (Redis, logging).
 //! - [`redis`]: connection pool and dedicated-connection setup.
 //! - [`metrics`]: metric names, their descriptions and the Prometheus recorder.
@@ -23,6 +24,7 @@
 //! [`envelope::DeliveryBatch`] to [`keys::gateway_channel`] of each owning gateway.
 
 pub mod config;
+pub mod connections;
 pub mod envelope;
 pub mod ids;
 pub mod keys;

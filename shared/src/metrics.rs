@@ -82,9 +82,21 @@ impl Exporter {
         self.handle.render()
     }
 
-    /// Keeps histograms' internal buffers drained; run from a periodic task.
-    pub fn upkeep(&self) {
-        self.handle.run_upkeep();
+    /// Drains histograms' internal buffers every 5 s until `stop`.
+    pub fn spawn_upkeep(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => handle.run_upkeep(),
+                    _ = stop.cancelled() => break,
+                }
+            }
+        })
     }
 }
 

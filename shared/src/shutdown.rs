@@ -38,3 +38,17 @@ async fn wait_for_signal() {
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
+
+/// Sleeps for `backoff` unless `cancel` fires first, then doubles `backoff`
+/// up to `max`: the retry pause of every reconnect loop.
+pub async fn sleep_or_cancel(
+    cancel: &CancellationToken,
+    backoff: &mut std::time::Duration,
+    max: std::time::Duration,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = cancel.cancelled() => {}
+    }
+    *backoff = (*backoff * 2).min(max);
+}

@@ -123,16 +123,6 @@ async fn chatter(
     seen
 }
 
-/// Resident set size of a process, from `/proc/<pid>/status`.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// Reads `messages:<room>` as `(seq, id)`.
 async fn history(redis: &Redis, room: &str) -> Vec<(u64, String)> {
     let mut c = redis.conn().await;

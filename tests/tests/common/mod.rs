@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Default deadline for a condition to become true.
@@ -334,53 +333,8 @@ async fn start_service(
     (port, proc)
 }
 
-/// Minimal HTTP/1.1 GET: status and body.
-pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        // Chunked bodies: keep it simple, our JSON bodies are small; strip chunk framing.
-        let body = if text
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(&body)
-        } else {
-            body
-        };
-        Ok((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .map_err(|_| std::io::Error::other("http timeout"))?
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
+#[allow(unused_imports)] // not every test file needs both
+pub use chat_tests::{http_get, rss_bytes};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use chat_tests::{http_get, rss_bytes};
+
 use crate::client;
 use crate::roles::{self, Pace, PubResult, PublisherSpec};
 use crate::stats::{Report, SubStats};
@@ -233,18 +235,6 @@ pub(crate) async fn conns(
     Ok(r)
 }
 
-/// Resident set size of a process, from `/proc/<pid>/status`.
-fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// Appends `count` stamped entries straight into the shard streams (as
 /// gateways would), then times how long the worker(s) take to persist and
 /// publish them all, from the worker's own counter.
@@ -348,8 +338,7 @@ pub(crate) async fn persist(
 async fn worker_counter(addrs: &str) -> anyhow::Result<f64> {
     let mut total = 0.0;
     for addr in addrs.split(',') {
-        let url = format!("http://{addr}/metrics");
-        let body = http_get(&url).await?;
+        let (_, body) = http_get(addr, "/metrics").await?;
         total += body
             .lines()
             .find_map(|l| {
@@ -359,18 +348,4 @@ async fn worker_counter(addrs: &str) -> anyhow::Result<f64> {
             .unwrap_or(0.0);
     }
     Ok(total)
-}
-
-async fn http_get(url: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut s = tokio::net::TcpStream::connect(host).await?;
-    s.write_all(
-        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
