@@ -67,6 +67,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
 
+    /// `SO_SNDBUF` of accepted sockets in bytes; 0 keeps the kernel's
+    /// auto-tuned default. Caps what a peer that stops reading can hold in
+    /// kernel memory (the kernel doubles the value for bookkeeping).
+    #[arg(long, env = "SOCKET_SEND_BUFFER_BYTES", default_value_t = 0)]
+    pub socket_send_buffer_bytes: usize,
+
     /// Interval between server pings, in milliseconds.
     #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub ping_interval_ms: u64,

@@ -9,39 +9,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chat_shared::ids::RoomId;
 use chat_shared::metrics as m;
-use chat_shared::protocol::{http_error_body, ErrorCode, ProtocolError};
+use chat_shared::protocol::{ErrorCode, HistoryData};
+
+pub use crate::api_error::ApiError;
 
 use crate::history;
 use crate::state::AppState;
 use crate::ws;
-
-/// An HTTP error: status plus a `{"error":{"code","message"}}` body.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    error: ProtocolError,
-}
-
-impl ApiError {
-    /// Builds an error response.
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            error: ProtocolError::new(code, message),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            [("content-type", "application/json")],
-            http_error_body(&self.error),
-        )
-            .into_response()
-    }
-}
 
 /// All routes of the gateway.
 pub fn router(state: AppState) -> Router {
@@ -154,15 +128,7 @@ async fn messages(
                 "history is unavailable: Redis unreachable",
             )
         })?;
-    let page: Vec<&str> = snap.records.iter().map(|(_, r)| r.as_str()).collect();
-    let records = format!("[{}]", page.join(","));
     let meta = snap.meta(&room);
-    let body = format!(
-        r#"{{"room":{},"messages":{records},"epoch":{},"oldest_seq":{},"latest_seq":{}}}"#,
-        serde_json::to_string(&meta.room).unwrap_or_default(),
-        serde_json::to_string(&meta.epoch).unwrap_or_default(),
-        serde_json::to_string(&meta.oldest_seq).unwrap_or_default(),
-        meta.latest_seq,
-    );
+    let body = HistoryData::new(&meta, snap.records.iter().map(|(_, r)| r.as_str())).to_json();
     Ok(([("content-type", "application/json")], body).into_response())
 }

@@ -16,10 +16,12 @@
 //!
 //! [`run`] is what `main` calls and what tests start.
 
+pub mod api_error;
 pub mod append;
 pub mod config;
 pub mod history;
 pub mod http;
+pub mod listener;
 pub mod presence;
 pub mod rate_limit;
 pub mod rooms;
@@ -27,11 +29,9 @@ pub mod state;
 pub mod subscriber;
 mod ws;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use chat_shared::metrics::Exporter;
 use chat_shared::redis::RedisHandle;
 use tokio::net::TcpListener;
@@ -104,11 +104,11 @@ pub async fn run(
                             rooms = members.len(),
                             "Redis lost this gateway's registrations; restoring them"
                         );
-                        if let Err(e) = presence::reregister(&redis, &id, &members).await {
+                        if let Err(e) = presence::restore_connections(&redis, &id, &members).await {
                             metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "reregister").increment(1);
                             tracing::warn!(error = %e, "Cannot restore registrations; retrying next heartbeat");
                             // Forget the heartbeat so the next one sees "new" again.
-                            let _ = presence::deregister(&redis, &id).await;
+                            let _ = presence::remove_heartbeat(&redis, &id).await;
                         } else {
                             // Workers skipped us meanwhile: catch up from history.
                             rooms.resync_all();
@@ -141,13 +141,9 @@ pub async fn run(
         }
     }
 
-    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = http::router(state.clone()).into_make_service_with_connect_info::<listener::Peer>();
     let drain_state = state.clone();
-    // Chat frames are small: without TCP_NODELAY, Nagle's algorithm holds one
-    // back while an earlier one is unacknowledged, adding delayed-ACK latency.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = listener::ChatListener::new(listener, state.config.socket_send_buffer_bytes);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.cancelled().await;
         drain_state.draining.store(true, Ordering::Release);
@@ -177,7 +173,7 @@ pub async fn run(
     if let Some(upkeep) = upkeep {
         let _ = upkeep.await;
     }
-    if let Err(e) = presence::deregister(&redis, &gateway_id).await {
+    if let Err(e) = presence::remove_heartbeat(&redis, &gateway_id).await {
         tracing::warn!(error = %e, "Cannot remove gateway heartbeat");
     }
     tracing::info!("Gateway stopped");

@@ -94,7 +94,7 @@ pub fn conn_key(id: u64) -> String {
 ///
 /// # Errors
 /// Fails when Redis does not answer.
-pub async fn register(
+pub async fn add_connection(
     redis: &RedisHandle,
     gateway: &str,
     room: &RoomId,
@@ -107,7 +107,7 @@ pub async fn register(
 ///
 /// # Errors
 /// Fails when Redis does not answer; the janitor then cleans up later.
-pub async fn unregister(
+pub async fn remove_connection(
     redis: &RedisHandle,
     gateway: &str,
     room: &RoomId,
@@ -123,7 +123,7 @@ pub async fn unregister(
 /// Records that this gateway is alive now. Returns `true` when Redis did not
 /// know this gateway yet: on any heartbeat but the first, that means Redis lost
 /// our registrations (restarted empty, flushed, or the janitor judged us dead)
-/// and [`reregister`] must restore them.
+/// and [`restore_connections`] must restore them.
 ///
 /// # Errors
 /// Fails when Redis does not answer.
@@ -138,7 +138,7 @@ pub async fn heartbeat(redis: &RedisHandle, gateway: &str) -> Result<bool, Redis
 ///
 /// # Errors
 /// Fails when Redis does not answer; the next heartbeat retries.
-pub async fn reregister(
+pub async fn restore_connections(
     redis: &RedisHandle,
     gateway: &str,
     members: &[(String, Vec<String>)],
@@ -173,7 +173,7 @@ pub async fn purge_previous(redis: &RedisHandle, gateway: &str) -> Result<usize,
 ///
 /// # Errors
 /// Fails when Redis does not answer.
-pub async fn deregister(redis: &RedisHandle, gateway: &str) -> Result<(), RedisError> {
+pub async fn remove_heartbeat(redis: &RedisHandle, gateway: &str) -> Result<(), RedisError> {
     redis
         .query::<()>(redis::cmd("HDEL").arg(keys::GATEWAYS).arg(gateway))
         .await

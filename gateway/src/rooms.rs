@@ -135,7 +135,11 @@ impl LocalRooms {
             let Some(members) = rooms.get(&d.room) else {
                 continue;
             };
-            let frame = Utf8Bytes::from(message_frame(&d.record));
+            let Some(frame) = message_frame(&d.record) else {
+                tracing::warn!(seq = d.seq, "Delivered record is not JSON; skipped");
+                continue;
+            };
+            let frame = Utf8Bytes::from(frame);
             let epoch: Arc<str> = Arc::from(d.epoch.as_str());
             for member in members.values() {
                 if member.kicked.load(Ordering::Relaxed) {

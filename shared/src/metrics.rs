@@ -35,6 +35,12 @@ pub const GW_DELIVERY_LATENCY_SECONDS: &str = "chat_gateway_delivery_latency_sec
 pub const GW_REDIS_ERRORS: &str = "chat_gateway_redis_errors_total";
 /// Counter: times the delivery subscription was (re-)established.
 pub const GW_SUBSCRIPTIONS: &str = "chat_gateway_subscriptions_total";
+/// Counter: delivery gaps that history could no longer fill (the missing
+/// messages were trimmed before the connection caught up).
+pub const GW_GAPS_TRIMMED: &str = "chat_gateway_gaps_trimmed_total";
+/// Counter: sockets closed abortively (RST) because the close frame could not
+/// be written: the peer stopped reading.
+pub const GW_SOCKETS_ABORTED: &str = "chat_gateway_sockets_aborted_total";
 
 /// Counter: messages newly written to history.
 pub const WK_PERSISTED: &str = "chat_worker_messages_persisted_total";
@@ -193,6 +199,16 @@ fn describe_all() {
         GW_SUBSCRIPTIONS,
         Unit::Count,
         "Delivery channel subscriptions established"
+    );
+    describe_counter!(
+        GW_GAPS_TRIMMED,
+        Unit::Count,
+        "Delivery gaps history could no longer fill (missing messages trimmed)"
+    );
+    describe_counter!(
+        GW_SOCKETS_ABORTED,
+        Unit::Count,
+        "Sockets reset because the peer did not take the close frame"
     );
     describe_counter!(
         WK_PERSISTED,

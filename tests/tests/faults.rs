@@ -360,6 +360,22 @@ async fn a_client_that_never_reads_is_disconnected_and_others_keep_up() {
     let gw = start_gateway(&redis.url(), "gw1", &env).await;
     let rss_before = rss_bytes(gw.proc.pid());
     let slow = Client::connect_small_buffer(&gw.ws_url("room=slow"), gw.port).await;
+    // What the kernel holds for the client that never reads, on the
+    // gateway's side of its socket: sampled until the socket is gone.
+    let slow_port = slow.local_port.expect("harness-opened socket");
+    let gw_port = gw.port;
+    let kernel_queue = tokio::spawn(async move {
+        let mut peak = 0;
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            match tcp_send_queue(gw_port, slow_port) {
+                Some(q) => peak = peak.max(q),
+                None => return (peak, true),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (peak, false)
+    });
     let total = 3000;
     let (tx, rx) = watch::channel(Some(total));
     let reader = tokio::spawn(chatter(
@@ -419,6 +435,16 @@ async fn a_client_that_never_reads_is_disconnected_and_others_keep_up() {
     })
     .await;
     assert_eq!(closed, 1.0);
+    // The kicked peer still never reads and still holds its socket open: the
+    // gateway must not keep megabytes queued for it in the kernel
+    // (FIN-WAIT-1) after giving up; it resets the socket instead.
+    let (peak, gone) = kernel_queue.await.unwrap();
+    eprintln!("gateway-side kernel send queue for the kicked client peaked at {peak} bytes");
+    assert!(
+        gone,
+        "the gateway's socket to the kicked client still exists, holding {:?} bytes",
+        tcp_send_queue(gw_port, slow_port)
+    );
     let c = redis.conn().await;
     eventually(
         "every connection deregistered, the kicked one included",

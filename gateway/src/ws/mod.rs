@@ -5,11 +5,20 @@
 //! `MAX_CONNECTIONS` reached. The upgrade sets explicit frame, message and write
 //! buffer limits (axum's defaults are 64 MiB and unbounded). The socket task is
 //! tracked so the drain can wait for it (axum's graceful shutdown does not).
+//!
+//! Each connection is served by [`connection`]: a [`reader`] for inbound
+//! frames and a [`writer`] that alone writes to the socket, with the pure
+//! ordering [`cursor`], history reads for [`recovery`] and the [`close`]
+//! reasons.
 
+mod close;
 mod connection;
+mod cursor;
+mod reader;
+mod recovery;
+mod writer;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
@@ -21,7 +30,8 @@ use chat_shared::metrics as m;
 use chat_shared::protocol::ErrorCode;
 use tracing::Instrument;
 
-use crate::http::ApiError;
+use crate::api_error::ApiError;
+use crate::listener::Peer;
 use crate::state::AppState;
 
 pub(crate) use connection::Connection;
@@ -52,7 +62,7 @@ fn reject(status: StatusCode, code: ErrorCode, message: &str) -> Response {
 /// Validates the request and upgrades it.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Query(params): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -118,7 +128,7 @@ pub(crate) async fn upgrade(
     };
     let cfg = &state.config;
     let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", conn_id, room = %room, %peer);
+    let span = tracing::info_span!("conn", conn_id, room = %room, peer = %peer.addr);
     let tracker = state.tracker.clone();
     ws.read_buffer_size(cfg.ws_read_buffer_bytes as usize)
         .max_message_size(cfg.ws_max_message_bytes)
@@ -130,7 +140,15 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| {
             tracker.track_future(
                 async move {
-                    let conn = Connection::new(state, socket, room, username, conn_id, resume);
+                    let conn = Connection {
+                        state,
+                        socket,
+                        room,
+                        username,
+                        conn_id,
+                        resume,
+                        abort: peer.abort,
+                    };
                     conn.run().await;
                     drop(permit);
                 }

@@ -1,8 +1,9 @@
 //! Test harness: real `redis-server`, real gateway and worker binaries, real
 //! WebSocket clients, and waits with deadlines (never a bare sleep).
 //!
-//! Binaries are the ones `cargo build --workspace` puts next to the test
-//! executable's `deps/` folder; `scripts/test` builds them first.
+//! Binaries are the ones cargo puts next to the test executable's `deps/`
+//! folder; the harness builds them once per test binary before first use, so
+//! they always match the source.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -39,16 +40,49 @@ pub fn free_port() -> u16 {
 }
 
 /// Path of a workspace binary built next to this test executable.
+///
+/// The first call builds the service binaries with the cargo that runs the
+/// tests (a no-op when they are fresh), so a plain `cargo test` never runs
+/// stale gateway or worker code.
 pub fn bin_path(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    BUILT.get_or_init(|| build_service_binaries(&dir));
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test does)",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing after the build", p.display());
     p
+}
+
+/// Runs `cargo build` for the gateway and worker binaries in the profile of
+/// the test executable in `dir`; panics with cargo's output on failure.
+fn build_service_binaries(dir: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--bins",
+        "-p",
+        "chat-gateway",
+        "-p",
+        "chat-fanout-worker",
+    ]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the service binaries: {e}"));
+    assert!(
+        out.status.success(),
+        "building the gateway and worker binaries failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `deadline`.
@@ -344,6 +378,8 @@ pub struct Client {
     ws: Ws,
     /// Close frame received, if any: (code, reason).
     pub closed: Option<(u16, String)>,
+    /// The client socket's local port, when the harness opened it itself.
+    pub local_port: Option<u16>,
 }
 
 impl Client {
@@ -353,7 +389,11 @@ impl Client {
             .await
             .expect("connect timeout")
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        Self { ws, closed: None }
+        Self {
+            ws,
+            closed: None,
+            local_port: None,
+        }
     }
 
     /// Connects with a tiny TCP receive buffer, so a client that stops reading
@@ -365,11 +405,16 @@ impl Client {
             .connect(([127, 0, 0, 1], port).into())
             .await
             .expect("tcp connect");
+        let local_port = stream.local_addr().ok().map(|a| a.port());
         let (ws, _) =
             tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
                 .await
                 .expect("ws handshake");
-        Self { ws, closed: None }
+        Self {
+            ws,
+            closed: None,
+            local_port,
+        }
     }
 
     /// Connects and consumes the join `history` frame, returning it.
@@ -498,4 +543,19 @@ pub fn parse_exposition(body: &str) -> std::collections::HashMap<String, f64> {
             Some((series.to_owned(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// The kernel's send queue (bytes) of the IPv4 loopback socket with local
+/// port `local` connected to remote port `remote`, from `/proc/net/tcp`;
+/// `None` when no such socket exists (closed, or reset).
+pub fn tcp_send_queue(local: u16, remote: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || port(f[1])? != local || port(f[2])? != remote {
+            return None;
+        }
+        u64::from_str_radix(f[4].split(':').next()?, 16).ok()
+    })
 }

@@ -1,0 +1,228 @@
+//! The reading half of a connection: inbound frames in, replies out.
+//!
+//! It never writes to the socket: acks, errors and history pages go to the
+//! writer through a bounded reply queue, so a client whose socket is full
+//! (it is busy sending) is still read. At most one append is in flight per
+//! connection, which keeps a client's messages in the order it sent them; a
+//! fast sender is slowed by TCP while its append is out, not buffered.
+//! The per-connection rate limit and the idle timeout are enforced here.
+
+use std::time::Instant;
+
+use axum::extract::ws::Message;
+use chat_shared::ids::{RoomId, Username};
+use chat_shared::metrics as m;
+use chat_shared::protocol::{
+    ack_frame, error_frame, history_frames, parse_client_frame, ClientFrame, ErrorCode,
+    HistoryRequest, InboundMessage, ProtocolError, HISTORY_FRAME_BYTES,
+};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use super::close::CloseReason;
+use crate::append;
+use crate::history::{self, Range};
+use crate::rate_limit::TokenBucket;
+use crate::state::AppState;
+
+/// The writer has gone: the connection is ending.
+#[derive(Debug)]
+struct WriterGone;
+
+/// The inbound half of one connection.
+#[derive(Debug)]
+pub(super) struct Reader {
+    state: AppState,
+    room: RoomId,
+    username: Username,
+    replies: mpsc::Sender<String>,
+    bucket: TokenBucket,
+}
+
+impl Reader {
+    /// A reader for a connection to `room` whose replies go to `replies`.
+    pub(super) fn new(
+        state: AppState,
+        room: RoomId,
+        username: Username,
+        replies: mpsc::Sender<String>,
+    ) -> Self {
+        let bucket = TokenBucket::new(
+            state.config.rate_limit_per_sec,
+            state.config.rate_limit_burst,
+            Instant::now(),
+        );
+        Self {
+            state,
+            room,
+            username,
+            replies,
+            bucket,
+        }
+    }
+
+    /// Reads frames until the connection ends, and returns why. Consumes the
+    /// reader: its reply queue closes when this returns, which tells the
+    /// writer that no more replies will come.
+    ///
+    /// On shutdown, an append in flight is finished and its ack queued
+    /// first: a message that was stored is acked.
+    pub(super) async fn run<S>(mut self, stream: &mut S) -> CloseReason
+    where
+        S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        let idle = self.state.config.idle_timeout();
+        let shutdown = self.state.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
+        loop {
+            let inbound = tokio::select! {
+                biased;
+                _ = &mut shutdown => return CloseReason::Shutdown,
+                next = tokio::time::timeout(idle, stream.next()) => match next {
+                    // Nothing at all, not even a pong, within the idle timeout.
+                    Err(_) => return CloseReason::IdleTimeout,
+                    Ok(next) => next,
+                },
+            };
+            let handled = match inbound {
+                None | Some(Ok(Message::Close(_))) => return CloseReason::Client,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "Socket error");
+                    // tungstenite's capacity error; axum does not expose its type.
+                    if e.to_string().contains("Space limit exceeded") {
+                        return CloseReason::TooBig;
+                    }
+                    return CloseReason::SocketError;
+                }
+                Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                Some(Ok(Message::Binary(_))) => {
+                    let err = self.rate_limit().unwrap_or_else(|| {
+                        ProtocolError::new(
+                            ErrorCode::BinaryNotSupported,
+                            "binary frames are not supported; send JSON text frames",
+                        )
+                    });
+                    self.reply_error(&err, None).await
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+            };
+            if handled.is_err() {
+                // The writer ended first; its reason is the one reported.
+                return CloseReason::SocketError;
+            }
+        }
+    }
+
+    /// Handles one text frame: a chat message is appended before the next
+    /// frame is read.
+    async fn on_text(&mut self, text: &str) -> Result<(), WriterGone> {
+        if let Some(limited) = self.rate_limit() {
+            return self.reply_error(&limited, None).await;
+        }
+        let max_frame = self.state.config.max_frame_bytes;
+        if text.len() > max_frame {
+            let err = ProtocolError::new(
+                ErrorCode::FrameTooLarge,
+                format!("frame is larger than {max_frame} bytes"),
+            );
+            return self.reply_error(&err, None).await;
+        }
+        match parse_client_frame(text, &self.room, &self.state.limits) {
+            Err(rejected) => {
+                self.reply_error(&rejected.error, rejected.client_id.as_deref())
+                    .await
+            }
+            Ok(ClientFrame::Message(msg)) => self.on_message(msg).await,
+            Ok(ClientFrame::History(req)) => self.on_history(req).await,
+        }
+    }
+
+    /// Spends a token; every data frame does, valid or not, so a flood of
+    /// bad frames is limited too.
+    fn rate_limit(&mut self) -> Option<ProtocolError> {
+        if self.bucket.try_take(Instant::now()) {
+            return None;
+        }
+        metrics::counter!(m::GW_RATE_LIMITED).increment(1);
+        Some(ProtocolError::new(
+            ErrorCode::RateLimited,
+            "too many frames; slow down",
+        ))
+    }
+
+    /// Appends a message and acks it, or tells the sender it was not stored.
+    async fn on_message(&mut self, msg: InboundMessage) -> Result<(), WriterGone> {
+        let username = msg.username.unwrap_or_else(|| self.username.clone());
+        let cfg = &self.state.config;
+        let result = append::append(
+            &self.state.redis,
+            cfg.stream_shards,
+            &self.room,
+            &username,
+            msg.message,
+        )
+        .await;
+        match result {
+            Ok(done) => {
+                metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
+                self.reply(ack_frame(
+                    msg.client_id.as_deref(),
+                    &done.id,
+                    &done.timestamp,
+                ))
+                .await
+            }
+            Err(_) => {
+                let err = ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    "message not stored: Redis unavailable; retry",
+                );
+                self.reply_error(&err, msg.client_id.as_deref()).await
+            }
+        }
+    }
+
+    /// Answers a history page request.
+    async fn on_history(&mut self, req: HistoryRequest) -> Result<(), WriterGone> {
+        metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
+        let cfg = &self.state.config;
+        let limit = req
+            .limit
+            .unwrap_or(cfg.history_on_join.clamp(1, cfg.history_page_max as usize));
+        let range = match req.before_seq {
+            Some(before) => Range::Before { before, limit },
+            None => Range::Tail(limit),
+        };
+        match history::read(&self.state.redis, &self.room, range).await {
+            Ok(snap) => {
+                let page = snap.records.iter().map(|(_, r)| r.as_str());
+                for frame in history_frames(&snap.meta(&self.room), page, HISTORY_FRAME_BYTES) {
+                    self.reply(frame).await?;
+                }
+                Ok(())
+            }
+            Err(_) => {
+                let err = ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    "history unavailable: Redis unreachable",
+                );
+                self.reply(error_frame(&err, None)).await
+            }
+        }
+    }
+
+    async fn reply_error(
+        &mut self,
+        err: &ProtocolError,
+        client_id: Option<&str>,
+    ) -> Result<(), WriterGone> {
+        metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => err.code.as_str()).increment(1);
+        self.reply(error_frame(err, client_id)).await
+    }
+
+    /// Queues a reply for the writer; waits while the queue is full (the
+    /// client is not reading: the writer's timeout then ends the connection).
+    async fn reply(&mut self, frame: String) -> Result<(), WriterGone> {
+        self.replies.send(frame).await.map_err(|_| WriterGone)
+    }
+}

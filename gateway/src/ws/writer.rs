@@ -1,0 +1,275 @@
+//! The writing half of a connection: the only place that writes to the
+//! socket.
+//!
+//! It drains two bounded queues — live deliveries from the local registry and
+//! replies (acks, errors, history pages) from the reader — and sends pings.
+//! Every live delivery passes the [`Cursor`]: repeats are dropped, and a gap is
+//! filled from history before the message behind it is sent. A gap that cannot
+//! be filled (Redis failing on every retry) closes the connection with 1011, so
+//! the client reconnects with `since` instead of silently missing messages.
+//! A write that stalls past `WRITE_TIMEOUT_MS`, or a kick from the registry
+//! (its queue overflowed), ends the connection as a slow consumer.
+
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use chat_shared::ids::RoomId;
+use chat_shared::metrics as m;
+use chat_shared::protocol::message_frame;
+use futures_util::{Sink, SinkExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::close::CloseReason;
+use super::cursor::{Cursor, Step};
+use super::recovery::{self, HistorySource};
+use crate::history::Range;
+use crate::rooms::{LiveMessage, Outbound};
+
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Timing and sizing of a writer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WriterLimits {
+    /// Longest a single write may wait for socket space.
+    pub(super) write_timeout: Duration,
+    /// How often to ping the client.
+    pub(super) ping_interval: Duration,
+    /// How many messages a reset's `history` frame carries.
+    pub(super) reset_tail: usize,
+}
+
+/// The outbound half of one connection.
+#[derive(Debug)]
+pub(super) struct Writer<H> {
+    room: RoomId,
+    history: H,
+    cursor: Cursor,
+    deliveries: mpsc::Receiver<Outbound>,
+    replies: mpsc::Receiver<String>,
+    kick: CancellationToken,
+    limits: WriterLimits,
+}
+
+impl<H: HistorySource> Writer<H> {
+    /// A writer starting at `cursor` (where the join history left the client).
+    pub(super) fn new(
+        room: RoomId,
+        history: H,
+        cursor: Cursor,
+        deliveries: mpsc::Receiver<Outbound>,
+        replies: mpsc::Receiver<String>,
+        kick: CancellationToken,
+        limits: WriterLimits,
+    ) -> Self {
+        Self {
+            room,
+            history,
+            cursor,
+            deliveries,
+            replies,
+            kick,
+            limits,
+        }
+    }
+
+    /// Writes until the reader is done and every reply it queued is written
+    /// (`Ok`), or until writing fails (`Err` with the reason to close).
+    pub(super) async fn run<S, E>(&mut self, sink: &mut S) -> Result<(), CloseReason>
+    where
+        S: Sink<Message, Error = E> + Unpin,
+    {
+        let mut ping = tokio::time::interval(self.limits.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        // Created once: a cancellation future registers a waiter when first
+        // polled, which per loop turn would cost a lock round trip.
+        let kicked = self.kick.clone().cancelled_owned();
+        tokio::pin!(kicked);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut kicked => return Err(CloseReason::SlowConsumer),
+                reply = self.replies.recv() => {
+                    // Closed: the reader has ended and everything it queued is written.
+                    let Some(frame) = reply else { return Ok(()) };
+                    self.feed(sink, Message::Text(frame.into())).await?;
+                    let mut batch = 1;
+                    while batch < WRITE_BATCH {
+                        let Ok(more) = self.replies.try_recv() else { break };
+                        self.feed(sink, Message::Text(more.into())).await?;
+                        batch += 1;
+                    }
+                    self.flush(sink).await?;
+                }
+                out = self.deliveries.recv() => {
+                    // The sender half lives in the registry until this
+                    // connection leaves it, so `None` cannot happen while
+                    // serving; treat it as a shutdown if it ever does.
+                    let Some(out) = out else { return Err(CloseReason::Shutdown) };
+                    // Write what is already queued in one go and flush once:
+                    // one syscall per burst instead of one per message.
+                    self.deliver(sink, out).await?;
+                    let mut batch = 1;
+                    while batch < WRITE_BATCH {
+                        let Ok(more) = self.deliveries.try_recv() else { break };
+                        self.deliver(sink, more).await?;
+                        batch += 1;
+                    }
+                    self.flush(sink).await?;
+                }
+                _ = ping.tick() => {
+                    self.feed(sink, Message::Ping(Default::default())).await?;
+                    self.flush(sink).await?;
+                }
+            }
+        }
+    }
+
+    /// Sends one live delivery unless it is a repeat; fills a gap first.
+    async fn deliver<S, E>(&mut self, sink: &mut S, out: Outbound) -> Result<(), CloseReason>
+    where
+        S: Sink<Message, Error = E> + Unpin,
+    {
+        match out {
+            Outbound::Message(live) => self.deliver_live(sink, live).await,
+            Outbound::Resync => self.fill_gap(sink, u64::MAX).await,
+        }
+    }
+
+    async fn deliver_live<S, E>(
+        &mut self,
+        sink: &mut S,
+        live: LiveMessage,
+    ) -> Result<(), CloseReason>
+    where
+        S: Sink<Message, Error = E> + Unpin,
+    {
+        match self.cursor.on_live(live.seq, &live.epoch) {
+            Step::Send => self.feed(sink, Message::Text(live.frame)).await,
+            Step::Skip => Ok(()),
+            Step::Reset => self.reset(sink).await,
+            Step::FillGap => {
+                self.fill_gap(sink, live.seq).await?;
+                match self.cursor.on_live(live.seq, &live.epoch) {
+                    Step::Send => self.feed(sink, Message::Text(live.frame)).await,
+                    Step::Skip | Step::Reset => Ok(()),
+                    Step::FillGap => {
+                        // History no longer holds the missing messages (they
+                        // were trimmed): nothing can fill the gap.
+                        tracing::warn!(
+                            from = self.cursor.last_seq(),
+                            to = live.seq,
+                            "Missed messages were trimmed from history; delivering past them"
+                        );
+                        metrics::counter!(m::GW_GAPS_TRIMMED).increment(1);
+                        self.cursor.skip_to(live.seq);
+                        self.feed(sink, Message::Text(live.frame)).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends stored messages with `last_seq < seq < upto`; on an epoch
+    /// change, resets the client instead.
+    async fn fill_gap<S, E>(&mut self, sink: &mut S, upto: u64) -> Result<(), CloseReason>
+    where
+        S: Sink<Message, Error = E> + Unpin,
+    {
+        let from = self.cursor.last_seq();
+        let snap = match recovery::read_with_retry(&self.history, Range::After(from)).await {
+            Ok(snap) => snap,
+            Err(e) => {
+                metrics::counter!(m::GW_REDIS_ERRORS, "op" => "gap_fill").increment(1);
+                tracing::warn!(error = %e, from, "Cannot fill a delivery gap from history; closing so the client recovers with since");
+                return Err(CloseReason::GapUnfilled);
+            }
+        };
+        if !self.cursor.same_epoch(snap.epoch.as_deref()) {
+            return self.reset(sink).await;
+        }
+        tracing::debug!(from, upto, "Filling delivery gap from history");
+        for (seq, record) in &snap.records {
+            if !self.cursor.fill(*seq, upto) {
+                continue;
+            }
+            if let Some(frame) = message_frame(record) {
+                self.feed(sink, Message::Text(frame.into())).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The room's sequence restarted (its state was lost, e.g. Redis was
+    /// replaced): send a `history` frame marked `reset: "epoch_changed"` with
+    /// the new sequence's messages, and continue from there.
+    async fn reset<S, E>(&mut self, sink: &mut S) -> Result<(), CloseReason>
+    where
+        S: Sink<Message, Error = E> + Unpin,
+    {
+        let tail = Range::Tail(self.limits.reset_tail.max(1));
+        let snap = match recovery::read_with_retry(&self.history, tail).await {
+            Ok(snap) => snap,
+            Err(e) => {
+                metrics::counter!(m::GW_REDIS_ERRORS, "op" => "reset").increment(1);
+                tracing::warn!(error = %e, "Cannot read history after an epoch change; closing so the client recovers");
+                return Err(CloseReason::GapUnfilled);
+            }
+        };
+        tracing::info!(old = ?self.cursor.epoch(), new = ?snap.epoch, "Room epoch changed");
+        let frames = recovery::reset_frames(&snap, &self.room);
+        self.cursor.reset(snap.latest_seq, snap.epoch);
+        for f in frames {
+            self.feed(sink, Message::Text(f.into())).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues one frame in the socket's write buffer (written out when the
+    /// buffer fills or on [`Self::flush`]).
+    async fn feed<S, E>(&self, sink: &mut S, msg: Message) -> Result<(), CloseReason>
+    where
+        S: Sink<Message, Error = E> + Unpin,
+    {
+        bounded_write(self.limits.write_timeout, &self.kick, sink.feed(msg)).await
+    }
+
+    /// Writes out everything queued.
+    async fn flush<S, E>(&self, sink: &mut S) -> Result<(), CloseReason>
+    where
+        S: Sink<Message, Error = E> + Unpin,
+    {
+        bounded_write(self.limits.write_timeout, &self.kick, sink.flush()).await
+    }
+}
+
+/// Awaits a socket write, giving up when the client stalls past `timeout` or
+/// is kicked as a slow consumer.
+pub(super) async fn bounded_write<F, E>(
+    timeout: Duration,
+    kick: &CancellationToken,
+    write: F,
+) -> Result<(), CloseReason>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::select! {
+        // The write first: when it completes at once (the usual case), the
+        // kick future is never polled and registers nothing.
+        biased;
+        r = tokio::time::timeout(timeout, write) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CloseReason::SocketError),
+            Err(_) => {
+                metrics::counter!(m::GW_SLOW_CONSUMERS).increment(1);
+                Err(CloseReason::SlowConsumer)
+            }
+        },
+        _ = kick.cancelled() => Err(CloseReason::SlowConsumer),
+    }
+}
+
+#[cfg(test)]
+mod tests;

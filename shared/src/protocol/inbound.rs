@@ -1,0 +1,322 @@
+//! Client → server frames: parsing and validation.
+//!
+//! Unknown fields are ignored (forward compatibility); every refusal carries
+//! a code from the closed set and, when it could be read, the frame's
+//! `client_id`.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{ErrorCode, Limits, ProtocolError};
+use crate::ids::{RoomId, Username, MAX_CLIENT_ID_CHARS};
+
+/// A validated client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    /// `{"type":"message",..}`: post a chat message to the connection's room.
+    Message(InboundMessage),
+    /// `{"type":"history","data":{"limit":N,"before_seq":S}}`: ask for a page.
+    History(HistoryRequest),
+}
+
+/// A chat message as the client sent it, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// The message text, 1..=`max_message_chars` characters.
+    pub message: String,
+    /// The sender's display name: from the frame, else the connection's.
+    pub username: Option<Username>,
+    /// The client's nonce, echoed in `ack` and `error`.
+    pub client_id: Option<String>,
+}
+
+/// A history page request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Number of messages wanted; capped by the server.
+    pub limit: Option<usize>,
+    /// Only messages with `seq` below this.
+    pub before_seq: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    #[serde(default)]
+    room: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawHistory {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    before_seq: Option<u64>,
+}
+
+/// What the client said before validation failed, so the error can echo it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Why the frame was refused.
+    pub error: ProtocolError,
+    /// The frame's `client_id`, when it could be read.
+    pub client_id: Option<String>,
+}
+
+impl Rejected {
+    fn new(code: ErrorCode, message: impl Into<String>, client_id: Option<String>) -> Self {
+        Self {
+            error: ProtocolError::new(code, message),
+            client_id,
+        }
+    }
+}
+
+/// Parses and validates one text frame received on a connection to `room`.
+///
+/// # Errors
+/// Returns a [`Rejected`] carrying the error code to send back.
+pub fn parse_client_frame(
+    text: &str,
+    room: &RoomId,
+    limits: &Limits,
+) -> Result<ClientFrame, Rejected> {
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|_| {
+        Rejected::new(
+            ErrorCode::BadJson,
+            "frame must be a JSON object with a string \"type\"",
+            None,
+        )
+    })?;
+    match raw.kind.as_ref() {
+        "message" => parse_message(raw.data, room, limits).map(ClientFrame::Message),
+        "history" => parse_history(raw.data, limits).map(ClientFrame::History),
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            Err(Rejected::new(
+                ErrorCode::UnknownType,
+                format!("unknown frame type {shown:?}; expected \"message\" or \"history\""),
+                None,
+            ))
+        }
+    }
+}
+
+fn parse_message(
+    data: Option<&RawValue>,
+    room: &RoomId,
+    limits: &Limits,
+) -> Result<InboundMessage, Rejected> {
+    let data = data
+        .ok_or_else(|| Rejected::new(ErrorCode::BadFrame, "\"data\" object is required", None))?;
+    let raw: RawMessage = serde_json::from_str(data.get()).map_err(|_| {
+        Rejected::new(
+            ErrorCode::BadFrame,
+            "\"data\" must be an object whose room, message, username and client_id are strings",
+            None,
+        )
+    })?;
+    let client_id = raw.client_id;
+    if let Some(id) = &client_id {
+        if id.chars().count() > MAX_CLIENT_ID_CHARS {
+            return Err(Rejected::new(
+                ErrorCode::InvalidClientId,
+                format!("client_id is longer than {MAX_CLIENT_ID_CHARS} characters"),
+                None,
+            ));
+        }
+    }
+    let reject = |code, msg: String| Err(Rejected::new(code, msg, client_id.clone()));
+    match raw.room.as_deref() {
+        None => return reject(ErrorCode::InvalidRoom, "data.room is required".into()),
+        Some(r) if RoomId::parse(r).is_err() => {
+            return reject(
+                ErrorCode::InvalidRoom,
+                "data.room must be 1-64 characters of [A-Za-z0-9_.:-]".into(),
+            )
+        }
+        Some(r) if r != room.as_str() => {
+            return reject(
+                ErrorCode::RoomMismatch,
+                format!("this connection is joined to room {:?}", room.as_str()),
+            )
+        }
+        Some(_) => {}
+    }
+    let Some(message) = raw.message else {
+        return reject(ErrorCode::EmptyMessage, "data.message is required".into());
+    };
+    if message.is_empty() {
+        return reject(
+            ErrorCode::EmptyMessage,
+            "data.message must not be empty".into(),
+        );
+    }
+    // Fast path: byte length bounds char count from above.
+    if message.len() > limits.max_message_chars
+        && message.chars().count() > limits.max_message_chars
+    {
+        return reject(
+            ErrorCode::MessageTooLong,
+            format!(
+                "data.message is longer than {} characters",
+                limits.max_message_chars
+            ),
+        );
+    }
+    let username = match raw.username {
+        None => None,
+        Some(u) => match Username::parse(&u) {
+            Ok(u) => Some(u),
+            Err(_) => {
+                return reject(
+                    ErrorCode::InvalidUsername,
+                    "data.username must be 1-64 characters without control characters".into(),
+                )
+            }
+        },
+    };
+    Ok(InboundMessage {
+        message,
+        username,
+        client_id,
+    })
+}
+
+fn parse_history(data: Option<&RawValue>, limits: &Limits) -> Result<HistoryRequest, Rejected> {
+    let raw = match data {
+        None => RawHistory {
+            limit: None,
+            before_seq: None,
+        },
+        Some(d) => serde_json::from_str::<RawHistory>(d.get()).map_err(|_| {
+            Rejected::new(
+                ErrorCode::InvalidParameter,
+                "history data.limit and data.before_seq must be non-negative integers",
+                None,
+            )
+        })?,
+    };
+    if raw.limit == Some(0) || raw.limit.is_some_and(|l| l > limits.max_history_limit) {
+        return Err(Rejected::new(
+            ErrorCode::InvalidParameter,
+            format!("limit must be between 1 and {}", limits.max_history_limit),
+            None,
+        ));
+    }
+    Ok(HistoryRequest {
+        limit: raw.limit,
+        before_seq: raw.before_seq,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::error_frame;
+
+    fn limits() -> Limits {
+        Limits {
+            max_message_chars: 10,
+            max_history_limit: 100,
+        }
+    }
+
+    fn parse(text: &str) -> Result<ClientFrame, Rejected> {
+        parse_client_frame(text, &RoomId::parse("lobby").unwrap(), &limits())
+    }
+
+    fn code(text: &str) -> ErrorCode {
+        parse(text).unwrap_err().error.code
+    }
+
+    #[test]
+    fn valid_message_with_unknown_fields() {
+        let f = parse(r#"{"type":"message","extra":1,"data":{"room":"lobby","message":"hi","username":"ana","client_id":"c1","x":[1]}}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Message(InboundMessage {
+                message: "hi".into(),
+                username: Some(Username::parse("ana").unwrap()),
+                client_id: Some("c1".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn error_codes() {
+        assert_eq!(code("not json"), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"data":{}}"#), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"type":"nope","data":{}}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"message"}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":1}}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"message":"x"}}"#),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"a b","message":"x"}}"#),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"other","message":"x"}}"#),
+            ErrorCode::RoomMismatch
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"lobby","message":""}}"#),
+            ErrorCode::EmptyMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"lobby"}}"#),
+            ErrorCode::EmptyMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"lobby","message":"01234567890"}}"#),
+            ErrorCode::MessageTooLong
+        );
+        assert!(
+            parse(r#"{"type":"message","data":{"room":"lobby","message":"éééééééééé"}}"#).is_ok()
+        );
+        assert_eq!(
+            code(r#"{"type":"message","data":{"room":"lobby","message":"x","username":""}}"#),
+            ErrorCode::InvalidUsername
+        );
+        assert_eq!(
+            code(r#"{"type":"history","data":{"limit":0}}"#),
+            ErrorCode::InvalidParameter
+        );
+        assert_eq!(
+            code(r#"{"type":"history","data":{"limit":-1}}"#),
+            ErrorCode::InvalidParameter
+        );
+    }
+
+    #[test]
+    fn rejection_echoes_client_id() {
+        let r = parse(r#"{"type":"message","data":{"room":"x","message":"hi","client_id":"n1"}}"#)
+            .unwrap_err();
+        assert_eq!(r.client_id.as_deref(), Some("n1"));
+        let frame: serde_json::Value =
+            serde_json::from_str(&error_frame(&r.error, r.client_id.as_deref())).unwrap();
+        assert_eq!(frame["type"], "error");
+        assert_eq!(frame["data"]["code"], "room_mismatch");
+        assert_eq!(frame["data"]["client_id"], "n1");
+    }
+}

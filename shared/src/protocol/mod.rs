@@ -1,0 +1,153 @@
+//! The client protocol: JSON text frames `{"type":..,"data":{..}}`.
+//!
+//! - [`inbound`]: client frames parsed into [`ClientFrame`] and validated, so
+//!   the gateway only sees well-formed requests or an [`ErrorCode`].
+//! - [`outbound`]: server frames and the stored record, one serde model for
+//!   WebSocket frames and HTTP bodies alike; stored records are embedded as
+//!   [`serde_json::value::RawValue`], so a message is serialized once and
+//!   never re-encoded per client.
+//!
+//! This module holds what both directions share: the closed set of error
+//! codes and the validation limits.
+
+pub mod inbound;
+pub mod outbound;
+
+use serde::Serialize;
+
+pub use inbound::{parse_client_frame, ClientFrame, HistoryRequest, InboundMessage, Rejected};
+pub use outbound::{
+    ack_frame, error_frame, history_frame, history_frames, http_error_body, message_frame,
+    record_seq, HistoryData, HistoryMeta, MessageRecord, HISTORY_FRAME_BYTES,
+};
+
+/// The closed set of error codes sent in `error` frames and HTTP error bodies.
+///
+/// The README documents each one; clients may switch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The text frame is not JSON, or not an object with a string `type`.
+    BadJson,
+    /// The JSON is valid but `data` is missing or has fields of the wrong type.
+    BadFrame,
+    /// `type` is not one the server knows.
+    UnknownType,
+    /// A room id is missing or not 1–64 chars of `[A-Za-z0-9_.:-]`.
+    InvalidRoom,
+    /// `data.room` differs from the room of the connection.
+    RoomMismatch,
+    /// The message text is empty.
+    EmptyMessage,
+    /// The message text is longer than `MAX_MESSAGE_LEN` characters.
+    MessageTooLong,
+    /// The username is empty, too long or has control characters.
+    InvalidUsername,
+    /// `client_id` is longer than 128 characters.
+    InvalidClientId,
+    /// A query or request parameter is malformed (e.g. `limit`, `since`).
+    InvalidParameter,
+    /// The frame is larger than `MAX_FRAME_BYTES`.
+    FrameTooLarge,
+    /// Binary frames are not part of the protocol.
+    BinaryNotSupported,
+    /// The connection sends faster than its rate limit allows.
+    RateLimited,
+    /// The gateway is at `MAX_CONNECTIONS`.
+    TooManyConnections,
+    /// Redis is unreachable: the message was not stored and is not acked.
+    Unavailable,
+    /// Something unexpected failed inside the server; details are in its log.
+    Internal,
+    /// No such route.
+    NotFound,
+}
+
+impl ErrorCode {
+    /// The wire label, also used as a metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::BadFrame => "bad_frame",
+            Self::UnknownType => "unknown_type",
+            Self::InvalidRoom => "invalid_room",
+            Self::RoomMismatch => "room_mismatch",
+            Self::EmptyMessage => "empty_message",
+            Self::MessageTooLong => "message_too_long",
+            Self::InvalidUsername => "invalid_username",
+            Self::InvalidClientId => "invalid_client_id",
+            Self::InvalidParameter => "invalid_parameter",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::BinaryNotSupported => "binary_not_supported",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyConnections => "too_many_connections",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    /// Every code, for documentation tests.
+    pub const ALL: [ErrorCode; 17] = [
+        Self::BadJson,
+        Self::BadFrame,
+        Self::UnknownType,
+        Self::InvalidRoom,
+        Self::RoomMismatch,
+        Self::EmptyMessage,
+        Self::MessageTooLong,
+        Self::InvalidUsername,
+        Self::InvalidClientId,
+        Self::InvalidParameter,
+        Self::FrameTooLarge,
+        Self::BinaryNotSupported,
+        Self::RateLimited,
+        Self::TooManyConnections,
+        Self::Unavailable,
+        Self::Internal,
+        Self::NotFound,
+    ];
+}
+
+/// A protocol error: a code plus a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ProtocolError {
+    /// The machine-readable code.
+    pub code: ErrorCode,
+    /// A short explanation for humans; never holds server internals.
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// Builds an error from a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Limits that validation enforces; filled from the gateway's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Maximum message length in characters (`MAX_MESSAGE_LEN`).
+    pub max_message_chars: usize,
+    /// Maximum history page size a client may request.
+    pub max_history_limit: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()));
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+    }
+}
