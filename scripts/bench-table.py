@@ -55,7 +55,15 @@ def main(results, readme):
         "|---|---|---|---|---|",
     ]
     lines += [row(r["name"], r["r"]) for r in rows]
-    lines += ["", "Exact commands:", ""]
+    lines += [
+        "",
+        "Exact commands: all rows come from one run of `scripts/bench`",
+        "(`BENCH_QUICK=1 scripts/bench` runs smaller sizes as a smoke run). It starts",
+        "its own Redis, worker and gateways on free ports; below, their addresses and",
+        "PIDs appear as `$GW1`…`$GW3` (gateway WebSocket URLs), `$REDIS_URL`,",
+        "`$WORKER_METRICS` and `$GW1_PID`…`$GW3_PID`.",
+        "",
+    ]
     lines += [f"- `{r['name']}`: `{r['cmd']}`" for r in rows]
     lines.append("<!-- bench:end -->")
     text = open(readme).read()
