@@ -27,14 +27,17 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
     )
 }
 
-/// Ready when Redis answers and the supervisor has completed a tick.
+/// Ready when Redis answers and the supervisor has completed a tick;
+/// `warnings` lists problems that do not stop service (an evicting Redis).
 async fn readyz(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
     let redis_ok = ctx.redis.ping().await.is_ok();
     let ready = redis_ok && ctx.is_ready();
+    let warnings: Vec<String> = ctx.redis.eviction_warning().await.into_iter().collect();
     let body = serde_json::json!({
         "status": if ready { "ok" } else { "unavailable" },
         "redis": if redis_ok { "ok" } else { "unreachable" },
         "worker_id": ctx.worker_id,
+        "warnings": warnings,
     });
     let code = if ready {
         StatusCode::OK

@@ -1,11 +1,23 @@
 //! Stamping a validated message and appending it to its room's stream shard.
 //!
-//! The append is the durability point: once `XADD` returns, a worker will
+//! The append is the durability point: once it returns, a worker will
 //! persist and deliver the entry even if this gateway dies, so only then is the
-//! sender acked. Concurrent appends from many connections share the pool's
-//! multiplexed connections, which pipelines them under load with no added wait
-//! at idle.
+//! sender acked. One Lua call per message (all its keys share the shard's hash
+//! tag) does three things atomically:
+//! - **Deduplication.** A message with a `client_id` leaves a marker
+//!   `(room, user, client_id) → (id, timestamp)` for `DEDUPE_WINDOW_SECS`. A
+//!   retry with the same `client_id` (after a timeout whose append did land, or
+//!   after a reconnect) finds it and is acked with the original `id` and
+//!   `timestamp` instead of being stored twice.
+//! - **Back-pressure.** Above `STREAM_BACKLOG_MAX` entries in the shard (workers
+//!   down or behind), the append is refused and the sender gets `unavailable`,
+//!   so a stalled pipeline cannot fill Redis's memory.
+//! - The `XADD` itself.
+//!
+//! Concurrent appends from many connections share the multiplexed
+//! connections, which pipelines them under load with no added wait at idle.
 
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use chat_shared::envelope::{now_us, StreamEntry, STREAM_FIELD, VERSION};
@@ -13,28 +25,77 @@ use chat_shared::ids::{RoomId, Username};
 use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::redis::{RedisError, RedisHandle};
+use redis::Script;
+
+/// KEYS: stream, dedupe marker (absent without `client_id`).
+/// ARGV: field, entry, backlog cap (0 = none), id, timestamp, window secs.
+/// Returns `{1}` when appended, `{0, "<id> <timestamp>"}` for a repeat,
+/// `{-1}` when the backlog is full.
+static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if KEYS[2] then
+  local prev = redis.call('GET', KEYS[2])
+  if prev then return {0, prev} end
+end
+local cap = tonumber(ARGV[3])
+if cap > 0 and redis.call('XLEN', KEYS[1]) >= cap then return {-1} end
+redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
+if KEYS[2] then
+  redis.call('SET', KEYS[2], ARGV[4] .. ' ' .. ARGV[5], 'EX', tonumber(ARGV[6]))
+end
+return {1}
+"#,
+    )
+});
 
 /// What the sender's ack needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
-    /// The UUID v7 assigned to the message.
+    /// The UUID v7 assigned to the message (the original one for a repeat).
     pub id: String,
-    /// The timestamp assigned to the message.
+    /// The timestamp assigned to the message (the original one for a repeat).
     pub timestamp: String,
+    /// Whether this was a repeat of a `client_id` already stored.
+    pub repeat: bool,
+}
+
+/// Why a message was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Redis did not take the entry (unreachable, timed out, failed).
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    /// The shard's backlog is at `STREAM_BACKLOG_MAX`: workers are down or behind.
+    #[error("stream backlog full")]
+    BacklogFull,
+}
+
+/// Limits an append is subject to.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendLimits {
+    /// Number of stream shards.
+    pub shards: u32,
+    /// Most entries a shard may hold before appends are refused (0 = no cap).
+    pub backlog_max: u64,
+    /// How long a `client_id` is remembered for deduplication, in seconds.
+    pub dedupe_window_secs: u64,
 }
 
 /// Stamps `message` with a UUID v7 and the current time and appends it.
 ///
 /// # Errors
-/// Fails when Redis does not take the entry within the timeout; the message
-/// was then not stored and must not be acked.
+/// Fails when Redis does not take the entry within the timeout, or the
+/// shard's backlog is full; the message was then not stored and must not be
+/// acked.
 pub async fn append(
     redis: &RedisHandle,
-    shards: u32,
+    limits: AppendLimits,
     room: &RoomId,
     username: &Username,
+    client_id: Option<&str>,
     message: String,
-) -> Result<Appended, RedisError> {
+) -> Result<Appended, AppendError> {
     let now = chrono::Utc::now();
     let entry = StreamEntry {
         v: VERSION,
@@ -45,24 +106,46 @@ pub async fn append(
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         stamped_us: now_us(),
     };
-    let stream = keys::stream(keys::shard_of(room, shards));
-    let started = Instant::now();
-    let cmd = redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg(STREAM_FIELD)
-        .arg(entry.encode())
-        .to_owned();
-    // Not retried: an append repeated after a lost reply would be stored twice.
-    let result = redis.query_once::<String>(&cmd).await;
-    metrics::histogram!(m::GW_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
-    if let Err(e) = &result {
-        metrics::counter!(m::GW_REDIS_ERRORS, "op" => "append").increment(1);
-        // Counted above; during an outage this would log once per message.
-        tracing::debug!(error = %e, "Stream append failed");
+    let shard = keys::shard_of(room, limits.shards);
+    let mut inv = APPEND.key(keys::stream(shard));
+    if let Some(client_id) = client_id {
+        inv.key(keys::dedupe(shard, room, username.as_str(), client_id));
     }
-    result.map(|_| Appended {
-        id: entry.id,
-        timestamp: entry.timestamp,
-    })
+    inv.arg(STREAM_FIELD)
+        .arg(entry.encode())
+        .arg(limits.backlog_max)
+        .arg(&entry.id)
+        .arg(&entry.timestamp)
+        .arg(limits.dedupe_window_secs.max(1));
+    let started = Instant::now();
+    // Not retried: without a client_id, an append repeated after a lost
+    // reply would be stored twice.
+    let result = redis.script_once::<(i64, Option<String>)>(&inv).await;
+    metrics::histogram!(m::GW_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok((1, _)) => Ok(Appended {
+            id: entry.id,
+            timestamp: entry.timestamp,
+            repeat: false,
+        }),
+        Ok((0, Some(prev))) => {
+            metrics::counter!(m::GW_APPEND_REPEATS).increment(1);
+            let (id, timestamp) = prev.split_once(' ').unwrap_or((prev.as_str(), ""));
+            Ok(Appended {
+                id: id.to_owned(),
+                timestamp: timestamp.to_owned(),
+                repeat: true,
+            })
+        }
+        Ok(_) => {
+            metrics::counter!(m::GW_BACKLOG_REFUSALS).increment(1);
+            Err(AppendError::BacklogFull)
+        }
+        Err(e) => {
+            metrics::counter!(m::GW_REDIS_ERRORS, "op" => "append").increment(1);
+            // Counted above; during an outage this would log once per message.
+            tracing::debug!(error = %e, "Stream append failed");
+            Err(e.into())
+        }
+    }
 }

@@ -67,6 +67,17 @@ pub struct GatewayConfig {
     #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
 
+    /// Most entries one stream shard may hold before appends are refused with
+    /// `unavailable` (workers down or behind); 0 disables the cap.
+    #[arg(long, env = "STREAM_BACKLOG_MAX", default_value_t = 100_000)]
+    pub stream_backlog_max: u64,
+
+    /// How long a message's `client_id` is remembered, in seconds: a retry
+    /// with the same `client_id` within it is acked with the original `id`
+    /// instead of being stored twice.
+    #[arg(long, env = "DEDUPE_WINDOW_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub dedupe_window_secs: u64,
+
     /// `SO_SNDBUF` of accepted sockets in bytes; 0 keeps the kernel's
     /// auto-tuned default. Caps what a peer that stops reading can hold in
     /// kernel memory (the kernel doubles the value for bookkeeping).
@@ -116,6 +127,15 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// Limits of every append.
+    pub fn append_limits(&self) -> crate::append::AppendLimits {
+        crate::append::AppendLimits {
+            shards: self.stream_shards,
+            backlog_max: self.stream_backlog_max,
+            dedupe_window_secs: self.dedupe_window_secs,
+        }
+    }
+
     /// Ping interval.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)

@@ -32,10 +32,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /health`: 200 when Redis answers PING, else 503.
+/// `GET /health`: 200 when Redis answers PING, else 503. `warnings` lists
+/// configuration problems that do not stop service (e.g. an evicting Redis).
 async fn health(State(state): State<AppState>) -> Response {
     let redis_ok = state.redis.ping().await.is_ok();
     let sub_ok = state.subscription.is_up();
+    let warnings: Vec<String> = state.redis.eviction_warning().await.into_iter().collect();
     let body = serde_json::json!({
         "status": if redis_ok && sub_ok { "ok" } else { "degraded" },
         "redis": if redis_ok { "ok" } else { "unreachable" },
@@ -43,6 +45,7 @@ async fn health(State(state): State<AppState>) -> Response {
         "gateway_id": state.gateway_id,
         "connections": state.connection_count(),
         "draining": state.is_draining(),
+        "warnings": warnings,
     });
     let code = if redis_ok {
         StatusCode::OK
@@ -52,14 +55,18 @@ async fn health(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// `GET /readyz`: 503 while draining, without Redis, or without a delivery subscription.
+/// `GET /readyz`: 503 while draining, without Redis, or without a delivery
+/// subscription. A ready gateway whose Redis may evict keys says so in the
+/// body (still 200: it serves, but the operator should act).
 async fn readyz(State(state): State<AppState>) -> Response {
     let ready =
         !state.is_draining() && state.subscription.is_up() && state.redis.ping().await.is_ok();
-    if ready {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    if !ready {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
+    }
+    match state.redis.eviction_warning().await {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(w) => (StatusCode::OK, format!("ready; warning: {w}")).into_response(),
     }
 }
 

@@ -62,6 +62,18 @@ pub fn stream(shard: u32) -> String {
     format!("chat:stream:{{shard-{shard}}}")
 }
 
+/// Deduplication marker of a message with a `client_id`: `(room, user,
+/// client_id)` → the stored message's `id` and `timestamp`. It carries the
+/// shard's hash tag so the append script touches one slot. The parts are
+/// length-prefixed, so no choice of names can make two markers collide.
+pub fn dedupe(shard: u32, room: &RoomId, user: &str, client_id: &str) -> String {
+    format!(
+        "chat:dedupe:{{shard-{shard}}}:{}:{room}:{}:{user}:{client_id}",
+        room.as_str().len(),
+        user.len()
+    )
+}
+
 /// Lease of shard `n`, in the slot of its stream.
 pub fn lease(shard: u32) -> String {
     format!("chat:lease:{{shard-{shard}}}")

@@ -35,6 +35,10 @@ pub const GW_DELIVERY_LATENCY_SECONDS: &str = "chat_gateway_delivery_latency_sec
 pub const GW_REDIS_ERRORS: &str = "chat_gateway_redis_errors_total";
 /// Counter: times the delivery subscription was (re-)established.
 pub const GW_SUBSCRIPTIONS: &str = "chat_gateway_subscriptions_total";
+/// Counter: messages acked as repeats of a `client_id` already stored.
+pub const GW_APPEND_REPEATS: &str = "chat_gateway_append_repeats_total";
+/// Counter: appends refused because the shard's stream backlog is full.
+pub const GW_BACKLOG_REFUSALS: &str = "chat_gateway_backlog_refusals_total";
 /// Counter: delivery gaps that history could no longer fill (the missing
 /// messages were trimmed before the connection caught up).
 pub const GW_GAPS_TRIMMED: &str = "chat_gateway_gaps_trimmed_total";
@@ -199,6 +203,16 @@ fn describe_all() {
         GW_SUBSCRIPTIONS,
         Unit::Count,
         "Delivery channel subscriptions established"
+    );
+    describe_counter!(
+        GW_APPEND_REPEATS,
+        Unit::Count,
+        "Messages acked as repeats of a client_id already stored"
+    );
+    describe_counter!(
+        GW_BACKLOG_REFUSALS,
+        Unit::Count,
+        "Appends refused because the shard's stream backlog is full"
     );
     describe_counter!(
         GW_GAPS_TRIMMED,

@@ -174,6 +174,22 @@ impl RedisHandle {
             .await
     }
 
+    /// Runs a Lua script that must not run twice on a shared connection
+    /// within the timeout, never retried (see [`Self::query_once`]).
+    ///
+    /// # Errors
+    /// Fails on connection errors, script errors and timeouts.
+    pub async fn script_once<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, RedisError> {
+        let mut conn = self.next_shared();
+        tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| RedisError::Timeout)?
+            .map_err(RedisError::from)
+    }
+
     /// Runs `op`, moving on to the next shared connection when one turns out
     /// to be dead (after Redis restarted, each connection learns it on its
     /// next use and reconnects in the background). Only for idempotent
@@ -197,6 +213,21 @@ impl RedisHandle {
                 other => return other.map_err(RedisError::from),
             }
         }
+    }
+
+    /// A warning when Redis may evict keys under memory pressure: its
+    /// `maxmemory-policy` is not `noeviction`, so streams, leases or sequence
+    /// state could silently disappear. `None` when the policy is right or
+    /// cannot be read (managed Redis often disables `CONFIG`).
+    pub async fn eviction_warning(&self) -> Option<String> {
+        let reply: Vec<String> = self
+            .query(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"))
+            .await
+            .ok()?;
+        let policy = reply.get(1)?;
+        (policy != "noeviction").then(|| {
+            format!("Redis maxmemory-policy is {policy}; run Redis with noeviction so chat state is never evicted")
+        })
     }
 
     /// `PING`, for health checks.

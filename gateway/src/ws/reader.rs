@@ -20,7 +20,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::close::CloseReason;
-use crate::append;
+use crate::append::{self, AppendError};
 use crate::history::{self, Range};
 use crate::rate_limit::TokenBucket;
 use crate::state::AppState;
@@ -153,12 +153,12 @@ impl Reader {
     /// Appends a message and acks it, or tells the sender it was not stored.
     async fn on_message(&mut self, msg: InboundMessage) -> Result<(), WriterGone> {
         let username = msg.username.unwrap_or_else(|| self.username.clone());
-        let cfg = &self.state.config;
         let result = append::append(
             &self.state.redis,
-            cfg.stream_shards,
+            self.state.config.append_limits(),
             &self.room,
             &username,
+            msg.client_id.as_deref(),
             msg.message,
         )
         .await;
@@ -172,11 +172,14 @@ impl Reader {
                 ))
                 .await
             }
-            Err(_) => {
-                let err = ProtocolError::new(
-                    ErrorCode::Unavailable,
-                    "message not stored: Redis unavailable; retry",
-                );
+            Err(e) => {
+                let why = match e {
+                    AppendError::BacklogFull => {
+                        "message not stored: the room's stream backlog is full; retry later"
+                    }
+                    AppendError::Redis(_) => "message not stored: Redis unavailable; retry",
+                };
+                let err = ProtocolError::new(ErrorCode::Unavailable, why);
                 self.reply_error(&err, msg.client_id.as_deref()).await
             }
         }
