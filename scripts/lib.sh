@@ -5,15 +5,16 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# redis-server, redis-cli and curl from Debian's packages, when missing.
+# redis-server, redis-cli, curl and openssl (the TLS tests make their own
+# certificates) from Debian's packages, when missing.
 ensure_redis() {
   if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 \
-    && command -v curl >/dev/null 2>&1; then
+    && command -v curl >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then
     return
   fi
-  echo "==> Installing redis-server, redis-tools and curl (apt)"
+  echo "==> Installing redis-server, redis-tools, curl and openssl (apt)"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools curl >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools curl openssl >/dev/null
 }
 
 # A Rust toolchain (rustup's cargo); Debian's own cargo is too old for axum 0.8.

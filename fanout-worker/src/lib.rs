@@ -4,15 +4,18 @@
 //! - [`config`]: flags and env variables.
 //! - `supervisor`: holds, renews and balances shard leases (`lease`), starting
 //!   one `shard` task per held shard and stopping it when the lease is lost.
-//! - `shard`: claims pending entries, reads new ones, and runs each batch
-//!   through `persist` (idempotent Lua: history, `seq`, epoch) and `publish`
-//!   (one delivery batch per owning gateway), then acks and trims.
+//! - `shard`: claims pending entries and reads new ones while the lease holds.
+//! - `batch`: runs each batch through its stages: decode, persist (`persist`,
+//!   idempotent Lua: history, `seq`, epoch) and look up the rooms' gateways,
+//!   route (`publish`: one delivery batch per owning gateway), then publish,
+//!   ack and trim.
 //! - `janitor`: one worker at a time removes dead gateways' connection entries
 //!   and rooms with neither connections nor history from `rooms:active`.
 //! - `http`: `/metrics`, `/livez`, `/readyz`.
 //!
 //! [`run`] is what `main` calls and what tests start: the binary is a thin shell.
 
+mod batch;
 pub mod config;
 mod http;
 mod janitor;

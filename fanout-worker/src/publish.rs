@@ -48,6 +48,14 @@ impl Routing {
     }
 }
 
+#[cfg(test)]
+impl Routing {
+    /// The deliveries queued for `gateway`, in order.
+    pub(crate) fn deliveries(&self, gateway: &str) -> &[Delivery] {
+        self.batches.get(gateway).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Adds one `HKEYS` per room to `pipe`, in the order of `rooms`.
 pub(crate) fn add_gateway_lookups(pipe: &mut redis::Pipeline, rooms: &[RoomId]) {
     for room in rooms {

@@ -3,19 +3,14 @@
 //! The loop first claims every pending entry of the shard's consumer group
 //! (entries a dead or replaced worker read but never acked) and processes them
 //! in id order, then reads new entries with `XREADGROUP … BLOCK`. Each batch
-//! costs two round trips: persist all (Lua, idempotent) and look up the owning
-//! gateways of the batch's rooms, then publish + `XACK` + `XTRIM MINID`. An entry
-//! is acked only after it is persisted and published, so a crash at any point
-//! leaves it pending for the next holder.
+//! goes through `batch` (two round trips; acked only once persisted and
+//! published), within the time the lease surely holds.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chat_shared::envelope::{now_us, Delivery, StreamEntry, STREAM_FIELD};
-use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
-use chat_shared::protocol::record_seq;
 use chat_shared::redis::RedisError;
 use chat_shared::shutdown::sleep_or_cancel;
 use redis::aio::MultiplexedConnection;
@@ -26,9 +21,8 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::LeaseClock;
-use crate::persist::{self, Persisted};
-use crate::publish::{self, Routing};
-use crate::Context;
+use crate::persist;
+use crate::{batch, Context};
 
 /// Longest pause between attempts after a Redis failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -82,7 +76,7 @@ pub(crate) async fn run(
             // half-way, its entries stay pending and are redone idempotently.
             Ok(entries) => match tokio::time::timeout(
                 lease.remaining(),
-                process(c, &script, &stream, &ctx, &lease, entries),
+                batch::process(c, &script, &stream, &ctx, &lease, entries),
             )
             .await
             {
@@ -168,6 +162,8 @@ async fn claim_pending(
     Ok((reply.claimed, done))
 }
 
+/// Reads up to a batch of new entries, blocking up to `READ_BLOCK_MS`;
+/// returns nothing when `cancel` fires meanwhile.
 async fn read_new(
     c: &mut MultiplexedConnection,
     stream: &str,
@@ -190,156 +186,4 @@ async fn read_new(
     Ok(reply
         .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
         .unwrap_or_default())
-}
-
-/// One decoded entry of a batch.
-struct Item {
-    entry: StreamEntry,
-    room: RoomId,
-}
-
-async fn process(
-    c: &mut MultiplexedConnection,
-    script: &redis::Script,
-    stream: &str,
-    ctx: &Context,
-    lease: &LeaseClock,
-    entries: Vec<StreamId>,
-) -> Result<(), RedisError> {
-    metrics::histogram!(m::WK_BATCH_SIZE).record(entries.len() as f64);
-    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-    let mut items: Vec<(String, Item)> = Vec::with_capacity(entries.len());
-    for e in entries {
-        match decode(&e) {
-            Some(item) => items.push((e.id, item)),
-            None => {
-                metrics::counter!(m::WK_UNDECODABLE).increment(1);
-                tracing::warn!(stream, entry = %e.id, "Undecodable stream entry; acking and skipping it");
-            }
-        }
-    }
-
-    // 1. Persist every message (idempotent), mark rooms active.
-    let epoch = new_epoch();
-    let mut pipe = redis::pipe();
-    let mut rooms: Vec<RoomId> = Vec::new();
-    for (id, item) in &items {
-        persist::add_to_pipeline(
-            &mut pipe,
-            script,
-            &item.room,
-            id,
-            &item.entry.record_prefix(),
-            ctx.config.history_limit,
-            ctx.config.history_ttl,
-            &epoch,
-            &item.entry.id,
-            2 * ctx.config.batch_size,
-        );
-        if !rooms.contains(&item.room) {
-            rooms.push(item.room.clone());
-        }
-    }
-    for room in &rooms {
-        pipe.sadd(keys::ROOMS_ACTIVE, room.as_str()).ignore();
-    }
-    // 2. In the same round trip, after the writes: which gateways own
-    //    connections in these rooms. Redis runs a pipeline in order, so a
-    //    gateway that registers after this lookup finds the message in history.
-    publish::add_gateway_lookups(&mut pipe, &rooms);
-    let (persisted, gateways) = if items.is_empty() {
-        (Vec::new(), Vec::new())
-    } else {
-        let mut replies: Vec<redis::Value> = pipe.query_async(c).await?;
-        let lookups = replies.split_off(items.len());
-        let persisted = replies
-            .into_iter()
-            .map(<Persisted as redis::FromRedisValue>::from_redis_value)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RedisError::Command(e.into()))?;
-        let gateways = lookups
-            .into_iter()
-            .map(<Vec<String> as redis::FromRedisValue>::from_redis_value)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RedisError::Command(e.into()))?;
-        (persisted, gateways)
-    };
-
-    // 3. Route, publish, ack, trim.
-    let mut routing = Routing::default();
-    let now = now_us();
-    // Metric handles resolved once per batch, not per message.
-    let publish_latency = metrics::histogram!(m::WK_PUBLISH_LATENCY_SECONDS);
-    let persisted_total = metrics::counter!(m::WK_PERSISTED);
-    let duplicate_total = metrics::counter!(m::WK_DUPLICATES);
-    for ((_, item), result) in items.iter().zip(persisted) {
-        let (seq, record, epoch) = match result {
-            Persisted::New { seq, record, epoch } => {
-                persisted_total.increment(1);
-                (seq, record, epoch)
-            }
-            Persisted::Duplicate {
-                record: Some(record),
-                epoch,
-            } => {
-                duplicate_total.increment(1);
-                match record_seq(&record) {
-                    Some(seq) => (seq, record, epoch),
-                    None => continue,
-                }
-            }
-            Persisted::Duplicate { record: None, .. } => {
-                duplicate_total.increment(1);
-                continue;
-            }
-        };
-        let idx = rooms.iter().position(|r| r == &item.room).unwrap_or(0);
-        let delivery = Delivery {
-            room: item.entry.room.clone(),
-            seq,
-            epoch,
-            record,
-            stamped_us: item.entry.stamped_us,
-        };
-        publish_latency.record((now - item.entry.stamped_us).max(0) as f64 / 1e6);
-        if let Some(gws) = gateways.get(idx) {
-            routing.route(&delivery, gws);
-        }
-    }
-    if !lease.is_valid() {
-        // Persisted (idempotently) but not acked: the next holder publishes.
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    let published = routing.add_publishes(&mut pipe);
-    pipe.xack(stream, keys::CONSUMER_GROUP, &ids).ignore();
-    if let Some(last) = ids.last() {
-        // Everything up to `last` is processed and acked: entries below it can go.
-        pipe.cmd("XTRIM")
-            .arg(stream)
-            .arg("MINID")
-            .arg("~")
-            .arg(last)
-            .ignore();
-    }
-    let started = Instant::now();
-    pipe.query_async::<()>(c).await?;
-    metrics::counter!(m::WK_PUBLISHES).increment(published as u64);
-    tracing::trace!(stream, entries = ids.len(), published, elapsed = ?started.elapsed(), "Batch done");
-    Ok(())
-}
-
-fn decode(e: &StreamId) -> Option<Item> {
-    let bytes = match e.map.get(STREAM_FIELD)? {
-        redis::Value::BulkString(b) => b,
-        _ => return None,
-    };
-    let entry = StreamEntry::decode(bytes).ok()?;
-    let room = RoomId::parse(&entry.room).ok()?;
-    Some(Item { entry, room })
-}
-
-/// A fresh epoch candidate; only used when a room's state is created.
-fn new_epoch() -> String {
-    format!("{:x}", now_us())
 }

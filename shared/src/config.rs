@@ -3,6 +3,7 @@
 //! Every option is a clap flag with an env fallback; the doc comments become
 //! `--help`. Invalid configuration exits with status 64 (`EX_USAGE`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
@@ -17,9 +18,33 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Where and how to reach Redis.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis address: `host:port` (as in the spec) or a `redis://` / `rediss://` URL.
+    /// Redis address: `host:port` (as in the spec) or a `redis://` / `rediss://` URL
+    /// (`rediss` for TLS), optionally with credentials: `redis://:password@host:port`
+    /// or `redis://user:password@host:port` for an ACL user.
     #[arg(long = "redis-url", env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
+
+    /// PEM file of the CA(s) to trust for a `rediss://` URL instead of the system
+    /// store, e.g. a private CA.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate (chain) presented to Redis for mutual TLS (`rediss://`);
+    /// needs `REDIS_CLIENT_KEY_FILE`.
+    #[arg(
+        long,
+        env = "REDIS_CLIENT_CERT_FILE",
+        requires = "redis_client_key_file"
+    )]
+    pub redis_client_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `REDIS_CLIENT_CERT_FILE`.
+    #[arg(
+        long,
+        env = "REDIS_CLIENT_KEY_FILE",
+        requires = "redis_client_cert_file"
+    )]
+    pub redis_client_key_file: Option<PathBuf>,
 
     /// Multiplexed connections shared by short commands (blocking reads and pub/sub get their own).
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4)]

@@ -12,6 +12,8 @@
 //! - [`connections`]: removing a gateway's connection entries (janitor, restart).
 //! - [`config`]: clap pieces flattened into both binaries (Redis, logging).
 //! - [`redis`]: connection pool and dedicated-connection setup.
+//! - [`tls`]: rustls crypto provider and the private CA / client certificate
+//!   files for `rediss://`.
 //! - [`metrics`]: metric names, their descriptions and the Prometheus recorder.
 //! - [`shutdown`]: the one SIGTERM/SIGINT handler feeding a `CancellationToken`.
 //! - [`telemetry`]: tracing subscriber set-up (`RUST_LOG`, `LOG_FORMAT`).
@@ -34,3 +36,4 @@ pub mod redis;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;

@@ -9,22 +9,28 @@
 //! Blocking reads (`XREADGROUP … BLOCK`) and pub/sub each need a connection of
 //! their own, so [`RedisHandle::dedicated`] and [`RedisHandle::pubsub`] open
 //! fresh ones that are never shared.
+//!
+//! Credentials travel in the URL; TLS options come from [`crate::tls`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncConnectionConfig;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo};
 
 use crate::config::RedisArgs;
 
 /// Shared connections plus what is needed to open dedicated ones.
 #[derive(Clone)]
 pub struct RedisHandle {
-    shared: Arc<[ConnectionManager]>,
+    /// Swappable so that a connection stuck on a refused handshake can be
+    /// replaced (see [`RedisHandle::replace_if_stuck`]).
+    shared: Arc<[ArcSwap<ConnectionManager>]>,
     next: Arc<AtomicUsize>,
     client: redis::Client,
+    manager_config: ConnectionManagerConfig,
     timeout: Duration,
 }
 
@@ -43,6 +49,10 @@ pub enum RedisError {
     /// The URL could not be parsed.
     #[error("invalid REDIS_URL: {0}")]
     Url(#[source] redis::RedisError),
+    /// A TLS option is unusable (unreadable or malformed file, or TLS files
+    /// given for a URL that is not `rediss://`).
+    #[error("{0}")]
+    Tls(String),
     /// A connection could not be opened.
     #[error("redis connection: {0}")]
     Connection(String),
@@ -59,10 +69,44 @@ impl RedisError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Url(_) => "url",
+            Self::Tls(_) => "tls",
             Self::Connection(_) => "connection",
             Self::Command(_) => "command",
             Self::Timeout => "timeout",
         }
+    }
+
+    /// Whether Redis refused the credentials of `REDIS_URL` (wrong or missing
+    /// password, unknown or disabled ACL user) or the ACL user lacks a
+    /// permission: a configuration error, not an outage.
+    pub fn is_auth_failure(&self) -> bool {
+        let Self::Command(e) = self else {
+            return false;
+        };
+        e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    }
+}
+
+/// The redis-rs client for the URL and TLS options. Credentials travel in the
+/// URL (`redis://user:password@host`); redis-rs sends `AUTH` on every new
+/// connection.
+fn client(args: &RedisArgs) -> Result<redis::Client, RedisError> {
+    crate::tls::install_crypto_provider();
+    let url = args.normalized_url();
+    let info = url
+        .as_str()
+        .into_connection_info()
+        .map_err(RedisError::Url)?;
+    let tls_files = args.redis_ca_file.is_some() || args.redis_client_cert_file.is_some();
+    if tls_files && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return Err(RedisError::Tls(
+            "REDIS_CA_FILE and REDIS_CLIENT_CERT_FILE need a rediss:// REDIS_URL".into(),
+        ));
+    }
+    match crate::tls::certificates(args).map_err(|e| RedisError::Tls(e.to_string()))? {
+        None => redis::Client::open(info).map_err(RedisError::Url),
+        Some(certs) => redis::Client::build_with_tls(info, certs).map_err(RedisError::Url),
     }
 }
 
@@ -89,24 +133,27 @@ impl RedisHandle {
     /// reconnect by themselves after a failure.
     ///
     /// # Errors
-    /// Fails when the URL is invalid.
+    /// Fails when the URL is invalid or a TLS file is unusable.
     pub fn new(args: &RedisArgs) -> Result<Self, RedisError> {
-        let url = args.normalized_url();
         let timeout = args.timeout();
-        let client = redis::Client::open(url.as_str()).map_err(RedisError::Url)?;
+        let client = client(args)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(timeout);
         let shared = (0..args.redis_pool_size.max(1))
-            .map(|_| client.get_connection_manager_lazy(config.clone()))
+            .map(|_| {
+                let manager = client.get_connection_manager_lazy(config.clone())?;
+                Ok(ArcSwap::from_pointee(manager))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(RedisError::Url)?;
         Ok(Self {
             shared: shared.into(),
             next: Arc::new(AtomicUsize::new(0)),
             client,
+            manager_config: config,
             timeout,
         })
     }
@@ -116,10 +163,28 @@ impl RedisHandle {
         self.timeout
     }
 
-    /// One of the shared connections (cheap clone), round-robin.
-    fn next_shared(&self) -> ConnectionManager {
+    /// One of the shared connections (cheap clone), round-robin, with its slot.
+    fn next_shared(&self) -> (usize, Arc<ConnectionManager>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-        self.shared[i].clone()
+        (i, self.shared[i].load_full())
+    }
+
+    /// Replaces the connection in slot `i` with a fresh (lazy) one when `e`
+    /// says its reconnect was refused at the handshake (`AUTH` failed, e.g.
+    /// while a password is being rotated). redis-rs' `ConnectionManager`
+    /// reconnects after I/O errors only, so it would otherwise return that
+    /// error forever, even once Redis accepts the credentials again.
+    fn replace_if_stuck(&self, i: usize, used: &Arc<ConnectionManager>, e: &redis::RedisError) {
+        if e.kind() != redis::ErrorKind::AuthenticationFailed {
+            return;
+        }
+        if let Ok(fresh) = self
+            .client
+            .get_connection_manager_lazy(self.manager_config.clone())
+        {
+            // Only if no other task replaced it meanwhile.
+            self.shared[i].compare_and_swap(used, Arc::new(fresh));
+        }
     }
 
     /// Runs `cmd` on a shared connection within the timeout.
@@ -142,11 +207,15 @@ impl RedisHandle {
         &self,
         cmd: &redis::Cmd,
     ) -> Result<T, RedisError> {
-        let mut conn = self.next_shared();
-        tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+        let (i, used) = self.next_shared();
+        let mut conn = ConnectionManager::clone(&used);
+        let result = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
             .await
-            .map_err(|_| RedisError::Timeout)?
-            .map_err(RedisError::from)
+            .map_err(|_| RedisError::Timeout)?;
+        if let Err(e) = &result {
+            self.replace_if_stuck(i, &used, e);
+        }
+        result.map_err(RedisError::from)
     }
 
     /// Runs a pipeline on a shared connection within the timeout.
@@ -204,10 +273,13 @@ impl RedisHandle {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let conn = self.next_shared();
-            let result = tokio::time::timeout_at(deadline, op(conn))
+            let (i, used) = self.next_shared();
+            let result = tokio::time::timeout_at(deadline, op(ConnectionManager::clone(&used)))
                 .await
                 .map_err(|_| RedisError::Timeout)?;
+            if let Err(e) = &result {
+                self.replace_if_stuck(i, &used, e);
+            }
             match result {
                 Err(e) if attempts < self.shared.len() + 1 && not_sent(&e) => continue,
                 other => return other.map_err(RedisError::from),
@@ -305,8 +377,7 @@ impl RedisHandle {
         &self,
         stop: tokio_util::sync::CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let shared = self.shared.clone();
-        let timeout = self.timeout;
+        let this = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -315,11 +386,14 @@ impl RedisHandle {
                     _ = tick.tick() => {}
                     _ = stop.cancelled() => break,
                 }
-                for conn in shared.iter() {
-                    let mut conn = conn.clone();
+                for (i, slot) in this.shared.iter().enumerate() {
+                    let used = slot.load_full();
+                    let mut conn = ConnectionManager::clone(&used);
                     let cmd = redis::cmd("PING");
-                    let _ =
-                        tokio::time::timeout(timeout, cmd.query_async::<String>(&mut conn)).await;
+                    let ping = cmd.query_async::<String>(&mut conn);
+                    if let Ok(Err(e)) = tokio::time::timeout(this.timeout, ping).await {
+                        this.replace_if_stuck(i, &used, &e);
+                    }
                 }
             }
         })

@@ -1,6 +1,8 @@
 //! The start-up steps both binaries share, so each `main` stays a thin shell:
 //! logging, process identity, the `STREAM_SHARDS` guard, the metrics recorder,
-//! the listener and the signal handler. Configuration errors exit with 64.
+//! the listener and the signal handler. Configuration errors exit with 64,
+//! including credentials Redis refuses at start-up; an unreachable Redis does
+//! not stop the start (readiness stays 503 until it answers).
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +63,9 @@ pub async fn start(spec: StartSpec<'_>) -> Started {
             "STREAM_SHARDS={} but this deployment uses {recorded} (Redis key {}); every process must use the same value",
             spec.stream_shards,
             crate::keys::STREAM_SHARDS
+        )),
+        Err(e) if e.is_auth_failure() => exit_usage(format!(
+            "Redis refused the credentials in REDIS_URL or their permissions: {e}"
         )),
         Err(e) => tracing::warn!(error = %e, "Cannot check STREAM_SHARDS against Redis now; continuing"),
     }

@@ -181,69 +181,242 @@ impl Drop for Proc {
     }
 }
 
+/// Certificates made with `openssl` for a TLS test server: a private CA, a
+/// server certificate for `127.0.0.1` / `localhost` and a client certificate,
+/// both signed by the CA (rustls rejects a CA certificate used as a server's).
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestCerts {
+    /// Generates the files in `dir` (valid for one day).
+    pub fn generate(dir: &Path) -> Self {
+        // Arguments are separated by spaces; file names are relative to `dir`.
+        let openssl = |args: &str| {
+            let out = Command::new("openssl")
+                .args(args.split_whitespace())
+                .current_dir(dir)
+                .output()
+                .expect("run openssl (scripts/test installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl("req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=chat-test-ca");
+        for (name, cn, ext) in [
+            (
+                "server",
+                "/CN=localhost",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
+            (
+                "client",
+                "/CN=chat-test-client",
+                "extendedKeyUsage=clientAuth\n",
+            ),
+        ] {
+            std::fs::write(
+                dir.join(format!("{name}.ext")),
+                format!("basicConstraints=critical,CA:FALSE\n{ext}"),
+            )
+            .unwrap();
+            openssl(&format!(
+                "req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj {cn}"
+            ));
+            openssl(&format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                 -out {name}.pem -days 1 -extfile {name}.ext"
+            ));
+        }
+        Self {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
+/// TLS of a test server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain TCP only.
+    Off,
+    /// TLS only (`--port 0`); clients need not present a certificate.
+    Server,
+    /// TLS only; clients must present a certificate signed by the CA.
+    Mutual,
+}
+
+/// How a test redis-server is started.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// With an fsync-always append-only file.
+    pub durable: bool,
+    pub tls: TlsMode,
+    /// `requirepass`: the default user's password.
+    pub password: Option<String>,
+    /// Extra ACL users `(name, password)`, allowed every key, channel and command.
+    pub users: Vec<(String, String)>,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            durable: false,
+            tls: TlsMode::Off,
+            password: None,
+            users: Vec::new(),
+        }
+    }
+}
+
 /// A private redis-server on a free loopback port, without persistence.
 pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     proc: Option<Proc>,
-    durable: bool,
+    opts: RedisOptions,
+    /// Set when `opts.tls` is on.
+    pub certs: Option<TestCerts>,
 }
 
 impl Redis {
     pub async fn start() -> Self {
-        Self::start_with(false).await
+        Self::start_with(RedisOptions::default()).await
     }
 
     /// With an fsync-always append-only file: a SIGKILLed server restarts with
     /// every write it acknowledged (for "nothing acked is lost" tests).
     pub async fn start_durable() -> Self {
-        Self::start_with(true).await
+        Self::start_with(RedisOptions {
+            durable: true,
+            ..RedisOptions::default()
+        })
+        .await
     }
 
-    async fn start_with(durable: bool) -> Self {
+    pub async fn start_with(opts: RedisOptions) -> Self {
         let dir = scratch_dir("redis");
+        let certs = (opts.tls != TlsMode::Off).then(|| TestCerts::generate(&dir));
         let mut r = Self {
             port: free_port(),
             dir,
             proc: None,
-            durable,
+            opts,
+            certs,
         };
         r.boot().await;
         r
     }
 
     async fn boot(&mut self) {
+        let port = self.port.to_string();
         let mut cmd = Command::new("redis-server");
+        match &self.certs {
+            None => {
+                cmd.args(["--port", &port]);
+            }
+            Some(c) => {
+                let auth_clients = if self.opts.tls == TlsMode::Mutual {
+                    "yes"
+                } else {
+                    "no"
+                };
+                cmd.args(["--port", "0", "--tls-port", &port])
+                    .arg("--tls-cert-file")
+                    .arg(&c.server_cert)
+                    .arg("--tls-key-file")
+                    .arg(&c.server_key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&c.ca)
+                    .args(["--tls-auth-clients", auth_clients]);
+            }
+        }
         cmd.args([
-            "--port",
-            &self.port.to_string(),
             "--bind",
             "127.0.0.1",
             "--save",
             "",
             "--appendonly",
-            if self.durable { "yes" } else { "no" },
+            if self.opts.durable { "yes" } else { "no" },
             "--appendfsync",
             "always",
             "--dir",
             self.dir.to_str().unwrap(),
         ]);
+        if let Some(pw) = &self.opts.password {
+            cmd.args(["--requirepass", pw]);
+        }
+        for (user, pw) in &self.opts.users {
+            cmd.args(["--user", user, "on", &format!(">{pw}"), "~*", "&*", "+@all"]);
+        }
         self.proc = Some(Proc::spawn("redis-server", cmd, &self.dir));
-        let url = self.url();
-        eventually("redis-server answers PING", DEADLINE, || {
-            let url = url.clone();
-            async move {
-                let client = redis::Client::open(url).ok()?;
-                let mut c = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-            }
+        let this = &*self;
+        eventually("redis-server answers PING", DEADLINE, || async move {
+            let mut c = this
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .ok()?;
+            redis::cmd("PING").query_async::<String>(&mut c).await.ok()
         })
         .await;
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// The URL the services get: `redis://` or `rediss://`, with the default
+    /// user's password when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.opts.password {
+            Some(pw) => self.url_with(&format!(":{pw}")),
+            None => format!("{}://127.0.0.1:{}", self.scheme(), self.port),
+        }
+    }
+
+    /// The URL with `userinfo` (`user:password` or `:password`) in it.
+    pub fn url_with(&self, userinfo: &str) -> String {
+        format!("{}://{userinfo}@127.0.0.1:{}", self.scheme(), self.port)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.certs.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        }
+    }
+
+    /// A redis-rs client for [`Self::url`], trusting the test CA and
+    /// presenting the client certificate when TLS is on.
+    pub fn client(&self) -> redis::Client {
+        match &self.certs {
+            None => redis::Client::open(self.url()).unwrap(),
+            Some(c) => {
+                chat_shared::tls::install_crypto_provider();
+                let read = |p: &Path| std::fs::read(p).expect("read test certificate");
+                let client_tls =
+                    (self.opts.tls == TlsMode::Mutual).then(|| redis::ClientTlsConfig {
+                        client_cert: read(&c.client_cert),
+                        client_key: read(&c.client_key),
+                    });
+                redis::Client::build_with_tls(
+                    self.url(),
+                    redis::TlsCertificates {
+                        client_tls,
+                        root_cert: Some(read(&c.ca)),
+                    },
+                )
+                .unwrap()
+            }
+        }
     }
 
     /// Stops the server (SIGKILL: data is gone, as after a crash).
@@ -261,8 +434,7 @@ impl Redis {
 
     /// A connection for assertions on what Redis holds.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
+        self.client()
             .get_multiplexed_async_connection()
             .await
             .expect("connect to test redis")
@@ -345,6 +517,26 @@ async fn start_service(
     base: &[(&str, &str)],
     env: &[(&str, &str)],
 ) -> (u16, Proc) {
+    let (port, proc) = spawn_service(bin, name, port_env, redis_url, base, env);
+    let addr = format!("127.0.0.1:{port}");
+    eventually(&format!("{name} ready"), DEADLINE, || {
+        let addr = addr.clone();
+        async move { (http_get(&addr, "/readyz").await.ok()?.0 == 200).then_some(()) }
+    })
+    .await;
+    (port, proc)
+}
+
+/// Spawns `bin` like [`start_service`] without waiting for anything: for
+/// processes expected to refuse their configuration.
+pub fn spawn_service(
+    bin: &str,
+    name: &str,
+    port_env: &str,
+    redis_url: &str,
+    base: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> (u16, Proc) {
     let dir = scratch_dir(name);
     let port = free_port();
     let mut cmd = Command::new(bin_path(bin));
@@ -357,14 +549,7 @@ async fn start_service(
     for (k, v) in base.iter().chain(env) {
         cmd.env(k, v);
     }
-    let proc = Proc::spawn(name, cmd, &dir);
-    let addr = format!("127.0.0.1:{port}");
-    eventually(&format!("{name} ready"), DEADLINE, || {
-        let addr = addr.clone();
-        async move { (http_get(&addr, "/readyz").await.ok()?.0 == 200).then_some(()) }
-    })
-    .await;
-    (port, proc)
+    (port, Proc::spawn(name, cmd, &dir))
 }
 
 #[allow(unused_imports)] // not every test file needs both

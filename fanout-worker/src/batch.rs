@@ -1,0 +1,482 @@
+//! One batch of stream entries, in four stages: decode → persist and look up
+//! gateways → route → acknowledge.
+//!
+//! A batch costs two round trips. The first pipeline persists every message
+//! (Lua, idempotent: `persist`), marks the batch's rooms active and, after
+//! those writes, reads which gateways own connections in the rooms. The second
+//! publishes one delivery batch per gateway (`publish`), `XACK`s every entry
+//! and trims the stream with `XTRIM MINID`. Entries are acked only after they
+//! are persisted and published, and only while the lease surely holds, so a
+//! crash or a lost lease at any point leaves them pending for the next holder,
+//! which redoes them idempotently.
+
+use std::time::Instant;
+
+use chat_shared::envelope::{now_us, Delivery, StreamEntry, STREAM_FIELD};
+use chat_shared::ids::RoomId;
+use chat_shared::keys;
+use chat_shared::metrics as m;
+use chat_shared::protocol::record_seq;
+use chat_shared::redis::RedisError;
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamId;
+
+use crate::config::WorkerConfig;
+use crate::lease::LeaseClock;
+use crate::persist::{self, Persisted};
+use crate::publish::{self, Routing};
+use crate::Context;
+
+/// Runs one non-empty batch of `stream` through the four stages.
+///
+/// # Errors
+/// Fails when either round trip fails; the entries then stay pending.
+pub(crate) async fn process(
+    c: &mut MultiplexedConnection,
+    script: &redis::Script,
+    stream: &str,
+    ctx: &Context,
+    lease: &LeaseClock,
+    entries: Vec<StreamId>,
+) -> Result<(), RedisError> {
+    metrics::histogram!(m::WK_BATCH_SIZE).record(entries.len() as f64);
+    let batch = decode(stream, entries);
+    let stored = persist_and_look_up(c, script, &ctx.config, &batch.items).await?;
+    let routing = route(&batch.items, stored, now_us());
+    if !lease.is_valid() {
+        // Persisted (idempotently) but not acked: the next holder publishes.
+        return Ok(());
+    }
+    acknowledge(c, stream, &batch.ids, routing).await
+}
+
+/// One decoded entry of a batch.
+#[derive(Debug)]
+struct Item {
+    /// Stream id of the entry.
+    entry_id: String,
+    entry: StreamEntry,
+    /// `entry.room`, validated.
+    room: RoomId,
+}
+
+/// A batch after decoding.
+#[derive(Debug)]
+struct Decoded {
+    /// Every entry id, decodable or not, in stream order: all are acked.
+    ids: Vec<String>,
+    /// The decodable entries, in stream order.
+    items: Vec<Item>,
+}
+
+/// Stage 1: decodes each entry's envelope and validates its room. An entry
+/// that fails (a foreign or corrupt record) is counted, logged and skipped,
+/// but still acked with the batch so it cannot block the shard.
+fn decode(stream: &str, entries: Vec<StreamId>) -> Decoded {
+    let ids = entries.iter().map(|e| e.id.clone()).collect();
+    let mut items = Vec::with_capacity(entries.len());
+    for e in entries {
+        match decode_entry(&e) {
+            Some((entry, room)) => items.push(Item {
+                entry_id: e.id,
+                entry,
+                room,
+            }),
+            None => {
+                metrics::counter!(m::WK_UNDECODABLE).increment(1);
+                tracing::warn!(stream, entry = %e.id, "Undecodable stream entry; acking and skipping it");
+            }
+        }
+    }
+    Decoded { ids, items }
+}
+
+fn decode_entry(e: &StreamId) -> Option<(StreamEntry, RoomId)> {
+    let bytes = match e.map.get(STREAM_FIELD)? {
+        redis::Value::BulkString(b) => b,
+        _ => return None,
+    };
+    let entry = StreamEntry::decode(bytes).ok()?;
+    let room = RoomId::parse(&entry.room).ok()?;
+    Some((entry, room))
+}
+
+/// What the persist stage learned from Redis.
+#[derive(Debug, Default)]
+struct Stored {
+    /// The script's answer for each item, in item order.
+    persisted: Vec<Persisted>,
+    /// The batch's rooms, in order of first appearance.
+    rooms: Vec<RoomId>,
+    /// The gateways with connections in each room of `rooms`, same order.
+    gateways: Vec<Vec<String>>,
+}
+
+/// Stage 2: persists every item and looks up the gateways of their rooms, in
+/// one round trip (none when no entry decoded).
+async fn persist_and_look_up(
+    c: &mut MultiplexedConnection,
+    script: &redis::Script,
+    config: &WorkerConfig,
+    items: &[Item],
+) -> Result<Stored, RedisError> {
+    if items.is_empty() {
+        return Ok(Stored::default());
+    }
+    let (pipe, rooms) = persist_pipeline(script, config, items, &new_epoch());
+    let replies: Vec<redis::Value> = pipe.query_async(c).await?;
+    let (persisted, gateways) = split_replies(replies, items.len())?;
+    Ok(Stored {
+        persisted,
+        rooms,
+        gateways,
+    })
+}
+
+/// The persist stage's pipeline and the batch's rooms: one script call per
+/// item, one `SADD rooms:active` per room, then one `HKEYS` of the room's
+/// gateways per room. Redis runs a pipeline in order, so the lookups see the
+/// writes: a gateway that registers after the lookup finds the message in
+/// history.
+fn persist_pipeline(
+    script: &redis::Script,
+    config: &WorkerConfig,
+    items: &[Item],
+    epoch: &str,
+) -> (redis::Pipeline, Vec<RoomId>) {
+    let mut pipe = redis::pipe();
+    let mut rooms: Vec<RoomId> = Vec::new();
+    for item in items {
+        persist::add_to_pipeline(
+            &mut pipe,
+            script,
+            &item.room,
+            &item.entry_id,
+            &item.entry.record_prefix(),
+            config.history_limit,
+            config.history_ttl,
+            epoch,
+            &item.entry.id,
+            2 * config.batch_size,
+        );
+        if !rooms.contains(&item.room) {
+            rooms.push(item.room.clone());
+        }
+    }
+    for room in &rooms {
+        pipe.sadd(keys::ROOMS_ACTIVE, room.as_str()).ignore();
+    }
+    publish::add_gateway_lookups(&mut pipe, &rooms);
+    (pipe, rooms)
+}
+
+/// Splits the persist pipeline's replies (`SADD`s are ignored) into the
+/// script answers of the `items` items and the gateway lists that follow.
+fn split_replies(
+    mut replies: Vec<redis::Value>,
+    items: usize,
+) -> Result<(Vec<Persisted>, Vec<Vec<String>>), RedisError> {
+    let parse_error = |e: redis::ParsingError| RedisError::Command(e.into());
+    if replies.len() < items {
+        return Err(parse_error(
+            "persist pipeline returned too few replies".into(),
+        ));
+    }
+    let lookups = replies.split_off(items);
+    let persisted = replies
+        .into_iter()
+        .map(<Persisted as redis::FromRedisValue>::from_redis_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(parse_error)?;
+    let gateways = lookups
+        .into_iter()
+        .map(<Vec<String> as redis::FromRedisValue>::from_redis_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(parse_error)?;
+    Ok((persisted, gateways))
+}
+
+/// Stage 3: turns what was stored into one delivery batch per gateway, in
+/// stream order. An entry stored before (re-processed after a takeover) is
+/// delivered again with its stored record and `seq`, since its first delivery
+/// may not have happened; one whose record left history is skipped.
+fn route(items: &[Item], stored: Stored, now_us: i64) -> Routing {
+    let mut routing = Routing::default();
+    // Metric handles resolved once per batch, not per message.
+    let publish_latency = metrics::histogram!(m::WK_PUBLISH_LATENCY_SECONDS);
+    let persisted_total = metrics::counter!(m::WK_PERSISTED);
+    let duplicate_total = metrics::counter!(m::WK_DUPLICATES);
+    for (item, result) in items.iter().zip(stored.persisted) {
+        let (seq, record, epoch) = match result {
+            Persisted::New { seq, record, epoch } => {
+                persisted_total.increment(1);
+                (seq, record, epoch)
+            }
+            Persisted::Duplicate {
+                record: Some(record),
+                epoch,
+            } => {
+                duplicate_total.increment(1);
+                match record_seq(&record) {
+                    Some(seq) => (seq, record, epoch),
+                    None => continue,
+                }
+            }
+            Persisted::Duplicate { record: None, .. } => {
+                duplicate_total.increment(1);
+                continue;
+            }
+        };
+        let idx = stored
+            .rooms
+            .iter()
+            .position(|r| r == &item.room)
+            .unwrap_or(0);
+        let delivery = Delivery {
+            room: item.entry.room.clone(),
+            seq,
+            epoch,
+            record,
+            stamped_us: item.entry.stamped_us,
+        };
+        publish_latency.record((now_us - item.entry.stamped_us).max(0) as f64 / 1e6);
+        if let Some(gws) = stored.gateways.get(idx) {
+            routing.route(&delivery, gws);
+        }
+    }
+    routing
+}
+
+/// Stage 4: publishes the delivery batches, acks every entry of the batch and
+/// trims the stream, in one round trip.
+async fn acknowledge(
+    c: &mut MultiplexedConnection,
+    stream: &str,
+    ids: &[String],
+    routing: Routing,
+) -> Result<(), RedisError> {
+    let (pipe, published) = ack_pipeline(stream, ids, routing);
+    let started = Instant::now();
+    pipe.query_async::<()>(c).await?;
+    metrics::counter!(m::WK_PUBLISHES).increment(published as u64);
+    tracing::trace!(stream, entries = ids.len(), published, elapsed = ?started.elapsed(), "Batch done");
+    Ok(())
+}
+
+/// The acknowledge stage's pipeline, publishes first, and how many
+/// publishes it holds.
+fn ack_pipeline(stream: &str, ids: &[String], routing: Routing) -> (redis::Pipeline, usize) {
+    let mut pipe = redis::pipe();
+    let published = routing.add_publishes(&mut pipe);
+    pipe.xack(stream, keys::CONSUMER_GROUP, ids).ignore();
+    if let Some(last) = ids.last() {
+        // Everything up to `last` is processed and acked: entries below it can go.
+        pipe.cmd("XTRIM")
+            .arg(stream)
+            .arg("MINID")
+            .arg("~")
+            .arg(last)
+            .ignore();
+    }
+    (pipe, published)
+}
+
+/// A fresh epoch candidate; only used when a room's state is created.
+fn new_epoch() -> String {
+    format!("{:x}", now_us())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use clap::Parser;
+    use redis::Value;
+
+    use super::*;
+
+    fn entry(room: &str) -> StreamEntry {
+        StreamEntry {
+            v: chat_shared::envelope::VERSION,
+            id: format!("msg-{room}"),
+            room: room.into(),
+            username: "ana".into(),
+            message: "hi".into(),
+            timestamp: "2026-11-27T14:00:00.000Z".into(),
+            stamped_us: 1,
+        }
+    }
+
+    fn stream_id(id: &str, field: Option<Value>) -> StreamId {
+        StreamId {
+            id: id.into(),
+            map: field
+                .map(|v| HashMap::from([(STREAM_FIELD.to_owned(), v)]))
+                .unwrap_or_default(),
+            ..StreamId::default()
+        }
+    }
+
+    fn item(id: &str, room: &str) -> Item {
+        Item {
+            entry_id: id.into(),
+            entry: entry(room),
+            room: RoomId::parse(room).unwrap(),
+        }
+    }
+
+    /// Each command of `pipe` as its space-separated arguments.
+    fn commands(pipe: &redis::Pipeline) -> Vec<String> {
+        pipe.cmd_iter()
+            .map(|c| {
+                c.args_iter()
+                    .map(|a| match a {
+                        redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                        _ => "<other>".into(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decode_acks_every_entry_and_keeps_the_valid_ones() {
+        let valid = |room: &str| Some(Value::BulkString(entry(room).encode()));
+        let batch = decode(
+            "s",
+            vec![
+                stream_id("1-0", valid("a")),
+                stream_id("2-0", None),
+                stream_id("3-0", Some(Value::Int(7))),
+                stream_id("4-0", Some(Value::BulkString(b"junk".to_vec()))),
+                stream_id("5-0", valid("bad room")),
+                stream_id("6-0", valid("b")),
+            ],
+        );
+        assert_eq!(batch.ids, ["1-0", "2-0", "3-0", "4-0", "5-0", "6-0"]);
+        let kept: Vec<_> = batch
+            .items
+            .iter()
+            .map(|i| (i.entry_id.as_str(), i.room.as_str()))
+            .collect();
+        assert_eq!(kept, [("1-0", "a"), ("6-0", "b")]);
+    }
+
+    #[test]
+    fn persist_pipeline_writes_before_it_looks_up_each_room_once() {
+        let config = WorkerConfig::try_parse_from(["worker"]).unwrap();
+        let items = [item("1-0", "a"), item("2-0", "b"), item("3-0", "a")];
+        let (pipe, rooms) = persist_pipeline(&persist::script(), &config, &items, "e1");
+        assert_eq!(
+            rooms,
+            [RoomId::parse("a").unwrap(), RoomId::parse("b").unwrap()]
+        );
+        let cmds = commands(&pipe);
+        let names: Vec<&str> = cmds.iter().map(|c| c.split(' ').next().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["EVALSHA", "EVALSHA", "EVALSHA", "SADD", "SADD", "HKEYS", "HKEYS"]
+        );
+        assert_eq!(cmds[3], format!("SADD {} a", keys::ROOMS_ACTIVE));
+        let room_a = RoomId::parse("a").unwrap();
+        assert_eq!(cmds[5], format!("HKEYS {}", keys::room_gateways(&room_a)));
+    }
+
+    #[test]
+    fn replies_split_into_script_answers_and_gateway_lists() {
+        let answer = |seq, record: Option<&str>| {
+            Value::Array(vec![
+                Value::Int(seq),
+                record.map_or(Value::Nil, |r| Value::BulkString(r.into())),
+                Value::BulkString(b"e1".to_vec()),
+            ])
+        };
+        let gateways = Value::Array(vec![Value::BulkString(b"g1".to_vec())]);
+        let (persisted, lookups) =
+            split_replies(vec![answer(4, Some("{}")), answer(0, None), gateways], 2).unwrap();
+        assert_eq!(
+            persisted,
+            [
+                Persisted::New {
+                    seq: 4,
+                    record: "{}".into(),
+                    epoch: "e1".into()
+                },
+                Persisted::Duplicate {
+                    record: None,
+                    epoch: "e1".into()
+                },
+            ]
+        );
+        assert_eq!(lookups, [vec!["g1".to_owned()]]);
+        assert!(split_replies(vec![answer(1, Some("{}"))], 2).is_err());
+    }
+
+    #[test]
+    fn route_delivers_new_and_stored_duplicates_to_their_rooms_gateways() {
+        let items = [
+            item("1-0", "a"),
+            item("2-0", "b"),
+            item("3-0", "a"),
+            item("4-0", "b"),
+        ];
+        let epoch = || "e1".to_owned();
+        let stored = Stored {
+            persisted: vec![
+                Persisted::New {
+                    seq: 5,
+                    record: r#"{"seq":5}"#.into(),
+                    epoch: epoch(),
+                },
+                // Re-processed: delivered again with its stored seq.
+                Persisted::Duplicate {
+                    record: Some(r#"{"seq":3}"#.into()),
+                    epoch: epoch(),
+                },
+                // No longer in history, or no readable seq: skipped.
+                Persisted::Duplicate {
+                    record: None,
+                    epoch: epoch(),
+                },
+                Persisted::Duplicate {
+                    record: Some("{}".into()),
+                    epoch: epoch(),
+                },
+            ],
+            rooms: vec![RoomId::parse("a").unwrap(), RoomId::parse("b").unwrap()],
+            gateways: vec![vec!["g1".into(), "g2".into()], vec!["g2".into()]],
+        };
+        let routing = route(&items, stored, 10);
+        let seqs = |gw| {
+            routing
+                .deliveries(gw)
+                .iter()
+                .map(|d| (d.room.clone(), d.seq))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs("g1"), [("a".to_owned(), 5)]);
+        assert_eq!(seqs("g2"), [("a".to_owned(), 5), ("b".to_owned(), 3)]);
+    }
+
+    #[test]
+    fn ack_pipeline_publishes_then_acks_and_trims_every_entry() {
+        let mut routing = Routing::default();
+        let delivery = Delivery {
+            room: "a".into(),
+            seq: 1,
+            epoch: "e1".into(),
+            record: "{}".into(),
+            stamped_us: 0,
+        };
+        routing.route(&delivery, &["g1".into()]);
+        let ids = ["1-0".to_owned(), "2-0".to_owned()];
+        let (pipe, published) = ack_pipeline("s", &ids, routing);
+        assert_eq!(published, 1);
+        let cmds = commands(&pipe);
+        assert_eq!(cmds.len(), 3);
+        assert!(cmds[0].starts_with(&format!("PUBLISH {} ", keys::gateway_channel("g1"))));
+        assert_eq!(cmds[1], format!("XACK s {} 1-0 2-0", keys::CONSUMER_GROUP));
+        assert_eq!(cmds[2], "XTRIM s MINID ~ 2-0");
+    }
+}
