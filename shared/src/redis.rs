@@ -252,11 +252,15 @@ impl RedisHandle {
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, RedisError> {
-        let mut conn = self.next_shared();
-        tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+        let (i, used) = self.next_shared();
+        let mut conn = ConnectionManager::clone(&used);
+        let result = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
             .await
-            .map_err(|_| RedisError::Timeout)?
-            .map_err(RedisError::from)
+            .map_err(|_| RedisError::Timeout)?;
+        if let Err(e) = &result {
+            self.replace_if_stuck(i, &used, e);
+        }
+        result.map_err(RedisError::from)
     }
 
     /// Runs `op`, moving on to the next shared connection when one turns out
