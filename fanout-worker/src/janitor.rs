@@ -20,7 +20,7 @@ use chat_shared::connections::remove_gateway_from_room;
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
-use chat_shared::redis::RedisError;
+use chat_shared::redis::{RedisError, RedisHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::Leases;
@@ -68,11 +68,24 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
-/// Deletes a gateway's heartbeat only if it is still older than the cutoff
-/// (it may have beaten again since the sweep started).
-const FORGET_IF_STALE_LUA: &str = r#"
+/// Ends the janitor's dealings with a gateway it judged dead. KEYS: the
+/// gateway registry. ARGV: gateway, cutoff, whether its entries were removed.
+/// - Still stale: its heartbeat is deleted (when it comes back, its first
+///   heartbeat finds none and it re-registers).
+/// - Beating again (it was only paused) and entries were removed: the
+///   heartbeat is marked evicted (-1), so its next heartbeat re-registers. A
+///   heartbeat between the judgment and this step would otherwise have found
+///   its record present and skipped re-registration, leaving the gateway
+///   serving clients nothing while `/readyz` stays green.
+/// Returns 1 when deleted, 2 when marked evicted, 0 otherwise.
+const EVICT_LUA: &str = r#"
 local t = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
-if t and t < tonumber(ARGV[2]) then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+if t == nil then return 0 end
+if t < tonumber(ARGV[2]) then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+if ARGV[3] == '1' and t >= 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], -1)
+  return 2
+end
 return 0
 "#;
 
@@ -113,6 +126,8 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     let mut cursor = 0;
     let mut removed_conns = 0usize;
     let mut removed_rooms = 0usize;
+    // Gateways whose entries this sweep removed (or tried to).
+    let mut evicted: std::collections::HashSet<String> = std::collections::HashSet::new();
     // Walk rooms:active page by page: no single command blocks Redis, and a
     // room seen twice (SSCAN may repeat) is only checked twice.
     loop {
@@ -132,6 +147,7 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
         for (room, gws) in rooms.iter().zip(owners) {
             for gw in &gws {
                 if liveness.is_dead(ctx, gw).await? {
+                    evicted.insert(gw.clone());
                     removed_conns += remove_gateway_from_room(&ctx.redis, room, gw).await?;
                 }
             }
@@ -142,6 +158,7 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
             for m in &members {
                 if let Some((gw, _)) = m.split_once('/') {
                     if liveness.is_dead(ctx, gw).await? {
+                        evicted.insert(gw.to_owned());
                         stale.push(m);
                     }
                 }
@@ -152,23 +169,7 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
                     .query::<()>(redis::cmd("SREM").arg(keys::connections(room)).arg(&stale))
                     .await?;
             }
-            let (conns, history): (u64, u64) = redis
-                .pipe(
-                    redis::pipe()
-                        .cmd("SCARD")
-                        .arg(keys::connections(room))
-                        .cmd("EXISTS")
-                        .arg(keys::messages(room)),
-                )
-                .await?;
-            if conns == 0 && history == 0 {
-                redis
-                    .query::<()>(
-                        redis::cmd("SREM")
-                            .arg(keys::ROOMS_ACTIVE)
-                            .arg(room.as_str()),
-                    )
-                    .await?;
+            if retire_if_unused(redis, room).await? {
                 removed_rooms += 1;
             }
         }
@@ -180,17 +181,34 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     let beats: HashMap<String, i64> = redis
         .query(redis::cmd("HGETALL").arg(keys::GATEWAYS))
         .await?;
-    let script = redis::Script::new(FORGET_IF_STALE_LUA);
+    let script = redis::Script::new(EVICT_LUA);
     let mut forgotten = Vec::new();
-    for (gw, _) in beats.iter().filter(|(_, &t)| t < liveness.cutoff_ms) {
+    let mut marked = Vec::new();
+    let stale = beats
+        .iter()
+        .filter(|(_, &t)| t < liveness.cutoff_ms)
+        .map(|(gw, _)| gw.as_str());
+    let candidates: std::collections::BTreeSet<&str> =
+        stale.chain(evicted.iter().map(String::as_str)).collect();
+    for gw in candidates {
         let mut inv = script.key(keys::GATEWAYS);
-        inv.arg(gw).arg(liveness.cutoff_ms);
-        if redis.script::<i64>(&inv).await? == 1 {
-            forgotten.push(gw.as_str());
+        inv.arg(gw)
+            .arg(liveness.cutoff_ms)
+            .arg(if evicted.contains(gw) { "1" } else { "0" });
+        match redis.script::<i64>(&inv).await? {
+            1 => forgotten.push(gw),
+            2 => marked.push(gw),
+            _ => {}
         }
     }
     if !forgotten.is_empty() {
         tracing::info!(gateways = ?forgotten, "Removed dead gateways");
+    }
+    if !marked.is_empty() {
+        tracing::warn!(
+            gateways = ?marked,
+            "Gateways judged dead beat again during the sweep; marked for re-registration"
+        );
     }
     let pruned = prune_consumers(ctx).await?;
     if pruned > 0 {
@@ -200,6 +218,48 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
         tracing::info!(removed_conns, removed_rooms, "Janitor sweep cleaned up");
     }
     Ok(())
+}
+
+/// Removes `room` from `rooms:active` when it has neither connections nor
+/// history. Check, remove, check again: a join (or a persisted message)
+/// writes its room key before adding the room to `rooms:active`, so one that
+/// lands between the first check and the removal is seen by the second check
+/// and the room is put back. (The keys live in different slots, so one
+/// script cannot do this in a cluster.) Returns whether the room stays out.
+async fn retire_if_unused(redis: &RedisHandle, room: &RoomId) -> Result<bool, RedisError> {
+    let in_use = || async {
+        let (conns, history): (u64, u64) = redis
+            .pipe(
+                redis::pipe()
+                    .cmd("SCARD")
+                    .arg(keys::connections(room))
+                    .cmd("EXISTS")
+                    .arg(keys::messages(room)),
+            )
+            .await?;
+        Ok::<bool, RedisError>(conns > 0 || history > 0)
+    };
+    if in_use().await? {
+        return Ok(false);
+    }
+    redis
+        .query::<()>(
+            redis::cmd("SREM")
+                .arg(keys::ROOMS_ACTIVE)
+                .arg(room.as_str()),
+        )
+        .await?;
+    if in_use().await? {
+        redis
+            .query::<()>(
+                redis::cmd("SADD")
+                    .arg(keys::ROOMS_ACTIVE)
+                    .arg(room.as_str()),
+            )
+            .await?;
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Deletes a consumer only if it has nothing pending, atomically.

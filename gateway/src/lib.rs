@@ -78,6 +78,13 @@ pub async fn run(
         state.config.probe_interval(),
         background.clone(),
     ));
+    // A fixed GATEWAY_ID (e.g. a StatefulSet pod) may belong to a process
+    // that is still alive, or to a killed one whose entries are left behind:
+    // wait out the first, clear the second, before heartbeating or serving.
+    // Random ids are unique per process and have nothing to clear.
+    if state.config.gateway_id.is_some() {
+        claim_fixed_id(&redis, &gateway_id, heartbeat_every).await?;
+    }
     let heartbeat = {
         let redis = redis.clone();
         let id = gateway_id.clone();
@@ -120,26 +127,15 @@ pub async fn run(
                         tracing::warn!(error = %e, "Gateway heartbeat failed");
                     }
                 }
+                if let Err(e) = presence::assert_rooms(&redis, &rooms.room_names()).await {
+                    metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "heartbeat")
+                        .increment(1);
+                    tracing::debug!(error = %e, "Cannot re-assert this gateway's rooms");
+                }
                 first = false;
             }
         })
     };
-
-    // A previous process with this GATEWAY_ID (fixed ids, e.g. a restarted
-    // container) may have left connection entries behind: clear them before
-    // serving, or workers would count connections that no longer exist.
-    if let Ok(false) = presence::heartbeat(&redis, &gateway_id).await {
-        match presence::purge_previous(&redis, &gateway_id).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                entries = n,
-                "Removed connection entries of this gateway's previous process"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot clear a previous process's connection entries")
-            }
-        }
-    }
 
     let app = http::router(state.clone()).into_make_service_with_connect_info::<listener::Peer>();
     let drain_state = state.clone();
@@ -177,5 +173,58 @@ pub async fn run(
         tracing::warn!(error = %e, "Cannot remove gateway heartbeat");
     }
     tracing::info!("Gateway stopped");
+    Ok(())
+}
+
+/// Another live process heartbeats with this gateway's fixed `GATEWAY_ID`.
+#[derive(Debug, thiserror::Error)]
+#[error("GATEWAY_ID {0} is in use by a live gateway (its heartbeat stays fresh); give each gateway its own id")]
+pub struct IdInUse(pub String);
+
+/// Makes a fixed gateway id this process's own: waits until a previous
+/// holder's heartbeat is stale (a process that was just killed), refuses when
+/// it stays fresh (two live gateways with one id would remove each other's
+/// entries), then removes what a dead predecessor left behind.
+///
+/// # Errors
+/// [`IdInUse`] when a live process holds the id.
+async fn claim_fixed_id(
+    redis: &RedisHandle,
+    gateway_id: &str,
+    heartbeat_every: Duration,
+) -> anyhow::Result<()> {
+    // A live holder beats every `heartbeat_every`; three missed beats mean
+    // it is gone. Waiting a little longer than that tells the two apart.
+    let stale_after = heartbeat_every * 3;
+    let give_up = tokio::time::Instant::now() + stale_after + heartbeat_every * 2;
+    loop {
+        match presence::heartbeat_age_ms(redis, gateway_id).await {
+            Ok(Some(age)) if Duration::from_millis(age) < stale_after => {
+                if tokio::time::Instant::now() >= give_up {
+                    return Err(IdInUse(gateway_id.to_owned()).into());
+                }
+                tracing::warn!(
+                    age_ms = age,
+                    "Another process beat with this GATEWAY_ID recently; waiting for it to go stale"
+                );
+                tokio::time::sleep(heartbeat_every).await;
+            }
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot check this GATEWAY_ID's previous heartbeat; continuing");
+                return Ok(());
+            }
+        }
+    }
+    match presence::purge_previous(redis, gateway_id).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            entries = n,
+            "Removed connection entries of this gateway's previous process"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot clear a previous process's connection entries")
+        }
+    }
     Ok(())
 }

@@ -17,12 +17,16 @@ async fn main() -> anyhow::Result<()> {
         listen: format!("{}:{}", config.bind_addr, config.port),
     })
     .await;
-    chat_gateway::run(
+    let result = chat_gateway::run(
         config,
         s.id.to_string(),
         s.listener,
         Some(s.metrics),
         s.shutdown,
     )
-    .await
+    .await;
+    match result {
+        Err(e) if e.is::<chat_gateway::IdInUse>() => chat_shared::config::exit_usage(e),
+        other => other,
+    }
 }

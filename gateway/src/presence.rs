@@ -45,13 +45,33 @@ return 1
     )
 });
 
-/// Heartbeat at Redis's time; returns 1 when the gateway was not known.
+/// Heartbeat at Redis's time. Returns 1 when the gateway must (re-)register
+/// its connections: Redis did not know it, or the janitor marked it evicted
+/// (a negative value: it removed the gateway's entries while the gateway was
+/// beating again, see the janitor's eviction step).
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('HSET', KEYS[1], ARGV[1], ms)
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+redis.call('HSET', KEYS[1], ARGV[1], ms)
+if old == nil or old < 0 then return 1 end
+return 0
+"#,
+    )
+});
+
+/// Milliseconds since the gateway's last heartbeat, on Redis's clock; `nil`
+/// when it has none (or is marked evicted).
+static HEARTBEAT_AGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local beat = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if beat == nil or beat < 0 then return false end
+return ms - beat
 "#,
     )
 });
@@ -121,9 +141,10 @@ pub async fn remove_connection(
 }
 
 /// Records that this gateway is alive now. Returns `true` when Redis did not
-/// know this gateway yet: on any heartbeat but the first, that means Redis lost
-/// our registrations (restarted empty, flushed, or the janitor judged us dead)
-/// and [`restore_connections`] must restore them.
+/// know this gateway yet or the janitor evicted it: on any heartbeat but the
+/// first, that means Redis lost our registrations (restarted empty, flushed,
+/// or the janitor judged us dead) and [`restore_connections`] must restore
+/// them.
 ///
 /// # Errors
 /// Fails when Redis does not answer.
@@ -148,6 +169,35 @@ pub async fn restore_connections(
             continue;
         };
         join(redis, gateway, &room, conns).await?;
+    }
+    Ok(())
+}
+
+/// How long ago (ms, Redis clock) this gateway id last beat; `None` when it
+/// has no live heartbeat.
+///
+/// # Errors
+/// Fails when Redis does not answer.
+pub async fn heartbeat_age_ms(
+    redis: &RedisHandle,
+    gateway: &str,
+) -> Result<Option<u64>, RedisError> {
+    let mut inv = HEARTBEAT_AGE.key(keys::GATEWAYS);
+    inv.arg(gateway);
+    redis.script::<Option<u64>>(&inv).await
+}
+
+/// Re-adds this gateway's rooms to `rooms:active`, so a room the janitor
+/// dropped in a race with a join (it found no connection, then removed the
+/// room) is back within one heartbeat.
+///
+/// # Errors
+/// Fails when Redis does not answer.
+pub async fn assert_rooms(redis: &RedisHandle, rooms: &[String]) -> Result<(), RedisError> {
+    for chunk in rooms.chunks(1000) {
+        redis
+            .query::<()>(redis::cmd("SADD").arg(keys::ROOMS_ACTIVE).arg(chunk))
+            .await?;
     }
     Ok(())
 }

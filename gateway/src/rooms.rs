@@ -119,6 +119,12 @@ impl LocalRooms {
             .collect()
     }
 
+    /// Names of the rooms with at least one local connection.
+    pub fn room_names(&self) -> Vec<String> {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        rooms.keys().cloned().collect()
+    }
+
     /// Number of rooms with at least one local connection.
     pub fn room_count(&self) -> usize {
         self.rooms.read().unwrap_or_else(|e| e.into_inner()).len()

@@ -251,3 +251,185 @@ async fn readiness_warns_when_redis_may_evict_chat_state() {
         .unwrap()
         .contains("noeviction"));
 }
+
+/// The gateway's own entry in `connections:<room>`, if registered.
+async fn members(redis: &Redis, room: &str) -> Vec<String> {
+    let mut c = redis.conn().await;
+    c.smembers(format!("connections:{room}")).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_beats_during_the_sweep_that_evicts_it_re_registers() {
+    let redis = Redis::start().await;
+    let _w = start_worker(
+        &redis.url(),
+        "w1",
+        &[
+            ("GATEWAY_TIMEOUT_MS", "1000"),
+            ("JANITOR_INTERVAL_MS", "200"),
+        ],
+    )
+    .await;
+    let gw = start_gateway(&redis.url(), "gw1", &[("HEARTBEAT_MS", "100")]).await;
+    let _client = Client::join(&gw.ws_url("room=live")).await;
+    eventually("the connection is registered", DEADLINE, || {
+        let r = &redis;
+        async move { (!members(r, "live").await.is_empty()).then_some(()) }
+    })
+    .await;
+    // Many rooms with entries of this gateway make the janitor's sweep long
+    // enough to resume the gateway in the middle of it.
+    const ROOMS: usize = 10_000;
+    let mut c = redis.conn().await;
+    let mut pipe = redis::pipe();
+    for i in 0..ROOMS {
+        pipe.sadd("rooms:active", format!("pad-{i}")).ignore();
+        pipe.sadd(format!("connections:pad-{i}"), "gw1/pad")
+            .ignore();
+        pipe.hset(
+            format!("chat:room-gateways:{{connections:pad-{i}}}"),
+            "gw1",
+            1,
+        )
+        .ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    let pad_keys: Vec<String> = (0..ROOMS)
+        .map(|i| format!("chat:room-gateways:{{connections:pad-{i}}}"))
+        .collect();
+
+    // Frozen, the gateway misses its heartbeats and is judged dead; it
+    // resumes (and beats at once) after the sweep has started removing its
+    // entries and before it ends.
+    gw.proc.signal("STOP");
+    let mut c2 = c.clone();
+    eventually("the janitor's sweep is under way", DEADLINE, || {
+        let keys = pad_keys.clone();
+        let mut c = c2.clone();
+        async move {
+            let left: usize = redis::cmd("EXISTS")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            (left < ROOMS).then_some(())
+        }
+    })
+    .await;
+    gw.proc.signal("CONT");
+    // The gateway's first heartbeat after resuming must land mid-sweep.
+    eventually("the resumed gateway beats", DEADLINE, || {
+        let mut c = c2.clone();
+        async move {
+            let (secs, _): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await.ok()?;
+            let beat: i64 = c.hget("chat:gateways", "gw1").await.ok()?;
+            (beat >= secs * 1000 - 1000).then_some(())
+        }
+    })
+    .await;
+    let left: usize = redis::cmd("EXISTS")
+        .arg(&pad_keys)
+        .query_async(&mut c2)
+        .await
+        .unwrap();
+    assert!(
+        left > 0,
+        "the sweep ended before the gateway beat again; pad more rooms"
+    );
+
+    // The sweep goes on removing the gateway's entries (it judged it dead),
+    // the live connection's included, wherever it falls in the walk.
+    eventually("the sweep finished", Duration::from_secs(60), || {
+        let keys = pad_keys.clone();
+        let mut c = c2.clone();
+        async move {
+            let left: usize = redis::cmd("EXISTS")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            (left == 0).then_some(())
+        }
+    })
+    .await;
+    // The gateway is alive: it must notice and register its connection again.
+    eventually("the live connection is registered again", DEADLINE, || {
+        let r = &redis;
+        async move {
+            let mut c = r.conn().await;
+            let count: Option<i64> = c
+                .hget("chat:room-gateways:{connections:live}", "gw1")
+                .await
+                .ok()?;
+            (count == Some(1) && members(r, "live").await.len() == 1).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_room_dropped_from_rooms_active_is_restored_by_heartbeats() {
+    let redis = Redis::start().await;
+    let gw = start_gateway(&redis.url(), "gw1", &[("HEARTBEAT_MS", "100")]).await;
+    let _client = Client::join(&gw.ws_url("room=kept")).await;
+    let mut c = redis.conn().await;
+    eventually("the room is active", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            c.sismember::<_, _, bool>("rooms:active", "kept")
+                .await
+                .ok()?
+                .then_some(())
+        }
+    })
+    .await;
+    // What the janitor does when a join lands between its emptiness check
+    // and its removal: the room leaves rooms:active while it has a member.
+    let _: () = c.srem("rooms:active", "kept").await.unwrap();
+    eventually("the room is active again", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            c.sismember::<_, _, bool>("rooms:active", "kept")
+                .await
+                .ok()?
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_gateway_id_in_use_is_refused_without_touching_the_live_one() {
+    let redis = Redis::start().await;
+    let env = [("HEARTBEAT_MS", "100")];
+    let gw = start_gateway(&redis.url(), "twin", &env).await;
+    let _client = Client::join(&gw.ws_url("room=twins")).await;
+    let before = eventually("the connection is registered", DEADLINE, || {
+        let r = &redis;
+        async move {
+            let m = members(r, "twins").await;
+            (!m.is_empty()).then_some(m)
+        }
+    })
+    .await;
+    let mut second = spawn_service(
+        "chat-gateway",
+        "gateway-twin-2",
+        "PORT",
+        &redis.url(),
+        &[("GATEWAY_ID", "twin")],
+        &env,
+    );
+    let status = second
+        .1
+        .wait_exit(DEADLINE)
+        .await
+        .expect("the second gateway with the same id exits");
+    assert_eq!(status.code(), Some(64), "{}", second.1.log_text());
+    assert!(second.1.log_text().contains("in use"));
+    assert_eq!(
+        members(&redis, "twins").await,
+        before,
+        "the live gateway's entries are untouched"
+    );
+}

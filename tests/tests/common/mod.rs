@@ -134,6 +134,14 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
     /// SIGTERM.
     pub fn sigterm(&self) {
         let _ = Command::new("kill")
