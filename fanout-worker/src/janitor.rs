@@ -77,6 +77,7 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 ///   heartbeat between the judgment and this step would otherwise have found
 ///   its record present and skipped re-registration, leaving the gateway
 ///   serving clients nothing while `/readyz` stays green.
+///
 /// Returns 1 when deleted, 2 when marked evicted, 0 otherwise.
 const EVICT_LUA: &str = r#"
 local t = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
