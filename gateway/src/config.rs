@@ -78,6 +78,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "DEDUPE_WINDOW_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub dedupe_window_secs: u64,
 
+    /// Delivery batches buffered between Redis and this gateway's dispatch;
+    /// beyond it batches are dropped and connections catch up from history.
+    #[arg(long, env = "DELIVERY_BUFFER_BATCHES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub delivery_buffer_batches: u64,
+
     /// `SO_SNDBUF` of accepted sockets in bytes; 0 keeps the kernel's
     /// auto-tuned default. Caps what a peer that stops reading can hold in
     /// kernel memory (the kernel doubles the value for bookkeeping).

@@ -75,7 +75,10 @@ pub async fn run(
         gateway_id.clone(),
         state.rooms.clone(),
         state.subscription.clone(),
-        state.config.probe_interval(),
+        subscriber::SubscriberConfig {
+            buffer_batches: state.config.delivery_buffer_batches as usize,
+            probe_interval: state.config.probe_interval(),
+        },
         background.clone(),
     ));
     // A fixed GATEWAY_ID (e.g. a StatefulSet pod) may belong to a process

@@ -47,7 +47,14 @@ pub struct Inner {
     pub limits: Limits,
     /// Renders `/metrics`, when a recorder is installed.
     pub metrics: Option<Exporter>,
+    /// Bounds the history reads of connections (joins, gap fills, resets):
+    /// after a resync every connection needs one, and they queue here instead
+    /// of all hitting Redis at once.
+    pub catch_up_permits: Arc<Semaphore>,
 }
+
+/// Connection history reads in flight at once, per gateway.
+pub const CATCH_UP_CONCURRENCY: usize = 32;
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -83,6 +90,7 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 limits,
                 metrics,
+                catch_up_permits: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),
             }),
         }
     }

@@ -14,7 +14,16 @@
 //! While down, [`SubscriptionState::is_up`] is false, so `/readyz` is 503 and
 //! `/health` says `delivery: down`. After every re-subscription each local
 //! connection catches up from history, so nothing published meanwhile is lost.
+//!
+//! Messages arrive as RESP3 pushes on a connection of its own. redis-rs hands
+//! them to a sender we supply, and ours is a bounded queue
+//! (`DELIVERY_BUFFER_BATCHES`): when this task falls behind, further batches
+//! are dropped instead of piling up in memory, and once it has caught up
+//! every local connection resyncs from history (each one's gap fill is
+//! bounded in concurrency by the history reader), so a drop costs reads,
+//! never messages.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +33,8 @@ use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::redis::RedisHandle;
 use chat_shared::shutdown::sleep_or_cancel;
-use futures_util::StreamExt;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::rooms::LocalRooms;
@@ -59,20 +69,39 @@ fn is_silent(last_us: i64, now_us: i64, probe_interval: Duration) -> bool {
     now_us - last_us > limit
 }
 
+/// How the subscriber is sized and paced.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscriberConfig {
+    /// Delivery batches buffered between Redis and the dispatch loop.
+    pub buffer_batches: usize,
+    /// Interval of the liveness probes.
+    pub probe_interval: Duration,
+}
+
 /// Subscribes and delivers until `shutdown`.
 pub async fn run(
     redis: RedisHandle,
     gateway_id: String,
     rooms: Arc<LocalRooms>,
     state: Arc<SubscriptionState>,
-    probe_interval: Duration,
+    config: SubscriberConfig,
     shutdown: CancellationToken,
 ) {
     let channel = keys::gateway_channel(&gateway_id);
     let mut backoff = Duration::from_millis(50);
     while !shutdown.is_cancelled() {
-        let mut pubsub = match redis.pubsub().await {
-            Ok(p) => p,
+        let (tx, mut pushes) = mpsc::channel::<PushInfo>(config.buffer_batches.max(1));
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let flag = overflowed.clone();
+        // Called by redis-rs's connection task: never blocks.
+        let sender = move |push: PushInfo| -> Result<(), Infallible> {
+            if tx.try_send(push).is_err() {
+                flag.store(true, Ordering::Release);
+            }
+            Ok(())
+        };
+        let mut conn = match redis.push_connection(sender).await {
+            Ok(c) => c,
             Err(e) => {
                 metrics::counter!(m::GW_REDIS_ERRORS, "op" => "subscribe").increment(1);
                 tracing::warn!(error = %e, "Cannot open delivery subscription; retrying");
@@ -81,7 +110,7 @@ pub async fn run(
             }
         };
         // A reply that never comes (a half-dead connection) must not hang us.
-        let subscribed = tokio::time::timeout(redis.timeout(), pubsub.subscribe(&channel)).await;
+        let subscribed = tokio::time::timeout(redis.timeout(), conn.subscribe(&channel)).await;
         if let Err(e) = subscribed
             .map_err(|_| "timed out".to_owned())
             .and_then(|r| r.map_err(|e| e.to_string()))
@@ -101,29 +130,29 @@ pub async fn run(
         // is in history.
         rooms.resync_all();
 
-        let mut messages = pubsub.on_message();
-        let mut probe = tokio::time::interval(probe_interval);
+        let mut probe = tokio::time::interval(config.probe_interval);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                msg = messages.next() => match msg {
-                    Some(msg) => match DeliveryBatch::decode(msg.get_payload_bytes()) {
-                        Ok(batch) if batch.probe.is_some() => {
-                            state.last_probe_us.store(now_us(), Ordering::Release);
-                        }
-                        Ok(batch) => {
-                            rooms.deliver(&batch);
-                        }
-                        Err(_) => tracing::warn!(channel, "Undecodable delivery batch dropped"),
-                    },
-                    None => {
+                push = pushes.recv() => {
+                    let Some(push) = push else { break };
+                    if !dispatch(push, &rooms, &state, &channel) {
                         metrics::counter!(m::GW_REDIS_ERRORS, "op" => "subscription_lost").increment(1);
                         tracing::warn!(channel, "Delivery subscription lost; re-subscribing");
                         break;
                     }
-                },
+                    if overflowed.swap(false, Ordering::AcqRel) {
+                        metrics::counter!(m::GW_DELIVERY_OVERFLOWS).increment(1);
+                        tracing::warn!(
+                            channel,
+                            buffer = config.buffer_batches,
+                            "Delivery buffer overflowed; dropped batches are recovered from history"
+                        );
+                        rooms.resync_all();
+                    }
+                }
                 _ = probe.tick() => {
-                    if is_silent(state.last_probe_us.load(Ordering::Acquire), now_us(), probe_interval) {
+                    if is_silent(state.last_probe_us.load(Ordering::Acquire), now_us(), config.probe_interval) {
                         metrics::counter!(m::GW_REDIS_ERRORS, "op" => "subscription_silent").increment(1);
                         tracing::warn!(channel, "Delivery subscription silent (probes not returning); re-subscribing");
                         break;
@@ -134,6 +163,32 @@ pub async fn run(
             }
         }
         state.set(false);
+    }
+}
+
+/// Hands one push to the local rooms. Returns `false` when the connection
+/// is gone.
+fn dispatch(push: PushInfo, rooms: &LocalRooms, state: &SubscriptionState, channel: &str) -> bool {
+    match push.kind {
+        PushKind::Disconnection => false,
+        PushKind::Message => {
+            // `data` is `[channel, payload]`.
+            let Some(Value::BulkString(payload)) = push.data.get(1) else {
+                return true;
+            };
+            match DeliveryBatch::decode(payload) {
+                Ok(batch) if batch.probe.is_some() => {
+                    state.last_probe_us.store(now_us(), Ordering::Release);
+                }
+                Ok(batch) => {
+                    rooms.deliver(&batch);
+                }
+                Err(_) => tracing::warn!(channel, "Undecodable delivery batch dropped"),
+            }
+            true
+        }
+        // Subscription confirmations and other pushes.
+        _ => true,
     }
 }
 

@@ -35,6 +35,9 @@ pub const GW_DELIVERY_LATENCY_SECONDS: &str = "chat_gateway_delivery_latency_sec
 pub const GW_REDIS_ERRORS: &str = "chat_gateway_redis_errors_total";
 /// Counter: times the delivery subscription was (re-)established.
 pub const GW_SUBSCRIPTIONS: &str = "chat_gateway_subscriptions_total";
+/// Counter: times the delivery buffer overflowed (batches dropped, then
+/// recovered from history by every local connection).
+pub const GW_DELIVERY_OVERFLOWS: &str = "chat_gateway_delivery_overflows_total";
 /// Counter: messages acked as repeats of a `client_id` already stored.
 pub const GW_APPEND_REPEATS: &str = "chat_gateway_append_repeats_total";
 /// Counter: appends refused because the shard's stream backlog is full.
@@ -203,6 +206,11 @@ fn describe_all() {
         GW_SUBSCRIPTIONS,
         Unit::Count,
         "Delivery channel subscriptions established"
+    );
+    describe_counter!(
+        GW_DELIVERY_OVERFLOWS,
+        Unit::Count,
+        "Delivery buffer overflows (batches dropped, recovered from history)"
     );
     describe_counter!(
         GW_APPEND_REPEATS,

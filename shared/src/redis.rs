@@ -7,7 +7,7 @@
 //! use a checkout pool (deadpool-redis): it sends `UNWATCH`+`PING` on every
 //! checkout, which doubled the round trips of every command on the hot path.
 //! Blocking reads (`XREADGROUP … BLOCK`) and pub/sub each need a connection of
-//! their own, so [`RedisHandle::dedicated`] and [`RedisHandle::pubsub`] open
+//! their own, so [`RedisHandle::dedicated`] and [`RedisHandle::push_connection`] open
 //! fresh ones that are never shared.
 //!
 //! Credentials travel in the URL; TLS options come from [`crate::tls`].
@@ -30,6 +30,8 @@ pub struct RedisHandle {
     shared: Arc<[ArcSwap<ConnectionManager>]>,
     next: Arc<AtomicUsize>,
     client: redis::Client,
+    /// RESP3, for connections that receive pub/sub messages as pushes.
+    push_client: redis::Client,
     manager_config: ConnectionManagerConfig,
     timeout: Duration,
 }
@@ -91,13 +93,18 @@ impl RedisError {
 /// The redis-rs client for the URL and TLS options. Credentials travel in the
 /// URL (`redis://user:password@host`); redis-rs sends `AUTH` on every new
 /// connection.
-fn client(args: &RedisArgs) -> Result<redis::Client, RedisError> {
+fn build_client(
+    args: &RedisArgs,
+    protocol: redis::ProtocolVersion,
+) -> Result<redis::Client, RedisError> {
     crate::tls::install_crypto_provider();
     let url = args.normalized_url();
     let info = url
         .as_str()
         .into_connection_info()
         .map_err(RedisError::Url)?;
+    let settings = info.redis_settings().clone().set_protocol(protocol);
+    let info = info.set_redis_settings(settings);
     let tls_files = args.redis_ca_file.is_some() || args.redis_client_cert_file.is_some();
     if tls_files && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
         return Err(RedisError::Tls(
@@ -136,7 +143,8 @@ impl RedisHandle {
     /// Fails when the URL is invalid or a TLS file is unusable.
     pub fn new(args: &RedisArgs) -> Result<Self, RedisError> {
         let timeout = args.timeout();
-        let client = client(args)?;
+        let client = build_client(args, redis::ProtocolVersion::RESP2)?;
+        let push_client = build_client(args, redis::ProtocolVersion::RESP3)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -153,6 +161,7 @@ impl RedisHandle {
             shared: shared.into(),
             next: Arc::new(AtomicUsize::new(0)),
             client,
+            push_client,
             manager_config: config,
             timeout,
         })
@@ -422,14 +431,28 @@ impl RedisHandle {
             .await?)
     }
 
-    /// A fresh pub/sub connection.
+    /// A fresh RESP3 connection of its own (never shared) whose pushes —
+    /// pub/sub messages, and a disconnection notice — go to `sender`.
+    /// redis-rs calls the sender from its connection task, so the sender must
+    /// not block: the gateway's subscriber gives it a bounded queue.
     ///
     /// # Errors
-    /// Fails when Redis cannot be reached in time.
-    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisError> {
-        tokio::time::timeout(self.timeout, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| RedisError::Timeout)?
-            .map_err(RedisError::from)
+    /// Fails when Redis cannot be reached within the timeout.
+    pub async fn push_connection(
+        &self,
+        sender: impl redis::aio::AsyncPushSender,
+    ) -> Result<redis::aio::MultiplexedConnection, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_push_sender(sender);
+        tokio::time::timeout(
+            self.timeout,
+            self.push_client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| RedisError::Timeout)?
+        .map_err(RedisError::from)
     }
 }

@@ -433,3 +433,46 @@ async fn a_fixed_gateway_id_in_use_is_refused_without_touching_the_live_one() {
         "the live gateway's entries are untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_falls_behind_drops_batches_and_recovers_them_from_history() {
+    let redis = Redis::start().await;
+    let _w = start_worker(&redis.url(), "w1", &[("STREAM_SHARDS", "1")]).await;
+    let slow = start_gateway(
+        &redis.url(),
+        "slow",
+        &[FAST_GW, &[("DELIVERY_BUFFER_BATCHES", "8")]].concat(),
+    )
+    .await;
+    let other = start_gateway(&redis.url(), "other", FAST_GW).await;
+    let (mut reader, _) = Client::join(&slow.ws_url("room=flood")).await;
+    let (mut sender, _) = Client::join(&other.ws_url("room=flood")).await;
+    // Frozen, the gateway reads nothing: every batch the worker publishes to
+    // it waits in its socket and arrives in one burst when it resumes.
+    slow.proc.signal("STOP");
+    const N: u64 = 300;
+    for i in 0..N {
+        sender
+            .say("flood", &format!("m{i}"), &format!("c{i}"))
+            .await;
+        // One batch per message: each is acked before the next is sent.
+        sender.next_of_type("ack").await;
+    }
+    slow.proc.signal("CONT");
+    let got: Vec<u64> = reader
+        .messages(N as usize)
+        .await
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        (1..=N).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    let overflows = metric(&slow.addr(), "chat_gateway_delivery_overflows_total").await;
+    assert!(
+        overflows.is_some_and(|n| n >= 1.0),
+        "the 8-batch buffer overflowed: {overflows:?}"
+    );
+}

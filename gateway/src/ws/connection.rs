@@ -79,6 +79,7 @@ impl Connection {
         let history = RoomHistory {
             redis: state.redis.clone(),
             room: room.clone(),
+            permits: state.catch_up_permits.clone(),
         };
         let reason =
             match presence::add_connection(&state.redis, &state.gateway_id, &room, &conn_key).await

@@ -6,11 +6,13 @@
 //! one, reading Redis through [`crate::history`].
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_shared::ids::RoomId;
 use chat_shared::protocol::{history_frames, HISTORY_FRAME_BYTES};
 use chat_shared::redis::{RedisError, RedisHandle};
+use tokio::sync::Semaphore;
 
 use super::cursor::Cursor;
 use super::Resume;
@@ -36,11 +38,17 @@ pub(super) struct RoomHistory {
     pub(super) redis: RedisHandle,
     /// The room read.
     pub(super) room: RoomId,
+    /// Shared by the gateway's connections: bounds concurrent reads.
+    pub(super) permits: Arc<Semaphore>,
 }
 
 impl HistorySource for RoomHistory {
     fn read(&self, range: Range) -> impl Future<Output = Result<Snapshot, RedisError>> + Send {
-        history::read(&self.redis, &self.room, range)
+        async move {
+            // Closed only if the gateway is gone; read anyway then.
+            let _permit = self.permits.acquire().await.ok();
+            history::read(&self.redis, &self.room, range).await
+        }
     }
 }
 
