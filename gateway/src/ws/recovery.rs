@@ -43,12 +43,10 @@ pub(super) struct RoomHistory {
 }
 
 impl HistorySource for RoomHistory {
-    fn read(&self, range: Range) -> impl Future<Output = Result<Snapshot, RedisError>> + Send {
-        async move {
-            // Closed only if the gateway is gone; read anyway then.
-            let _permit = self.permits.acquire().await.ok();
-            history::read(&self.redis, &self.room, range).await
-        }
+    async fn read(&self, range: Range) -> Result<Snapshot, RedisError> {
+        // Closed only if the gateway is gone; read anyway then.
+        let _permit = self.permits.acquire().await.ok();
+        history::read(&self.redis, &self.room, range).await
     }
 }
 
