@@ -75,6 +75,25 @@ fn build_service_binaries(dir: &Path) {
     if dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
+    // Cargo sets these for the test process; build scripts that watch them
+    // (ring's does) would see other values than in the outer build, and the
+    // two builds would keep rebuilding each other's dependencies.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ];
+        if per_package.iter().any(|p| key.starts_with(p)) {
+            cmd.env_remove(&key);
+        }
+    }
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run cargo to build the service binaries: {e}"));
