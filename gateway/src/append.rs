@@ -29,8 +29,8 @@ use redis::Script;
 
 /// KEYS: stream, dedupe marker (absent without `client_id`).
 /// ARGV: field, entry, backlog cap (0 = none), id, timestamp, window secs.
-/// Returns `{1}` when appended, `{0, "<id> <timestamp>"}` for a repeat,
-/// `{-1}` when the backlog is full.
+/// Returns `{1, false}` when appended, `{0, "<id> <timestamp>"}` for a
+/// repeat, `{-1, false}` when the backlog is full.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -39,12 +39,12 @@ if KEYS[2] then
   if prev then return {0, prev} end
 end
 local cap = tonumber(ARGV[3])
-if cap > 0 and redis.call('XLEN', KEYS[1]) >= cap then return {-1} end
+if cap > 0 and redis.call('XLEN', KEYS[1]) >= cap then return {-1, false} end
 redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
 if KEYS[2] then
   redis.call('SET', KEYS[2], ARGV[4] .. ' ' .. ARGV[5], 'EX', tonumber(ARGV[6]))
 end
-return {1}
+return {1, false}
 "#,
     )
 });
