@@ -339,18 +339,28 @@ async fn a_read_outliving_a_lapsed_lease_loses_nothing() {
         }
     })
     .await;
-    let _: String = c
-        .xadd(
-            &stream,
-            "*",
-            &[(STREAM_FIELD, envelope(VERSION, "lapse", "after lapse"))],
-        )
-        .await
-        .unwrap();
+    // Two entries of one room, one after the other: without a fence, w1's
+    // read still blocked in Redis takes the first; w2 would persist the
+    // second, and a later re-claim of the first would take it for a
+    // duplicate (its id is below the room's `last_entry`).
+    for text in ["after lapse", "second"] {
+        let _: String = c
+            .xadd(
+                &stream,
+                "*",
+                &[(STREAM_FIELD, envelope(VERSION, "lapse", text))],
+            )
+            .await
+            .unwrap();
+    }
 
-    let got = client.messages(1).await;
-    assert_eq!(got[0]["message"], "after lapse");
-    assert_eq!(history_texts(&mut c, "lapse").await, ["after lapse"]);
+    let got = client.messages(2).await;
+    let texts: Vec<&str> = got.iter().map(|m| m["message"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["after lapse", "second"]);
+    assert_eq!(
+        history_texts(&mut c, "lapse").await,
+        ["after lapse", "second"]
+    );
     eventually("nothing left pending", DEADLINE, || {
         let mut c = c.clone();
         let stream = &stream;
