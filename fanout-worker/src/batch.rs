@@ -4,15 +4,17 @@
 //! A batch costs two round trips. The first pipeline persists every message
 //! (Lua, idempotent: `persist`), marks the batch's rooms active and, after
 //! those writes, reads which gateways own connections in the rooms. The second
-//! publishes one delivery batch per gateway (`publish`), `XACK`s every entry
-//! and trims the stream with `XTRIM MINID`. Entries are acked only after they
-//! are persisted and published, and only while the lease surely holds, so a
-//! crash or a lost lease at any point leaves them pending for the next holder,
-//! which redoes them idempotently.
+//! publishes one delivery batch per gateway (`publish`), `XACK`s the entries
+//! and trims the stream below them (never below a pending entry: `stream`).
+//! Entries are acked only after they are persisted and published, and only
+//! while the lease surely holds, so a crash or a lost lease at any point
+//! leaves them pending for the next holder, which redoes them idempotently.
+//! Entries of a newer envelope version, and their rooms' later entries, are
+//! not processed nor acked at all (`hold`).
 
 use std::time::Instant;
 
-use chat_shared::envelope::{now_us, Delivery, StreamEntry, STREAM_FIELD};
+use chat_shared::envelope::{now_us, Delivery, StreamEntry};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
@@ -22,32 +24,59 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::StreamId;
 
 use crate::config::WorkerConfig;
+use crate::hold::{Hold, Verdict};
 use crate::lease::LeaseClock;
 use crate::persist::{self, Persisted};
 use crate::publish::{self, Routing};
+use crate::stream::Scripts;
 use crate::Context;
+
+/// Where a batch's entries come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Read for the first time (`XREADGROUP >`).
+    New,
+    /// Claimed from the pending list: read before, by this or another worker.
+    Claimed,
+}
+
+/// The scripts a batch runs.
+#[derive(Debug)]
+pub(crate) struct BatchScripts<'a> {
+    /// The persistence script.
+    pub(crate) persist: &'a redis::Script,
+    /// The stream scripts (trim).
+    pub(crate) stream: &'a Scripts,
+}
 
 /// Runs one non-empty batch of `stream` through the four stages.
 ///
 /// # Errors
 /// Fails when either round trip fails; the entries then stay pending.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn process(
     c: &mut MultiplexedConnection,
-    script: &redis::Script,
+    scripts: &BatchScripts<'_>,
     stream: &str,
     ctx: &Context,
     lease: &LeaseClock,
+    hold: &mut Hold,
     entries: Vec<StreamId>,
+    origin: Origin,
 ) -> Result<(), RedisError> {
     metrics::histogram!(m::WK_BATCH_SIZE).record(entries.len() as f64);
-    let batch = decode(stream, entries);
-    let stored = persist_and_look_up(c, script, &ctx.config, &batch.items).await?;
+    let batch = decode(stream, entries, hold, origin);
+    if batch.ids.is_empty() {
+        // Every entry is held: nothing to persist or ack.
+        return Ok(());
+    }
+    let stored = persist_and_look_up(c, scripts.persist, &ctx.config, &batch.items).await?;
     let routing = route(&batch.items, stored, now_us());
     if !lease.is_valid() {
         // Persisted (idempotently) but not acked: the next holder publishes.
         return Ok(());
     }
-    acknowledge(c, stream, &batch.ids, routing).await
+    acknowledge(c, scripts.stream, stream, &batch.ids, routing).await
 }
 
 /// One decoded entry of a batch.
@@ -63,7 +92,8 @@ struct Item {
 /// A batch after decoding.
 #[derive(Debug)]
 struct Decoded {
-    /// Every entry id, decodable or not, in stream order: all are acked.
+    /// The ids to ack, in stream order: the decodable entries and the
+    /// undecodable ones, not the held ones.
     ids: Vec<String>,
     /// The decodable entries, in stream order.
     items: Vec<Item>,
@@ -71,34 +101,36 @@ struct Decoded {
 
 /// Stage 1: decodes each entry's envelope and validates its room. An entry
 /// that fails (a foreign or corrupt record) is counted, logged and skipped,
-/// but still acked with the batch so it cannot block the shard.
-fn decode(stream: &str, entries: Vec<StreamId>) -> Decoded {
-    let ids = entries.iter().map(|e| e.id.clone()).collect();
+/// but still acked with the batch so it cannot block the shard. An entry of
+/// a newer envelope version, and later entries of its room, are held: left
+/// pending, not acked (`hold`).
+fn decode(stream: &str, entries: Vec<StreamId>, hold: &mut Hold, origin: Origin) -> Decoded {
+    let mut ids = Vec::with_capacity(entries.len());
     let mut items = Vec::with_capacity(entries.len());
+    let (mut held, mut newer) = (0, 0);
     for e in entries {
-        match decode_entry(&e) {
-            Some((entry, room)) => items.push(Item {
-                entry_id: e.id,
-                entry,
-                room,
-            }),
-            None => {
+        match hold.judge(&e) {
+            Verdict::Process(entry, room) => {
+                ids.push(e.id.clone());
+                items.push(Item {
+                    entry_id: e.id,
+                    entry,
+                    room,
+                });
+            }
+            Verdict::Hold { newer: is_newer } => {
+                held += 1;
+                newer += u64::from(is_newer && origin == Origin::New);
+            }
+            Verdict::Drop => {
                 metrics::counter!(m::WK_UNDECODABLE).increment(1);
                 tracing::warn!(stream, entry = %e.id, "Undecodable stream entry; acking and skipping it");
+                ids.push(e.id);
             }
         }
     }
+    hold.report(stream, newer, held);
     Decoded { ids, items }
-}
-
-fn decode_entry(e: &StreamId) -> Option<(StreamEntry, RoomId)> {
-    let bytes = match e.map.get(STREAM_FIELD)? {
-        redis::Value::BulkString(b) => b,
-        _ => return None,
-    };
-    let entry = StreamEntry::decode(bytes).ok()?;
-    let room = RoomId::parse(&entry.room).ok()?;
-    Some((entry, room))
 }
 
 /// What the persist stage learned from Redis.
@@ -251,11 +283,12 @@ fn route(items: &[Item], stored: Stored, now_us: i64) -> Routing {
 /// trims the stream, in one round trip.
 async fn acknowledge(
     c: &mut MultiplexedConnection,
+    scripts: &Scripts,
     stream: &str,
     ids: &[String],
     routing: Routing,
 ) -> Result<(), RedisError> {
-    let (pipe, published) = ack_pipeline(stream, ids, routing);
+    let (pipe, published) = ack_pipeline(scripts, stream, ids, routing);
     let started = Instant::now();
     pipe.query_async::<()>(c).await?;
     metrics::counter!(m::WK_PUBLISHES).increment(published as u64);
@@ -265,18 +298,19 @@ async fn acknowledge(
 
 /// The acknowledge stage's pipeline, publishes first, and how many
 /// publishes it holds.
-fn ack_pipeline(stream: &str, ids: &[String], routing: Routing) -> (redis::Pipeline, usize) {
+fn ack_pipeline(
+    scripts: &Scripts,
+    stream: &str,
+    ids: &[String],
+    routing: Routing,
+) -> (redis::Pipeline, usize) {
     let mut pipe = redis::pipe();
     let published = routing.add_publishes(&mut pipe);
-    pipe.xack(stream, keys::CONSUMER_GROUP, ids).ignore();
     if let Some(last) = ids.last() {
-        // Everything up to `last` is processed and acked: entries below it can go.
-        pipe.cmd("XTRIM")
-            .arg(stream)
-            .arg("MINID")
-            .arg("~")
-            .arg(last)
-            .ignore();
+        pipe.xack(stream, keys::CONSUMER_GROUP, ids).ignore();
+        // Everything up to `last` is processed and acked: entries below it
+        // can go, unless still pending (held, or a failed batch's).
+        scripts.add_trim(&mut pipe, stream, last);
     }
     (pipe, published)
 }
@@ -290,6 +324,7 @@ fn new_epoch() -> String {
 mod tests {
     use std::collections::HashMap;
 
+    use chat_shared::envelope::STREAM_FIELD;
     use clap::Parser;
     use redis::Value;
 
@@ -341,8 +376,11 @@ mod tests {
     }
 
     #[test]
-    fn decode_acks_every_entry_and_keeps_the_valid_ones() {
+    fn decode_acks_garbage_keeps_the_valid_and_holds_the_newer() {
         let valid = |room: &str| Some(Value::BulkString(entry(room).encode()));
+        let mut newer = entry("c");
+        newer.v = chat_shared::envelope::VERSION + 1;
+        let mut hold = Hold::default();
         let batch = decode(
             "s",
             vec![
@@ -351,16 +389,20 @@ mod tests {
                 stream_id("3-0", Some(Value::Int(7))),
                 stream_id("4-0", Some(Value::BulkString(b"junk".to_vec()))),
                 stream_id("5-0", valid("bad room")),
-                stream_id("6-0", valid("b")),
+                stream_id("6-0", Some(Value::BulkString(newer.encode()))),
+                stream_id("7-0", valid("c")),
+                stream_id("8-0", valid("b")),
             ],
+            &mut hold,
+            Origin::New,
         );
-        assert_eq!(batch.ids, ["1-0", "2-0", "3-0", "4-0", "5-0", "6-0"]);
+        assert_eq!(batch.ids, ["1-0", "2-0", "3-0", "4-0", "5-0", "8-0"]);
         let kept: Vec<_> = batch
             .items
             .iter()
             .map(|i| (i.entry_id.as_str(), i.room.as_str()))
             .collect();
-        assert_eq!(kept, [("1-0", "a"), ("6-0", "b")]);
+        assert_eq!(kept, [("1-0", "a"), ("8-0", "b")]);
     }
 
     #[test]
@@ -471,12 +513,17 @@ mod tests {
         };
         routing.route(&delivery, &["g1".into()]);
         let ids = ["1-0".to_owned(), "2-0".to_owned()];
-        let (pipe, published) = ack_pipeline("s", &ids, routing);
+        let scripts = Scripts::new();
+        let (pipe, published) = ack_pipeline(&scripts, "s", &ids, routing);
         assert_eq!(published, 1);
         let cmds = commands(&pipe);
         assert_eq!(cmds.len(), 3);
         assert!(cmds[0].starts_with(&format!("PUBLISH {} ", keys::gateway_channel("g1"))));
         assert_eq!(cmds[1], format!("XACK s {} 1-0 2-0", keys::CONSUMER_GROUP));
-        assert_eq!(cmds[2], "XTRIM s MINID ~ 2-0");
+        assert!(cmds[2].starts_with("EVALSHA "), "{}", cmds[2]);
+        assert!(cmds[2].ends_with(&format!(" 1 s {} 2-0", keys::CONSUMER_GROUP)));
+        // Nothing to ack (all held): no ack, no trim.
+        let (pipe, _) = ack_pipeline(&scripts, "s", &[], Routing::default());
+        assert!(commands(&pipe).is_empty());
     }
 }

@@ -42,8 +42,9 @@ pub struct WorkerConfig {
     #[arg(long, env = "BATCH_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub batch_size: u64,
 
-    /// Longest a blocking stream read waits for new entries, in milliseconds.
-    #[arg(long, env = "READ_BLOCK_MS", default_value_t = 1000)]
+    /// Longest a blocking stream read waits for new entries, in milliseconds
+    /// (10–30000, and less than half of `LEASE_TTL_MS`).
+    #[arg(long, env = "READ_BLOCK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=30_000))]
     pub read_block_ms: u64,
 
     /// Lease time-to-live of a shard, in milliseconds. A dead worker's shards are
@@ -74,13 +75,58 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Checks what clap cannot: relations between options.
+    ///
+    /// # Errors
+    /// A message naming the options when `READ_BLOCK_MS` is not well below
+    /// `LEASE_TTL_MS`: a shard task looks at its lease, at a pending re-claim
+    /// and at shutdown between reads, so a read must end several times per
+    /// lease TTL.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.read_block_ms.saturating_mul(2) >= self.lease_ttl_ms {
+            return Err(format!(
+                "READ_BLOCK_MS={} must be less than half of LEASE_TTL_MS={}",
+                self.read_block_ms, self.lease_ttl_ms
+            ));
+        }
+        Ok(())
+    }
+
     /// Blocking read timeout.
     pub fn read_block(&self) -> Duration {
-        Duration::from_millis(self.read_block_ms.clamp(10, 30_000))
+        Duration::from_millis(self.read_block_ms)
     }
 
     /// Lease TTL.
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<WorkerConfig, clap::Error> {
+        WorkerConfig::try_parse_from(std::iter::once("worker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(parse(&[]).unwrap().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_read_block_of_half_the_lease_ttl_or_more_is_refused() {
+        let ok = parse(&["--read-block-ms", "4999", "--lease-ttl-ms", "10000"]).unwrap();
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = parse(&["--read-block-ms", "5000", "--lease-ttl-ms", "10000"]).unwrap();
+        let e = bad.validate().unwrap_err();
+        assert!(
+            e.contains("READ_BLOCK_MS=5000") && e.contains("LEASE_TTL_MS=10000"),
+            "{e}"
+        );
+        assert!(parse(&["--read-block-ms", "9"]).is_err());
+        assert!(parse(&["--read-block-ms", "30001"]).is_err());
     }
 }

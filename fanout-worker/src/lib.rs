@@ -4,11 +4,14 @@
 //! - [`config`]: flags and env variables.
 //! - `supervisor`: holds, renews and balances shard leases (`lease`), starting
 //!   one `shard` task per held shard and stopping it when the lease is lost.
-//! - `shard`: claims pending entries and reads new ones while the lease holds.
-//! - `batch`: runs each batch through its stages: decode, persist (`persist`,
-//!   idempotent Lua: history, `seq`, epoch) and look up the rooms' gateways,
-//!   route (`publish`: one delivery batch per owning gateway), then publish,
-//!   ack and trim.
+//! - `shard`: claims pending entries and reads new ones while the lease holds,
+//!   through `stream` (reads and claims fenced by the lease in Redis, a
+//!   wake-up wait that delivers nothing, a trim that keeps pending entries).
+//! - `batch`: runs each batch through its stages: decode (`hold`: entries of
+//!   a newer envelope version and their rooms' later entries stay pending for
+//!   a newer worker), persist (`persist`, idempotent Lua: history, `seq`,
+//!   epoch) and look up the rooms' gateways, route (`publish`: one delivery
+//!   batch per owning gateway), then publish, ack and trim.
 //! - `janitor`: one worker at a time removes dead gateways' connection entries
 //!   and rooms with neither connections nor history from `rooms:active`.
 //! - `http`: `/metrics`, `/livez`, `/readyz`.
@@ -17,12 +20,14 @@
 
 mod batch;
 pub mod config;
+mod hold;
 mod http;
 mod janitor;
 mod lease;
 mod persist;
 mod publish;
 mod shard;
+mod stream;
 mod supervisor;
 
 use std::sync::atomic::{AtomicBool, Ordering};

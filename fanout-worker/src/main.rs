@@ -1,12 +1,13 @@
 //! `chat-fanout-worker` binary: parse config, start up, run.
 
 use chat_fanout_worker::WorkerConfig;
-use chat_shared::config::parse_or_exit;
+use chat_shared::config::{exit_usage, parse_or_exit};
 use chat_shared::startup::{start, StartSpec};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: WorkerConfig = parse_or_exit();
+    config.validate().unwrap_or_else(|e| exit_usage(e));
     let s = start(StartSpec {
         name: "Worker HTTP",
         id: config.worker_id.as_deref(),

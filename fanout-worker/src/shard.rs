@@ -2,30 +2,51 @@
 //!
 //! The loop first claims every pending entry of the shard's consumer group
 //! (entries a dead or replaced worker read but never acked) and processes them
-//! in id order, then reads new entries with `XREADGROUP … BLOCK`. Each batch
-//! goes through `batch` (two round trips; acked only once persisted and
-//! published), within the time the lease surely holds.
+//! in id order, then reads new entries, waiting up to `READ_BLOCK_MS` when
+//! there are none. Reads and claims are fenced by the lease in Redis
+//! (`stream`), so no entry can reach this worker's pending list once another
+//! worker holds the shard. Each batch goes through `batch` (two round trips;
+//! acked only once persisted and published), within the time the lease surely
+//! holds.
+//!
+//! Claim passes also run every lease TTL, not only after a (re)connect: an
+//! entry that reached another consumer's pending list anyway (a worker of an
+//! older version during an upgrade, a tool reading the group) is picked up
+//! by the current holder.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::redis::RedisError;
 use chat_shared::shutdown::sleep_or_cancel;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
-};
-use redis::AsyncCommands;
+use redis::streams::StreamId;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{self, BatchScripts, Origin};
+use crate::hold::Hold;
 use crate::lease::LeaseClock;
 use crate::persist;
-use crate::{batch, Context};
+use crate::stream::{self, Fenced, Read, Scripts};
+use crate::Context;
 
 /// Longest pause between attempts after a Redis failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Where a claim pass starts: the oldest pending entry.
+const CLAIM_START: &str = "0-0";
+
+/// What one step of the loop got.
+enum Step {
+    /// Entries to process.
+    Entries(Vec<StreamId>, Origin),
+    /// Nothing new after this id.
+    Idle(String),
+    /// The lease is not ours in Redis.
+    NotHolder,
+}
 
 /// Runs the shard loop until `cancel` fires or the lease lapses.
 pub(crate) async fn run(
@@ -36,18 +57,27 @@ pub(crate) async fn run(
 ) {
     let stream = keys::stream(shard);
     let consumer = ctx.worker_id.clone();
-    let script = persist::script();
+    let persist_script = persist::script();
+    let stream_scripts = Scripts::new();
+    let scripts = BatchScripts {
+        persist: &persist_script,
+        stream: &stream_scripts,
+    };
+    let reclaim_every = ctx.config.lease_ttl();
     let mut conn: Option<MultiplexedConnection> = None;
-    let mut backlog_done = false;
+    // `Some(cursor)` while a claim pass is under way.
+    let mut claim: Option<String> = Some(CLAIM_START.into());
+    let mut next_claim = Instant::now() + reclaim_every;
+    let mut hold = Hold::default();
     let mut backoff = Duration::from_millis(50);
     tracing::info!(shard, "Shard processing started");
     while !cancel.is_cancelled() && lease.is_valid() {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match open(&ctx, &stream, &script).await {
+            None => match open(&ctx, &stream, &scripts).await {
                 Ok(c) => {
                     backoff = Duration::from_millis(50);
-                    backlog_done = false;
+                    claim = Some(CLAIM_START.into());
                     conn.insert(c)
                 }
                 Err(e) => {
@@ -58,25 +88,35 @@ pub(crate) async fn run(
                 }
             },
         };
-        let read = if backlog_done {
-            read_new(c, &stream, &consumer, &ctx, &cancel).await
-        } else {
-            claim_pending(c, &stream, &consumer, &ctx)
-                .await
-                .map(|(entries, done)| {
-                    backlog_done = done;
-                    entries
-                })
-        };
-        let result = match read {
-            Ok(entries) if entries.is_empty() => Ok(()),
-            // The lease may have lapsed during a long read: never process then.
-            Ok(_) if !lease.is_valid() => break,
+        if claim.is_none() && Instant::now() >= next_claim {
+            claim = Some(CLAIM_START.into());
+        }
+        let step = next_step(c, &stream_scripts, shard, &consumer, &ctx, &mut claim).await;
+        if claim.is_none() && matches!(step, Ok(Step::Entries(_, Origin::Claimed))) {
+            next_claim = Instant::now() + reclaim_every;
+        }
+        let result = match step {
+            Ok(Step::NotHolder) => {
+                tracing::warn!(shard, "Lease no longer ours in Redis; stopping the shard");
+                lease.expire();
+                break;
+            }
+            // Waiting delivers nothing to the group, so a cancel may drop it.
+            Ok(Step::Idle(newest)) => {
+                stream::wait_for_entries(c, &stream, &newest, ctx.config.read_block(), &cancel)
+                    .await
+            }
+            Ok(Step::Entries(entries, _)) if entries.is_empty() => Ok(()),
+            // The lease may have lapsed meanwhile: never process then. The
+            // entries stay pending for the next holder's claim pass.
+            Ok(Step::Entries(..)) if !lease.is_valid() => break,
             // A batch must finish while the lease surely holds: abandoned
             // half-way, its entries stay pending and are redone idempotently.
-            Ok(entries) => match tokio::time::timeout(
+            Ok(Step::Entries(entries, origin)) => match tokio::time::timeout(
                 lease.remaining(),
-                batch::process(c, &script, &stream, &ctx, &lease, entries),
+                batch::process(
+                    c, &scripts, &stream, &ctx, &lease, &mut hold, entries, origin,
+                ),
             )
             .await
             {
@@ -114,76 +154,60 @@ pub(crate) async fn run(
     );
 }
 
+/// Claims the next pending entries while a claim pass is under way (moving
+/// `claim` on, to `None` at its end), else reads new ones.
+async fn next_step(
+    c: &mut MultiplexedConnection,
+    scripts: &Scripts,
+    shard: u32,
+    consumer: &str,
+    ctx: &Context,
+    claim: &mut Option<String>,
+) -> Result<Step, RedisError> {
+    let count = ctx.config.batch_size as usize;
+    if let Some(cursor) = claim.as_deref() {
+        let claimed = match stream::claim(c, scripts, shard, consumer, cursor, count).await? {
+            Fenced::NotHolder => return Ok(Step::NotHolder),
+            Fenced::Held(claimed) => claimed,
+        };
+        if !claimed.entries.is_empty() {
+            tracing::debug!(
+                shard,
+                entries = claimed.entries.len(),
+                "Claimed pending entries"
+            );
+        }
+        *claim = claimed.next;
+        return Ok(Step::Entries(claimed.entries, Origin::Claimed));
+    }
+    Ok(
+        match stream::read(c, scripts, shard, consumer, count).await? {
+            Fenced::NotHolder => Step::NotHolder,
+            Fenced::Held(Read::Entries(entries)) => Step::Entries(entries, Origin::New),
+            Fenced::Held(Read::Idle(newest)) => Step::Idle(newest),
+        },
+    )
+}
+
 /// Opens the shard's connection, makes sure the consumer group exists and
-/// loads the persistence script. Every failure reopens the connection, so a
-/// Redis that restarted (or flushed its scripts) gets the script again; batches
-/// then only send `EVALSHA`.
+/// loads the scripts. Every failure reopens the connection, so a Redis that
+/// restarted (or flushed its scripts) gets the scripts again; batches then
+/// only send `EVALSHA`.
 async fn open(
     ctx: &Context,
     stream: &str,
-    script: &redis::Script,
+    scripts: &BatchScripts<'_>,
 ) -> Result<MultiplexedConnection, RedisError> {
     let mut c = ctx.redis.dedicated(ctx.config.read_block()).await?;
-    script.load_async(&mut c).await?;
-    let created: Result<(), redis::RedisError> = c
-        .xgroup_create_mkstream(stream, keys::CONSUMER_GROUP, "0")
-        .await;
+    scripts.persist.load_async(&mut c).await?;
+    scripts.stream.load(&mut c).await?;
+    let created: Result<(), redis::RedisError> =
+        redis::AsyncCommands::xgroup_create_mkstream(&mut c, stream, keys::CONSUMER_GROUP, "0")
+            .await;
     match created {
         Ok(()) => {}
         Err(e) if e.code() == Some("BUSYGROUP") => {}
         Err(e) => return Err(e.into()),
     }
     Ok(c)
-}
-
-/// Claims up to a batch of pending entries from any consumer. Returns the
-/// entries and whether the pending list is exhausted.
-async fn claim_pending(
-    c: &mut MultiplexedConnection,
-    stream: &str,
-    consumer: &str,
-    ctx: &Context,
-) -> Result<(Vec<StreamId>, bool), RedisError> {
-    // Entries in the pending list are claimed from the start each time: what
-    // we processed was acked and left the list, so "0-0" always yields the
-    // oldest unprocessed ones, in id order.
-    let opts = StreamAutoClaimOptions::default().count(ctx.config.batch_size as usize);
-    let reply: StreamAutoClaimReply = c
-        .xautoclaim_options(stream, keys::CONSUMER_GROUP, consumer, 0, "0-0", opts)
-        .await?;
-    let done = reply.claimed.is_empty();
-    if !reply.claimed.is_empty() {
-        tracing::info!(
-            stream,
-            entries = reply.claimed.len(),
-            "Claimed pending entries"
-        );
-    }
-    Ok((reply.claimed, done))
-}
-
-/// Reads up to a batch of new entries, blocking up to `READ_BLOCK_MS`;
-/// returns nothing when `cancel` fires meanwhile.
-async fn read_new(
-    c: &mut MultiplexedConnection,
-    stream: &str,
-    consumer: &str,
-    ctx: &Context,
-    cancel: &CancellationToken,
-) -> Result<Vec<StreamId>, RedisError> {
-    let opts = StreamReadOptions::default()
-        .group(keys::CONSUMER_GROUP, consumer)
-        .count(ctx.config.batch_size as usize)
-        .block(ctx.config.read_block().as_millis() as usize);
-    let keys = [stream];
-    let read = c.xread_options::<_, _, Option<StreamReadReply>>(&keys, &[">"], &opts);
-    let reply = tokio::select! {
-        r = read => r?,
-        // Dropping the read on shutdown is safe: anything it returned would
-        // stay pending and be claimed by the next holder.
-        _ = cancel.cancelled() => return Ok(Vec::new()),
-    };
-    Ok(reply
-        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-        .unwrap_or_default())
 }

@@ -76,6 +76,42 @@ impl StreamEntry {
     }
 }
 
+/// What can be read of an entry written by a newer version than this one:
+/// its version and, if it still has one, its room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewerEntry {
+    /// The entry's envelope version, above [`VERSION`].
+    pub v: u8,
+    /// The entry's `room` field, if it has a string one.
+    pub room: Option<String>,
+}
+
+/// Only the fields a version check needs; unknown fields are ignored.
+#[derive(Deserialize)]
+struct Header {
+    v: u8,
+    room: Option<String>,
+}
+
+/// Only the version.
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u8,
+}
+
+impl NewerEntry {
+    /// Reads the version (and room) of bytes that [`StreamEntry::decode`]
+    /// refused. `Some` when they carry a version above [`VERSION`]: an entry
+    /// for a newer worker, not garbage.
+    pub fn peek(bytes: &[u8]) -> Option<Self> {
+        let (v, room) = match rmp_serde::from_slice::<Header>(bytes) {
+            Ok(h) => (h.v, h.room),
+            Err(_) => (rmp_serde::from_slice::<VersionOnly>(bytes).ok()?.v, None),
+        };
+        (v > VERSION).then_some(Self { v, room })
+    }
+}
+
 /// One message ready for delivery to a gateway's local connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -167,6 +203,35 @@ mod tests {
         let e = entry();
         assert_eq!(StreamEntry::decode(&e.encode()).unwrap(), e);
         assert!(StreamEntry::decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn newer_versions_are_told_from_garbage() {
+        let mut e = entry();
+        assert_eq!(NewerEntry::peek(&e.encode()), None, "current version");
+        e.v = VERSION + 1;
+        assert!(StreamEntry::decode(&e.encode()).is_err());
+        assert_eq!(
+            NewerEntry::peek(&e.encode()),
+            Some(NewerEntry {
+                v: VERSION + 1,
+                room: Some("lobby".into())
+            })
+        );
+        // A newer layout whose room is not a string still counts as newer.
+        #[derive(Serialize)]
+        struct Other {
+            v: u8,
+            room: u32,
+        }
+        let other = rmp_serde::to_vec_named(&Other { v: 9, room: 3 }).unwrap();
+        assert_eq!(
+            NewerEntry::peek(&other),
+            Some(NewerEntry { v: 9, room: None })
+        );
+        e.v = 0;
+        assert_eq!(NewerEntry::peek(&e.encode()), None, "older is garbage");
+        assert_eq!(NewerEntry::peek(b"garbage"), None);
     }
 
     #[test]

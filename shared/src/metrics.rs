@@ -55,6 +55,9 @@ pub const WK_PERSISTED: &str = "chat_worker_messages_persisted_total";
 pub const WK_DUPLICATES: &str = "chat_worker_messages_duplicate_total";
 /// Counter: stream entries that could not be decoded (acked and dropped).
 pub const WK_UNDECODABLE: &str = "chat_worker_entries_undecodable_total";
+/// Counter: stream entries of a newer envelope version, left pending for a
+/// newer worker (counted when first read).
+pub const WK_UNKNOWN_VERSION: &str = "chat_worker_entries_unknown_version_total";
 /// Histogram: entries per processed batch.
 pub const WK_BATCH_SIZE: &str = "chat_worker_batch_size_messages";
 /// Histogram: gateway stamp → worker publish.
@@ -246,6 +249,11 @@ fn describe_all() {
         WK_UNDECODABLE,
         Unit::Count,
         "Stream entries that could not be decoded"
+    );
+    describe_counter!(
+        WK_UNKNOWN_VERSION,
+        Unit::Count,
+        "Stream entries of a newer envelope version, left pending for a newer worker"
     );
     describe_histogram!(
         WK_BATCH_SIZE,
