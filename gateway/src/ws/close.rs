@@ -23,6 +23,8 @@ pub(super) enum CloseReason {
     TooBig,
     /// The socket failed (protocol error, reset).
     SocketError,
+    /// The token expired without a `refresh` (4001).
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -37,6 +39,7 @@ impl CloseReason {
             Self::GapUnfilled => "gap_unfilled",
             Self::TooBig => "too_big",
             Self::SocketError => "socket_error",
+            Self::TokenExpired => "token_expired",
         }
     }
 
@@ -50,6 +53,7 @@ impl CloseReason {
             Self::Unavailable => (1011, "redis unavailable; retry later"),
             Self::GapUnfilled => (1011, "missed messages unavailable; reconnect with since"),
             Self::TooBig => (1009, "message larger than WS_MAX_MESSAGE_BYTES"),
+            Self::TokenExpired => (4001, "token expired"),
         };
         Some(CloseFrame {
             code,
@@ -73,6 +77,7 @@ mod tests {
             CloseReason::GapUnfilled,
             CloseReason::TooBig,
             CloseReason::SocketError,
+            CloseReason::TokenExpired,
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), all.len());
