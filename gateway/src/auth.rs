@@ -86,12 +86,14 @@ impl Authenticator {
     /// # Errors
     /// A message for the operator when the key cannot be used.
     pub fn from_args(args: &AccessArgs) -> Result<Option<Self>, String> {
-        let (key, algorithm) = match (&args.jwt_secret, &args.jwt_public_key_file) {
+        // An empty value (e.g. an unset key of a Kubernetes Secret) is unset.
+        let secret = args.jwt_secret.as_deref().filter(|s| !s.is_empty());
+        let (key, algorithm) = match (secret, &args.jwt_public_key_file) {
             (None, None) => return Ok(None),
-            (Some(secret), _) if secret.is_empty() => {
-                return Err("JWT_SECRET must not be empty".into())
+            (Some(_), Some(_)) => {
+                return Err("set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both".into())
             }
-            (Some(secret), _) => (
+            (Some(secret), None) => (
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
             ),

@@ -178,7 +178,7 @@ pub struct AccessArgs {
     pub jwt_secret: Option<String>,
 
     /// PEM public key (RSA for RS256, EC P-256 for ES256) for client tokens.
-    #[arg(long, env = "JWT_PUBLIC_KEY_FILE", conflicts_with = "jwt_secret")]
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<std::path::PathBuf>,
 
     /// Required `iss` of client tokens (checked when set).
