@@ -180,6 +180,8 @@ mod tests {
             trusted_proxies: String::new(),
             user_rate_limit_per_sec: 0.0,
             user_rate_limit_burst: 20.0,
+            room_creation_per_min: 0.0,
+            room_creation_burst: 60.0,
             api_keys: String::new(),
             api_keys_file: None,
             api_rate_limit_per_sec: 100.0,

@@ -212,6 +212,15 @@ pub struct AccessArgs {
     #[arg(long, env = "USER_RATE_LIMIT_BURST", default_value_t = 20.0)]
     pub user_rate_limit_burst: f64,
 
+    /// New rooms (rooms without history) one user, or one IP when anonymous,
+    /// may create per minute across all gateways; 0 = no limit.
+    #[arg(long, env = "ROOM_CREATION_PER_MIN", default_value_t = 30.0)]
+    pub room_creation_per_min: f64,
+
+    /// Burst of the room-creation budget.
+    #[arg(long, env = "ROOM_CREATION_BURST", default_value_t = 60.0)]
+    pub room_creation_burst: f64,
+
     /// Keys of the HTTP publish API (comma list); without any key configured
     /// the API does not exist (404).
     #[arg(long, env = "API_KEYS", hide_env_values = true, default_value = "")]

@@ -63,6 +63,8 @@ pub struct Inner {
     pub api_keys: Option<ApiKeys>,
     /// The per-user budget in Redis; `None` when off.
     pub user_limit: Option<UserLimit>,
+    /// The per-user budget of new rooms; `None` when off.
+    pub room_creation: Option<UserLimit>,
 }
 
 /// Connection history reads in flight at once, per gateway.
@@ -99,6 +101,10 @@ impl AppState {
             config.access.user_rate_limit_per_sec,
             config.access.user_rate_limit_burst,
         );
+        let room_creation = UserLimit::new(
+            config.access.room_creation_per_min / 60.0,
+            config.access.room_creation_burst,
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 conn_permits: Arc::new(Semaphore::new(config.max_connections)),
@@ -118,6 +124,7 @@ impl AppState {
                 access,
                 api_keys,
                 user_limit,
+                room_creation,
             }),
         })
     }

@@ -5,6 +5,11 @@
 //! when that time is no further ahead of now than the burst allows. Redis's
 //! clock is used, so gateways' clocks do not matter. The user is the token's
 //! `sub` when authentication is on, else the client IP.
+//!
+//! The same budget bounds how many new rooms one user (or IP) may create:
+//! each room's history costs Redis memory until it expires, so an anonymous
+//! client posting to ever new room names would otherwise grow Redis without
+//! bound.
 
 use std::sync::LazyLock;
 
@@ -30,7 +35,8 @@ return 1
     )
 });
 
-/// `USER_RATE_LIMIT_PER_SEC` / `USER_RATE_LIMIT_BURST`.
+/// A GCRA budget: `USER_RATE_LIMIT_PER_SEC` / `USER_RATE_LIMIT_BURST` for
+/// messages, `ROOM_CREATION_PER_MIN` / `ROOM_CREATION_BURST` for new rooms.
 #[derive(Debug, Clone, Copy)]
 pub struct UserLimit {
     interval_ms: f64,
@@ -52,7 +58,16 @@ impl UserLimit {
     /// Fails when Redis does not answer (the caller lets the message through
     /// then: the append fails the same way if Redis is really gone).
     pub async fn allow(&self, redis: &RedisHandle, user: &str) -> Result<bool, RedisError> {
-        let mut inv = GCRA.key(chat_shared::keys::user_budget(user));
+        self.allow_key(redis, &chat_shared::keys::user_budget(user))
+            .await
+    }
+
+    /// Spends one unit of the budget at `key`.
+    ///
+    /// # Errors
+    /// Fails when Redis does not answer.
+    pub async fn allow_key(&self, redis: &RedisHandle, key: &str) -> Result<bool, RedisError> {
+        let mut inv = GCRA.key(key);
         inv.arg(self.interval_ms).arg(self.burst);
         Ok(redis.script::<i64>(&inv).await? == 1)
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Message;
 use chat_shared::ids::{RoomId, Username};
+use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::protocol::{
     ack_frame, error_frame, history_frames, parse_client_frame, ClientFrame, ErrorCode,
@@ -42,6 +43,8 @@ pub(super) struct Reader {
     client_ip: IpAddr,
     replies: mpsc::Sender<String>,
     bucket: TokenBucket,
+    /// The room is known to exist (has history): no creation budget to spend.
+    room_exists: bool,
 }
 
 impl Reader {
@@ -67,6 +70,7 @@ impl Reader {
             client_ip,
             replies,
             bucket,
+            room_exists: false,
         }
     }
 
@@ -200,11 +204,16 @@ impl Reader {
             (Some(identity), _) => identity.name.clone(),
             (None, claimed) => claimed.unwrap_or_else(|| self.username.clone()),
         };
+        let user = match &user_id {
+            Some(id) => id.clone(),
+            None => format!("ip:{}", self.client_ip),
+        };
+        if !self.room_exists {
+            if let Some(refused) = self.spend_room_creation(&user).await {
+                return self.reply_error(&refused, client_id).await;
+            }
+        }
         if let Some(limit) = self.state.user_limit {
-            let user = match &user_id {
-                Some(id) => id.clone(),
-                None => format!("ip:{}", self.client_ip),
-            };
             // A Redis failure lets the message through to the append, which
             // then fails the same way if Redis is really gone.
             if let Ok(false) = limit.allow(&self.state.redis, &user).await {
@@ -241,6 +250,40 @@ impl Reader {
                 };
                 let err = ProtocolError::new(ErrorCode::Unavailable, why);
                 self.reply_error(&err, client_id).await
+            }
+        }
+    }
+
+    /// Before the first message of this connection: a room without history
+    /// is created by it, which spends the user's room-creation budget.
+    /// Returns the refusal when the budget is spent. Redis failures let the
+    /// message through (the append fails the same way if Redis is gone).
+    async fn spend_room_creation(&mut self, user: &str) -> Option<ProtocolError> {
+        let Some(budget) = self.state.room_creation else {
+            self.room_exists = true;
+            return None;
+        };
+        let exists: Result<bool, _> = self
+            .state
+            .redis
+            .query(redis::cmd("EXISTS").arg(keys::room_state(&self.room)))
+            .await;
+        if let Ok(true) = exists {
+            self.room_exists = true;
+            return None;
+        }
+        let key = keys::room_creation_budget(user);
+        match budget.allow_key(&self.state.redis, &key).await {
+            Ok(false) => {
+                metrics::counter!(m::GW_ROOMS_REFUSED).increment(1);
+                Some(ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    "too many new rooms from this user; post to an existing room or retry later",
+                ))
+            }
+            _ => {
+                self.room_exists = true;
+                None
             }
         }
     }
