@@ -172,20 +172,8 @@ mod tests {
     fn args(secret: &str) -> AccessArgs {
         AccessArgs {
             jwt_secret: Some(secret.into()),
-            jwt_public_key_file: None,
             jwt_issuer: Some("app".into()),
-            jwt_audience: None,
-            allowed_origins: "*".into(),
-            max_connections_per_ip: 0,
-            trusted_proxies: String::new(),
-            user_rate_limit_per_sec: 0.0,
-            user_rate_limit_burst: 20.0,
-            room_creation_per_min: 0.0,
-            room_creation_burst: 60.0,
-            api_keys: String::new(),
-            api_keys_file: None,
-            api_rate_limit_per_sec: 100.0,
-            api_rate_limit_burst: 200.0,
+            ..AccessArgs::off()
         }
     }
 

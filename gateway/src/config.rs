@@ -167,6 +167,30 @@ impl GatewayConfig {
     }
 }
 
+#[cfg(test)]
+impl AccessArgs {
+    /// Everything off, as with no env set: a base for unit tests.
+    pub(crate) fn off() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            allowed_origins: "*".into(),
+            max_connections_per_ip: 0,
+            trusted_proxies: String::new(),
+            user_rate_limit_per_sec: 0.0,
+            user_rate_limit_burst: 20.0,
+            room_creation_per_min: 0.0,
+            room_creation_burst: 60.0,
+            api_keys: String::new(),
+            api_keys_file: None,
+            api_rate_limit_per_sec: 100.0,
+            api_rate_limit_burst: 200.0,
+        }
+    }
+}
+
 /// Identity and access: JWT verification, Origin policy, per-IP and per-user
 /// limits, and the keys of the HTTP publish API. Everything is off by
 /// default, so spec clients keep working.

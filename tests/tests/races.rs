@@ -79,11 +79,10 @@ const FAST_GW: &[(&str, &str)] = &[
 
 /// `(seq, message)` of every record in `messages:<room>`.
 async fn stored(redis: &Redis, room: &str) -> Vec<(u64, String)> {
-    let mut c = redis.conn().await;
-    let raw: Vec<String> = c.lrange(format!("messages:{room}"), 0, -1).await.unwrap();
-    raw.iter()
-        .map(|r| {
-            let v: Value = serde_json::from_str(r).unwrap();
+    stored_records(redis, room)
+        .await
+        .iter()
+        .map(|v| {
             (
                 v["seq"].as_u64().unwrap(),
                 v["message"].as_str().unwrap().to_owned(),

@@ -126,7 +126,10 @@ impl Reader {
                 }
                 Some(Ok(Message::Text(text))) => {
                     let before = self.identity.as_ref().map(|i| i.expires_at);
-                    let handled = self.on_text(text.as_str()).await;
+                    // Boxed: the handling (an append, a history read) is far
+                    // larger than the loop around it, and every idle
+                    // connection would otherwise carry its size.
+                    let handled = Box::pin(self.on_text(text.as_str())).await;
                     if self.identity.as_ref().map(|i| i.expires_at) != before {
                         expired.as_mut().reset(self.expiry());
                     }

@@ -134,7 +134,7 @@ impl<H: HistorySource> Writer<H> {
     {
         match out {
             Outbound::Message(live) => self.deliver_live(sink, live).await,
-            Outbound::Resync => self.fill_gap(sink, u64::MAX).await,
+            Outbound::Resync => Box::pin(self.fill_gap(sink, u64::MAX)).await,
         }
     }
 
@@ -149,9 +149,11 @@ impl<H: HistorySource> Writer<H> {
         match self.cursor.on_live(live.seq, &live.epoch) {
             Step::Send => self.feed(sink, Message::Text(live.frame)).await,
             Step::Skip => Ok(()),
-            Step::Reset => self.reset(sink).await,
+            // The rare paths read Redis: boxed, so that every idle connection
+            // does not carry the size of a Redis call in its state.
+            Step::Reset => Box::pin(self.reset(sink)).await,
             Step::FillGap => {
-                self.fill_gap(sink, live.seq).await?;
+                Box::pin(self.fill_gap(sink, live.seq)).await?;
                 match self.cursor.on_live(live.seq, &live.epoch) {
                     Step::Send => self.feed(sink, Message::Text(live.frame)).await,
                     Step::Skip | Step::Reset => Ok(()),
@@ -188,7 +190,7 @@ impl<H: HistorySource> Writer<H> {
             }
         };
         if !self.cursor.same_epoch(snap.epoch.as_deref()) {
-            return self.reset(sink).await;
+            return Box::pin(self.reset(sink)).await;
         }
         tracing::debug!(from, upto, "Filling delivery gap from history");
         for (seq, record) in &snap.records {

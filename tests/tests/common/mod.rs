@@ -771,3 +771,14 @@ pub fn tcp_send_queue(local: u16, remote: u16) -> Option<u64> {
         u64::from_str_radix(f[4].split(':').next()?, 16).ok()
     })
 }
+
+/// The records of `messages:<room>`, parsed, oldest first.
+pub async fn stored_records(redis: &Redis, room: &str) -> Vec<Value> {
+    let mut c = redis.conn().await;
+    let raw: Vec<String> = redis::AsyncCommands::lrange(&mut c, format!("messages:{room}"), 0, -1)
+        .await
+        .unwrap();
+    raw.iter()
+        .map(|r| serde_json::from_str(r).expect("stored records are JSON"))
+        .collect()
+}
