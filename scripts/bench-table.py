@@ -61,7 +61,8 @@ def main(results, readme):
         "(`BENCH_QUICK=1 scripts/bench` runs smaller sizes as a smoke run). It starts",
         "its own Redis, worker and gateways on free ports; below, their addresses and",
         "PIDs appear as `$GW1`…`$GW3` (gateway WebSocket URLs), `$REDIS_URL`,",
-        "`$WORKER_METRICS` and `$GW1_PID`…`$GW3_PID`.",
+        "`$WORKER_METRICS` and `$GW1_PID`…`$GW3_PID`; `$TOKEN` is an HS256 JWT the",
+        "script mints for the `-auth` rows, whose gateways run with `JWT_SECRET` set.",
         "",
     ]
     lines += [f"- `{r['name']}`: `{r['cmd']}`" for r in rows]

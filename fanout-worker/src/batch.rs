@@ -185,8 +185,11 @@ fn persist_pipeline(
             &item.room,
             &item.entry_id,
             &item.entry.record_prefix(),
-            config.history_limit,
-            config.history_ttl,
+            persist::HistoryBounds {
+                limit: config.history_limit,
+                max_bytes: config.history_max_bytes,
+                ttl_secs: config.history_ttl,
+            },
             epoch,
             &item.entry.id,
             2 * config.batch_size,
@@ -339,6 +342,7 @@ mod tests {
             message: "hi".into(),
             timestamp: "2026-11-27T14:00:00.000Z".into(),
             stamped_us: 1,
+            user_id: None,
         }
     }
 

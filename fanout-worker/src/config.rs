@@ -34,6 +34,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "HISTORY_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub history_limit: u64,
 
+    /// Most bytes of record JSON one room's history keeps (oldest dropped
+    /// first); bounds what a room of huge messages can cost. 0 = no cap.
+    #[arg(long, env = "HISTORY_MAX_BYTES", default_value_t = 4_194_304)]
+    pub history_max_bytes: u64,
+
     /// Expiry of a room's history after its last message, in seconds (default 7 days).
     #[arg(long, env = "HISTORY_TTL", default_value_t = 604_800, value_parser = clap::value_parser!(u64).range(1..))]
     pub history_ttl: u64,

@@ -133,6 +133,7 @@ mod tests {
             message: "hi".into(),
             timestamp: "2026-11-27T14:00:00.000Z".into(),
             stamped_us: 1,
+            user_id: None,
         }
     }
 

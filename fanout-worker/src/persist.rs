@@ -5,6 +5,18 @@
 //! entry whose stream id is not above `last_entry` was applied before (a
 //! takeover re-processing it): the script then returns the stored record so it
 //! can be delivered again, and neither adds a copy nor burns a `seq`.
+//!
+//! The stored record is JSON built in two steps: serde writes every field but
+//! `seq` ([`chat_shared::envelope::StreamEntry::record_prefix`]), and the
+//! script appends `,"seq":N}`, because `N` is assigned here, atomically with
+//! the append. Decoding and re-encoding with Lua's cjson instead would cost a
+//! parse per message and change the JSON (field order, escaping of `/`,
+//! numbers); the splice adds one integer field to a serde-made object, and unit
+//! tests in `shared` check that the result parses as `MessageRecord`.
+//!
+//! History is bounded twice: at most `HISTORY_LIMIT` records and at most
+//! `HISTORY_MAX_BYTES` of record JSON (the room state keeps a running `bytes`
+//! total); the oldest records go first, so the list stays contiguous in `seq`.
 
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
@@ -16,7 +28,8 @@ use redis::Script;
 /// ARGV: stream entry id, record prefix (JSON without `,"seq":N}`), history
 /// limit, ttl seconds, epoch candidate, message id, how many of the newest
 /// records to search for a re-processed entry (a takeover re-processes at most
-/// a batch or two, so the whole list never needs scanning).
+/// a batch or two, so the whole list never needs scanning), history byte cap
+/// (0 = none).
 /// Returns `{seq, record, epoch}` when applied, `{0, record or false, epoch}`
 /// when it was applied before.
 const PERSIST_LUA: &str = r#"
@@ -44,8 +57,15 @@ redis.call('HSETNX', KEYS[2], 'epoch', ARGV[5])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 redis.call('HSET', KEYS[2], 'last_entry', ARGV[1])
 local record = ARGV[2] .. ',"seq":' .. seq .. '}'
-redis.call('RPUSH', KEYS[1], record)
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+local len = redis.call('RPUSH', KEYS[1], record)
+local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #record)
+local limit, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[8])
+while len > limit or (max_bytes > 0 and bytes > max_bytes and len > 1) do
+  local old = redis.call('LPOP', KEYS[1])
+  bytes = redis.call('HINCRBY', KEYS[2], 'bytes', -#old)
+  len = len - 1
+end
+if bytes < 0 then redis.call('HSET', KEYS[2], 'bytes', 0) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {seq, record, epoch}
@@ -56,6 +76,17 @@ pub(crate) fn script() -> Script {
     Script::new(PERSIST_LUA)
 }
 
+/// How far a room's history may grow, and how long it lives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HistoryBounds {
+    /// Most records (`HISTORY_LIMIT`).
+    pub(crate) limit: u64,
+    /// Most bytes of record JSON (`HISTORY_MAX_BYTES`, 0 = none).
+    pub(crate) max_bytes: u64,
+    /// Expiry after the last message (`HISTORY_TTL`).
+    pub(crate) ttl_secs: u64,
+}
+
 /// Adds one persist invocation to `pipe`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn add_to_pipeline(
@@ -64,8 +95,7 @@ pub(crate) fn add_to_pipeline(
     room: &RoomId,
     entry_id: &str,
     record_prefix: &str,
-    history_limit: u64,
-    ttl_secs: u64,
+    bounds: HistoryBounds,
     epoch: &str,
     message_id: &str,
     search_window: u64,
@@ -74,11 +104,12 @@ pub(crate) fn add_to_pipeline(
     inv.key(keys::room_state(room))
         .arg(entry_id)
         .arg(record_prefix)
-        .arg(history_limit)
-        .arg(ttl_secs)
+        .arg(bounds.limit)
+        .arg(bounds.ttl_secs)
         .arg(epoch)
         .arg(message_id)
-        .arg(search_window);
+        .arg(search_window)
+        .arg(bounds.max_bytes);
     pipe.invoke_script(&inv);
 }
 

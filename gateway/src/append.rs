@@ -82,7 +82,8 @@ pub struct AppendLimits {
     pub dedupe_window_secs: u64,
 }
 
-/// Stamps `message` with a UUID v7 and the current time and appends it.
+/// Stamps `message` with a UUID v7 and the current time and appends it;
+/// `user_id` is the sender's token `sub` when authentication is on.
 ///
 /// # Errors
 /// Fails when Redis does not take the entry within the timeout, or the
@@ -93,6 +94,7 @@ pub async fn append(
     limits: AppendLimits,
     room: &RoomId,
     username: &Username,
+    user_id: Option<&str>,
     client_id: Option<&str>,
     message: String,
 ) -> Result<Appended, AppendError> {
@@ -105,11 +107,14 @@ pub async fn append(
         message,
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         stamped_us: now_us(),
+        user_id: user_id.map(str::to_owned),
     };
     let shard = keys::shard_of(room, limits.shards);
     let mut inv = APPEND.key(keys::stream(shard));
     if let Some(client_id) = client_id {
-        inv.key(keys::dedupe(shard, room, username.as_str(), client_id));
+        // The sender: its user id when authenticated, else its name.
+        let user = user_id.unwrap_or(username.as_str());
+        inv.key(keys::dedupe(shard, room, user, client_id));
     }
     inv.arg(STREAM_FIELD)
         .arg(entry.encode())

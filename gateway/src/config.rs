@@ -135,6 +135,10 @@ pub struct GatewayConfig {
 
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub access: AccessArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub redis: RedisArgs,
 
     #[command(flatten)]
@@ -176,4 +180,76 @@ impl GatewayConfig {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
+}
+
+/// Identity and access: JWT verification, Origin policy, per-IP and per-user
+/// limits, and the keys of the HTTP publish API. Everything is off by
+/// default, so spec clients keep working.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccessArgs {
+    /// HS256 secret for client tokens; setting it (or JWT_PUBLIC_KEY_FILE)
+    /// turns authentication on.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) for client tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// Required `iss` of client tokens (checked when set).
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of client tokens (checked when set).
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Browser origins allowed to open WebSockets: a comma list of exact
+    /// origins, or `*`. Requests without an Origin header are not refused.
+    #[arg(long, env = "ALLOWED_ORIGINS", default_value = "*")]
+    pub allowed_origins: String,
+
+    /// Most WebSockets one client IP may hold on this gateway; 0 = no limit.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Proxies (comma list of CIDRs) whose `X-Forwarded-For` is believed: the
+    /// client IP is then the first untrusted hop from the right.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+
+    /// Messages per second one user (per IP when anonymous) may send across
+    /// all gateways, kept in Redis; 0 = off.
+    #[arg(long, env = "USER_RATE_LIMIT_PER_SEC", default_value_t = 0.0)]
+    pub user_rate_limit_per_sec: f64,
+
+    /// Burst of the per-user budget.
+    #[arg(long, env = "USER_RATE_LIMIT_BURST", default_value_t = 20.0)]
+    pub user_rate_limit_burst: f64,
+
+    /// New rooms (rooms without history) one user, or one IP when anonymous,
+    /// may create per minute across all gateways; 0 = no limit.
+    #[arg(long, env = "ROOM_CREATION_PER_MIN", default_value_t = 30.0)]
+    pub room_creation_per_min: f64,
+
+    /// Burst of the room-creation budget.
+    #[arg(long, env = "ROOM_CREATION_BURST", default_value_t = 60.0)]
+    pub room_creation_burst: f64,
+
+    /// Keys of the HTTP publish API (comma list); without any key configured
+    /// the API does not exist (404).
+    #[arg(long, env = "API_KEYS", hide_env_values = true, default_value = "")]
+    pub api_keys: String,
+
+    /// File with more API keys, one per line (`#` starts a comment).
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
+    /// Requests per second one API key may make on this gateway.
+    #[arg(long, env = "API_RATE_LIMIT_PER_SEC", default_value_t = 100.0)]
+    pub api_rate_limit_per_sec: f64,
+
+    /// Burst of each API key's budget.
+    #[arg(long, env = "API_RATE_LIMIT_BURST", default_value_t = 200.0)]
+    pub api_rate_limit_burst: f64,
 }

@@ -25,7 +25,10 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/rooms/{room}/messages", get(messages))
+        .route(
+            "/rooms/{room}/messages",
+            get(messages).post(crate::publish_api::publish),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
         })

@@ -19,18 +19,22 @@
 //!
 //! [`run`] is what `main` calls and what tests start.
 
+pub mod access;
 pub mod api_error;
 pub mod append;
+pub mod auth;
 pub mod config;
 pub mod history;
 pub mod http;
 pub mod listener;
 pub mod presence;
+pub mod publish_api;
 pub mod rate_limit;
 pub mod rooms;
 pub mod server;
 pub mod state;
 pub mod subscriber;
+pub mod user_limit;
 mod ws;
 
 use std::sync::atomic::Ordering;
@@ -68,7 +72,8 @@ pub async fn run(
         redis.clone(),
         metrics.clone(),
         conn_shutdown.clone(),
-    );
+    )
+    .map_err(ConfigError)?;
     tracing::info!(gateway_id, addr = ?listener.local_addr().ok(), "Gateway starting");
 
     let background = CancellationToken::new();
@@ -182,6 +187,11 @@ pub async fn run(
     tracing::info!("Gateway stopped");
     Ok(())
 }
+
+/// The configuration cannot be used (bad key file, bad CIDR, …).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 /// Another live process heartbeats with this gateway's fixed `GATEWAY_ID`.
 #[derive(Debug, thiserror::Error)]

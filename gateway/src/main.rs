@@ -26,7 +26,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     match result {
-        Err(e) if e.is::<chat_gateway::IdInUse>() => chat_shared::config::exit_usage(e),
+        Err(e) if e.is::<chat_gateway::IdInUse>() || e.is::<chat_gateway::ConfigError>() => {
+            chat_shared::config::exit_usage(e)
+        }
         other => other,
     }
 }

@@ -10,9 +10,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::AccessPolicy;
+use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
+use crate::publish_api::ApiKeys;
 use crate::rooms::LocalRooms;
 use crate::subscriber::SubscriptionState;
+use crate::user_limit::UserLimit;
 
 /// Cheap to clone: everything inside is shared.
 #[derive(Debug, Clone)]
@@ -53,6 +57,16 @@ pub struct Inner {
     /// after a resync every connection needs one, and they queue here instead
     /// of all hitting Redis at once.
     pub catch_up_permits: Arc<Semaphore>,
+    /// Verifies client tokens; `None` when authentication is off.
+    pub auth: Option<Authenticator>,
+    /// Origin policy, client IPs and the per-IP cap.
+    pub access: Arc<AccessPolicy>,
+    /// Keys of the HTTP publish API; `None` when the API is off.
+    pub api_keys: Option<ApiKeys>,
+    /// The per-user budget in Redis; `None` when off.
+    pub user_limit: Option<UserLimit>,
+    /// The per-user budget of new rooms; `None` when off.
+    pub room_creation: Option<UserLimit>,
 }
 
 /// Connection history reads in flight at once, per gateway.
@@ -67,18 +81,33 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// Builds the state.
+    ///
+    /// # Errors
+    /// A message for the operator when the access settings are unusable
+    /// (unreadable key files, bad CIDRs).
     pub fn new(
         config: GatewayConfig,
         gateway_id: String,
         redis: RedisHandle,
         metrics: Option<Exporter>,
         shutdown: CancellationToken,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let limits = Limits {
             max_message_chars: config.max_message_len as usize,
             max_history_limit: config.history_page_max as usize,
         };
-        Self {
+        let auth = Authenticator::from_args(&config.access)?;
+        let access = Arc::new(AccessPolicy::from_args(&config.access)?);
+        let api_keys = ApiKeys::from_args(&config.access)?;
+        let user_limit = UserLimit::new(
+            config.access.user_rate_limit_per_sec,
+            config.access.user_rate_limit_burst,
+        );
+        let room_creation = UserLimit::new(
+            config.access.room_creation_per_min / 60.0,
+            config.access.room_creation_burst,
+        );
+        Ok(Self {
             inner: Arc::new(Inner {
                 conn_permits: Arc::new(Semaphore::new(config.max_connections)),
                 config,
@@ -94,8 +123,13 @@ impl AppState {
                 limits,
                 metrics,
                 catch_up_permits: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),
+                auth,
+                access,
+                api_keys,
+                user_limit,
+                room_creation,
             }),
-        }
+        })
     }
 
     /// Open connections right now.

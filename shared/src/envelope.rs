@@ -29,6 +29,10 @@ pub struct StreamEntry {
     pub timestamp: String,
     /// Gateway stamp in Unix microseconds, for end-to-end latency metrics.
     pub stamped_us: i64,
+    /// The sender's user id (the token's `sub`) when authentication is on.
+    /// Optional and defaulted, so entries without it still decode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// The JSON record of a message without its closing `}` and `seq`: the worker's
@@ -39,6 +43,8 @@ struct RecordPrefix<'a> {
     room: &'a str,
     message: &'a str,
     username: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
     timestamp: &'a str,
 }
 
@@ -68,6 +74,7 @@ impl StreamEntry {
             room: &self.room,
             message: &self.message,
             username: &self.username,
+            user_id: self.user_id.as_deref(),
             timestamp: &self.timestamp,
         })
         .unwrap_or_default();
@@ -195,6 +202,7 @@ mod tests {
             message: "hi\nthere ✓".into(),
             timestamp: "2026-11-25T14:00:00.123Z".into(),
             stamped_us: 42,
+            user_id: None,
         }
     }
 

@@ -74,6 +74,17 @@ pub fn dedupe(shard: u32, room: &RoomId, user: &str, client_id: &str) -> String 
     )
 }
 
+/// Message budget of one user (`sub`, or `ip:<addr>` when anonymous),
+/// shared by every gateway.
+pub fn user_budget(user: &str) -> String {
+    format!("chat:budget:{{{user}}}")
+}
+
+/// Room-creation budget of one user (`sub`, or `ip:<addr>`).
+pub fn room_creation_budget(user: &str) -> String {
+    format!("chat:budget:{{rooms:{user}}}")
+}
+
 /// Lease of shard `n`, in the slot of its stream.
 pub fn lease(shard: u32) -> String {
     format!("chat:lease:{{shard-{shard}}}")

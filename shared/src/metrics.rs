@@ -38,6 +38,12 @@ pub const GW_SUBSCRIPTIONS: &str = "chat_gateway_subscriptions_total";
 /// Counter: times the delivery buffer overflowed (batches dropped, then
 /// recovered from history by every local connection).
 pub const GW_DELIVERY_OVERFLOWS: &str = "chat_gateway_delivery_overflows_total";
+/// Counter: HTTP publish requests, by `result` (`accepted`, `unauthorized`,
+/// `rate_limited`, `unavailable`).
+pub const GW_API_REQUESTS: &str = "chat_gateway_api_publish_requests_total";
+/// Counter: messages refused because they would create a room beyond the
+/// sender's room-creation budget.
+pub const GW_ROOMS_REFUSED: &str = "chat_gateway_room_creations_refused_total";
 /// Counter: messages acked as repeats of a `client_id` already stored.
 pub const GW_APPEND_REPEATS: &str = "chat_gateway_append_repeats_total";
 /// Counter: appends refused because the shard's stream backlog is full.
@@ -223,6 +229,16 @@ fn describe_all() {
         GW_DELIVERY_OVERFLOWS,
         Unit::Count,
         "Delivery buffer overflows (batches dropped, recovered from history)"
+    );
+    describe_counter!(
+        GW_API_REQUESTS,
+        Unit::Count,
+        "HTTP publish requests, by result"
+    );
+    describe_counter!(
+        GW_ROOMS_REFUSED,
+        Unit::Count,
+        "Messages refused beyond the sender's room-creation budget"
     );
     describe_counter!(
         GW_APPEND_REPEATS,

@@ -150,9 +150,10 @@ fn stream_entry() -> impl Strategy<Value = StreamEntry> {
         ".{0,80}",
         ".{0,30}",
         any::<i64>(),
+        proptest::option::of(".{0,20}"),
     )
         .prop_map(
-            |(id, room, username, message, timestamp, stamped_us)| StreamEntry {
+            |(id, room, username, message, timestamp, stamped_us, user_id)| StreamEntry {
                 v: chat_shared::envelope::VERSION,
                 id,
                 room,
@@ -160,6 +161,7 @@ fn stream_entry() -> impl Strategy<Value = StreamEntry> {
                 message,
                 timestamp,
                 stamped_us,
+                user_id,
             },
         )
 }

@@ -36,6 +36,7 @@ fn envelope(v: u8, room: &str, text: &str) -> Vec<u8> {
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
             .to_string(),
         stamped_us: chrono::Utc::now().timestamp_micros(),
+        user_id: None,
     }
     .encode()
 }

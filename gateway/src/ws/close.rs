@@ -27,6 +27,8 @@ pub(super) enum CloseReason {
     ProtocolError(&'static str),
     /// The socket failed (I/O error, reset without a close frame).
     SocketError,
+    /// The token expired without a `refresh` (4001).
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -43,6 +45,7 @@ impl CloseReason {
             Self::InvalidUtf8 => "invalid_utf8",
             Self::ProtocolError(_) => "protocol_error",
             Self::SocketError => "socket_error",
+            Self::TokenExpired => "token_expired",
         }
     }
 
@@ -58,6 +61,7 @@ impl CloseReason {
             Self::TooBig => (1009, "message larger than WS_MAX_MESSAGE_BYTES"),
             Self::InvalidUtf8 => (1007, "invalid UTF-8 in a text message"),
             Self::ProtocolError(what) => (1002, what),
+            Self::TokenExpired => (4001, "token expired"),
         };
         Some(CloseFrame {
             code,
@@ -120,6 +124,7 @@ mod tests {
             CloseReason::InvalidUtf8,
             CloseReason::ProtocolError("x"),
             CloseReason::SocketError,
+            CloseReason::TokenExpired,
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), all.len());

@@ -8,6 +8,7 @@
 //! a client that is slow to read is still read, and a pending append never
 //! holds up deliveries.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
@@ -22,6 +23,7 @@ use super::reader::Reader;
 use super::recovery::{self, RoomHistory};
 use super::writer::{bounded_write, Writer, WriterLimits};
 use super::Resume;
+use crate::auth::Identity;
 use crate::listener::AbortSwitch;
 use crate::presence;
 use crate::state::AppState;
@@ -48,6 +50,10 @@ pub(crate) struct Connection {
     pub(crate) conn_id: u64,
     /// Where the client's history starts (`since`), if it asked.
     pub(crate) resume: Option<Resume>,
+    /// The verified user, when authentication is on.
+    pub(crate) identity: Option<Identity>,
+    /// The client's IP (its per-user budget key when anonymous).
+    pub(crate) client_ip: IpAddr,
     /// Resets the TCP socket on close when the peer stopped reading.
     pub(crate) abort: AbortSwitch,
 }
@@ -62,6 +68,8 @@ impl Connection {
             username,
             conn_id,
             resume,
+            identity,
+            client_ip,
             abort,
         } = self;
         let conn_key = presence::conn_key(conn_id);
@@ -115,8 +123,14 @@ impl Connection {
                                 kick.clone(),
                                 limits,
                             );
-                            let reader =
-                                Reader::new(state.clone(), room.clone(), username, reply_tx);
+                            let reader = Reader::new(
+                                state.clone(),
+                                room.clone(),
+                                username,
+                                identity,
+                                client_ip,
+                                reply_tx,
+                            );
                             serve(
                                 &mut sink,
                                 &mut stream,

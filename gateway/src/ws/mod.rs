@@ -11,6 +11,7 @@
 //! ordering [`cursor`], history reads for [`recovery`] and the [`close`]
 //! reasons.
 
+mod admission;
 mod close;
 mod connection;
 mod cursor;
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chat_shared::metrics as m;
 use chat_shared::protocol::ErrorCode;
@@ -64,6 +65,7 @@ pub(crate) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let query::WsQuery {
@@ -91,6 +93,18 @@ pub(crate) async fn upgrade(
             "gateway is shutting down; connect to another one",
         );
     }
+    let admitted = match admission::admit(
+        &state,
+        &peer,
+        &params,
+        &headers,
+        &room,
+        username,
+        params.contains_key("username"),
+    ) {
+        Ok(a) => a,
+        Err(admission::Refused(status, code, message)) => return reject(status, code, &message),
+    };
     let Ok(permit) = state.conn_permits.clone().try_acquire_owned() else {
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -116,13 +130,16 @@ pub(crate) async fn upgrade(
                         state,
                         socket,
                         room,
-                        username,
+                        username: admitted.username,
+                        identity: admitted.identity,
+                        client_ip: admitted.slot.ip(),
                         conn_id,
                         resume,
                         abort: peer.abort,
                     };
                     conn.run().await;
                     drop(permit);
+                    drop(admitted.slot);
                 }
                 .instrument(span),
             )

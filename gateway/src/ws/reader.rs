@@ -7,10 +7,12 @@
 //! fast sender is slowed by TCP while its append is out, not buffered.
 //! The per-connection rate limit and the idle timeout are enforced here.
 
-use std::time::Instant;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Message;
 use chat_shared::ids::{RoomId, Username};
+use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::protocol::{
     ack_frame, error_frame, history_frames, parse_client_frame, ClientFrame, ErrorCode,
@@ -21,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::close::CloseReason;
 use crate::append::{self, AppendError};
+use crate::auth::Identity;
 use crate::history::{self, Range};
 use crate::rate_limit::TokenBucket;
 use crate::state::AppState;
@@ -35,8 +38,13 @@ pub(super) struct Reader {
     state: AppState,
     room: RoomId,
     username: Username,
+    /// The verified user; replaced by a `refresh`.
+    identity: Option<Identity>,
+    client_ip: IpAddr,
     replies: mpsc::Sender<String>,
     bucket: TokenBucket,
+    /// The room is known to exist (has history): no creation budget to spend.
+    room_exists: bool,
 }
 
 impl Reader {
@@ -45,6 +53,8 @@ impl Reader {
         state: AppState,
         room: RoomId,
         username: Username,
+        identity: Option<Identity>,
+        client_ip: IpAddr,
         replies: mpsc::Sender<String>,
     ) -> Self {
         let bucket = TokenBucket::new(
@@ -56,9 +66,23 @@ impl Reader {
             state,
             room,
             username,
+            identity,
+            client_ip,
             replies,
             bucket,
+            room_exists: false,
         }
+    }
+
+    /// When the connection's token expires (far in the future without one).
+    fn expiry(&self) -> tokio::time::Instant {
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let Some(identity) = &self.identity else {
+            return far;
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let left = Duration::from_secs(identity.expires_at.saturating_sub(now));
+        tokio::time::Instant::now() + left
     }
 
     /// Reads frames until the connection ends, and returns why. Consumes the
@@ -74,10 +98,16 @@ impl Reader {
         let idle = self.state.config.idle_timeout();
         let shutdown = self.state.shutdown.clone().cancelled_owned();
         tokio::pin!(shutdown);
+        let expired = tokio::time::sleep_until(self.expiry());
+        tokio::pin!(expired);
         loop {
             let inbound = tokio::select! {
                 biased;
                 _ = &mut shutdown => return CloseReason::Shutdown,
+                _ = &mut expired => {
+                    tracing::info!("Token expired without refresh");
+                    return CloseReason::TokenExpired;
+                }
                 next = tokio::time::timeout(idle, stream.next()) => match next {
                     // Nothing at all, not even a pong, within the idle timeout.
                     Err(_) => return CloseReason::IdleTimeout,
@@ -90,7 +120,14 @@ impl Reader {
                     tracing::debug!(error = %e, "Socket error");
                     return CloseReason::from_socket_error(&e);
                 }
-                Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                Some(Ok(Message::Text(text))) => {
+                    let before = self.identity.as_ref().map(|i| i.expires_at);
+                    let handled = self.on_text(text.as_str()).await;
+                    if self.identity.as_ref().map(|i| i.expires_at) != before {
+                        expired.as_mut().reset(self.expiry());
+                    }
+                    handled
+                }
                 Some(Ok(Message::Binary(_))) => {
                     let err = self.rate_limit().unwrap_or_else(|| {
                         ProtocolError::new(
@@ -138,6 +175,7 @@ impl Reader {
             }
             Ok(ClientFrame::Message(msg)) => self.on_message(msg).await,
             Ok(ClientFrame::History(req)) => self.on_history(req).await,
+            Ok(ClientFrame::Refresh(token)) => self.on_refresh(&token).await,
         }
     }
 
@@ -156,25 +194,56 @@ impl Reader {
 
     /// Appends a message and acks it, or tells the sender it was not stored.
     async fn on_message(&mut self, msg: InboundMessage) -> Result<(), WriterGone> {
-        let username = msg.username.unwrap_or_else(|| self.username.clone());
+        let client_id = msg.client_id.as_deref();
+        let user_id = self.identity.as_ref().map(|i| i.user_id.clone());
+        let username = match (&self.identity, msg.username) {
+            // With a token, the name is the token's: another one is forged.
+            (Some(identity), Some(claimed)) if claimed != identity.name => {
+                let err = ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    "data.username differs from the token's name; omit it",
+                );
+                return self.reply_error(&err, client_id).await;
+            }
+            (Some(identity), _) => identity.name.clone(),
+            (None, claimed) => claimed.unwrap_or_else(|| self.username.clone()),
+        };
+        let user = match &user_id {
+            Some(id) => id.clone(),
+            None => format!("ip:{}", self.client_ip),
+        };
+        if !self.room_exists {
+            if let Some(refused) = self.spend_room_creation(&user).await {
+                return self.reply_error(&refused, client_id).await;
+            }
+        }
+        if let Some(limit) = self.state.user_limit {
+            // A Redis failure lets the message through to the append, which
+            // then fails the same way if Redis is really gone.
+            if let Ok(false) = limit.allow(&self.state.redis, &user).await {
+                metrics::counter!(m::GW_RATE_LIMITED).increment(1);
+                let err = ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    "this user sends faster than USER_RATE_LIMIT_PER_SEC allows",
+                );
+                return self.reply_error(&err, client_id).await;
+            }
+        }
         let result = append::append(
             &self.state.redis,
             self.state.config.append_limits(),
             &self.room,
             &username,
-            msg.client_id.as_deref(),
+            user_id.as_deref(),
+            client_id,
             msg.message,
         )
         .await;
         match result {
             Ok(done) => {
                 metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
-                self.reply(ack_frame(
-                    msg.client_id.as_deref(),
-                    &done.id,
-                    &done.timestamp,
-                ))
-                .await
+                self.reply(ack_frame(client_id, &done.id, &done.timestamp))
+                    .await
             }
             Err(e) => {
                 let why = match e {
@@ -184,7 +253,76 @@ impl Reader {
                     AppendError::Redis(_) => "message not stored: Redis unavailable; retry",
                 };
                 let err = ProtocolError::new(ErrorCode::Unavailable, why);
-                self.reply_error(&err, msg.client_id.as_deref()).await
+                self.reply_error(&err, client_id).await
+            }
+        }
+    }
+
+    /// Before the first message of this connection: a room without history
+    /// is created by it, which spends the user's room-creation budget.
+    /// Returns the refusal when the budget is spent. Redis failures let the
+    /// message through (the append fails the same way if Redis is gone).
+    async fn spend_room_creation(&mut self, user: &str) -> Option<ProtocolError> {
+        let Some(budget) = self.state.room_creation else {
+            self.room_exists = true;
+            return None;
+        };
+        let exists: Result<bool, _> = self
+            .state
+            .redis
+            .query(redis::cmd("EXISTS").arg(keys::room_state(&self.room)))
+            .await;
+        if let Ok(true) = exists {
+            self.room_exists = true;
+            return None;
+        }
+        let key = keys::room_creation_budget(user);
+        match budget.allow_key(&self.state.redis, &key).await {
+            Ok(false) => {
+                metrics::counter!(m::GW_ROOMS_REFUSED).increment(1);
+                Some(ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    "too many new rooms from this user; post to an existing room or retry later",
+                ))
+            }
+            _ => {
+                self.room_exists = true;
+                None
+            }
+        }
+    }
+
+    /// Replaces the connection's token with a fresh one for the same user.
+    async fn on_refresh(&mut self, token: &str) -> Result<(), WriterGone> {
+        let (Some(auth), Some(current)) = (&self.state.auth, &self.identity) else {
+            let err = ProtocolError::new(ErrorCode::Forbidden, "authentication is not enabled");
+            return self.reply_error(&err, None).await;
+        };
+        match auth.verify(token) {
+            Err(e) => {
+                let err = ProtocolError::new(ErrorCode::Unauthorized, e.to_string());
+                self.reply_error(&err, None).await
+            }
+            Ok(fresh) if fresh.user_id != current.user_id => {
+                tracing::info!(
+                    user = current.user_id,
+                    "Refresh refused: token of another user"
+                );
+                let err =
+                    ProtocolError::new(ErrorCode::Forbidden, "the new token names another user");
+                self.reply_error(&err, None).await
+            }
+            Ok(fresh) if !fresh.may_join(&self.room) => {
+                let err = ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    "the new token does not allow this room",
+                );
+                self.reply_error(&err, None).await
+            }
+            Ok(fresh) => {
+                metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
+                self.identity = Some(fresh);
+                Ok(())
             }
         }
     }

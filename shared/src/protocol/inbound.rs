@@ -17,6 +17,8 @@ pub enum ClientFrame {
     Message(InboundMessage),
     /// `{"type":"history","data":{"limit":N,"before_seq":S}}`: ask for a page.
     History(HistoryRequest),
+    /// `{"type":"refresh","data":{"token":T}}`: replace the connection's token.
+    Refresh(String),
 }
 
 /// A chat message as the client sent it, validated.
@@ -104,11 +106,12 @@ pub fn parse_client_frame(
     match raw.kind.as_ref() {
         "message" => parse_message(raw.data, room, limits).map(ClientFrame::Message),
         "history" => parse_history(raw.data, limits).map(ClientFrame::History),
+        "refresh" => parse_refresh(raw.data).map(ClientFrame::Refresh),
         other => {
             let shown: String = other.chars().take(32).collect();
             Err(Rejected::new(
                 ErrorCode::UnknownType,
-                format!("unknown frame type {shown:?}; expected \"message\" or \"history\""),
+                format!("unknown frame type {shown:?}; expected \"message\", \"history\" or \"refresh\""),
                 None,
             ))
         }
@@ -194,6 +197,23 @@ fn parse_message(
         username,
         client_id,
     })
+}
+
+fn parse_refresh(data: Option<&RawValue>) -> Result<String, Rejected> {
+    #[derive(Deserialize)]
+    struct RawRefresh {
+        token: String,
+    }
+    data.and_then(|d| serde_json::from_str::<RawRefresh>(d.get()).ok())
+        .map(|r| r.token)
+        .filter(|t| !t.is_empty() && t.len() <= 8192)
+        .ok_or_else(|| {
+            Rejected::new(
+                ErrorCode::BadFrame,
+                "refresh needs data.token: a non-empty string of at most 8192 bytes",
+                None,
+            )
+        })
 }
 
 fn parse_history(data: Option<&RawValue>, limits: &Limits) -> Result<HistoryRequest, Rejected> {

@@ -61,6 +61,14 @@ pub enum ErrorCode {
     Internal,
     /// No such route.
     NotFound,
+    /// A token is required and missing, invalid or expired (HTTP 401), or an
+    /// API key is wrong.
+    Unauthorized,
+    /// The token does not allow this: a room outside its `rooms`, a name that
+    /// differs from the token's, a refresh for another user (HTTP 403).
+    Forbidden,
+    /// The browser's Origin is not in `ALLOWED_ORIGINS` (HTTP 403).
+    ForbiddenOrigin,
 }
 
 impl ErrorCode {
@@ -84,11 +92,14 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
             Self::NotFound => "not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::ForbiddenOrigin => "forbidden_origin",
         }
     }
 
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::BadJson,
         Self::BadFrame,
         Self::UnknownType,
@@ -106,6 +117,9 @@ impl ErrorCode {
         Self::Unavailable,
         Self::Internal,
         Self::NotFound,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::ForbiddenOrigin,
     ];
 }
 

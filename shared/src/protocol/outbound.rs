@@ -202,6 +202,9 @@ pub struct MessageRecord {
     pub message: String,
     /// The sender's display name.
     pub username: String,
+    /// The sender's user id (the token's `sub`) when authentication is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
     /// RFC 3339 UTC with milliseconds and `Z`.
     pub timestamp: String,
     /// Per-room sequence number, +1 per message, assigned by the worker.

@@ -289,6 +289,7 @@ pub(crate) async fn persist(
                 message: client::payload(0, n, client::now_us(), 0),
                 timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 stamped_us: client::now_us(),
+                user_id: None,
             };
             pipe.cmd("XADD")
                 .arg(keys::stream(keys::shard_of(&room, shards)))

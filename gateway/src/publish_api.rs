@@ -1,0 +1,226 @@
+//! Server-side publish: `POST /rooms/{room}/messages` with an API key.
+//!
+//! Bots and application backends post through the same append as WebSocket
+//! clients, so their messages get the same order, `seq`, deduplication by
+//! `client_id` and back-pressure. Keys come from `API_KEYS` and
+//! `API_KEYS_FILE`; without any, the route answers 404. Keys are compared as
+//! SHA-256 digests in constant time, and each key has its own rate limit.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chat_shared::ids::{RoomId, Username, MAX_CLIENT_ID_CHARS};
+use chat_shared::metrics as m;
+use chat_shared::protocol::ErrorCode;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::api_error::ApiError;
+use crate::append::{self, AppendError};
+use crate::config::AccessArgs;
+use crate::rate_limit::TokenBucket;
+use crate::state::AppState;
+
+/// The configured API keys (as digests) and each key's budget.
+#[derive(Debug)]
+pub struct ApiKeys {
+    digests: Vec<[u8; 32]>,
+    budgets: Mutex<Vec<TokenBucket>>,
+}
+
+impl ApiKeys {
+    /// Reads `API_KEYS` and `API_KEYS_FILE`; `None` when no key is configured.
+    ///
+    /// # Errors
+    /// A message for the operator when the file cannot be read.
+    pub fn from_args(args: &AccessArgs) -> Result<Option<Self>, String> {
+        let mut keys: Vec<String> = args
+            .api_keys
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(path) = &args.api_keys_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read API_KEYS_FILE {}: {e}", path.display()))?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        let budgets = keys
+            .iter()
+            .map(|_| TokenBucket::new(args.api_rate_limit_per_sec, args.api_rate_limit_burst, now))
+            .collect();
+        Ok(Some(Self {
+            digests: keys.iter().map(|k| digest(k)).collect(),
+            budgets: Mutex::new(budgets),
+        }))
+    }
+
+    /// The index of the key `presented` matches; every key is compared, in
+    /// constant time, whatever matches.
+    fn find(&self, presented: &str) -> Option<usize> {
+        let d = digest(presented);
+        let mut found = None;
+        for (i, k) in self.digests.iter().enumerate() {
+            if bool::from(k.ct_eq(&d)) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+
+    fn spend(&self, key: usize) -> bool {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        budgets
+            .get_mut(key)
+            .is_some_and(|b| b.try_take(Instant::now()))
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The request body.
+#[derive(Debug, Deserialize)]
+struct PublishBody {
+    message: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// The display name of messages posted without a `username`.
+pub const DEFAULT_API_USERNAME: &str = "api";
+
+/// `POST /rooms/{room}/messages`: 201 `{"id","timestamp","client_id"}` once
+/// the message is durable.
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let Some(keys) = &state.api_keys else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such route",
+        ));
+    };
+    let presented = bearer(&headers).unwrap_or_default();
+    let Some(key) = keys.find(presented) else {
+        metrics::counter!(m::GW_API_REQUESTS, "result" => "unauthorized").increment(1);
+        tracing::info!("Publish refused: missing or wrong API key");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "Authorization: Bearer <API key> is missing or wrong",
+        ));
+    };
+    if !keys.spend(key) {
+        metrics::counter!(m::GW_API_REQUESTS, "result" => "rate_limited").increment(1);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "this API key sends faster than API_RATE_LIMIT_PER_SEC allows",
+        ));
+    }
+    let room = RoomId::parse(&room).map_err(|_| {
+        bad(
+            ErrorCode::InvalidRoom,
+            "room must be 1-64 characters of [A-Za-z0-9_.:-]",
+        )
+    })?;
+    let body: PublishBody = serde_json::from_slice(&body).map_err(|_| {
+        bad(
+            ErrorCode::BadJson,
+            "body must be a JSON object with a string \"message\"",
+        )
+    })?;
+    let message = body.message.unwrap_or_default();
+    if message.is_empty() {
+        return Err(bad(ErrorCode::EmptyMessage, "message must not be empty"));
+    }
+    let max = state.limits.max_message_chars;
+    if message.chars().count() > max {
+        return Err(bad(
+            ErrorCode::MessageTooLong,
+            format!("message is longer than {max} characters"),
+        ));
+    }
+    let username = Username::parse(body.username.as_deref().unwrap_or(DEFAULT_API_USERNAME))
+        .map_err(|_| {
+            bad(
+                ErrorCode::InvalidUsername,
+                "username must be 1-64 characters without control characters",
+            )
+        })?;
+    if body
+        .client_id
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > MAX_CLIENT_ID_CHARS)
+    {
+        return Err(bad(
+            ErrorCode::InvalidClientId,
+            format!("client_id is longer than {MAX_CLIENT_ID_CHARS} characters"),
+        ));
+    }
+    let appended = append::append(
+        &state.redis,
+        state.config.append_limits(),
+        &room,
+        &username,
+        None,
+        body.client_id.as_deref(),
+        message,
+    )
+    .await
+    .map_err(|e| {
+        metrics::counter!(m::GW_API_REQUESTS, "result" => "unavailable").increment(1);
+        let why = match e {
+            AppendError::BacklogFull => "the room's stream backlog is full; retry later",
+            AppendError::Redis(_) => "message not stored: Redis unavailable; retry",
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, why)
+    })?;
+    metrics::counter!(m::GW_API_REQUESTS, "result" => "accepted").increment(1);
+    let body = serde_json::json!({
+        "id": appended.id,
+        "timestamp": appended.timestamp,
+        "client_id": body.client_id,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
