@@ -101,6 +101,17 @@ pub struct GatewayConfig {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
+    /// Longest a TCP connection may stay in its HTTP phase (request headers,
+    /// the request itself, and the upgrade) before it is closed, in ms.
+    /// Covers peers that send nothing, send headers slowly, or never finish.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub handshake_timeout_ms: u64,
+
+    /// Most accepted connections not yet upgraded to a WebSocket; at the cap
+    /// the oldest is closed to admit the new one.
+    #[arg(long, env = "MAX_PENDING_HANDSHAKES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_pending_handshakes: u64,
+
     /// Frames per second a connection may send (token bucket refill rate).
     #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 20.0)]
     pub rate_limit_per_sec: f64,
@@ -152,6 +163,10 @@ impl GatewayConfig {
     /// Idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// Handshake timeout (the HTTP phase of a connection).
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
     }
     /// Write timeout.
     pub fn write_timeout(&self) -> Duration {

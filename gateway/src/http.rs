@@ -58,14 +58,17 @@ async fn health(State(state): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-/// `GET /readyz`: 503 while draining, without Redis, or without a delivery
-/// subscription. A ready gateway whose Redis may evict keys says so in the
+/// `GET /readyz`: 503 while draining, without Redis, without a delivery
+/// subscription, or overloaded (`server::Overload`). A ready gateway whose Redis may evict keys says so in the
 /// body (still 200: it serves, but the operator should act).
 async fn readyz(State(state): State<AppState>) -> Response {
     let ready =
         !state.is_draining() && state.subscription.is_up() && state.redis.ping().await.is_ok();
     if !ready {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
+    }
+    if let Some(why) = state.overload.reason() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response();
     }
     match state.redis.eviction_warning().await {
         None => (StatusCode::OK, "ready").into_response(),

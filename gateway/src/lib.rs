@@ -13,6 +13,9 @@
 //! - [`presence`]: connection entries and the gateway heartbeat in Redis.
 //! - [`history`]: consistent history snapshots for join, recovery and pages.
 //! - [`rate_limit`]: the per-connection token bucket.
+//! - [`server`]: the accept loop and each connection's HTTP phase, bounded
+//!   in time (`HANDSHAKE_TIMEOUT_MS`) and number (`MAX_PENDING_HANDSHAKES`),
+//!   with accept errors backed off; [`listener`] sets socket options.
 //!
 //! [`run`] is what `main` calls and what tests start.
 
@@ -28,6 +31,7 @@ pub mod presence;
 pub mod publish_api;
 pub mod rate_limit;
 pub mod rooms;
+pub mod server;
 pub mod state;
 pub mod subscriber;
 pub mod user_limit;
@@ -145,10 +149,10 @@ pub async fn run(
         })
     };
 
-    let app = http::router(state.clone()).into_make_service_with_connect_info::<listener::Peer>();
+    let app = http::router(state.clone());
     let drain_state = state.clone();
     let listener = listener::ChatListener::new(listener, state.config.socket_send_buffer_bytes);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    server::serve(listener, app, state.clone(), async move {
         shutdown.cancelled().await;
         drain_state.draining.store(true, Ordering::Release);
         tracing::info!(
@@ -156,10 +160,10 @@ pub async fn run(
             "Draining: closing connections with 1001"
         );
         conn_shutdown.cancel();
-    });
-    server.await?;
+    })
+    .await;
 
-    // The listener is closed; wait for the socket tasks axum does not track.
+    // The listener is closed; wait for the upgraded sockets' tasks.
     state.tracker.close();
     if tokio::time::timeout(grace, state.tracker.wait())
         .await

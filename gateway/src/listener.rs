@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -35,26 +33,34 @@ impl ChatListener {
     }
 }
 
-impl Listener for ChatListener {
-    type Io = PeerStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (tcp, addr) = Listener::accept(&mut self.inner).await;
+impl ChatListener {
+    /// Accepts one connection and prepares its socket. Errors are the
+    /// kernel's `accept` errors (e.g. `EMFILE`); the caller decides how to
+    /// back off.
+    ///
+    /// # Errors
+    /// When `accept` fails.
+    pub async fn accept(&self) -> io::Result<(PeerStream, Peer)> {
+        let (tcp, addr) = self.inner.accept().await?;
         // Chat frames are small: without TCP_NODELAY, Nagle's algorithm holds
         // one back while an earlier one is unacknowledged.
         let _ = tcp.set_nodelay(true);
         if self.send_buffer > 0 {
             let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(self.send_buffer);
         }
+        let abort = AbortSwitch::default();
         let stream = PeerStream {
             tcp,
-            abort: AbortSwitch::default(),
+            abort: abort.clone(),
         };
-        (stream, addr)
+        Ok((stream, Peer { addr, abort }))
     }
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
+    /// The address the listener is bound to.
+    ///
+    /// # Errors
+    /// When the socket cannot report it.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
 }
@@ -138,13 +144,4 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Flipped by a connection whose peer stopped reading.
     pub abort: AbortSwitch,
-}
-
-impl Connected<IncomingStream<'_, ChatListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, ChatListener>) -> Self {
-        Self {
-            addr: *stream.remote_addr(),
-            abort: stream.io().abort.clone(),
-        }
-    }
 }

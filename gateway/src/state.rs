@@ -47,6 +47,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Set at the start of the drain: `/readyz` turns 503, new upgrades are refused.
     pub draining: AtomicBool,
+    /// Recent accept-loop overload (descriptor limit, pending cap), for `/readyz`.
+    pub overload: crate::server::Overload,
     /// Validation limits derived from the config.
     pub limits: Limits,
     /// Renders `/metrics`, when a recorder is installed.
@@ -117,6 +119,7 @@ impl AppState {
                 tracker: TaskTracker::new(),
                 shutdown,
                 draining: AtomicBool::new(false),
+                overload: crate::server::Overload::default(),
                 limits,
                 metrics,
                 catch_up_permits: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),

@@ -54,6 +54,15 @@ pub const GW_GAPS_TRIMMED: &str = "chat_gateway_gaps_trimmed_total";
 /// Counter: sockets closed abortively (RST) because the close frame could not
 /// be written: the peer stopped reading.
 pub const GW_SOCKETS_ABORTED: &str = "chat_gateway_sockets_aborted_total";
+/// Gauge: TCP connections accepted and still in their HTTP phase (not yet
+/// upgraded to a WebSocket, not yet closed).
+pub const GW_PENDING_CONNECTIONS: &str = "chat_gateway_pending_connections";
+/// Counter: connections closed in their HTTP phase by the gateway, by
+/// `reason` (`timeout`, `keepalive`, `shed`, `fd_limit`).
+pub const GW_PENDING_CLOSED: &str = "chat_gateway_pending_connections_closed_total";
+/// Counter: failed `accept` calls, by `kind` (`fd_limit`, `no_memory`,
+/// `connection`, `other`).
+pub const GW_ACCEPT_ERRORS: &str = "chat_gateway_accept_errors_total";
 
 /// Counter: messages newly written to history.
 pub const WK_PERSISTED: &str = "chat_worker_messages_persisted_total";
@@ -250,6 +259,21 @@ fn describe_all() {
         GW_SOCKETS_ABORTED,
         Unit::Count,
         "Sockets reset because the peer did not take the close frame"
+    );
+    describe_gauge!(
+        GW_PENDING_CONNECTIONS,
+        Unit::Count,
+        "Accepted connections not yet upgraded to a WebSocket"
+    );
+    describe_counter!(
+        GW_PENDING_CLOSED,
+        Unit::Count,
+        "Connections closed by the gateway before their upgrade, by reason"
+    );
+    describe_counter!(
+        GW_ACCEPT_ERRORS,
+        Unit::Count,
+        "Failed accept calls on the listening socket, by kind"
     );
     describe_counter!(
         WK_PERSISTED,

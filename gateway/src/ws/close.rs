@@ -21,7 +21,11 @@ pub(super) enum CloseReason {
     GapUnfilled,
     /// A message above `WS_MAX_MESSAGE_BYTES` arrived (1009).
     TooBig,
-    /// The socket failed (protocol error, reset).
+    /// A text message (or a close reason) is not valid UTF-8 (1007).
+    InvalidUtf8,
+    /// The peer broke the framing rules of RFC 6455 (1002); the text says which.
+    ProtocolError(&'static str),
+    /// The socket failed (I/O error, reset without a close frame).
     SocketError,
     /// The token expired without a `refresh` (4001).
     TokenExpired,
@@ -38,6 +42,8 @@ impl CloseReason {
             Self::Unavailable => "unavailable",
             Self::GapUnfilled => "gap_unfilled",
             Self::TooBig => "too_big",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::ProtocolError(_) => "protocol_error",
             Self::SocketError => "socket_error",
             Self::TokenExpired => "token_expired",
         }
@@ -53,12 +59,51 @@ impl CloseReason {
             Self::Unavailable => (1011, "redis unavailable; retry later"),
             Self::GapUnfilled => (1011, "missed messages unavailable; reconnect with since"),
             Self::TooBig => (1009, "message larger than WS_MAX_MESSAGE_BYTES"),
+            Self::InvalidUtf8 => (1007, "invalid UTF-8 in a text message"),
+            Self::ProtocolError(what) => (1002, what),
             Self::TokenExpired => (4001, "token expired"),
         };
         Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         })
+    }
+
+    /// Why a read from the socket failed, by tungstenite's error inside
+    /// axum's: invalid UTF-8 is 1007, a broken framing rule 1002, a message
+    /// or frame over the size limit 1009; I/O errors and resets need no
+    /// close frame.
+    pub(super) fn from_socket_error(e: &axum::Error) -> Self {
+        use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError as P};
+        let source = std::error::Error::source(e);
+        let Some(ws) = source.and_then(|s| s.downcast_ref::<WsError>()) else {
+            return Self::SocketError;
+        };
+        match ws {
+            WsError::Utf8(_) => Self::InvalidUtf8,
+            WsError::Capacity(_) => Self::TooBig,
+            WsError::Protocol(p) => match p {
+                P::UnmaskedFrameFromClient => Self::ProtocolError("unmasked client frame"),
+                P::ControlFrameTooBig => Self::ProtocolError("control frame over 125 bytes"),
+                P::FragmentedControlFrame => Self::ProtocolError("fragmented control frame"),
+                P::NonZeroReservedBits => Self::ProtocolError("reserved bits set"),
+                P::UnknownControlFrameType(_)
+                | P::UnknownDataFrameType(_)
+                | P::InvalidOpcode(_) => Self::ProtocolError("unknown opcode"),
+                P::UnexpectedContinueFrame => {
+                    Self::ProtocolError("continuation frame without a message")
+                }
+                P::ExpectedFragment(_) => {
+                    Self::ProtocolError("new message before the fragmented one ended")
+                }
+                P::InvalidCloseSequence => Self::ProtocolError("invalid close frame"),
+                P::ReceivedAfterClosing => Self::ProtocolError("frame after the close frame"),
+                // The peer vanished without a close frame: nothing to send.
+                P::ResetWithoutClosingHandshake => Self::SocketError,
+                _ => Self::ProtocolError("protocol error"),
+            },
+            _ => Self::SocketError,
+        }
     }
 }
 
@@ -76,6 +121,8 @@ mod tests {
             CloseReason::Unavailable,
             CloseReason::GapUnfilled,
             CloseReason::TooBig,
+            CloseReason::InvalidUtf8,
+            CloseReason::ProtocolError("x"),
             CloseReason::SocketError,
             CloseReason::TokenExpired,
         ];
@@ -83,5 +130,41 @@ mod tests {
         assert_eq!(labels.len(), all.len());
         assert_eq!(CloseReason::GapUnfilled.frame().unwrap().code, 1011);
         assert!(CloseReason::Client.frame().is_none());
+    }
+
+    #[test]
+    fn socket_errors_map_to_rfc_6455_close_codes() {
+        use tokio_tungstenite::tungstenite::error::{CapacityError, Error, ProtocolError};
+        let code = |e: Error| {
+            CloseReason::from_socket_error(&axum::Error::new(e))
+                .frame()
+                .map(|f| f.code)
+        };
+        assert_eq!(code(Error::Utf8("\u{fffd}".into())), Some(1007));
+        for p in [
+            ProtocolError::UnmaskedFrameFromClient,
+            ProtocolError::ControlFrameTooBig,
+            ProtocolError::FragmentedControlFrame,
+            ProtocolError::NonZeroReservedBits,
+            ProtocolError::UnknownDataFrameType(3),
+            ProtocolError::UnexpectedContinueFrame,
+        ] {
+            assert_eq!(code(Error::Protocol(p)), Some(1002));
+        }
+        let too_long = CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        };
+        assert_eq!(code(Error::Capacity(too_long)), Some(1009));
+        // Gone peers get no close frame.
+        assert_eq!(
+            code(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)),
+            None
+        );
+        assert_eq!(code(Error::Io(std::io::ErrorKind::BrokenPipe.into())), None);
+        assert_eq!(
+            CloseReason::from_socket_error(&axum::Error::new(std::io::Error::other("x"))),
+            CloseReason::SocketError
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! buffer limits (axum's defaults are 64 MiB and unbounded). The socket task is
 //! tracked so the drain can wait for it (axum's graceful shutdown does not).
 //!
-//! Each connection is served by [`connection`]: a [`reader`] for inbound
+//! The query is validated by [`query`]. Each connection is served by [`connection`]: a [`reader`] for inbound
 //! frames and a [`writer`] that alone writes to the socket, with the pure
 //! ordering [`cursor`], history reads for [`recovery`] and the [`close`]
 //! reasons.
@@ -15,6 +15,7 @@ mod admission;
 mod close;
 mod connection;
 mod cursor;
+mod query;
 mod reader;
 mod recovery;
 mod writer;
@@ -26,7 +27,6 @@ use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chat_shared::ids::{RoomId, Username};
 use chat_shared::metrics as m;
 use chat_shared::protocol::ErrorCode;
 use tracing::Instrument;
@@ -68,41 +68,13 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some(room) = params.get("room").and_then(|r| RoomId::parse(r).ok()) else {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRoom,
-            "query parameter room is required: 1-64 characters of [A-Za-z0-9_.:-]",
-        );
-    };
-    let username = match params.get("username") {
-        None => Username::default(),
-        Some(u) => match Username::parse(u) {
-            Ok(u) => u,
-            Err(_) => {
-                return reject(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::InvalidUsername,
-                    "username must be 1-64 characters without control characters",
-                )
-            }
-        },
-    };
-    let resume = match params.get("since") {
-        None => None,
-        Some(raw) => match raw.parse::<u64>() {
-            Ok(since) => Some(Resume {
-                since,
-                epoch: params.get("epoch").cloned(),
-            }),
-            Err(_) => {
-                return reject(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::InvalidParameter,
-                    "since must be a non-negative integer",
-                )
-            }
-        },
+    let query::WsQuery {
+        room,
+        username,
+        resume,
+    } = match query::parse(&params) {
+        Ok(q) => q,
+        Err(r) => return reject(r.status, r.code, r.message),
     };
     let ws = match ws {
         Ok(ws) => ws,

@@ -118,11 +118,7 @@ impl Reader {
                 None | Some(Ok(Message::Close(_))) => return CloseReason::Client,
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "Socket error");
-                    // tungstenite's capacity error; axum does not expose its type.
-                    if e.to_string().contains("Space limit exceeded") {
-                        return CloseReason::TooBig;
-                    }
-                    return CloseReason::SocketError;
+                    return CloseReason::from_socket_error(&e);
                 }
                 Some(Ok(Message::Text(text))) => {
                     let before = self.identity.as_ref().map(|i| i.expires_at);
@@ -144,7 +140,15 @@ impl Reader {
                     });
                     self.reply_error(&err, None).await
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                // tungstenite answers pings itself and keeps one pong pending
+                // at most (a newer ping replaces it), so a flood queues
+                // nothing; each ping still spends a token, so a flood also
+                // starves the sender's own frames.
+                Some(Ok(Message::Ping(_))) => {
+                    let _ = self.rate_limit();
+                    Ok(())
+                }
+                Some(Ok(Message::Pong(_))) => Ok(()),
             };
             if handled.is_err() {
                 // The writer ended first; its reason is the one reported.

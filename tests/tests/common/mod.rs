@@ -533,6 +533,30 @@ pub async fn start_worker(redis_url: &str, id: &str, env: &[(&str, &str)]) -> Wo
     }
 }
 
+/// Starts a gateway like [`start_gateway`] whose open-file limit is
+/// `nofile`: a shell sets `ulimit -n` and execs the binary (setrlimit in
+/// `pre_exec` would need unsafe code, which the workspace forbids).
+pub async fn start_gateway_with_fd_limit(
+    redis_url: &str,
+    id: &str,
+    nofile: u32,
+    env: &[(&str, &str)],
+) -> Gateway {
+    let base = [("GATEWAY_ID", id), ("RUST_LOG", "info,chat_gateway=debug")];
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\""))
+        .arg(bin_path("chat-gateway"));
+    let name = format!("gateway-{id}");
+    let (port, proc) = spawn_service_cmd(cmd, &name, "PORT", redis_url, &base, env);
+    wait_ready(&name, port).await;
+    Gateway {
+        port,
+        id: id.to_owned(),
+        proc,
+    }
+}
+
 /// Spawns `bin` on a free loopback port (given in `port_env`) with a clean
 /// environment plus `base` and `env` (later entries win), and waits until its
 /// `/readyz` answers 200.
@@ -545,13 +569,18 @@ async fn start_service(
     env: &[(&str, &str)],
 ) -> (u16, Proc) {
     let (port, proc) = spawn_service(bin, name, port_env, redis_url, base, env);
+    wait_ready(name, port).await;
+    (port, proc)
+}
+
+/// Waits until the service on `port` answers `/readyz` with 200.
+async fn wait_ready(name: &str, port: u16) {
     let addr = format!("127.0.0.1:{port}");
     eventually(&format!("{name} ready"), DEADLINE, || {
         let addr = addr.clone();
         async move { (http_get(&addr, "/readyz").await.ok()?.0 == 200).then_some(()) }
     })
     .await;
-    (port, proc)
 }
 
 /// Spawns `bin` like [`start_service`] without waiting for anything: for
@@ -564,9 +593,27 @@ pub fn spawn_service(
     base: &[(&str, &str)],
     env: &[(&str, &str)],
 ) -> (u16, Proc) {
+    spawn_service_cmd(
+        Command::new(bin_path(bin)),
+        name,
+        port_env,
+        redis_url,
+        base,
+        env,
+    )
+}
+
+/// [`spawn_service`] with the program already in `cmd` (e.g. a shell wrapper).
+fn spawn_service_cmd(
+    mut cmd: Command,
+    name: &str,
+    port_env: &str,
+    redis_url: &str,
+    base: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> (u16, Proc) {
     let dir = scratch_dir(name);
     let port = free_port();
-    let mut cmd = Command::new(bin_path(bin));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("REDIS_URL", redis_url)
