@@ -16,7 +16,10 @@ use chat_shared::protocol::message_frame;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// What the registry queues for one connection.
+/// What a connection's writer is given, in one bounded queue: live messages
+/// and resyncs from this registry, replies from the connection's own reader.
+/// One queue per connection (not two) keeps an idle connection small, and a
+/// full queue means "slow consumer" whatever filled it.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A live chat message.
@@ -24,6 +27,10 @@ pub enum Outbound {
     /// Deliveries may have been missed (the subscription was re-established):
     /// catch up from history.
     Resync,
+    /// A reply of the connection's reader (ack, error, history page).
+    Reply(Utf8Bytes),
+    /// The reader has ended: everything it queued is ahead of this.
+    ReaderDone,
 }
 
 /// A live message, serialized once and shared by every recipient.
@@ -225,7 +232,7 @@ mod tests {
         assert_eq!(rooms.deliver(&batch("r", &[1, 2])), 3);
         let seq = |o: Outbound| match o {
             Outbound::Message(m) => m.seq,
-            Outbound::Resync => 0,
+            _ => 0,
         };
         assert_eq!(seq(rx_a.try_recv().unwrap()), 1);
         assert_eq!(seq(rx_a.try_recv().unwrap()), 2);

@@ -28,10 +28,6 @@ use crate::listener::AbortSwitch;
 use crate::presence;
 use crate::state::AppState;
 
-/// Replies (acks, errors, history pages) the reader may queue ahead of the
-/// writer before it waits.
-const REPLY_QUEUE: usize = 64;
-
 /// How long the close frame may take before the socket is reset instead.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -75,6 +71,8 @@ impl Connection {
         let conn_key = presence::conn_key(conn_id);
         let kick = CancellationToken::new();
         let (tx, deliveries) = mpsc::channel(state.config.outbound_queue as usize);
+        // The reader queues its replies in the same queue as live deliveries.
+        let replies = tx.clone();
         let membership = state.rooms.join(room.as_str(), conn_id, tx, kick.clone());
         state
             .connections
@@ -85,9 +83,8 @@ impl Connection {
 
         let (mut sink, mut stream) = socket.split();
         let history = RoomHistory {
-            redis: state.redis.clone(),
+            state: state.clone(),
             room: room.clone(),
-            permits: state.catch_up_permits.clone(),
         };
         let reason =
             match presence::add_connection(&state.redis, &state.gateway_id, &room, &conn_key).await
@@ -113,13 +110,11 @@ impl Connection {
                                 ping_interval: cfg.ping_interval(),
                                 reset_tail: cfg.history_on_join,
                             };
-                            let (reply_tx, replies) = mpsc::channel(REPLY_QUEUE);
                             let writer = Writer::new(
                                 room.clone(),
                                 history,
                                 joined.cursor,
                                 deliveries,
-                                replies,
                                 kick.clone(),
                                 limits,
                             );
@@ -129,7 +124,7 @@ impl Connection {
                                 username,
                                 identity,
                                 client_ip,
-                                reply_tx,
+                                replies,
                             );
                             serve(
                                 &mut sink,
@@ -271,11 +266,9 @@ mod tests {
         let f = reader.run(&mut stream);
         let reader_size = std::mem::size_of_val(&f);
         let (_dtx, drx) = mpsc::channel(4);
-        let (_rtx, rrx) = mpsc::channel(4);
         let history = RoomHistory {
-            redis,
+            state: state.clone(),
             room: room.clone(),
-            permits: state.catch_up_permits.clone(),
         };
         let limits = WriterLimits {
             write_timeout: Duration::from_secs(1),
@@ -287,7 +280,6 @@ mod tests {
             history,
             crate::ws::cursor::Cursor::default(),
             drx,
-            rrx,
             CancellationToken::new(),
             limits,
         );

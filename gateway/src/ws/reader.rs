@@ -1,8 +1,8 @@
 //! The reading half of a connection: inbound frames in, replies out.
 //!
 //! It never writes to the socket: acks, errors and history pages go to the
-//! writer through a bounded reply queue, so a client whose socket is full
-//! (it is busy sending) is still read. At most one append is in flight per
+//! writer through the connection's bounded queue, so a client whose socket
+//! is full (it is busy sending) is still read. At most one append is in flight per
 //! connection, which keeps a client's messages in the order it sent them; a
 //! fast sender is slowed by TCP while its append is out, not buffered.
 //! The per-connection rate limit and the idle timeout are enforced here.
@@ -26,6 +26,7 @@ use crate::append::{self, AppendError};
 use crate::auth::Identity;
 use crate::history::{self, Range};
 use crate::rate_limit::TokenBucket;
+use crate::rooms::Outbound;
 use crate::state::AppState;
 
 /// The writer has gone: the connection is ending.
@@ -41,7 +42,7 @@ pub(super) struct Reader {
     /// The verified user; replaced by a `refresh`.
     identity: Option<Identity>,
     client_ip: IpAddr,
-    replies: mpsc::Sender<String>,
+    replies: mpsc::Sender<Outbound>,
     bucket: TokenBucket,
     /// The room is known to exist (has history): no creation budget to spend.
     room_exists: bool,
@@ -55,7 +56,7 @@ impl Reader {
         username: Username,
         identity: Option<Identity>,
         client_ip: IpAddr,
-        replies: mpsc::Sender<String>,
+        replies: mpsc::Sender<Outbound>,
     ) -> Self {
         let bucket = TokenBucket::new(
             state.config.rate_limit_per_sec,
@@ -85,13 +86,22 @@ impl Reader {
         tokio::time::Instant::now() + left
     }
 
-    /// Reads frames until the connection ends, and returns why. Consumes the
-    /// reader: its reply queue closes when this returns, which tells the
-    /// writer that no more replies will come.
+    /// Reads frames until the connection ends, and returns why. Last, it
+    /// queues [`Outbound::ReaderDone`], which tells the writer that every
+    /// reply is ahead of it.
     ///
     /// On shutdown, an append in flight is finished and its ack queued
     /// first: a message that was stored is acked.
     pub(super) async fn run<S>(mut self, stream: &mut S) -> CloseReason
+    where
+        S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        let reason = self.read(stream).await;
+        let _ = self.replies.send(Outbound::ReaderDone).await;
+        reason
+    }
+
+    async fn read<S>(&mut self, stream: &mut S) -> CloseReason
     where
         S: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
@@ -369,8 +379,12 @@ impl Reader {
     }
 
     /// Queues a reply for the writer; waits while the queue is full (the
-    /// client is not reading: the writer's timeout then ends the connection).
+    /// client is not reading: the registry's next delivery or the writer's
+    /// timeout then ends the connection as a slow consumer).
     async fn reply(&mut self, frame: String) -> Result<(), WriterGone> {
-        self.replies.send(frame).await.map_err(|_| WriterGone)
+        self.replies
+            .send(Outbound::Reply(frame.into()))
+            .await
+            .map_err(|_| WriterGone)
     }
 }

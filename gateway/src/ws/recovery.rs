@@ -6,17 +6,16 @@
 //! one, reading Redis through [`crate::history`].
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chat_shared::ids::RoomId;
 use chat_shared::protocol::{history_frames, HISTORY_FRAME_BYTES};
-use chat_shared::redis::{RedisError, RedisHandle};
-use tokio::sync::Semaphore;
+use chat_shared::redis::RedisError;
 
 use super::cursor::Cursor;
 use super::Resume;
 use crate::history::{self, Range, Snapshot};
+use crate::state::AppState;
 
 /// Attempts at a history read that a live connection depends on (a gap fill
 /// or a reset) before the connection is closed with 1011.
@@ -31,22 +30,23 @@ pub(super) trait HistorySource: Send + Sync {
     fn read(&self, range: Range) -> impl Future<Output = Result<Snapshot, RedisError>> + Send;
 }
 
-/// One room's history in Redis.
+/// One room's history in Redis, read through the gateway's shared state (a
+/// pointer: every connection holds one, and a Redis handle by value would
+/// cost each of them several hundred bytes).
 #[derive(Debug, Clone)]
 pub(super) struct RoomHistory {
-    /// Redis handle.
-    pub(super) redis: RedisHandle,
+    /// The gateway's state: its Redis handle and the read permits that bound
+    /// concurrent history reads.
+    pub(super) state: AppState,
     /// The room read.
     pub(super) room: RoomId,
-    /// Shared by the gateway's connections: bounds concurrent reads.
-    pub(super) permits: Arc<Semaphore>,
 }
 
 impl HistorySource for RoomHistory {
     async fn read(&self, range: Range) -> Result<Snapshot, RedisError> {
         // Closed only if the gateway is gone; read anyway then.
-        let _permit = self.permits.acquire().await.ok();
-        history::read(&self.redis, &self.room, range).await
+        let _permit = self.state.catch_up_permits.acquire().await.ok();
+        history::read(&self.state.redis, &self.room, range).await
     }
 }
 

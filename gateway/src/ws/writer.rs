@@ -1,8 +1,9 @@
 //! The writing half of a connection: the only place that writes to the
 //! socket.
 //!
-//! It drains two bounded queues — live deliveries from the local registry and
-//! replies (acks, errors, history pages) from the reader — and sends pings.
+//! It drains the connection's bounded queue — live deliveries from the local
+//! registry and replies (acks, errors, history pages) from the reader — and
+//! sends pings.
 //! Every live delivery passes the [`Cursor`]: repeats are dropped, and a gap is
 //! filled from history before the message behind it is sent. A gap that cannot
 //! be filled (Redis failing on every retry) closes the connection with 1011, so
@@ -46,8 +47,7 @@ pub(super) struct Writer<H> {
     room: RoomId,
     history: H,
     cursor: Cursor,
-    deliveries: mpsc::Receiver<Outbound>,
-    replies: mpsc::Receiver<String>,
+    outbound: mpsc::Receiver<Outbound>,
     kick: CancellationToken,
     limits: WriterLimits,
 }
@@ -58,8 +58,7 @@ impl<H: HistorySource> Writer<H> {
         room: RoomId,
         history: H,
         cursor: Cursor,
-        deliveries: mpsc::Receiver<Outbound>,
-        replies: mpsc::Receiver<String>,
+        outbound: mpsc::Receiver<Outbound>,
         kick: CancellationToken,
         limits: WriterLimits,
     ) -> Self {
@@ -67,15 +66,14 @@ impl<H: HistorySource> Writer<H> {
             room,
             history,
             cursor,
-            deliveries,
-            replies,
+            outbound,
             kick,
             limits,
         }
     }
 
-    /// Writes until the reader is done and every reply it queued is written
-    /// (`Ok`), or until writing fails (`Err` with the reason to close).
+    /// Writes until the reader's end marker, with everything queued before it
+    /// written (`Ok`), or until writing fails (`Err` with the reason to close).
     pub(super) async fn run<S, E>(&mut self, sink: &mut S) -> Result<(), CloseReason>
     where
         S: Sink<Message, Error = E> + Unpin,
@@ -91,33 +89,25 @@ impl<H: HistorySource> Writer<H> {
             tokio::select! {
                 biased;
                 _ = &mut kicked => return Err(CloseReason::SlowConsumer),
-                reply = self.replies.recv() => {
-                    // Closed: the reader has ended and everything it queued is written.
-                    let Some(frame) = reply else { return Ok(()) };
-                    self.feed(sink, Message::Text(frame.into())).await?;
-                    let mut batch = 1;
-                    while batch < WRITE_BATCH {
-                        let Ok(more) = self.replies.try_recv() else { break };
-                        self.feed(sink, Message::Text(more.into())).await?;
-                        batch += 1;
-                    }
-                    self.flush(sink).await?;
-                }
-                out = self.deliveries.recv() => {
-                    // The sender half lives in the registry until this
-                    // connection leaves it, so `None` cannot happen while
-                    // serving; treat it as a shutdown if it ever does.
+                out = self.outbound.recv() => {
+                    // The registry holds a sender until this connection
+                    // leaves it, so `None` cannot happen while serving; treat
+                    // it as a shutdown if it ever does.
                     let Some(out) = out else { return Err(CloseReason::Shutdown) };
                     // Write what is already queued in one go and flush once:
                     // one syscall per burst instead of one per message.
-                    self.deliver(sink, out).await?;
+                    let mut done = self.deliver(sink, out).await?;
                     let mut batch = 1;
-                    while batch < WRITE_BATCH {
-                        let Ok(more) = self.deliveries.try_recv() else { break };
-                        self.deliver(sink, more).await?;
+                    while !done && batch < WRITE_BATCH {
+                        let Ok(more) = self.outbound.try_recv() else { break };
+                        done = self.deliver(sink, more).await?;
                         batch += 1;
                     }
                     self.flush(sink).await?;
+                    if done {
+                        // The reader has ended and all it queued is written.
+                        return Ok(());
+                    }
                 }
                 _ = ping.tick() => {
                     self.feed(sink, Message::Ping(Default::default())).await?;
@@ -127,15 +117,20 @@ impl<H: HistorySource> Writer<H> {
         }
     }
 
-    /// Sends one live delivery unless it is a repeat; fills a gap first.
-    async fn deliver<S, E>(&mut self, sink: &mut S, out: Outbound) -> Result<(), CloseReason>
+    /// Writes one queued item: a live message unless it is a repeat (a gap
+    /// is filled first), a catch-up, or a reply. Returns `true` at the
+    /// reader's end marker.
+    async fn deliver<S, E>(&mut self, sink: &mut S, out: Outbound) -> Result<bool, CloseReason>
     where
         S: Sink<Message, Error = E> + Unpin,
     {
         match out {
-            Outbound::Message(live) => self.deliver_live(sink, live).await,
-            Outbound::Resync => Box::pin(self.fill_gap(sink, u64::MAX)).await,
+            Outbound::Message(live) => self.deliver_live(sink, live).await?,
+            Outbound::Resync => Box::pin(self.fill_gap(sink, u64::MAX)).await?,
+            Outbound::Reply(frame) => self.feed(sink, Message::Text(frame)).await?,
+            Outbound::ReaderDone => return Ok(true),
         }
+        Ok(false)
     }
 
     async fn deliver_live<S, E>(

@@ -64,7 +64,6 @@ async fn run(
     deliveries: Vec<Outbound>,
 ) -> (Option<Result<(), CloseReason>>, Vec<serde_json::Value>) {
     let (tx, rx) = mpsc::channel(16);
-    let (_reply_tx, replies) = mpsc::channel(16);
     for d in deliveries {
         tx.try_send(d).unwrap();
     }
@@ -78,7 +77,6 @@ async fn run(
         history,
         Cursor::new(1, Some("e".into())),
         rx,
-        replies,
         CancellationToken::new(),
         limits,
     );
@@ -190,13 +188,12 @@ async fn another_epoch_resets_the_client() {
 
 #[tokio::test(start_paused = true)]
 async fn replies_are_written_then_the_writer_ends_with_the_reader() {
-    let (tx, deliveries) = mpsc::channel(4);
-    let (reply_tx, replies) = mpsc::channel(4);
-    reply_tx.try_send("{\"type\":\"ack\"}".to_owned()).unwrap();
-    reply_tx
-        .try_send("{\"type\":\"error\"}".to_owned())
+    let (tx, outbound) = mpsc::channel(4);
+    tx.try_send(Outbound::Reply("{\"type\":\"ack\"}".into()))
         .unwrap();
-    drop(reply_tx);
+    tx.try_send(Outbound::Reply("{\"type\":\"error\"}".into()))
+        .unwrap();
+    tx.try_send(Outbound::ReaderDone).unwrap();
     let limits = WriterLimits {
         write_timeout: Duration::from_secs(1),
         ping_interval: Duration::from_secs(3600),
@@ -206,21 +203,19 @@ async fn replies_are_written_then_the_writer_ends_with_the_reader() {
         RoomId::parse("r").unwrap(),
         Scripted::default(),
         Cursor::default(),
-        deliveries,
-        replies,
+        outbound,
         CancellationToken::new(),
         limits,
     );
     let mut sink: Vec<Message> = Vec::new();
     assert_eq!(writer.run(&mut sink).await, Ok(()));
-    assert_eq!(sink.len(), 2);
+    assert_eq!(sink.len(), 2, "both replies written before the end");
     drop(tx);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_kick_ends_the_writer_as_a_slow_consumer() {
-    let (_tx, deliveries) = mpsc::channel(4);
-    let (_reply_tx, replies) = mpsc::channel::<String>(4);
+    let (_tx, outbound) = mpsc::channel(4);
     let kick = CancellationToken::new();
     kick.cancel();
     let limits = WriterLimits {
@@ -232,8 +227,7 @@ async fn a_kick_ends_the_writer_as_a_slow_consumer() {
         RoomId::parse("r").unwrap(),
         Scripted::default(),
         Cursor::default(),
-        deliveries,
-        replies,
+        outbound,
         kick,
         limits,
     );
