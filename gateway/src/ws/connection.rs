@@ -286,6 +286,7 @@ mod tests {
         let mut sink: Vec<Message> = Vec::new();
         let w = writer.run(&mut sink);
         let writer_size = std::mem::size_of_val(&w);
+
         assert!(
             reader_size <= 1280 && writer_size <= 1280,
             "reader {reader_size} B, writer {writer_size} B"
