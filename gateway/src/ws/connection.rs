@@ -4,9 +4,9 @@
 //! register in Redis (so workers route to this gateway), read history in one
 //! consistent snapshot and send it, then run the [`Reader`] and the
 //! [`Writer`] side by side until one of them ends, close with the reason's
-//! code, and deregister. The two halves share nothing but the reply queue, so
-//! a client that is slow to read is still read, and a pending append never
-//! holds up deliveries.
+//! code, and deregister. The halves share only the connection's queue (the
+//! reader puts its replies behind live deliveries), so a client that is slow
+//! to read is still read, and a pending append never holds up deliveries.
 
 use std::net::IpAddr;
 use std::time::Duration;
