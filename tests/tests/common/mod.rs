@@ -341,11 +341,28 @@ impl Redis {
             opts,
             certs,
         };
-        r.boot().await;
-        r
+        // The port is free when picked but bound only when the server starts:
+        // on a busy machine something else can take it in between.
+        for _ in 0..5 {
+            if r.try_boot().await {
+                return r;
+            }
+            r.port = free_port();
+        }
+        panic!("redis-server: the ports picked for it were taken five times in a row");
     }
 
+    /// Starts the server on its port and waits for PING.
     async fn boot(&mut self) {
+        assert!(
+            self.try_boot().await,
+            "redis-server exited before it answered PING"
+        );
+    }
+
+    /// Starts the server; `false` when it exited before answering (its port
+    /// was taken).
+    async fn try_boot(&mut self) -> bool {
         let port = self.port.to_string();
         let mut cmd = Command::new("redis-server");
         match &self.certs {
@@ -387,16 +404,26 @@ impl Redis {
             cmd.args(["--user", user, "on", &format!(">{pw}"), "~*", "&*", "+@all"]);
         }
         self.proc = Some(Proc::spawn("redis-server", cmd, &self.dir));
-        let this = &*self;
-        eventually("redis-server answers PING", DEADLINE, || async move {
-            let mut c = this
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .ok()?;
-            redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-        })
-        .await;
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(mut c) = self.client().get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return true;
+                }
+            }
+            if !self.proc.as_mut().is_some_and(Proc::is_running) {
+                return false;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for: redis-server answers PING"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// The URL the services get: `redis://` or `rediss://`, with the default
@@ -568,9 +595,33 @@ async fn start_service(
     base: &[(&str, &str)],
     env: &[(&str, &str)],
 ) -> (u16, Proc) {
-    let (port, proc) = spawn_service(bin, name, port_env, redis_url, base, env);
-    wait_ready(name, port).await;
-    (port, proc)
+    // The port is free when picked but is bound only when the process starts:
+    // on a busy machine something else can take it in between. Then the
+    // service exits with "Address already in use" and gets another port.
+    for _ in 0..5 {
+        let (port, mut proc) = spawn_service(bin, name, port_env, redis_url, base, env);
+        let addr = format!("127.0.0.1:{port}");
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if http_get(&addr, "/readyz")
+                .await
+                .is_ok_and(|(s, _)| s == 200)
+            {
+                return (port, proc);
+            }
+            if !proc.is_running() {
+                break;
+            }
+            assert!(Instant::now() < end, "timed out waiting for: {name} ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let log = proc.log_text();
+        assert!(
+            log.contains("Address already in use"),
+            "{name} exited before it was ready:\n{log}"
+        );
+    }
+    panic!("{name}: the ports picked for it were taken five times in a row");
 }
 
 /// Waits until the service on `port` answers `/readyz` with 200.
