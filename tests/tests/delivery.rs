@@ -228,7 +228,10 @@ async fn a_process_with_another_shard_count_refuses_to_start() {
 async fn a_restarted_gateway_clears_what_its_killed_predecessor_left() {
     let redis = Redis::start().await;
     let _w = start_worker(&redis.url(), "w1", &[]).await;
-    let mut gw = start_gateway(&redis.url(), "fixed-id", &[]).await;
+    // A fixed id waits for its predecessor's heartbeat to go stale (three
+    // heartbeats): short ones keep that wait well inside the test's deadline.
+    let fast = [("HEARTBEAT_MS", "200")];
+    let mut gw = start_gateway(&redis.url(), "fixed-id", &fast).await;
     let (_a, _) = Client::join(&gw.ws_url("room=ghost")).await;
     let c = redis.conn().await;
     let members = |c: redis::aio::MultiplexedConnection| async move {
@@ -240,7 +243,7 @@ async fn a_restarted_gateway_clears_what_its_killed_predecessor_left() {
     assert_eq!(members(c.clone()).await.len(), 1);
     gw.proc.kill9();
     // Long before the janitor would judge it dead, the same id comes back.
-    let gw2 = start_gateway(&redis.url(), "fixed-id", &[]).await;
+    let gw2 = start_gateway(&redis.url(), "fixed-id", &fast).await;
     assert!(
         members(c.clone()).await.is_empty(),
         "stale entry of the killed process removed"
