@@ -30,6 +30,7 @@ pub mod listener;
 pub mod presence;
 pub mod publish_api;
 pub mod rate_limit;
+pub mod room_events;
 pub mod rooms;
 pub mod server;
 pub mod state;

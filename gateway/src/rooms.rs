@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use axum::extract::ws::Utf8Bytes;
 use chat_shared::envelope::{now_us, DeliveryBatch};
 use chat_shared::metrics as m;
-use chat_shared::protocol::message_frame;
+use chat_shared::protocol::live_frame;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -148,7 +148,7 @@ impl LocalRooms {
             let Some(members) = rooms.get(&d.room) else {
                 continue;
             };
-            let Some(frame) = message_frame(&d.record) else {
+            let Some(frame) = live_frame(&d.record) else {
                 tracing::warn!(seq = d.seq, "Delivered record is not JSON; skipped");
                 continue;
             };
