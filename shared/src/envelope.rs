@@ -267,6 +267,18 @@ pub struct DeliveryBatch {
     /// probe's send time in Unix microseconds.
     #[serde(default)]
     pub probe: Option<i64>,
+    /// Users banned from rooms: the gateway closes their connections there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bans: Vec<BanNotice>,
+}
+
+/// A ban to enforce on a gateway's open connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanNotice {
+    /// The room.
+    pub room: String,
+    /// The banned user key (user id, or display name without authentication).
+    pub user: String,
 }
 
 impl DeliveryBatch {
@@ -277,6 +289,7 @@ impl DeliveryBatch {
             deliveries: Vec::new(),
             published_us: now_us,
             probe: Some(now_us),
+            bans: Vec::new(),
         }
     }
 
@@ -439,6 +452,10 @@ mod tests {
             }],
             published_us: 6,
             probe: None,
+            bans: vec![BanNotice {
+                room: "r".into(),
+                user: "u".into(),
+            }],
         };
         assert_eq!(DeliveryBatch::decode(&b.encode()).unwrap(), b);
     }

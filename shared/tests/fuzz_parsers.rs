@@ -187,6 +187,7 @@ fn delivery_batch() -> impl Strategy<Value = DeliveryBatch> {
             deliveries,
             published_us,
             probe,
+            bans: Vec::new(),
         })
 }
 

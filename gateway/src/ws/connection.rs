@@ -73,7 +73,13 @@ impl Connection {
         let (tx, deliveries) = mpsc::channel(state.config.outbound_queue as usize);
         // The reader queues its replies in the same queue as live deliveries.
         let replies = tx.clone();
-        let membership = state.rooms.join(room.as_str(), conn_id, tx, kick.clone());
+        let user: std::sync::Arc<str> = match &identity {
+            Some(i) => i.user_id.as_str().into(),
+            None => username.as_str().into(),
+        };
+        let membership = state
+            .rooms
+            .join(room.as_str(), conn_id, user.clone(), tx, kick.clone());
         state
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -94,6 +100,9 @@ impl Connection {
                     tracing::warn!(error = %e, "Cannot register connection in Redis");
                     CloseReason::Unavailable
                 }
+                // Checked again once registered: a ban placed while this
+                // connection was being admitted found no connection to close.
+                Ok(()) if banned_now(&state, &room, &user).await => CloseReason::Banned,
                 Ok(()) => {
                     let cfg = &state.config;
                     match recovery::join(&history, &room, resume.as_ref(), cfg.history_on_join)
@@ -158,6 +167,15 @@ impl Connection {
         metrics::counter!(m::GW_CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
         tracing::info!(reason = reason.label(), "Connection closed");
     }
+}
+
+/// Whether `user` is banned from `room` now (`false` when Redis does not
+/// answer: the upgrade's check already passed).
+async fn banned_now(state: &AppState, room: &RoomId, user: &str) -> bool {
+    crate::bans::enabled(state)
+        && crate::bans::is_banned(&state.redis, room, user)
+            .await
+            .unwrap_or(false)
 }
 
 /// Sends the join history, then runs both halves until one ends.

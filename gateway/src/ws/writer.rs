@@ -129,6 +129,7 @@ impl<H: HistorySource> Writer<H> {
             Outbound::Resync => Box::pin(self.fill_gap(sink, u64::MAX)).await?,
             Outbound::Reply(frame) => self.feed(sink, Message::Text(frame)).await?,
             Outbound::ReaderDone => return Ok(true),
+            Outbound::Banned => return Err(CloseReason::Banned),
         }
         Ok(false)
     }
