@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use chat_tests::http_request;
 use common::*;
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite;
 
@@ -30,16 +29,7 @@ fn env() -> Vec<(&'static str, &'static str)> {
 const WORKER: &[(&str, &str)] = &[("STREAM_SHARDS", "4")];
 
 fn token(sub: &str, role: Option<&str>) -> String {
-    let mut claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
-    if let Some(role) = role {
-        claims["role"] = json!(role);
-    }
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    user_token(SECRET, sub, role)
 }
 
 /// Opens `url`; `Err((status, body))` when refused before the upgrade.
