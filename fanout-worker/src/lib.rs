@@ -24,6 +24,7 @@ mod hold;
 mod http;
 mod janitor;
 mod lease;
+mod lua;
 mod persist;
 mod publish;
 mod shard;
