@@ -14,6 +14,7 @@
 
 use std::time::Instant;
 
+use chat_shared::config::ReplicaAck;
 use chat_shared::envelope::{now_us, Delivery, StreamEntry};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
@@ -157,7 +158,7 @@ async fn persist_and_look_up(
     }
     let (pipe, rooms) = persist_pipeline(script, config, items, &new_epoch());
     let replies: Vec<redis::Value> = pipe.query_async(c).await?;
-    let (persisted, gateways) = split_replies(replies, items.len())?;
+    let (persisted, gateways) = split_replies(replies, items.len(), config.redis.replica_ack())?;
     Ok(Stored {
         persisted,
         rooms,
@@ -193,6 +194,10 @@ fn persist_pipeline(
             epoch,
             2 * config.batch_size,
         );
+        if let Some(ack) = config.redis.replica_ack() {
+            // On a cluster this runs on the node that took the write.
+            ack.add_wait(&mut pipe);
+        }
         if !rooms.contains(&item.room) {
             rooms.push(item.room.clone());
         }
@@ -206,24 +211,45 @@ fn persist_pipeline(
 
 /// Splits the persist pipeline's replies (`SADD`s are ignored) into the
 /// script answers of the `items` items and the gateway lists that follow.
+/// With `ACK_AFTER_REPLICAS`, each answer is followed by `WAIT`'s count, and
+/// a write that too few replicas confirmed fails the batch: its entries stay
+/// pending and are persisted again (idempotently) by the next attempt.
 fn split_replies(
-    mut replies: Vec<redis::Value>,
+    replies: Vec<redis::Value>,
     items: usize,
+    replica_ack: Option<ReplicaAck>,
 ) -> Result<(Vec<Persisted>, Vec<Vec<String>>), RedisError> {
     let parse_error = |e: redis::ParsingError| RedisError::Command(e.into());
-    if replies.len() < items {
+    let per_item = if replica_ack.is_some() { 2 } else { 1 };
+    if replies.len() < items * per_item {
         return Err(parse_error(
             "persist pipeline returned too few replies".into(),
         ));
     }
-    let lookups = replies.split_off(items);
-    let persisted = replies
-        .into_iter()
-        .map(<Persisted as redis::FromRedisValue>::from_redis_value)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(parse_error)?;
-    let gateways = lookups
-        .into_iter()
+    let mut replies = replies.into_iter();
+    let mut persisted = Vec::with_capacity(items);
+    for _ in 0..items {
+        let answer = replies.next().unwrap_or(redis::Value::Nil);
+        persisted.push(
+            <Persisted as redis::FromRedisValue>::from_redis_value(answer).map_err(parse_error)?,
+        );
+        if let Some(ack) = replica_ack {
+            let count = replies.next().unwrap_or(redis::Value::Nil);
+            let confirmed: u32 =
+                redis::FromRedisValue::from_redis_value(count).map_err(parse_error)?;
+            if confirmed < ack.replicas {
+                metrics::counter!(m::WK_REDIS_ERRORS, "op" => "replica_ack").increment(1);
+                return Err(parse_error(
+                    format!(
+                        "a history write reached {confirmed} of {} replicas",
+                        ack.replicas
+                    )
+                    .into(),
+                ));
+            }
+        }
+    }
+    let gateways = replies
         .map(<Vec<String> as redis::FromRedisValue>::from_redis_value)
         .collect::<Result<Vec<_>, _>>()
         .map_err(parse_error)?;
@@ -445,8 +471,12 @@ mod tests {
             ])
         };
         let gateways = Value::Array(vec![Value::BulkString(b"g1".to_vec())]);
-        let (persisted, lookups) =
-            split_replies(vec![answer(4, Some("{}")), answer(0, None), gateways], 2).unwrap();
+        let (persisted, lookups) = split_replies(
+            vec![answer(4, Some("{}")), answer(0, None), gateways.clone()],
+            2,
+            None,
+        )
+        .unwrap();
         assert_eq!(
             persisted,
             [
@@ -462,7 +492,26 @@ mod tests {
             ]
         );
         assert_eq!(lookups, [vec!["g1".to_owned()]]);
-        assert!(split_replies(vec![answer(1, Some("{}"))], 2).is_err());
+        assert!(split_replies(vec![answer(1, Some("{}"))], 2, None).is_err());
+
+        // With ACK_AFTER_REPLICAS each answer is followed by WAIT's count.
+        let ack = Some(ReplicaAck {
+            replicas: 1,
+            timeout_ms: 10,
+        });
+        let (persisted, lookups) = split_replies(
+            vec![answer(5, Some("{}")), Value::Int(1), gateways.clone()],
+            1,
+            ack,
+        )
+        .unwrap();
+        assert_eq!(persisted.len(), 1);
+        assert_eq!(lookups.len(), 1);
+        let short = split_replies(vec![answer(5, Some("{}")), Value::Int(0), gateways], 1, ack);
+        assert!(
+            short.is_err(),
+            "a write no replica confirmed fails the batch"
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use chat_shared::config::ReplicaAck;
 use chat_shared::envelope::{now_us, RoomEvent, StreamEntry, STREAM_FIELD};
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::keys;
@@ -76,6 +77,11 @@ pub enum AppendError {
     /// The shard's backlog is at `STREAM_BACKLOG_MAX`: workers are down or behind.
     #[error("stream backlog full")]
     BacklogFull,
+    /// Fewer replicas than `ACK_AFTER_REPLICAS` confirmed the entry in time:
+    /// it may be stored (a resend with the same `client_id` is deduplicated),
+    /// but it is not acked.
+    #[error("not confirmed by enough replicas")]
+    NotReplicated,
 }
 
 /// Limits an append is subject to.
@@ -87,6 +93,8 @@ pub struct AppendLimits {
     pub backlog_max: u64,
     /// How long a `client_id` is remembered for deduplication, in seconds.
     pub dedupe_window_secs: u64,
+    /// `ACK_AFTER_REPLICAS`: ack only once replicas hold the entry.
+    pub replica_ack: Option<ReplicaAck>,
 }
 
 /// What a connection (or the publish API) asks to append: a message, or a
@@ -131,6 +139,25 @@ impl<'a> Draft<'a> {
             event: None,
         }
     }
+}
+
+/// The script's answer and, with `ACK_AFTER_REPLICAS`, `WAIT`'s count of
+/// confirming replicas (`u32::MAX` without: nothing to wait for).
+fn parse_replies(
+    replies: Vec<redis::Value>,
+    replica_ack: Option<ReplicaAck>,
+) -> Result<((i64, Option<String>), u32), RedisError> {
+    let bad = |e: redis::ParsingError| RedisError::Command(e.into());
+    let mut replies = replies.into_iter();
+    let script = replies
+        .next()
+        .ok_or_else(|| bad("the append pipeline returned nothing".into()))?;
+    let answer = redis::FromRedisValue::from_redis_value(script).map_err(bad)?;
+    let confirmed = match (replica_ack, replies.next()) {
+        (Some(_), Some(count)) => redis::FromRedisValue::from_redis_value(count).map_err(bad)?,
+        _ => u32::MAX,
+    };
+    Ok((answer, confirmed))
 }
 
 /// Stamps the draft with a UUID v7 and the current time and appends it.
@@ -192,11 +219,14 @@ pub async fn append(
         .ignore();
     }
     pipe.invoke_script(&inv);
+    if let Some(ack) = limits.replica_ack {
+        ack.add_wait(&mut pipe);
+    }
     let started = Instant::now();
     // Not retried: without a client_id, an append repeated after a lost
     // reply would be stored twice. A NOSCRIPT answer means the script did
     // not run: load it and send again.
-    let result = match redis.pipe_once::<((i64, Option<String>),)>(&pipe).await {
+    let result = match redis.pipe_once::<Vec<redis::Value>>(&pipe).await {
         Err(e) if e.is_no_script() => {
             let loaded = redis
                 .query::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(APPEND_LUA))
@@ -207,9 +237,18 @@ pub async fn append(
             }
         }
         other => other,
-    }
-    .map(|(r,)| r);
+    };
     metrics::histogram!(m::GW_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+    let result = result.and_then(|replies| parse_replies(replies, limits.replica_ack));
+    if let Ok((_, confirmed)) = &result {
+        let wanted = limits.replica_ack.map_or(0, |a| a.replicas);
+        if *confirmed < wanted {
+            metrics::counter!(m::GW_REDIS_ERRORS, "op" => "replica_ack").increment(1);
+            tracing::debug!(confirmed, wanted, "Append not confirmed by enough replicas");
+            return Err(AppendError::NotReplicated);
+        }
+    }
+    let result = result.map(|(r, _)| r);
     let outcome = match result {
         Ok((1, _)) => {
             return Ok(Appended {

@@ -153,6 +153,7 @@ impl GatewayConfig {
             shards: self.stream_shards,
             backlog_max: self.stream_backlog_max,
             dedupe_window_secs: self.dedupe_window_secs,
+            replica_ack: self.redis.replica_ack(),
         }
     }
 

@@ -211,6 +211,9 @@ pub(crate) async fn publish(
             let why = match e {
                 AppendError::BacklogFull => "the room's stream backlog is full; retry later",
                 AppendError::Redis(_) => "message not stored: Redis unavailable; retry",
+                AppendError::NotReplicated => {
+                    "not acknowledged: fewer replicas than ACK_AFTER_REPLICAS confirmed it in time; resend with the same client_id"
+                }
             };
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, why)
         })?;

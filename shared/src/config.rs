@@ -61,6 +61,18 @@ pub struct RedisArgs {
     /// Timeout for connecting to Redis and for each command, in milliseconds.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
+
+    /// Replicas that must hold a write before it counts: gateways ack a
+    /// message, and workers ack a stream entry after persisting it, only
+    /// after `WAIT <n>` confirms it reached this many replicas (0 = ack once
+    /// the master has it, Redis's asynchronous replication).
+    #[arg(long, env = "ACK_AFTER_REPLICAS", default_value_t = 0)]
+    pub ack_after_replicas: u32,
+
+    /// How long `WAIT` may take for `ACK_AFTER_REPLICAS`, in milliseconds; a
+    /// write that reaches fewer replicas in time is not acked (`unavailable`).
+    #[arg(long, env = "ACK_REPLICAS_TIMEOUT_MS", default_value_t = 1000)]
+    pub ack_replicas_timeout_ms: u64,
 }
 
 impl RedisArgs {
@@ -77,6 +89,32 @@ impl RedisArgs {
     /// The per-command timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+
+    /// The replica acknowledgement writes wait for, if any.
+    pub fn replica_ack(&self) -> Option<ReplicaAck> {
+        (self.ack_after_replicas > 0).then_some(ReplicaAck {
+            replicas: self.ack_after_replicas,
+            timeout_ms: self.ack_replicas_timeout_ms,
+        })
+    }
+}
+
+/// `ACK_AFTER_REPLICAS`: a write counts once `replicas` replicas hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAck {
+    /// Replicas that must confirm.
+    pub replicas: u32,
+    /// How long `WAIT` may block, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl ReplicaAck {
+    /// Adds `WAIT` to `pipe`, right after the write it must cover (on a
+    /// cluster, a keyless command joins the previous command's slot run, so
+    /// it waits on the node that took the write).
+    pub fn add_wait(&self, pipe: &mut redis::Pipeline) {
+        pipe.cmd("WAIT").arg(self.replicas).arg(self.timeout_ms);
     }
 }
 

@@ -5,12 +5,15 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use chat_shared::cluster::{slot_of, spread_tag};
+use chat_shared::ids::RoomId;
 use common::cluster::RedisCluster;
 use common::*;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 const SHARDS: &str = "16";
 
@@ -222,4 +225,145 @@ async fn delivery_follows_a_gateway_channel_to_another_master() {
         .collect();
     let want: Vec<(u64, String)> = (0..5).map(|i| (i + 2, format!("after-{i}"))).collect();
     assert_eq!(got, want);
+}
+
+/// Sends `count` messages to `room`, each until it is acked: on `unavailable`
+/// or a dropped connection it resends with the same `client_id` (after
+/// reconnecting), as the README tells clients to. Returns the acked ids.
+async fn send_until_acked(url: String, room: String, tag: String, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut client: Option<Client> = None;
+    let mut acked = Vec::new();
+    for i in 0..count {
+        let cid = format!("{tag}-{i}");
+        let frame = json!({"type":"message","data":{"room":room,"message":cid,"client_id":cid}});
+        'retry: loop {
+            assert!(Instant::now() < deadline, "{cid} never acked");
+            let Some(c) = client.as_mut() else {
+                client = Client::try_join(&url).await;
+                if client.is_none() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                continue;
+            };
+            if c.send_raw(Message::Text(frame.to_string().into()))
+                .await
+                .is_err()
+            {
+                client = None;
+                continue;
+            }
+            loop {
+                match c.next_json_within(Duration::from_secs(5)).await {
+                    None => {
+                        client = None;
+                        continue 'retry;
+                    }
+                    Some(v) if v["data"]["client_id"] == cid.as_str() => {
+                        if v["type"] == "ack" {
+                            acked.push(v["data"]["id"].as_str().unwrap().to_owned());
+                            break 'retry;
+                        }
+                        assert_eq!(v["data"]["code"], "unavailable", "{v}");
+                        // Client back-off before the resend.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue 'retry;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_under_load_keeps_every_acked_message_exactly_once() {
+    let mut cluster = RedisCluster::start(3, 1).await;
+    let url = cluster.url();
+    let ack = [
+        ("ACK_AFTER_REPLICAS", "1"),
+        ("ACK_REPLICAS_TIMEOUT_MS", "500"),
+        ("REDIS_TIMEOUT_MS", "1000"),
+    ];
+    let worker_env: Vec<(&str, &str)> = [("STREAM_SHARDS", SHARDS), ("LEASE_TTL_MS", "1500")]
+        .into_iter()
+        .chain(ack)
+        .collect();
+    let gw_env: Vec<(&str, &str)> = env().into_iter().chain(ack).collect();
+    let _w = start_worker(&url, "w1", &worker_env).await;
+    let gw1 = start_gateway(&url, "gw1", &gw_env).await;
+    let gw2 = start_gateway(&url, "gw2", &gw_env).await;
+
+    let rooms = ["fo-a", "fo-b", "fo-c"];
+    let per_room = 60;
+    let mut senders = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let gw = if i % 2 == 0 { &gw1 } else { &gw2 };
+        let url = gw.ws_url(&format!("room={room}&username=s{i}"));
+        senders.push(tokio::spawn(send_until_acked(
+            url,
+            room.to_string(),
+            format!("s{i}"),
+            per_room,
+        )));
+    }
+    // Once traffic flows, kill the master holding the first room's stream.
+    eventually("traffic persisted", DEADLINE, || async {
+        (cluster.stored_records(rooms[0]).await.len() >= 10).then_some(())
+    })
+    .await;
+    let shard = chat_shared::keys::shard_of(&RoomId::parse(rooms[0]).unwrap(), 16);
+    let stream = format!("chat:stream:{{{}}}", spread_tag(shard, 16));
+    let victim = cluster.master_of(slot_of(stream.as_bytes()));
+    cluster.node(victim).kill();
+    // The replica takes over; until the old master is back as its replica,
+    // the new master has no replica to confirm writes, so with
+    // ACK_AFTER_REPLICAS=1 its rooms get `unavailable` (never a false ack).
+    eventually("a replica took over", Duration::from_secs(30), || async {
+        cluster
+            .try_master_of(slot_of(stream.as_bytes()))
+            .filter(|m| *m != victim)
+    })
+    .await;
+    cluster.node(victim).restart();
+    cluster.wait_ok(Duration::from_secs(30)).await;
+    assert_ne!(
+        cluster.master_of(slot_of(stream.as_bytes())),
+        victim,
+        "a replica took over"
+    );
+
+    for (room, sender) in rooms.iter().zip(senders) {
+        let acked = sender.await.unwrap();
+        assert_eq!(acked.len(), per_room);
+        let stored = eventually(
+            "every acked message persisted",
+            Duration::from_secs(30),
+            || {
+                let cluster = &cluster;
+                let acked = &acked;
+                async move {
+                    let s = cluster.stored_records(room).await;
+                    let ids: HashSet<&str> = s.iter().filter_map(|r| r["id"].as_str()).collect();
+                    acked.iter().all(|a| ids.contains(a.as_str())).then_some(s)
+                }
+            },
+        )
+        .await;
+        let ids: Vec<&str> = stored.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        let unique: HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "room {room}: no message stored twice"
+        );
+        let seqs: Vec<u64> = stored.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=ids.len() as u64).collect::<Vec<_>>(),
+            "room {room}: seq 1..n"
+        );
+    }
 }

@@ -377,6 +377,9 @@ impl Reader {
                         "not stored: the room's stream backlog is full; retry later"
                     }
                     AppendError::Redis(_) => "not stored: Redis unavailable; retry",
+                AppendError::NotReplicated => {
+                    "not acknowledged: fewer replicas than ACK_AFTER_REPLICAS confirmed it in time; resend with the same client_id"
+                }
                 };
                 let err = ProtocolError::new(ErrorCode::Unavailable, why);
                 self.reply_error(&err, client_id).await

@@ -69,6 +69,14 @@ impl Node {
         }
     }
 
+    /// Starts a killed node again on its port with its `nodes.conf`: it
+    /// rejoins the cluster (a former master comes back as a replica of the
+    /// replica that took over).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.boot();
+    }
+
     /// Whether this node answers and calls itself a master.
     pub fn is_master(&self) -> bool {
         self.proc.is_some() && self.cli(&["role"]).starts_with("master")
@@ -169,6 +177,13 @@ impl RedisCluster {
 
     /// The port of the master that serves `slot` now.
     pub fn master_of(&self, slot: u16) -> u16 {
+        self.try_master_of(slot)
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+
+    /// The port of the live master that serves `slot`, if any (none while
+    /// its failed master is not replaced yet).
+    pub fn try_master_of(&self, slot: u16) -> Option<u16> {
         let live = self.nodes.iter().find(|n| n.proc.is_some()).unwrap();
         for line in live.cli(&["cluster", "nodes"]).lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -192,11 +207,11 @@ impl RedisCluster {
                     }
                 };
                 if (lo..=hi).contains(&slot) {
-                    return port;
+                    return Some(port);
                 }
             }
         }
-        panic!("no master serves slot {slot}");
+        None
     }
 
     /// The node on `port`.

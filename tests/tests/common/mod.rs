@@ -708,6 +708,26 @@ impl Client {
         }
     }
 
+    /// Connects and reads the join `history` frame; `None` when the upgrade
+    /// is refused or the connection closes first (e.g. while Redis fails over).
+    pub async fn try_join(url: &str) -> Option<Self> {
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .ok()?
+            .ok()?;
+        let mut c = Self {
+            ws,
+            closed: None,
+            local_port: None,
+        };
+        loop {
+            let v = c.next_json_within(DEADLINE).await?;
+            if v["type"] == "history" {
+                return Some(c);
+            }
+        }
+    }
+
     /// Connects with a tiny TCP receive buffer, so a client that stops reading
     /// backs the server up quickly.
     pub async fn connect_small_buffer(url: &str, port: u16) -> Self {
