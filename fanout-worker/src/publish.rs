@@ -38,6 +38,7 @@ impl Routing {
                 deliveries,
                 published_us,
                 probe: None,
+                events: Vec::new(),
             };
             pipe.cmd("PUBLISH")
                 .arg(keys::gateway_channel(&gateway))

@@ -4,6 +4,8 @@
 //! per gateway into shared bytes and offered with `try_send` to each member's
 //! bounded queue; a full queue means "slow consumer", decided here and only
 //! here: the member is kicked (its connection closes with 1013) and removed.
+//! Ephemeral frames (join, leave, typing, read) are best-effort instead: a
+//! full queue drops the frame, never the connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +13,9 @@ use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use chat_shared::envelope::{now_us, DeliveryBatch};
+use chat_shared::ephemeral::EphemeralEvent;
 use chat_shared::metrics as m;
+use chat_shared::presence::PresenceUser;
 use chat_shared::protocol::message_frame;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +35,9 @@ pub enum Outbound {
     Reply(Utf8Bytes),
     /// The reader has ended: everything it queued is ahead of this.
     ReaderDone,
+    /// An ephemeral frame (join, leave, typing, read), written as-is: it
+    /// has no `seq` and bypasses the cursor.
+    Ephemeral(Utf8Bytes),
 }
 
 /// A live message, serialized once and shared by every recipient.
@@ -52,6 +59,8 @@ struct Member {
     /// Set together with `kick`; a plain atomic because it is read for every
     /// delivery, and the token's own check takes a lock.
     kicked: AtomicBool,
+    /// The connection's user, for re-registering its presence.
+    user: PresenceUser,
 }
 
 impl Member {
@@ -76,6 +85,7 @@ impl LocalRooms {
         conn: u64,
         tx: mpsc::Sender<Outbound>,
         kick: CancellationToken,
+        user: PresenceUser,
     ) -> Membership {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         rooms.entry(room.to_owned()).or_default().insert(
@@ -84,6 +94,7 @@ impl LocalRooms {
                 tx,
                 kick,
                 kicked: AtomicBool::new(false),
+                user,
             },
         );
         Membership {
@@ -116,13 +127,16 @@ impl LocalRooms {
         }
     }
 
-    /// Every room with the ids of its local connections, for re-registering
-    /// them in Redis after Redis lost them.
-    pub fn members(&self) -> Vec<(String, Vec<u64>)> {
+    /// Every room with the ids and users of its local connections, for
+    /// re-registering them in Redis after Redis lost them.
+    pub fn members(&self) -> Vec<(String, Vec<(u64, PresenceUser)>)> {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         rooms
             .iter()
-            .map(|(r, m)| (r.clone(), m.keys().copied().collect()))
+            .map(|(r, m)| {
+                let conns = m.iter().map(|(id, m)| (*id, m.user.clone())).collect();
+                (r.clone(), conns)
+            })
             .collect()
     }
 
@@ -182,6 +196,46 @@ impl LocalRooms {
     }
 }
 
+impl LocalRooms {
+    /// Offers ephemeral `events` to the local members of their rooms, except
+    /// the connection each one names (resolved by `local_conn`). A full queue
+    /// drops the frame (counted), never the member. Returns the number of
+    /// frames queued.
+    pub fn deliver_events(
+        &self,
+        events: &[EphemeralEvent],
+        local_conn: impl Fn(&str) -> Option<u64>,
+    ) -> usize {
+        if events.is_empty() {
+            return 0;
+        }
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let (mut queued, mut dropped) = (0u64, 0u64);
+        for ev in events {
+            let Some(members) = rooms.get(&ev.room) else {
+                continue;
+            };
+            let except = ev.except_conn.as_deref().and_then(&local_conn);
+            let frame = Utf8Bytes::from(ev.frame.as_str());
+            for (id, member) in members {
+                if Some(*id) == except || member.kicked.load(Ordering::Relaxed) {
+                    continue;
+                }
+                match member.tx.try_send(Outbound::Ephemeral(frame.clone())) {
+                    Ok(()) => queued += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        metrics::counter!(m::GW_EPHEMERAL_DELIVERED).increment(queued);
+        if dropped > 0 {
+            metrics::counter!(m::GW_EPHEMERAL_DROPPED).increment(dropped);
+        }
+        queued as usize
+    }
+}
+
 /// Removes a connection from [`LocalRooms`] when dropped.
 #[derive(Debug)]
 pub struct Membership {
@@ -201,6 +255,33 @@ mod tests {
     use super::*;
     use chat_shared::envelope::{Delivery, VERSION};
 
+    fn user() -> PresenceUser {
+        PresenceUser::new("ana", None)
+    }
+
+    #[test]
+    fn ephemeral_frames_skip_the_sender_and_drop_on_full_queues() {
+        let rooms = Arc::new(LocalRooms::default());
+        let (tx_a, mut rx_a) = mpsc::channel(8);
+        let (tx_b, mut rx_b) = mpsc::channel(1);
+        let kick_b = CancellationToken::new();
+        let _a = rooms.join("r", 1, tx_a, CancellationToken::new(), user());
+        let _b = rooms.join("r", 2, tx_b, kick_b.clone(), user());
+        let ev = |except: Option<&str>| EphemeralEvent {
+            room: "r".into(),
+            frame: "{\"type\":\"typing\"}".into(),
+            except_conn: except.map(str::to_owned),
+        };
+        let resolve = |m: &str| (m == "me").then_some(1);
+        assert_eq!(rooms.deliver_events(&[ev(Some("me"))], resolve), 1);
+        assert!(rx_a.try_recv().is_err(), "the sender is skipped");
+        assert!(matches!(rx_b.try_recv().unwrap(), Outbound::Ephemeral(_)));
+        // b's queue (1 slot) fills; the next frame is dropped, b stays.
+        assert_eq!(rooms.deliver_events(&[ev(None), ev(None)], resolve), 3);
+        assert!(!kick_b.is_cancelled(), "ephemeral frames never kick");
+        assert_eq!(rooms.members()[0].1.len(), 2);
+    }
+
     fn batch(room: &str, seqs: &[u64]) -> DeliveryBatch {
         DeliveryBatch {
             v: VERSION,
@@ -216,6 +297,7 @@ mod tests {
                 .collect(),
             published_us: 0,
             probe: None,
+            events: Vec::new(),
         }
     }
 
@@ -226,9 +308,9 @@ mod tests {
         let (tx_b, _rx_b) = mpsc::channel(1);
         let (tx_c, mut rx_c) = mpsc::channel(8);
         let kick_b = CancellationToken::new();
-        let _a = rooms.join("r", 1, tx_a, CancellationToken::new());
-        let _b = rooms.join("r", 2, tx_b, kick_b.clone());
-        let _c = rooms.join("other", 3, tx_c, CancellationToken::new());
+        let _a = rooms.join("r", 1, tx_a, CancellationToken::new(), user());
+        let _b = rooms.join("r", 2, tx_b, kick_b.clone(), user());
+        let _c = rooms.join("other", 3, tx_c, CancellationToken::new(), user());
         assert_eq!(rooms.deliver(&batch("r", &[1, 2])), 3);
         let seq = |o: Outbound| match o {
             Outbound::Message(m) => m.seq,
@@ -248,7 +330,7 @@ mod tests {
         let rooms = Arc::new(LocalRooms::default());
         let (tx, _rx) = mpsc::channel(1);
         {
-            let _m = rooms.join("r", 1, tx, CancellationToken::new());
+            let _m = rooms.join("r", 1, tx, CancellationToken::new(), user());
             assert_eq!(rooms.room_count(), 1);
         }
         assert_eq!(rooms.room_count(), 0);

@@ -147,6 +147,10 @@ pub struct DeliveryBatch {
     /// probe's send time in Unix microseconds.
     #[serde(default)]
     pub probe: Option<i64>,
+    /// Ephemeral room events (join, leave, typing, read): outside the
+    /// rooms' `seq` sequence, never stored (see [`crate::ephemeral`]).
+    #[serde(default)]
+    pub events: Vec<crate::ephemeral::EphemeralEvent>,
 }
 
 impl DeliveryBatch {
@@ -157,6 +161,7 @@ impl DeliveryBatch {
             deliveries: Vec::new(),
             published_us: now_us,
             probe: Some(now_us),
+            events: Vec::new(),
         }
     }
 
@@ -266,6 +271,7 @@ mod tests {
             }],
             published_us: 6,
             probe: None,
+            events: Vec::new(),
         };
         assert_eq!(DeliveryBatch::decode(&b.encode()).unwrap(), b);
     }

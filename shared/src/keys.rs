@@ -13,6 +13,9 @@
 //! | `chat:room:{messages:<room>}` | hash `seq`, `last_entry`, `epoch` | worker |
 //! | `connections:<room>` | set of `<gateway>/<conn>` | gateway |
 //! | `chat:room-gateways:{connections:<room>}` | hash gateway → open connections | gateway |
+//! | `chat:presence-conns:{connections:<room>}` | hash `<gateway>/<conn>` → user JSON | gateway, janitor |
+//! | `chat:presence-users:{connections:<room>}` | hash user key → open connections | gateway, janitor |
+//! | `chat:reads:{messages:<room>}` | hash user key → last-read `seq`, expires with the room state | gateway |
 //! | `rooms:active` | set | gateway adds, worker adds, janitor removes |
 //! | `chat:stream:{shard-<n>}` | stream of [`crate::envelope::StreamEntry`] | gateway appends, worker consumes |
 //! | `chat:lease:{shard-<n>}` | string worker id, with TTL | worker |
@@ -55,6 +58,23 @@ pub fn room_state(room: &RoomId) -> String {
 /// Gateway → connection count of a room, in the slot of [`connections`].
 pub fn room_gateways(room: &RoomId) -> String {
     format!("chat:room-gateways:{{connections:{room}}}")
+}
+
+/// Connection → user (JSON of [`crate::presence::PresenceUser`]) of a
+/// room, in the slot of [`connections`].
+pub fn presence_conns(room: &RoomId) -> String {
+    format!("chat:presence-conns:{{connections:{room}}}")
+}
+
+/// User key → open connections of a room, in the slot of [`connections`].
+pub fn presence_users(room: &RoomId) -> String {
+    format!("chat:presence-users:{{connections:{room}}}")
+}
+
+/// User key → last-read `seq` of a room, in the slot of [`messages`] (so
+/// the receipt script can read the room's latest `seq` and TTL).
+pub fn reads(room: &RoomId) -> String {
+    format!("chat:reads:{{messages:{room}}}")
 }
 
 /// Stream of shard `n`.
@@ -124,6 +144,15 @@ mod tests {
         assert_eq!(connections(&r), "connections:lobby");
         assert_eq!(room_state(&r), "chat:room:{messages:lobby}");
         assert_eq!(room_gateways(&r), "chat:room-gateways:{connections:lobby}");
+        assert_eq!(
+            presence_conns(&r),
+            "chat:presence-conns:{connections:lobby}"
+        );
+        assert_eq!(
+            presence_users(&r),
+            "chat:presence-users:{connections:lobby}"
+        );
+        assert_eq!(reads(&r), "chat:reads:{messages:lobby}");
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! - [`keys`]: every Redis key, channel and group name, with the hash tags that
 //!   keep per-room and per-shard work in one cluster slot.
 //! - [`connections`]: removing a gateway's connection entries (janitor, restart).
+//! - [`presence`]: the per-connection user records and the presence answer.
+//! - [`ephemeral`]: join, leave, typing and read frames, published to the
+//!   room's gateways outside the `seq` sequence.
 //! - [`config`]: clap pieces flattened into both binaries (Redis, logging).
 //! - [`redis`]: connection pool and dedicated-connection setup.
 //! - [`tls`]: rustls crypto provider and the private CA / client certificate
@@ -28,9 +31,11 @@
 pub mod config;
 pub mod connections;
 pub mod envelope;
+pub mod ephemeral;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod redis;
 pub mod shutdown;

@@ -6,12 +6,15 @@
 //!   WebSocket frames and HTTP bodies alike; stored records are embedded as
 //!   [`serde_json::value::RawValue`], so a message is serialized once and
 //!   never re-encoded per client.
+//! - `room_inbound`: the parsers of the ephemeral room-feature frames
+//!   (`presence`, `typing`, `read`).
 //!
 //! This module holds what both directions share: the closed set of error
 //! codes and the validation limits.
 
 pub mod inbound;
 pub mod outbound;
+mod room_inbound;
 
 use serde::Serialize;
 
