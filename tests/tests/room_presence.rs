@@ -401,3 +401,46 @@ async fn with_auth_the_user_key_is_the_token_subject() {
         json!({"u1":1})
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_lost_in_redis_is_restored_with_the_connections() {
+    let redis = Redis::start().await;
+    let _w = start_worker(&redis.url(), "w1", WORKER).await;
+    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let (mut bo, _) = Client::join(&gw.ws_url("room=re&username=bo")).await;
+    let (_ana, _) = Client::join(&gw.ws_url("room=re&username=ana")).await;
+    let (_ana2, _) = Client::join(&gw.ws_url("room=re&username=ana")).await;
+    let before = eventually("ana with two connections", DEADLINE, || async {
+        let p = presence(&gw, "re").await;
+        (p["users"][0]["connections"] == 2).then_some(p)
+    })
+    .await;
+    until(&mut bo, |v| is(v, "join", "ana")).await;
+
+    // As after an eviction or a Redis that restarted empty: the gateway's
+    // next heartbeat finds itself unknown and writes everything back.
+    let mut c = redis.conn().await;
+    let _: () = redis::pipe()
+        .del("connections:re")
+        .del("chat:room-gateways:{connections:re}")
+        .del("chat:presence-conns:{connections:re}")
+        .del("chat:presence-users:{connections:re}")
+        .hdel("chat:gateways", "g1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let after = eventually("presence restored", DEADLINE, || async {
+        let p = presence(&gw, "re").await;
+        (p["count"] == 2 && p["users"][0]["connections"] == 2).then_some(p)
+    })
+    .await;
+    assert_eq!(after, before);
+    let users: std::collections::HashMap<String, i64> = c
+        .hgetall("chat:presence-users:{connections:re}")
+        .await
+        .unwrap();
+    assert_eq!(users, [("ana".into(), 2), ("bo".into(), 1)].into());
+    // Users Redis had lost are announced again (once each).
+    let seen = until(&mut bo, |v| is(v, "join", "ana")).await;
+    assert_eq!(count(&seen, "join", "ana"), 1);
+}
