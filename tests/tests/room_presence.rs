@@ -223,6 +223,8 @@ async fn typing_reaches_the_others_only_and_a_flood_is_thinned() {
     // The message is appended after every typing frame was published.
     let own = marker(&mut ana, "t", "done").await;
     assert_eq!(count(&own, "typing", "ana"), 0, "echoed: {own:?}");
+    // Typing is outside the room's sequence: the first message is seq 1.
+    assert_eq!(own.last().unwrap()["data"]["seq"], 1);
     for (who, c) in [("bo", &mut bo), ("ana's other tab", &mut ana_tab)] {
         let seen = until(c, |v| v["data"]["message"] == "done").await;
         let typing: Vec<&Value> = seen.iter().filter(|v| v["type"] == "typing").collect();
@@ -288,6 +290,9 @@ async fn read_receipts_never_go_down_and_survive_reconnects() {
     assert_eq!(status, 200);
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body, json!({"room":"rr","reads":{"ana":5,"bo":1}}));
+
+    // Nothing ephemeral is stored in history.
+    assert_eq!(stored_records(&redis, "rr").await.len(), 5);
 
     // The receipts expire with the room's history.
     let mut c = redis.conn().await;
