@@ -114,7 +114,7 @@ fn decode(stream: &str, entries: Vec<StreamId>, hold: &mut Hold, origin: Origin)
                 ids.push(e.id.clone());
                 items.push(Item {
                     entry_id: e.id,
-                    entry,
+                    entry: *entry,
                     room,
                 });
             }
@@ -184,14 +184,13 @@ fn persist_pipeline(
             script,
             &item.room,
             &item.entry_id,
-            &item.entry.record_prefix(),
+            &item.entry,
             persist::HistoryBounds {
                 limit: config.history_limit,
                 max_bytes: config.history_max_bytes,
                 ttl_secs: config.history_ttl,
             },
             epoch,
-            &item.entry.id,
             2 * config.batch_size,
         );
         if !rooms.contains(&item.room) {
@@ -343,6 +342,7 @@ mod tests {
             timestamp: "2026-11-27T14:00:00.000Z".into(),
             stamped_us: 1,
             user_id: None,
+            ..Default::default()
         }
     }
 
@@ -383,7 +383,7 @@ mod tests {
     fn decode_acks_garbage_keeps_the_valid_and_holds_the_newer() {
         let valid = |room: &str| Some(Value::BulkString(entry(room).encode()));
         let mut newer = entry("c");
-        newer.v = chat_shared::envelope::VERSION + 1;
+        newer.v = chat_shared::envelope::NEWEST_ENTRY_VERSION + 1;
         let mut hold = Hold::default();
         let batch = decode(
             "s",

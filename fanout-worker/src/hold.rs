@@ -40,7 +40,7 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub(crate) enum Verdict {
     /// Process it: a valid entry of this version.
-    Process(StreamEntry, RoomId),
+    Process(Box<StreamEntry>, RoomId),
     /// Leave it pending for a newer worker; `newer` when the entry itself is
     /// of a newer version (else it waits behind one of its room).
     Hold { newer: bool },
@@ -69,7 +69,7 @@ impl Hold {
                 Ok(_) if self.whole_shard || self.rooms.contains(&entry.room) => {
                     Verdict::Hold { newer: false }
                 }
-                Ok(room) => Verdict::Process(entry, room),
+                Ok(room) => Verdict::Process(Box::new(entry), room),
                 Err(_) => Verdict::Drop,
             },
             Err(_) => match NewerEntry::peek(bytes) {
@@ -119,7 +119,7 @@ impl Hold {
 mod tests {
     use std::collections::HashMap;
 
-    use chat_shared::envelope::VERSION;
+    use chat_shared::envelope::{NEWEST_ENTRY_VERSION, VERSION};
     use redis::Value;
 
     use super::*;
@@ -134,6 +134,7 @@ mod tests {
             timestamp: "2026-11-27T14:00:00.000Z".into(),
             stamped_us: 1,
             user_id: None,
+            ..Default::default()
         }
     }
 
@@ -165,7 +166,7 @@ mod tests {
         let mut hold = Hold::default();
         assert_eq!(judge(&mut hold, bytes(entry(VERSION, "a"))), "process");
         assert_eq!(
-            judge(&mut hold, bytes(entry(VERSION + 1, "a"))),
+            judge(&mut hold, bytes(entry(NEWEST_ENTRY_VERSION + 1, "a"))),
             "hold newer"
         );
         assert_eq!(judge(&mut hold, bytes(entry(VERSION, "a"))), "hold");
@@ -183,7 +184,10 @@ mod tests {
     fn a_newer_entry_without_a_readable_room_holds_the_shard() {
         let mut hold = Hold::default();
         assert_eq!(
-            judge(&mut hold, bytes(entry(VERSION + 1, "bad room"))),
+            judge(
+                &mut hold,
+                bytes(entry(NEWEST_ENTRY_VERSION + 1, "bad room"))
+            ),
             "hold newer"
         );
         assert_eq!(judge(&mut hold, bytes(entry(VERSION, "b"))), "hold");

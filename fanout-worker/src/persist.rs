@@ -14,24 +14,40 @@
 //! numbers); the splice adds one integer field to a serde-made object, and unit
 //! tests in `shared` check that the result parses as `MessageRecord`.
 //!
+//! Room events (edit, delete, react) go through the same script: see
+//! [`PERSIST_LUA`] for how they change their target.
+//!
 //! History is bounded twice: at most `HISTORY_LIMIT` records and at most
 //! `HISTORY_MAX_BYTES` of record JSON (the room state keeps a running `bytes`
 //! total); the oldest records go first, so the list stays contiguous in `seq`.
 
+use chat_shared::envelope::{EventKind, StreamEntry};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
+use chat_shared::protocol::ReactOp;
 use redis::Script;
 
 /// The persistence script.
 ///
-/// KEYS: `messages:<room>`, `chat:room:{messages:<room>}`.
+/// KEYS: `messages:<room>`, `chat:room:{messages:<room>}`, the room's
+/// message index, the room's reactions.
 /// ARGV: stream entry id, record prefix (JSON without `,"seq":N}`), history
-/// limit, ttl seconds, epoch candidate, message id, how many of the newest
-/// records to search for a re-processed entry (a takeover re-processes at most
-/// a batch or two, so the whole list never needs scanning), history byte cap
-/// (0 = none).
+/// limit, ttl seconds, epoch candidate, the entry's id (a message's `id`, an
+/// event's `event_id`), how many of the newest records to search for a
+/// re-processed entry (a takeover re-processes at most a batch or two, so the
+/// whole list never needs scanning), history byte cap (0 = none), mode
+/// (`msg`, `edit`, `delete`, `react`), target message id, user key (the
+/// author of a message, the reactor of a reaction), then for an edit the new
+/// text and `edited_at`, for a reaction the emoji and `add` or `remove`.
 /// Returns `{seq, record, epoch}` when applied, `{0, record or false, epoch}`
 /// when it was applied before.
+///
+/// A room event changes its target in place (the record is decoded and
+/// re-encoded with cjson, `seq` kept last) when the target is still in
+/// history, and is appended as a record of its own either way: it was acked
+/// and holds a `seq`. Every record ends with `"seq":N}`, and history is
+/// contiguous in `seq`, so a target is found from its indexed `seq` without
+/// a scan.
 const PERSIST_LUA: &str = r#"
 local function older_or_equal(a, b)
   local am, as = string.match(a, "^(%d+)-(%d+)$")
@@ -40,23 +56,101 @@ local function older_or_equal(a, b)
   if am ~= bm then return am < bm end
   return as <= bs
 end
+local function seq_of(rec) return tonumber(string.match(rec, '"seq":(%d+)}$')) end
+local function is_event(rec) return string.sub(rec, 1, 9) == '{"type":"' end
+local mode = ARGV[9]
 local last = redis.call('HGET', KEYS[2], 'last_entry')
 if last and older_or_equal(ARGV[1], last) then
   local epoch = redis.call('HGET', KEYS[2], 'epoch') or ARGV[5]
   local needle = '"id":"' .. ARGV[6] .. '"'
+  if mode ~= 'msg' then needle = '"event_id":"' .. ARGV[6] .. '"' end
   local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[7]), -1)
   for i = #items, 1, -1 do
-    if string.find(items[i], needle, 1, true) then
+    if (mode ~= 'msg') == is_event(items[i]) and string.find(items[i], needle, 1, true) then
       return {0, items[i], epoch}
     end
   end
   return {0, false, epoch}
 end
+-- The target's position, record and seq, if it is still in history.
+local function locate(target)
+  local v = redis.call('HGET', KEYS[3], target)
+  local tseq = v and tonumber(string.match(v, '^(%d+):'))
+  if not tseq then return nil end
+  local first = redis.call('LINDEX', KEYS[1], 0)
+  if not first then return nil end
+  local pos = tseq - (seq_of(first) or tseq + 1)
+  if pos < 0 then return nil end
+  local rec = redis.call('LINDEX', KEYS[1], pos)
+  if not rec or seq_of(rec) ~= tseq then return nil end
+  return pos, rec, tseq
+end
+local function replace(pos, old, new)
+  redis.call('LSET', KEYS[1], pos, new)
+  redis.call('HINCRBY', KEYS[2], 'bytes', #new - #old)
+end
+local function encode(t, tseq)
+  t.seq = nil
+  return string.sub(cjson.encode(t), 1, -2) .. ',"seq":' .. tseq .. '}'
+end
+local function apply(target)
+  local pos, old, tseq = locate(target)
+  if mode == 'react' then
+    local count = 0
+    if pos then
+      local t = cjson.decode(old)
+      if t.deleted then return ',"count":0' end
+      local emoji, user = ARGV[12], ARGV[11]
+      local raw = redis.call('HGET', KEYS[4], target)
+      local reactors = raw and cjson.decode(raw) or {}
+      local users = reactors[emoji] or {}
+      local counts = t.reactions or {}
+      count = tonumber(counts[emoji] or 0)
+      local changed = false
+      if ARGV[13] == 'add' and not users[user] then
+        users[user] = 1; count = count + 1; changed = true
+      elseif ARGV[13] == 'remove' and users[user] then
+        users[user] = nil; count = count - 1; changed = true
+      end
+      if changed then
+        if next(users) then reactors[emoji] = users else reactors[emoji] = nil end
+        if count > 0 then counts[emoji] = count else counts[emoji] = nil end
+        if next(counts) then t.reactions = counts else t.reactions = nil end
+        if next(reactors) then
+          redis.call('HSET', KEYS[4], target, cjson.encode(reactors))
+        else
+          redis.call('HDEL', KEYS[4], target)
+        end
+        replace(pos, old, encode(t, tseq))
+      end
+    end
+    return ',"count":' .. count
+  end
+  if not pos then return '' end
+  local t = cjson.decode(old)
+  if t.deleted then return '' end
+  if mode == 'edit' then
+    t.message = ARGV[12]
+    t.edited_at = ARGV[13]
+    replace(pos, old, encode(t, tseq))
+  elseif mode == 'delete' then
+    replace(pos, old, encode({id = t.id, room = t.room, deleted = true}, tseq))
+    redis.call('HDEL', KEYS[3], target)
+    redis.call('HDEL', KEYS[4], target)
+  end
+  return ''
+end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('HSETNX', KEYS[2], 'epoch', ARGV[5])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 redis.call('HSET', KEYS[2], 'last_entry', ARGV[1])
-local record = ARGV[2] .. ',"seq":' .. seq .. '}'
+local record
+if mode == 'msg' then
+  record = ARGV[2] .. ',"seq":' .. seq .. '}'
+  redis.call('HSET', KEYS[3], ARGV[6], seq .. ':' .. ARGV[11])
+else
+  record = ARGV[2] .. apply(ARGV[10]) .. ',"seq":' .. seq .. '}'
+end
 local len = redis.call('RPUSH', KEYS[1], record)
 local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #record)
 local limit, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[8])
@@ -64,10 +158,16 @@ while len > limit or (max_bytes > 0 and bytes > max_bytes and len > 1) do
   local old = redis.call('LPOP', KEYS[1])
   bytes = redis.call('HINCRBY', KEYS[2], 'bytes', -#old)
   len = len - 1
+  if not is_event(old) then
+    local id = string.match(old, '"id":"([^"]*)"')
+    if id then
+      redis.call('HDEL', KEYS[3], id)
+      redis.call('HDEL', KEYS[4], id)
+    end
+  end
 end
 if bytes < 0 then redis.call('HSET', KEYS[2], 'bytes', 0) end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 return {seq, record, epoch}
 "#;
 
@@ -94,22 +194,46 @@ pub(crate) fn add_to_pipeline(
     script: &Script,
     room: &RoomId,
     entry_id: &str,
-    record_prefix: &str,
+    entry: &StreamEntry,
     bounds: HistoryBounds,
     epoch: &str,
-    message_id: &str,
     search_window: u64,
 ) {
     let mut inv = script.key(keys::messages(room));
     inv.key(keys::room_state(room))
+        .key(keys::message_index(room))
+        .key(keys::reactions(room))
         .arg(entry_id)
-        .arg(record_prefix)
+        .arg(entry.record_prefix())
         .arg(bounds.limit)
         .arg(bounds.ttl_secs)
         .arg(epoch)
-        .arg(message_id)
+        .arg(&entry.id)
         .arg(search_window)
         .arg(bounds.max_bytes);
+    match &entry.event {
+        None => {
+            inv.arg("msg").arg("").arg(entry.user_key());
+        }
+        Some(event) => {
+            let mode = match event.kind {
+                EventKind::Edit => "edit",
+                EventKind::Delete => "delete",
+                EventKind::React => "react",
+            };
+            inv.arg(mode).arg(&event.target).arg(entry.user_key());
+            match event.kind {
+                EventKind::Edit => {
+                    inv.arg(&entry.message).arg(&entry.timestamp);
+                }
+                EventKind::React => {
+                    inv.arg(event.emoji.as_deref().unwrap_or_default())
+                        .arg(event.op.map_or("add", ReactOp::as_str));
+                }
+                EventKind::Delete => {}
+            }
+        }
+    }
     pipe.invoke_script(&inv);
 }
 

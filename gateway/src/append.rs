@@ -14,16 +14,24 @@
 //!   so a stalled pipeline cannot fill Redis's memory.
 //! - The `XADD` itself.
 //!
+//! A message's id is also written to its room's message index, in the same
+//! round trip just before the script (a pipeline; the index lives in the
+//! room's slot, not the shard's), so an `edit`, `delete`, `react` or
+//! `reply_to` sent right after the ack finds it even before a worker has
+//! persisted it. An id whose append did not store it (a repeat, a refusal,
+//! an error) is removed from the index again.
+//!
 //! Concurrent appends from many connections share the multiplexed
 //! connections, which pipelines them under load with no added wait at idle.
 
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use chat_shared::envelope::{now_us, StreamEntry, STREAM_FIELD, VERSION};
+use chat_shared::envelope::{now_us, RoomEvent, StreamEntry, STREAM_FIELD};
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::keys;
 use chat_shared::metrics as m;
+use chat_shared::protocol::Attachment;
 use chat_shared::redis::{RedisError, RedisHandle};
 use redis::Script;
 
@@ -31,9 +39,7 @@ use redis::Script;
 /// ARGV: field, entry, backlog cap (0 = none), id, timestamp, window secs.
 /// Returns `{1, false}` when appended, `{0, "<id> <timestamp>"}` for a
 /// repeat, `{-1, false}` when the backlog is full.
-static APPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+const APPEND_LUA: &str = r#"
 if KEYS[2] then
   local prev = redis.call('GET', KEYS[2])
   if prev then return {0, prev} end
@@ -45,9 +51,10 @@ if KEYS[2] then
   redis.call('SET', KEYS[2], ARGV[4] .. ' ' .. ARGV[5], 'EX', tonumber(ARGV[6]))
 end
 return {1, false}
-"#,
-    )
-});
+"#;
+
+/// The loaded [`APPEND_LUA`] (its SHA is computed once).
+static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_LUA));
 
 /// What the sender's ack needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +89,51 @@ pub struct AppendLimits {
     pub dedupe_window_secs: u64,
 }
 
-/// Stamps `message` with a UUID v7 and the current time and appends it;
-/// `user_id` is the sender's token `sub` when authentication is on.
+/// What a connection (or the publish API) asks to append: a message, or a
+/// room event when `event` is set (an edit's new text is in `message`).
+#[derive(Debug, Clone)]
+pub struct Draft<'a> {
+    /// The room.
+    pub room: &'a RoomId,
+    /// The sender's display name.
+    pub username: &'a Username,
+    /// The sender's token `sub` when authentication is on.
+    pub user_id: Option<&'a str>,
+    /// The client's nonce (deduplication).
+    pub client_id: Option<&'a str>,
+    /// The text (empty for a delete or a reaction).
+    pub message: String,
+    /// The message answered, already checked to exist.
+    pub reply_to: Option<String>,
+    /// Validated attachments.
+    pub attachments: Vec<Attachment>,
+    /// The room event, if this is one.
+    pub event: Option<RoomEvent>,
+}
+
+impl<'a> Draft<'a> {
+    /// A plain message.
+    pub fn message(
+        room: &'a RoomId,
+        username: &'a Username,
+        user_id: Option<&'a str>,
+        client_id: Option<&'a str>,
+        message: String,
+    ) -> Self {
+        Self {
+            room,
+            username,
+            user_id,
+            client_id,
+            message,
+            reply_to: None,
+            attachments: Vec::new(),
+            event: None,
+        }
+    }
+}
+
+/// Stamps the draft with a UUID v7 and the current time and appends it.
 ///
 /// # Errors
 /// Fails when Redis does not take the entry within the timeout, or the
@@ -92,15 +142,21 @@ pub struct AppendLimits {
 pub async fn append(
     redis: &RedisHandle,
     limits: AppendLimits,
-    room: &RoomId,
-    username: &Username,
-    user_id: Option<&str>,
-    client_id: Option<&str>,
-    message: String,
+    draft: Draft<'_>,
 ) -> Result<Appended, AppendError> {
     let now = chrono::Utc::now();
-    let entry = StreamEntry {
-        v: VERSION,
+    let Draft {
+        room,
+        username,
+        user_id,
+        client_id,
+        message,
+        reply_to,
+        attachments,
+        event,
+    } = draft;
+    let mut entry = StreamEntry {
+        v: 0,
         id: uuid::Uuid::now_v7().to_string(),
         room: room.to_string(),
         username: username.as_str().to_owned(),
@@ -108,13 +164,16 @@ pub async fn append(
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         stamped_us: now_us(),
         user_id: user_id.map(str::to_owned),
+        reply_to,
+        attachments,
+        event,
     };
+    entry.v = entry.required_version();
     let shard = keys::shard_of(room, limits.shards);
     let mut inv = APPEND.key(keys::stream(shard));
     if let Some(client_id) = client_id {
         // The sender: its user id when authenticated, else its name.
-        let user = user_id.unwrap_or(username.as_str());
-        inv.key(keys::dedupe(shard, room, user, client_id));
+        inv.key(keys::dedupe(shard, room, entry.user_key(), client_id));
     }
     inv.arg(STREAM_FIELD)
         .arg(entry.encode())
@@ -122,17 +181,43 @@ pub async fn append(
         .arg(&entry.id)
         .arg(&entry.timestamp)
         .arg(limits.dedupe_window_secs.max(1));
+    let indexed = entry.event.is_none();
+    let mut pipe = redis::pipe();
+    if indexed {
+        pipe.hset(
+            keys::message_index(room),
+            &entry.id,
+            format!(":{}", entry.user_key()),
+        )
+        .ignore();
+    }
+    pipe.invoke_script(&inv);
     let started = Instant::now();
     // Not retried: without a client_id, an append repeated after a lost
-    // reply would be stored twice.
-    let result = redis.script_once::<(i64, Option<String>)>(&inv).await;
+    // reply would be stored twice. A NOSCRIPT answer means the script did
+    // not run: load it and send again.
+    let result = match redis.pipe_once::<((i64, Option<String>),)>(&pipe).await {
+        Err(e) if e.is_no_script() => {
+            let loaded = redis
+                .query::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(APPEND_LUA))
+                .await;
+            match loaded {
+                Ok(_) => redis.pipe_once(&pipe).await,
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    }
+    .map(|(r,)| r);
     metrics::histogram!(m::GW_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
-    match result {
-        Ok((1, _)) => Ok(Appended {
-            id: entry.id,
-            timestamp: entry.timestamp,
-            repeat: false,
-        }),
+    let outcome = match result {
+        Ok((1, _)) => {
+            return Ok(Appended {
+                id: entry.id,
+                timestamp: entry.timestamp,
+                repeat: false,
+            })
+        }
         Ok((0, Some(prev))) => {
             metrics::counter!(m::GW_APPEND_REPEATS).increment(1);
             let (id, timestamp) = prev.split_once(' ').unwrap_or((prev.as_str(), ""));
@@ -152,5 +237,16 @@ pub async fn append(
             tracing::debug!(error = %e, "Stream append failed");
             Err(e.into())
         }
+    };
+    if indexed {
+        // This id was not stored: take it out of the index again.
+        let _ = redis
+            .query::<()>(
+                redis::cmd("HDEL")
+                    .arg(keys::message_index(room))
+                    .arg(&entry.id),
+            )
+            .await;
     }
+    outcome
 }

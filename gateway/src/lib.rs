@@ -37,6 +37,7 @@ pub mod presence_events;
 pub mod publish_api;
 pub mod rate_limit;
 pub mod receipts;
+pub mod room_events;
 pub mod rooms;
 pub mod server;
 pub mod state;

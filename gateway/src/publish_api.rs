@@ -21,9 +21,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api_error::ApiError;
-use crate::append::{self, AppendError};
+use crate::append::{self, AppendError, Draft};
 use crate::config::AccessArgs;
 use crate::rate_limit::TokenBucket;
+use crate::room_events::{self, Change};
 use crate::state::AppState;
 
 /// The configured API keys (as digests) and each key's budget.
@@ -103,6 +104,8 @@ struct PublishBody {
     username: Option<String>,
     #[serde(default)]
     client_id: Option<String>,
+    #[serde(default)]
+    reply_to: Option<String>,
 }
 
 fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
@@ -185,24 +188,32 @@ pub(crate) async fn publish(
             format!("client_id is longer than {MAX_CLIENT_ID_CHARS} characters"),
         ));
     }
-    let appended = append::append(
-        &state.redis,
-        state.config.append_limits(),
-        &room,
-        &username,
-        None,
-        body.client_id.as_deref(),
-        message,
-    )
-    .await
-    .map_err(|e| {
-        metrics::counter!(m::GW_API_REQUESTS, "result" => "unavailable").increment(1);
-        let why = match e {
-            AppendError::BacklogFull => "the room's stream backlog is full; retry later",
-            AppendError::Redis(_) => "message not stored: Redis unavailable; retry",
-        };
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, why)
-    })?;
+    if let Some(reply_to) = &body.reply_to {
+        let exists =
+            room_events::check(&state.redis, &room, reply_to, "", false, Change::Any).await;
+        if let Err(e) = exists {
+            metrics::counter!(m::GW_API_REQUESTS, "result" => e.code.as_str()).increment(1);
+            let status = match e.code {
+                ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return Err(ApiError::new(status, e.code, e.message));
+        }
+    }
+    let draft = Draft {
+        reply_to: body.reply_to,
+        ..Draft::message(&room, &username, None, body.client_id.as_deref(), message)
+    };
+    let appended = append::append(&state.redis, state.config.append_limits(), draft)
+        .await
+        .map_err(|e| {
+            metrics::counter!(m::GW_API_REQUESTS, "result" => "unavailable").increment(1);
+            let why = match e {
+                AppendError::BacklogFull => "the room's stream backlog is full; retry later",
+                AppendError::Redis(_) => "message not stored: Redis unavailable; retry",
+            };
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, why)
+        })?;
     metrics::counter!(m::GW_API_REQUESTS, "result" => "accepted").increment(1);
     let body = serde_json::json!({
         "id": appended.id,

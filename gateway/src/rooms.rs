@@ -16,7 +16,7 @@ use chat_shared::envelope::{now_us, DeliveryBatch};
 use chat_shared::ephemeral::EphemeralEvent;
 use chat_shared::metrics as m;
 use chat_shared::presence::PresenceUser;
-use chat_shared::protocol::message_frame;
+use chat_shared::protocol::live_frame;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -162,7 +162,7 @@ impl LocalRooms {
             let Some(members) = rooms.get(&d.room) else {
                 continue;
             };
-            let Some(frame) = message_frame(&d.record) else {
+            let Some(frame) = live_frame(&d.record) else {
                 tracing::warn!(seq = d.seq, "Delivered record is not JSON; skipped");
                 continue;
             };

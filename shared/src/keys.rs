@@ -11,6 +11,8 @@
 //! |---|---|---|
 //! | `messages:<room>` | list | worker (history, oldest first) |
 //! | `chat:room:{messages:<room>}` | hash `seq`, `last_entry`, `epoch` | worker |
+//! | `chat:msg-index:{messages:<room>}` | hash message id → `<seq>:<author>` (`:<author>` until persisted) | gateway writes, worker completes and trims |
+//! | `chat:reactions:{messages:<room>}` | hash message id → JSON `{emoji: {user: 1}}` | worker |
 //! | `connections:<room>` | set of `<gateway>/<conn>` | gateway |
 //! | `chat:room-gateways:{connections:<room>}` | hash gateway → open connections | gateway |
 //! | `chat:presence-conns:{connections:<room>}` | hash `<gateway>/<conn>` → user JSON | gateway, janitor |
@@ -53,6 +55,21 @@ pub fn connections(room: &RoomId) -> String {
 /// Sequence state of a room, in the slot of [`messages`].
 pub fn room_state(room: &RoomId) -> String {
     format!("chat:room:{{messages:{room}}}")
+}
+
+/// Index of a room's messages still in history: id → `<seq>:<author user
+/// key>`, in the slot of [`messages`]. The gateway writes `:<author>` just
+/// before the append (so an edit right after the ack finds its target), the
+/// worker adds the `seq` when it persists and removes the entry when the
+/// message is trimmed or deleted.
+pub fn message_index(room: &RoomId) -> String {
+    format!("chat:msg-index:{{messages:{room}}}")
+}
+
+/// Who reacted with what to each message of a room still in history, in the
+/// slot of [`messages`]: makes a repeated reaction count once.
+pub fn reactions(room: &RoomId) -> String {
+    format!("chat:reactions:{{messages:{room}}}")
 }
 
 /// Gateway → connection count of a room, in the slot of [`connections`].
@@ -153,6 +170,8 @@ mod tests {
             "chat:presence-users:{connections:lobby}"
         );
         assert_eq!(reads(&r), "chat:reads:{messages:lobby}");
+        assert_eq!(message_index(&r), "chat:msg-index:{messages:lobby}");
+        assert_eq!(reactions(&r), "chat:reactions:{messages:lobby}");
     }
 
     #[test]

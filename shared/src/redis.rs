@@ -78,6 +78,12 @@ impl RedisError {
         }
     }
 
+    /// Whether Redis answered `NOSCRIPT`: an `EVALSHA` of a script it does
+    /// not hold (it restarted or was flushed); the script did not run.
+    pub fn is_no_script(&self) -> bool {
+        matches!(self, Self::Command(e) if e.code() == Some("NOSCRIPT"))
+    }
+
     /// Whether Redis refused the credentials of `REDIS_URL` (wrong or missing
     /// password, unknown or disabled ACL user) or the ACL user lacks a
     /// permission: a configuration error, not an outage.
@@ -219,6 +225,26 @@ impl RedisHandle {
         let (i, used) = self.next_shared();
         let mut conn = ConnectionManager::clone(&used);
         let result = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| RedisError::Timeout)?;
+        if let Err(e) = &result {
+            self.replace_if_stuck(i, &used, e);
+        }
+        result.map_err(RedisError::from)
+    }
+
+    /// Runs a pipeline that must not run twice on a shared connection within
+    /// the timeout, never retried (see [`Self::query_once`]).
+    ///
+    /// # Errors
+    /// Fails on connection errors, command errors and timeouts.
+    pub async fn pipe_once<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        let (i, used) = self.next_shared();
+        let mut conn = ConnectionManager::clone(&used);
+        let result = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
             .await
             .map_err(|_| RedisError::Timeout)?;
         if let Err(e) = &result {

@@ -162,6 +162,7 @@ fn stream_entry() -> impl Strategy<Value = StreamEntry> {
                 timestamp,
                 stamped_us,
                 user_id,
+                ..Default::default()
             },
         )
 }

@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use chat_shared::envelope::{StreamEntry, STREAM_FIELD, VERSION};
+use chat_shared::envelope::{StreamEntry, NEWEST_ENTRY_VERSION, STREAM_FIELD, VERSION};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use common::*;
@@ -37,6 +37,7 @@ fn envelope(v: u8, room: &str, text: &str) -> Vec<u8> {
             .to_string(),
         stamped_us: chrono::Utc::now().timestamp_micros(),
         user_id: None,
+        ..Default::default()
     }
     .encode()
 }
@@ -549,7 +550,10 @@ async fn entries_of_a_newer_envelope_version_stay_pending_and_other_rooms_flow()
         .xadd(
             &stream,
             "*",
-            &[(STREAM_FIELD, envelope(VERSION + 1, "future", "from v2"))],
+            &[(
+                STREAM_FIELD,
+                envelope(NEWEST_ENTRY_VERSION + 1, "future", "from a newer version"),
+            )],
         )
         .await
         .unwrap();

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Message;
+use chat_shared::envelope::{EventKind, RoomEvent};
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::keys;
 use chat_shared::metrics as m;
@@ -24,10 +25,11 @@ use tokio::sync::mpsc;
 mod room;
 
 use super::close::CloseReason;
-use crate::append::{self, AppendError};
+use crate::append::{self, AppendError, Draft};
 use crate::auth::Identity;
 use crate::history::{self, Range};
 use crate::rate_limit::TokenBucket;
+use crate::room_events::{self, Change};
 use crate::rooms::Outbound;
 use crate::state::AppState;
 
@@ -197,6 +199,33 @@ impl Reader {
             Ok(ClientFrame::Presence) => self.on_presence().await,
             Ok(ClientFrame::Typing(active)) => self.on_typing(active).await,
             Ok(ClientFrame::Read(seq)) => self.on_read(seq).await,
+            Ok(ClientFrame::Edit(req)) => {
+                let event = RoomEvent {
+                    kind: EventKind::Edit,
+                    target: req.id,
+                    emoji: None,
+                    op: None,
+                };
+                self.on_event(event, req.message, req.client_id).await
+            }
+            Ok(ClientFrame::Delete(req)) => {
+                let event = RoomEvent {
+                    kind: EventKind::Delete,
+                    target: req.id,
+                    emoji: None,
+                    op: None,
+                };
+                self.on_event(event, String::new(), req.client_id).await
+            }
+            Ok(ClientFrame::React(req)) => {
+                let event = RoomEvent {
+                    kind: EventKind::React,
+                    target: req.id,
+                    emoji: Some(req.emoji),
+                    op: Some(req.op),
+                };
+                self.on_event(event, String::new(), req.client_id).await
+            }
         }
     }
 
@@ -229,37 +258,121 @@ impl Reader {
             (Some(identity), _) => identity.name.clone(),
             (None, claimed) => claimed.unwrap_or_else(|| self.username.clone()),
         };
-        let user = match &user_id {
-            Some(id) => id.clone(),
-            None => format!("ip:{}", self.client_ip),
-        };
+        let budget_key = self.budget_key();
         if !self.room_exists {
-            if let Some(refused) = self.spend_room_creation(&user).await {
+            if let Some(refused) = self.spend_room_creation(&budget_key).await {
                 return self.reply_error(&refused, client_id).await;
             }
         }
-        if let Some(limit) = self.state.user_limit {
-            // A Redis failure lets the message through to the append, which
-            // then fails the same way if Redis is really gone.
-            if let Ok(false) = limit.allow(&self.state.redis, &user).await {
-                metrics::counter!(m::GW_RATE_LIMITED).increment(1);
-                let err = ProtocolError::new(
-                    ErrorCode::RateLimited,
-                    "this user sends faster than USER_RATE_LIMIT_PER_SEC allows",
-                );
-                return self.reply_error(&err, client_id).await;
+        if let Some(limited) = self.spend_user_budget(&budget_key).await {
+            return self.reply_error(&limited, client_id).await;
+        }
+        if let Some(reply_to) = &msg.reply_to {
+            let exists = room_events::check(
+                &self.state.redis,
+                &self.room,
+                reply_to,
+                "",
+                false,
+                Change::Any,
+            )
+            .await;
+            if let Err(e) = exists {
+                return self.reply_error(&e, client_id).await;
             }
         }
-        let result = append::append(
+        let draft = Draft {
+            reply_to: msg.reply_to,
+            attachments: msg.attachments,
+            ..Draft::message(
+                &self.room,
+                &username,
+                user_id.as_deref(),
+                client_id,
+                msg.message,
+            )
+        };
+        self.append_and_ack(draft).await
+    }
+
+    /// Checks and appends an edit, a delete or a reaction; acks it like a
+    /// message once it is in the stream.
+    async fn on_event(
+        &mut self,
+        event: RoomEvent,
+        message: String,
+        client_id: Option<String>,
+    ) -> Result<(), WriterGone> {
+        let client_id = client_id.as_deref();
+        let (username, user_id, moderator) = match &self.identity {
+            Some(i) => (i.name.clone(), Some(i.user_id.clone()), i.moderator),
+            None => (self.username.clone(), None, false),
+        };
+        let sender = user_id
+            .clone()
+            .unwrap_or_else(|| username.as_str().to_owned());
+        if let Some(limited) = self.spend_user_budget(&self.budget_key()).await {
+            return self.reply_error(&limited, client_id).await;
+        }
+        let change = match event.kind {
+            EventKind::React => Change::Any,
+            EventKind::Edit | EventKind::Delete => Change::Own,
+        };
+        let allowed = room_events::check(
             &self.state.redis,
-            self.state.config.append_limits(),
             &self.room,
-            &username,
-            user_id.as_deref(),
-            client_id,
-            msg.message,
+            &event.target,
+            &sender,
+            moderator,
+            change,
         )
         .await;
+        if let Err(e) = allowed {
+            return self.reply_error(&e, client_id).await;
+        }
+        let draft = Draft {
+            event: Some(event),
+            ..Draft::message(
+                &self.room,
+                &username,
+                user_id.as_deref(),
+                client_id,
+                message,
+            )
+        };
+        self.append_and_ack(draft).await
+    }
+
+    /// The key of the sender's shared budgets: its user id, else its IP.
+    fn budget_key(&self) -> String {
+        match &self.identity {
+            Some(i) => i.user_id.clone(),
+            None => format!("ip:{}", self.client_ip),
+        }
+    }
+
+    /// Spends one unit of the sender's budget shared by every gateway
+    /// (`USER_RATE_LIMIT_PER_SEC`); returns the refusal when it is spent. A
+    /// Redis failure lets the frame through to the append, which then fails
+    /// the same way if Redis is really gone.
+    async fn spend_user_budget(&self, key: &str) -> Option<ProtocolError> {
+        let limit = self.state.user_limit?;
+        if let Ok(false) = limit.allow(&self.state.redis, key).await {
+            metrics::counter!(m::GW_RATE_LIMITED).increment(1);
+            return Some(ProtocolError::new(
+                ErrorCode::RateLimited,
+                "this user sends faster than USER_RATE_LIMIT_PER_SEC allows",
+            ));
+        }
+        None
+    }
+
+    /// Appends `draft` and acks it, or tells the sender it was not stored.
+    async fn append_and_ack(&self, draft: Draft<'_>) -> Result<(), WriterGone> {
+        let client_id = draft.client_id.map(str::to_owned);
+        let client_id = client_id.as_deref();
+        let result =
+            append::append(&self.state.redis, self.state.config.append_limits(), draft).await;
         match result {
             Ok(done) => {
                 metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
@@ -269,9 +382,9 @@ impl Reader {
             Err(e) => {
                 let why = match e {
                     AppendError::BacklogFull => {
-                        "message not stored: the room's stream backlog is full; retry later"
+                        "not stored: the room's stream backlog is full; retry later"
                     }
-                    AppendError::Redis(_) => "message not stored: Redis unavailable; retry",
+                    AppendError::Redis(_) => "not stored: Redis unavailable; retry",
                 };
                 let err = ProtocolError::new(ErrorCode::Unavailable, why);
                 self.reply_error(&err, client_id).await
@@ -378,7 +491,7 @@ impl Reader {
     }
 
     async fn reply_error(
-        &mut self,
+        &self,
         err: &ProtocolError,
         client_id: Option<&str>,
     ) -> Result<(), WriterGone> {
@@ -389,7 +502,7 @@ impl Reader {
     /// Queues a reply for the writer; waits while the queue is full (the
     /// client is not reading: the registry's next delivery or the writer's
     /// timeout then ends the connection as a slow consumer).
-    async fn reply(&mut self, frame: String) -> Result<(), WriterGone> {
+    async fn reply(&self, frame: String) -> Result<(), WriterGone> {
         self.replies
             .send(Outbound::Reply(frame.into()))
             .await

@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::extract::ws::Message;
 use chat_shared::ids::RoomId;
 use chat_shared::metrics as m;
-use chat_shared::protocol::message_frame;
+use chat_shared::protocol::live_frame;
 use futures_util::{Sink, SinkExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -195,7 +195,7 @@ impl<H: HistorySource> Writer<H> {
             if !self.cursor.fill(*seq, upto) {
                 continue;
             }
-            if let Some(frame) = message_frame(record) {
+            if let Some(frame) = live_frame(record) {
                 self.feed(sink, Message::Text(frame.into())).await?;
             }
         }

@@ -7,6 +7,10 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::room_events::{
+    check_attachments, check_target, parse_delete, parse_edit, parse_react, Attachment,
+    DeleteRequest, EditRequest, ReactRequest,
+};
 use super::{room_inbound, ErrorCode, Limits, ProtocolError};
 use crate::ids::{RoomId, Username, MAX_CLIENT_ID_CHARS};
 
@@ -25,6 +29,12 @@ pub enum ClientFrame {
     Typing(bool),
     /// `{"type":"read","data":{"seq":N}}`: the sender has read up to `seq`.
     Read(u64),
+    /// `{"type":"edit",..}`: change the text of a message.
+    Edit(EditRequest),
+    /// `{"type":"delete",..}`: delete a message.
+    Delete(DeleteRequest),
+    /// `{"type":"react",..}`: add or remove a reaction to a message.
+    React(ReactRequest),
 }
 
 /// A chat message as the client sent it, validated.
@@ -36,6 +46,10 @@ pub struct InboundMessage {
     pub username: Option<Username>,
     /// The client's nonce, echoed in `ack` and `error`.
     pub client_id: Option<String>,
+    /// The id of the message of the same room this one answers.
+    pub reply_to: Option<String>,
+    /// Links to files (at most [`super::room_events::MAX_ATTACHMENTS`]).
+    pub attachments: Vec<Attachment>,
 }
 
 /// A history page request.
@@ -65,6 +79,10 @@ struct RawMessage {
     username: Option<String>,
     #[serde(default)]
     client_id: Option<String>,
+    #[serde(default)]
+    reply_to: Option<String>,
+    #[serde(default)]
+    attachments: Option<Vec<Attachment>>,
 }
 
 #[derive(Deserialize)]
@@ -85,7 +103,7 @@ pub struct Rejected {
 }
 
 impl Rejected {
-    pub(super) fn new(
+    pub(crate) fn new(
         code: ErrorCode,
         message: impl Into<String>,
         client_id: Option<String>,
@@ -120,11 +138,14 @@ pub fn parse_client_frame(
         "presence" => Ok(ClientFrame::Presence),
         "typing" => room_inbound::parse_typing(raw.data).map(ClientFrame::Typing),
         "read" => room_inbound::parse_read(raw.data).map(ClientFrame::Read),
+        "edit" => parse_edit(raw.data, room, limits).map(ClientFrame::Edit),
+        "delete" => parse_delete(raw.data, room).map(ClientFrame::Delete),
+        "react" => parse_react(raw.data, room).map(ClientFrame::React),
         other => {
             let shown: String = other.chars().take(32).collect();
             Err(Rejected::new(
                 ErrorCode::UnknownType,
-                format!("unknown frame type {shown:?}; expected \"message\", \"history\" or \"refresh\""),
+                format!("unknown frame type {shown:?}; see the protocol section of the README"),
                 None,
             ))
         }
@@ -141,38 +162,81 @@ fn parse_message(
     let raw: RawMessage = serde_json::from_str(data.get()).map_err(|_| {
         Rejected::new(
             ErrorCode::BadFrame,
-            "\"data\" must be an object whose room, message, username and client_id are strings",
+            "\"data\" must be an object whose room, message, username, client_id and reply_to are strings and attachments a list of objects",
             None,
         )
     })?;
-    let client_id = raw.client_id;
-    if let Some(id) = &client_id {
-        if id.chars().count() > MAX_CLIENT_ID_CHARS {
-            return Err(Rejected::new(
-                ErrorCode::InvalidClientId,
-                format!("client_id is longer than {MAX_CLIENT_ID_CHARS} characters"),
-                None,
-            ));
-        }
+    let client_id = check_client_id(raw.client_id)?;
+    check_room(raw.room.as_deref(), room, &client_id)?;
+    let message = check_text(raw.message, limits, &client_id)?;
+    let username = match raw.username {
+        None => None,
+        Some(u) => match Username::parse(&u) {
+            Ok(u) => Some(u),
+            Err(_) => {
+                return Err(Rejected::new(
+                    ErrorCode::InvalidUsername,
+                    "data.username must be 1-64 characters without control characters",
+                    client_id,
+                ))
+            }
+        },
+    };
+    let reply_to = match raw.reply_to {
+        None => None,
+        Some(id) => Some(check_target(Some(id), "data.reply_to", &client_id)?),
+    };
+    let attachments = check_attachments(raw.attachments.unwrap_or_default(), &client_id)?;
+    Ok(InboundMessage {
+        message,
+        username,
+        client_id,
+        reply_to,
+        attachments,
+    })
+}
+
+/// Validates a `client_id`: at most [`MAX_CLIENT_ID_CHARS`] characters.
+pub(crate) fn check_client_id(client_id: Option<String>) -> Result<Option<String>, Rejected> {
+    match client_id {
+        Some(id) if id.chars().count() > MAX_CLIENT_ID_CHARS => Err(Rejected::new(
+            ErrorCode::InvalidClientId,
+            format!("client_id is longer than {MAX_CLIENT_ID_CHARS} characters"),
+            None,
+        )),
+        other => Ok(other),
     }
+}
+
+/// Checks a frame's `data.room`: present, valid, and the connection's.
+pub(crate) fn check_room(
+    claimed: Option<&str>,
+    room: &RoomId,
+    client_id: &Option<String>,
+) -> Result<(), Rejected> {
     let reject = |code, msg: String| Err(Rejected::new(code, msg, client_id.clone()));
-    match raw.room.as_deref() {
-        None => return reject(ErrorCode::InvalidRoom, "data.room is required".into()),
-        Some(r) if RoomId::parse(r).is_err() => {
-            return reject(
-                ErrorCode::InvalidRoom,
-                "data.room must be 1-64 characters of [A-Za-z0-9_.:-]".into(),
-            )
-        }
-        Some(r) if r != room.as_str() => {
-            return reject(
-                ErrorCode::RoomMismatch,
-                format!("this connection is joined to room {:?}", room.as_str()),
-            )
-        }
-        Some(_) => {}
+    match claimed {
+        None => reject(ErrorCode::InvalidRoom, "data.room is required".into()),
+        Some(r) if RoomId::parse(r).is_err() => reject(
+            ErrorCode::InvalidRoom,
+            "data.room must be 1-64 characters of [A-Za-z0-9_.:-]".into(),
+        ),
+        Some(r) if r != room.as_str() => reject(
+            ErrorCode::RoomMismatch,
+            format!("this connection is joined to room {:?}", room.as_str()),
+        ),
+        Some(_) => Ok(()),
     }
-    let Some(message) = raw.message else {
+}
+
+/// Checks a message text: present, not empty, at most `max_message_chars`.
+pub(crate) fn check_text(
+    text: Option<String>,
+    limits: &Limits,
+    client_id: &Option<String>,
+) -> Result<String, Rejected> {
+    let reject = |code, msg: String| Err(Rejected::new(code, msg, client_id.clone()));
+    let Some(message) = text else {
         return reject(ErrorCode::EmptyMessage, "data.message is required".into());
     };
     if message.is_empty() {
@@ -193,23 +257,7 @@ fn parse_message(
             ),
         );
     }
-    let username = match raw.username {
-        None => None,
-        Some(u) => match Username::parse(&u) {
-            Ok(u) => Some(u),
-            Err(_) => {
-                return reject(
-                    ErrorCode::InvalidUsername,
-                    "data.username must be 1-64 characters without control characters".into(),
-                )
-            }
-        },
-    };
-    Ok(InboundMessage {
-        message,
-        username,
-        client_id,
-    })
+    Ok(message)
 }
 
 fn parse_refresh(data: Option<&RawValue>) -> Result<String, Rejected> {
@@ -285,6 +333,8 @@ mod tests {
                 message: "hi".into(),
                 username: Some(Username::parse("ana").unwrap()),
                 client_id: Some("c1".into()),
+                reply_to: None,
+                attachments: Vec::new(),
             })
         );
     }

@@ -2,6 +2,8 @@
 //!
 //! - [`inbound`]: client frames parsed into [`ClientFrame`] and validated, so
 //!   the gateway only sees well-formed requests or an [`ErrorCode`].
+//! - [`room_events`]: the ordered room events (`edit`, `delete`, `react`)
+//!   and a message's `reply_to` and `attachments`.
 //! - [`outbound`]: server frames and the stored record, one serde model for
 //!   WebSocket frames and HTTP bodies alike; stored records are embedded as
 //!   [`serde_json::value::RawValue`], so a message is serialized once and
@@ -14,15 +16,17 @@
 
 pub mod inbound;
 pub mod outbound;
+pub mod room_events;
 mod room_inbound;
 
 use serde::Serialize;
 
 pub use inbound::{parse_client_frame, ClientFrame, HistoryRequest, InboundMessage, Rejected};
 pub use outbound::{
-    ack_frame, error_frame, history_frame, history_frames, http_error_body, message_frame,
-    record_seq, HistoryData, HistoryMeta, MessageRecord, HISTORY_FRAME_BYTES,
+    ack_frame, error_frame, history_frame, history_frames, http_error_body, live_frame, record_seq,
+    HistoryData, HistoryMeta, MessageRecord, HISTORY_FRAME_BYTES,
 };
+pub use room_events::{Attachment, DeleteRequest, EditRequest, ReactOp, ReactRequest};
 
 /// The closed set of error codes sent in `error` frames and HTTP error bodies.
 ///
@@ -62,7 +66,9 @@ pub enum ErrorCode {
     Unavailable,
     /// Something unexpected failed inside the server; details are in its log.
     Internal,
-    /// No such route.
+    /// No such route, or the message an `edit`, `delete`, `react` or
+    /// `reply_to` names is not in the room's history (unknown, trimmed or
+    /// deleted).
     NotFound,
     /// A token is required and missing, invalid or expired (HTTP 401), or an
     /// API key is wrong.

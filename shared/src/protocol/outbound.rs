@@ -84,10 +84,35 @@ fn raw_record(record_json: &str) -> Option<&RawValue> {
     serde_json::from_str(record_json).ok()
 }
 
-/// `{"type":"message","data":<record>}` where `record` is the stored JSON
-/// object; `None` when the record is not valid JSON.
-pub fn message_frame(record_json: &str) -> Option<String> {
-    raw_record(record_json).map(|raw| frame("message", raw))
+/// The live frame of a stored record: `{"type":"message","data":<record>}`
+/// for a message; for a room event (a record that starts with its `type`,
+/// e.g. `{"type":"edit",..}`), `{"type":"edit","data":<record without
+/// type>}`. `None` when the record is not valid JSON.
+pub fn live_frame(record_json: &str) -> Option<String> {
+    let raw = raw_record(record_json)?;
+    match event_type(record_json) {
+        None => Some(frame("message", raw)),
+        Some((kind, rest)) => {
+            let mut out = String::with_capacity(record_json.len() + 16);
+            out.push_str("{\"type\":\"");
+            out.push_str(kind);
+            out.push_str("\",\"data\":{");
+            out.push_str(rest);
+            out.push('}');
+            Some(out)
+        }
+    }
+}
+
+/// Splits an event record `{"type":"<kind>",<rest>` into its kind and the
+/// rest (fields and closing brace); `None` for a message record.
+fn event_type(record_json: &str) -> Option<(&str, &str)> {
+    let tail = record_json.strip_prefix("{\"type\":\"")?;
+    let (kind, rest) = tail.split_once('"')?;
+    let rest = rest.strip_prefix(',')?;
+    kind.bytes()
+        .all(|b| b.is_ascii_lowercase())
+        .then_some((kind, rest))
 }
 
 /// Metadata of a history answer beyond the records themselves.
@@ -229,9 +254,15 @@ mod tests {
     #[test]
     fn frames_are_valid_json() {
         let rec = r#"{"id":"i","room":"r","message":"m","username":"u","timestamp":"t","seq":3}"#;
-        let m: serde_json::Value = serde_json::from_str(&message_frame(rec).unwrap()).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&live_frame(rec).unwrap()).unwrap();
         assert_eq!(m["data"]["seq"], 3);
-        assert!(message_frame("{\"seq\":").is_none());
+        assert!(live_frame("{\"seq\":").is_none());
+        let ev = r#"{"type":"edit","room":"r","id":"i","message":"n","seq":4}"#;
+        let e: serde_json::Value = serde_json::from_str(&live_frame(ev).unwrap()).unwrap();
+        assert_eq!(e["type"], "edit");
+        assert_eq!(e["data"]["seq"], 4);
+        assert_eq!(e["data"]["id"], "i");
+        assert!(e["data"].get("type").is_none());
         let meta = HistoryMeta {
             room: "r".into(),
             latest_seq: 3,

@@ -53,7 +53,7 @@ fn live(seq: u64, epoch: &str) -> Outbound {
     Outbound::Message(LiveMessage {
         seq,
         epoch: Arc::from(epoch),
-        frame: message_frame(&record(seq)).unwrap().into(),
+        frame: live_frame(&record(seq)).unwrap().into(),
     })
 }
 

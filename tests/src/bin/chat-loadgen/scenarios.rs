@@ -290,6 +290,7 @@ pub(crate) async fn persist(
                 timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 stamped_us: client::now_us(),
                 user_id: None,
+                ..Default::default()
             };
             pipe.cmd("XADD")
                 .arg(keys::stream(keys::shard_of(&room, shards)))
