@@ -42,10 +42,25 @@ pub async fn snapshot(redis: &RedisHandle, room: &RoomId) -> Result<Presence, Re
 /// `PRESENCE_EVENTS` is on. Failures are counted and logged, never returned:
 /// the announcement is best-effort.
 pub async fn announce(state: &AppState, room: &RoomId, kind: PresenceKind, users: &[String]) {
+    announce_except(state, room, kind, users, None).await;
+}
+
+/// [`announce`], except to the connection `except_conn` (`<gateway>/<conn>`):
+/// a joining connection is not told about its own join.
+pub async fn announce_except(
+    state: &AppState,
+    room: &RoomId,
+    kind: PresenceKind,
+    users: &[String],
+    except_conn: Option<&str>,
+) {
     if !state.config.presence_events || users.is_empty() {
         return;
     }
-    let events = ephemeral::presence_events(kind, room.as_str(), users);
+    let mut events = ephemeral::presence_events(kind, room.as_str(), users);
+    for e in &mut events {
+        e.except_conn = except_conn.map(str::to_owned);
+    }
     if let Err(e) = ephemeral::publish(&state.redis, room, events).await {
         let label = match kind {
             PresenceKind::Join => "join",

@@ -104,20 +104,21 @@ async fn presence_and_join_leave_across_gateways_with_two_tabs() {
     let gw1 = start_gateway(&redis.url(), "g1", GW).await;
     let gw2 = start_gateway(&redis.url(), "g2", GW).await;
 
-    let (mut bo, _) = Client::join(&gw2.ws_url("room=p&username=bo")).await;
-    let own = bo.next_of_type("join").await;
-    assert_eq!(own["data"]["username"], "bo", "the room gets bo's own join");
-    let (mut ana1, _) = Client::join(&gw1.ws_url("room=p&username=ana")).await;
-    let join = until(&mut bo, |v| is(v, "join", "ana"))
-        .await
-        .pop()
-        .unwrap();
+    let (mut bo, _) = Client::join_ephemeral(&gw2.ws_url("room=p&username=bo")).await;
+    let (mut ana1, _) = Client::join_ephemeral(&gw1.ws_url("room=p&username=ana")).await;
+    let seen = until(&mut bo, |v| is(v, "join", "ana")).await;
+    assert_eq!(
+        count(&seen, "join", "bo"),
+        0,
+        "bo was told of its own join: {seen:?}"
+    );
+    let join = seen.last().unwrap().clone();
     assert_eq!(join["data"]["room"], "p");
     assert_eq!(join["data"]["user_id"], Value::Null);
     assert_timestamp(&join["data"]["timestamp"]);
 
     // A second tab (on the other gateway) is the same user: no join.
-    let (ana2, _) = Client::join(&gw2.ws_url("room=p&username=ana")).await;
+    let (ana2, _) = Client::join_ephemeral(&gw2.ws_url("room=p&username=ana")).await;
     let p = eventually("ana with two connections", DEADLINE, || async {
         let p = presence(&gw1, "p").await;
         (p["users"][0]["connections"] == 2).then_some(p)
@@ -167,11 +168,11 @@ async fn a_killed_gateways_users_leave_within_the_janitors_bound() {
     let mut gw1 = start_gateway(&redis.url(), "g1", GW).await;
     let gw2 = start_gateway(&redis.url(), "g2", GW).await;
 
-    let (mut bo, _) = Client::join(&gw2.ws_url("room=k&username=bo")).await;
+    let (mut bo, _) = Client::join_ephemeral(&gw2.ws_url("room=k&username=bo")).await;
     // ana has one tab on each gateway, cy only one on the gateway that dies.
-    let (_ana1, _) = Client::join(&gw1.ws_url("room=k&username=ana")).await;
-    let (_cy, _) = Client::join(&gw1.ws_url("room=k&username=cy")).await;
-    let (_ana2, _) = Client::join(&gw2.ws_url("room=k&username=ana")).await;
+    let (_ana1, _) = Client::join_ephemeral(&gw1.ws_url("room=k&username=ana")).await;
+    let (_cy, _) = Client::join_ephemeral(&gw1.ws_url("room=k&username=cy")).await;
+    let (_ana2, _) = Client::join_ephemeral(&gw2.ws_url("room=k&username=ana")).await;
     wait_users(&gw2, "k", 3).await;
 
     gw1.proc.kill9();
@@ -211,9 +212,9 @@ async fn typing_reaches_the_others_only_and_a_flood_is_thinned() {
     let gw1 = start_gateway(&redis.url(), "g1", GW).await;
     let gw2 = start_gateway(&redis.url(), "g2", GW).await;
 
-    let (mut ana, _) = Client::join(&gw1.ws_url("room=t&username=ana")).await;
-    let (mut ana_tab, _) = Client::join(&gw1.ws_url("room=t&username=ana")).await;
-    let (mut bo, _) = Client::join(&gw2.ws_url("room=t&username=bo")).await;
+    let (mut ana, _) = Client::join_ephemeral(&gw1.ws_url("room=t&username=ana")).await;
+    let (mut ana_tab, _) = Client::join_ephemeral(&gw1.ws_url("room=t&username=ana")).await;
+    let (mut bo, _) = Client::join_ephemeral(&gw2.ws_url("room=t&username=bo")).await;
     wait_users(&gw1, "t", 2).await;
 
     for _ in 0..20 {
@@ -251,8 +252,8 @@ async fn read_receipts_never_go_down_and_survive_reconnects() {
     let gw1 = start_gateway(&redis.url(), "g1", GW).await;
     let gw2 = start_gateway(&redis.url(), "g2", GW).await;
 
-    let (mut ana, _) = Client::join(&gw1.ws_url("room=rr&username=ana")).await;
-    let (mut bo, _) = Client::join(&gw2.ws_url("room=rr&username=bo")).await;
+    let (mut ana, _) = Client::join_ephemeral(&gw1.ws_url("room=rr&username=ana")).await;
+    let (mut bo, _) = Client::join_ephemeral(&gw2.ws_url("room=rr&username=bo")).await;
     for i in 1..=5 {
         ana.say("rr", &format!("m{i}"), &format!("c{i}")).await;
     }
@@ -281,7 +282,7 @@ async fn read_receipts_never_go_down_and_survive_reconnects() {
 
     // A new connection cannot lower it either.
     ana.close().await;
-    let (mut ana, _) = Client::join(&gw2.ws_url("room=rr&username=ana")).await;
+    let (mut ana, _) = Client::join_ephemeral(&gw2.ws_url("room=rr&username=ana")).await;
     ana.send_text(&read(4)).await;
     bo.send_text(&read(1)).await;
     let seen = until(&mut bo, |v| is(v, "read", "bo")).await;
@@ -346,8 +347,8 @@ async fn presence_events_off_sends_no_join_or_leave() {
     let gw1 = start_gateway(&redis.url(), "g1", &with(GW, &off)).await;
     let gw2 = start_gateway(&redis.url(), "g2", &with(GW, &off)).await;
 
-    let (mut bo, _) = Client::join(&gw2.ws_url("room=off&username=bo")).await;
-    let (ana, _) = Client::join(&gw1.ws_url("room=off&username=ana")).await;
+    let (mut bo, _) = Client::join_ephemeral(&gw2.ws_url("room=off&username=bo")).await;
+    let (ana, _) = Client::join_ephemeral(&gw1.ws_url("room=off&username=ana")).await;
     // Presence itself is kept.
     wait_users(&gw2, "off", 2).await;
     ana.close().await;
@@ -378,10 +379,10 @@ async fn with_auth_the_user_key_is_the_token_subject() {
     let gw = start_gateway(&redis.url(), "g1", &with(GW, &[("JWT_SECRET", SECRET)])).await;
 
     let url = |sub, name| gw.ws_url(&format!("room=au&token={}", token(sub, name)));
-    let (mut a, _) = Client::join(&url("u1", "Ana")).await;
+    let (mut a, _) = Client::join_ephemeral(&url("u1", "Ana")).await;
     // Same display name, other subject: another user.
-    let (_b, _) = Client::join(&url("u2", "Ana")).await;
-    let (_a2, _) = Client::join(&url("u1", "Ana")).await;
+    let (_b, _) = Client::join_ephemeral(&url("u2", "Ana")).await;
+    let (_a2, _) = Client::join_ephemeral(&url("u1", "Ana")).await;
     let p = eventually("u1 with two connections", DEADLINE, || async {
         let p = presence(&gw, "au").await;
         (p["users"][0]["connections"] == 2).then_some(p)
@@ -412,9 +413,9 @@ async fn presence_lost_in_redis_is_restored_with_the_connections() {
     let redis = Redis::start().await;
     let _w = start_worker(&redis.url(), "w1", WORKER).await;
     let gw = start_gateway(&redis.url(), "g1", GW).await;
-    let (mut bo, _) = Client::join(&gw.ws_url("room=re&username=bo")).await;
-    let (_ana, _) = Client::join(&gw.ws_url("room=re&username=ana")).await;
-    let (_ana2, _) = Client::join(&gw.ws_url("room=re&username=ana")).await;
+    let (mut bo, _) = Client::join_ephemeral(&gw.ws_url("room=re&username=bo")).await;
+    let (_ana, _) = Client::join_ephemeral(&gw.ws_url("room=re&username=ana")).await;
+    let (_ana2, _) = Client::join_ephemeral(&gw.ws_url("room=re&username=ana")).await;
     let before = eventually("ana with two connections", DEADLINE, || async {
         let p = presence(&gw, "re").await;
         (p["users"][0]["connections"] == 2).then_some(p)

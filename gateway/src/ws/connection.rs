@@ -105,7 +105,16 @@ impl Connection {
                 CloseReason::Unavailable
             }
             Ok(joined) => {
-                presence_events::announce(&state, &room, PresenceKind::Join, &joined).await;
+                // The other members learn it; the joiner knows.
+                let me = chat_shared::keys::connection_member(&state.gateway_id, &conn_key);
+                presence_events::announce_except(
+                    &state,
+                    &room,
+                    PresenceKind::Join,
+                    &joined,
+                    Some(&me),
+                )
+                .await;
                 let cfg = &state.config;
                 match recovery::join(&history, &room, resume.as_ref(), cfg.history_on_join).await {
                     Err(e) => {
