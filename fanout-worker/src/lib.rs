@@ -26,6 +26,7 @@ mod hold;
 mod http;
 mod janitor;
 mod lease;
+mod lua;
 mod persist;
 mod presence_sweep;
 mod publish;

@@ -25,6 +25,8 @@ use chat_shared::envelope::{EventKind, StreamEntry};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::protocol::ReactOp;
+
+use crate::lua;
 use redis::Script;
 
 /// The persistence script.
@@ -48,19 +50,13 @@ use redis::Script;
 /// and holds a `seq`. Every record ends with `"seq":N}`, and history is
 /// contiguous in `seq`, so a target is found from its indexed `seq` without
 /// a scan.
+/// (Prefixed with [`crate::lua::STREAM_ID_CMP`].)
 const PERSIST_LUA: &str = r#"
-local function older_or_equal(a, b)
-  local am, as = string.match(a, "^(%d+)-(%d+)$")
-  local bm, bs = string.match(b, "^(%d+)-(%d+)$")
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  if am ~= bm then return am < bm end
-  return as <= bs
-end
 local function seq_of(rec) return tonumber(string.match(rec, '"seq":(%d+)}$')) end
 local function is_event(rec) return string.sub(rec, 1, 9) == '{"type":"' end
 local mode = ARGV[9]
 local last = redis.call('HGET', KEYS[2], 'last_entry')
-if last and older_or_equal(ARGV[1], last) then
+if last and id_cmp(ARGV[1], last) <= 0 then
   local epoch = redis.call('HGET', KEYS[2], 'epoch') or ARGV[5]
   local needle = '"id":"' .. ARGV[6] .. '"'
   if mode ~= 'msg' then needle = '"event_id":"' .. ARGV[6] .. '"' end
@@ -173,7 +169,7 @@ return {seq, record, epoch}
 
 /// The loaded script object (its SHA is computed once).
 pub(crate) fn script() -> Script {
-    Script::new(PERSIST_LUA)
+    Script::new(&lua::with_prelude(lua::STREAM_ID_CMP, PERSIST_LUA))
 }
 
 /// How far a room's history may grow, and how long it lives.

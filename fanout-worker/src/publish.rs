@@ -39,6 +39,7 @@ impl Routing {
                 published_us,
                 probe: None,
                 events: Vec::new(),
+                bans: Vec::new(),
             };
             pipe.cmd("PUBLISH")
                 .arg(keys::gateway_channel(&gateway))

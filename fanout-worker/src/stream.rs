@@ -52,18 +52,12 @@ return {1, '0-0', {}}
 "#;
 
 /// KEYS: stream. ARGV: group, id of the newest entry acked. Trims below that
-/// id or below the oldest pending entry, whichever is older.
+/// id or below the oldest pending entry, whichever is older. (Prefixed
+/// with [`crate::lua::STREAM_ID_CMP`].)
 const TRIM_LUA: &str = r#"
-local function older(a, b)
-  local am, as = string.match(a, "^(%d+)-(%d+)$")
-  local bm, bs = string.match(b, "^(%d+)-(%d+)$")
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  if am ~= bm then return am < bm end
-  return as < bs
-end
 local min = ARGV[2]
 local oldest = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1)
-if oldest[1] and older(oldest[1][1], min) then min = oldest[1][1] end
+if oldest[1] and id_cmp(oldest[1][1], min) < 0 then min = oldest[1][1] end
 return redis.call('XTRIM', KEYS[1], 'MINID', '~', min)
 "#;
 
@@ -78,7 +72,10 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
             fenced: Script::new(FENCED_LUA),
-            trim: Script::new(TRIM_LUA),
+            trim: Script::new(&crate::lua::with_prelude(
+                crate::lua::STREAM_ID_CMP,
+                TRIM_LUA,
+            )),
         }
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chat_shared::ids::RoomId;
 use chat_shared::metrics as m;
@@ -15,6 +15,7 @@ use chat_shared::protocol::{ErrorCode, HistoryData};
 pub use crate::api_error::ApiError;
 
 use crate::history;
+use crate::search;
 use crate::state::AppState;
 use crate::ws;
 
@@ -35,6 +36,8 @@ pub fn router(state: AppState) -> Router {
             get(crate::presence_events::http_presence),
         )
         .route("/rooms/{room}/reads", get(crate::receipts::http_reads))
+        .route("/rooms/{room}/bans", post(crate::bans::place))
+        .route("/rooms/{room}/bans/{user}", delete(crate::bans::lift))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
         })
@@ -98,6 +101,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// `GET /rooms/{room}/messages?limit=&before_seq=`: the newest `limit` messages
 /// with `seq < before_seq` (default: the newest), oldest first in the page. To
 /// walk back, pass the page's smallest `seq` as the next `before_seq`.
+///
+/// With `q=<text>` it is a search ([`search`]): the newest `limit` messages
+/// with `seq < before_seq` whose text contains `q` ignoring case, **newest
+/// first**, with `more: true` when older matches remain (pass the page's
+/// smallest `seq` as the next `before_seq`).
 async fn messages(
     State(state): State<AppState>,
     Path(room): Path<String>,
@@ -134,6 +142,9 @@ async fn messages(
             )
         })?),
     };
+    if let Some(q) = params.get("q") {
+        return search_page(&state, &room, q, before, limit).await;
+    }
     let range = match before {
         Some(before) => history::Range::Before { before, limit },
         None => history::Range::Tail(limit),
@@ -149,5 +160,43 @@ async fn messages(
         })?;
     let meta = snap.meta(&room);
     let body = HistoryData::new(&meta, snap.records.iter().map(|(_, r)| r.as_str())).to_json();
+    Ok(([("content-type", "application/json")], body).into_response())
+}
+
+/// The search variant of [`messages`].
+async fn search_page(
+    state: &AppState,
+    room: &RoomId,
+    q: &str,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Response, ApiError> {
+    let chars = q.chars().count();
+    if chars == 0 || chars > search::MAX_QUERY_CHARS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidParameter,
+            format!("q must be 1-{} characters", search::MAX_QUERY_CHARS),
+        ));
+    }
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "search is unavailable: Redis unreachable",
+        )
+    };
+    let _permit = state
+        .search_permits
+        .acquire()
+        .await
+        .map_err(|_| unavailable())?;
+    let found = search::search(&state.redis, room, q, before, limit)
+        .await
+        .map_err(|_| unavailable())?;
+    metrics::counter!(m::GW_SEARCHES).increment(1);
+    let mut meta = found.snapshot.meta(room);
+    meta.more = found.more;
+    let body = HistoryData::new(&meta, found.records()).to_json();
     Ok(([("content-type", "application/json")], body).into_response())
 }

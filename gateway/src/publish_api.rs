@@ -73,7 +73,7 @@ impl ApiKeys {
 
     /// The index of the key `presented` matches; every key is compared, in
     /// constant time, whatever matches.
-    fn find(&self, presented: &str) -> Option<usize> {
+    pub(crate) fn find(&self, presented: &str) -> Option<usize> {
         let d = digest(presented);
         let mut found = None;
         for (i, k) in self.digests.iter().enumerate() {

@@ -38,6 +38,8 @@ pub enum Outbound {
     /// An ephemeral frame (join, leave, typing, read), written as-is: it
     /// has no `seq` and bypasses the cursor.
     Ephemeral(Utf8Bytes),
+    /// The connection's user was banned from the room: close with 4003.
+    Banned,
 }
 
 /// A live message, serialized once and shared by every recipient.
@@ -55,12 +57,13 @@ pub struct LiveMessage {
 #[derive(Debug)]
 struct Member {
     tx: mpsc::Sender<Outbound>,
+    /// The connection's user: its key (user id, else display name) finds a
+    /// banned user's connections; all of it re-registers its presence.
+    user: PresenceUser,
     kick: CancellationToken,
     /// Set together with `kick`; a plain atomic because it is read for every
     /// delivery, and the token's own check takes a lock.
     kicked: AtomicBool,
-    /// The connection's user, for re-registering its presence.
-    user: PresenceUser,
 }
 
 impl Member {
@@ -83,18 +86,18 @@ impl LocalRooms {
         self: &Arc<Self>,
         room: &str,
         conn: u64,
+        user: PresenceUser,
         tx: mpsc::Sender<Outbound>,
         kick: CancellationToken,
-        user: PresenceUser,
     ) -> Membership {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         rooms.entry(room.to_owned()).or_default().insert(
             conn,
             Member {
                 tx,
+                user,
                 kick,
                 kicked: AtomicBool::new(false),
-                user,
             },
         );
         Membership {
@@ -127,6 +130,23 @@ impl LocalRooms {
         }
     }
 
+    /// Closes `user`'s connections in `room` with 4003 `banned` (a member
+    /// whose queue is full is kicked instead). Returns how many.
+    pub fn ban(&self, room: &str, user: &str) -> usize {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let Some(members) = rooms.get(room) else {
+            return 0;
+        };
+        let mut closed = 0;
+        for member in members.values().filter(|m| m.user.key == user) {
+            closed += 1;
+            if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Banned) {
+                member.kick();
+            }
+        }
+        closed
+    }
+
     /// Every room with the ids and users of its local connections, for
     /// re-registering them in Redis after Redis lost them.
     pub fn members(&self) -> Vec<(String, Vec<(u64, PresenceUser)>)> {
@@ -154,6 +174,10 @@ impl LocalRooms {
     /// Offers every delivery of `batch` to the local members of its room.
     /// Returns the number of frames queued.
     pub fn deliver(&self, batch: &DeliveryBatch) -> usize {
+        for ban in &batch.bans {
+            let closed = self.ban(&ban.room, &ban.user);
+            tracing::info!(room = ban.room, user = ban.user, closed, "Ban enforced");
+        }
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let now = now_us();
         let mut queued = 0;
@@ -265,8 +289,8 @@ mod tests {
         let (tx_a, mut rx_a) = mpsc::channel(8);
         let (tx_b, mut rx_b) = mpsc::channel(1);
         let kick_b = CancellationToken::new();
-        let _a = rooms.join("r", 1, tx_a, CancellationToken::new(), user());
-        let _b = rooms.join("r", 2, tx_b, kick_b.clone(), user());
+        let _a = rooms.join("r", 1, user(), tx_a, CancellationToken::new());
+        let _b = rooms.join("r", 2, user(), tx_b, kick_b.clone());
         let ev = |except: Option<&str>| EphemeralEvent {
             room: "r".into(),
             frame: "{\"type\":\"typing\"}".into(),
@@ -298,6 +322,7 @@ mod tests {
             published_us: 0,
             probe: None,
             events: Vec::new(),
+            bans: Vec::new(),
         }
     }
 
@@ -308,9 +333,9 @@ mod tests {
         let (tx_b, _rx_b) = mpsc::channel(1);
         let (tx_c, mut rx_c) = mpsc::channel(8);
         let kick_b = CancellationToken::new();
-        let _a = rooms.join("r", 1, tx_a, CancellationToken::new(), user());
-        let _b = rooms.join("r", 2, tx_b, kick_b.clone(), user());
-        let _c = rooms.join("other", 3, tx_c, CancellationToken::new(), user());
+        let _a = rooms.join("r", 1, "a".into(), tx_a, CancellationToken::new());
+        let _b = rooms.join("r", 2, "b".into(), tx_b, kick_b.clone());
+        let _c = rooms.join("other", 3, "b".into(), tx_c, CancellationToken::new());
         assert_eq!(rooms.deliver(&batch("r", &[1, 2])), 3);
         let seq = |o: Outbound| match o {
             Outbound::Message(m) => m.seq,
@@ -326,11 +351,29 @@ mod tests {
     }
 
     #[test]
+    fn a_ban_reaches_only_that_users_connections_in_that_room() {
+        let rooms = Arc::new(LocalRooms::default());
+        let (tx_a, mut rx_a) = mpsc::channel(8);
+        let (tx_b, mut rx_b) = mpsc::channel(8);
+        let (tx_full, _rx_full) = mpsc::channel(1);
+        let kick_full = CancellationToken::new();
+        let _a = rooms.join("r", 1, "ana".into(), tx_a, CancellationToken::new());
+        let _b = rooms.join("r", 2, "bo".into(), tx_b, CancellationToken::new());
+        tx_full.try_send(Outbound::Resync).unwrap();
+        let _f = rooms.join("r", 3, "ana".into(), tx_full, kick_full.clone());
+        assert_eq!(rooms.ban("r", "ana"), 2);
+        assert!(matches!(rx_a.try_recv().unwrap(), Outbound::Banned));
+        assert!(rx_b.try_recv().is_err());
+        assert!(kick_full.is_cancelled(), "a full queue is closed anyway");
+        assert_eq!(rooms.ban("other", "ana"), 0);
+    }
+
+    #[test]
     fn guard_removes_membership() {
         let rooms = Arc::new(LocalRooms::default());
         let (tx, _rx) = mpsc::channel(1);
         {
-            let _m = rooms.join("r", 1, tx, CancellationToken::new(), user());
+            let _m = rooms.join("r", 1, "a".into(), tx, CancellationToken::new());
             assert_eq!(rooms.room_count(), 1);
         }
         assert_eq!(rooms.room_count(), 0);

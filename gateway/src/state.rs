@@ -57,6 +57,8 @@ pub struct Inner {
     /// after a resync every connection needs one, and they queue here instead
     /// of all hitting Redis at once.
     pub catch_up_permits: Arc<Semaphore>,
+    /// Bounds the history searches in flight (each reads a whole history).
+    pub search_permits: Arc<Semaphore>,
     /// Verifies client tokens; `None` when authentication is off.
     pub auth: Option<Authenticator>,
     /// Origin policy, client IPs and the per-IP cap.
@@ -71,6 +73,9 @@ pub struct Inner {
 
 /// Connection history reads in flight at once, per gateway.
 pub const CATCH_UP_CONCURRENCY: usize = 32;
+
+/// History searches in flight at once, per gateway; more wait their turn.
+pub const SEARCH_CONCURRENCY: usize = 4;
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -123,6 +128,7 @@ impl AppState {
                 limits,
                 metrics,
                 catch_up_permits: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),
+                search_permits: Arc::new(Semaphore::new(SEARCH_CONCURRENCY)),
                 auth,
                 access,
                 api_keys,

@@ -271,6 +271,18 @@ pub struct DeliveryBatch {
     /// rooms' `seq` sequence, never stored (see [`crate::ephemeral`]).
     #[serde(default)]
     pub events: Vec<crate::ephemeral::EphemeralEvent>,
+    /// Users banned from rooms: the gateway closes their connections there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bans: Vec<BanNotice>,
+}
+
+/// A ban to enforce on a gateway's open connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanNotice {
+    /// The room.
+    pub room: String,
+    /// The banned user key (user id, or display name without authentication).
+    pub user: String,
 }
 
 impl DeliveryBatch {
@@ -282,6 +294,7 @@ impl DeliveryBatch {
             published_us: now_us,
             probe: Some(now_us),
             events: Vec::new(),
+            bans: Vec::new(),
         }
     }
 
@@ -445,6 +458,10 @@ mod tests {
             published_us: 6,
             probe: None,
             events: Vec::new(),
+            bans: vec![BanNotice {
+                room: "r".into(),
+                user: "u".into(),
+            }],
         };
         assert_eq!(DeliveryBatch::decode(&b.encode()).unwrap(), b);
     }

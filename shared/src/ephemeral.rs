@@ -127,6 +127,7 @@ pub fn event_batch(events: Vec<EphemeralEvent>) -> DeliveryBatch {
         published_us: now_us(),
         probe: None,
         events,
+        bans: Vec::new(),
     }
 }
 

@@ -14,6 +14,7 @@
 //! | `chat:msg-index:{messages:<room>}` | hash message id → `<seq>:<author>` (`:<author>` until persisted) | gateway writes, worker completes and trims |
 //! | `chat:reactions:{messages:<room>}` | hash message id → JSON `{emoji: {user: 1}}` | worker |
 //! | `connections:<room>` | set of `<gateway>/<conn>` | gateway |
+//! | `chat:ban:{connections:<room>}:<user>` | string (who banned), TTL = the ban | gateway (HTTP bans API) |
 //! | `chat:room-gateways:{connections:<room>}` | hash gateway → open connections | gateway |
 //! | `chat:presence-conns:{connections:<room>}` | hash `<gateway>/<conn>` → user JSON | gateway, janitor |
 //! | `chat:presence-users:{connections:<room>}` | hash user key → open connections | gateway, janitor |
@@ -70,6 +71,13 @@ pub fn message_index(room: &RoomId) -> String {
 /// slot of [`messages`]: makes a repeated reaction count once.
 pub fn reactions(room: &RoomId) -> String {
     format!("chat:reactions:{{messages:{room}}}")
+}
+
+/// A ban of `user` from `room`: a string with the ban's TTL, in the slot of
+/// [`connections`]. The user comes last, so no user name can collide with
+/// another room's key.
+pub fn ban(room: &RoomId, user: &str) -> String {
+    format!("chat:ban:{{connections:{room}}}:{user}")
 }
 
 /// Gateway → connection count of a room, in the slot of [`connections`].

@@ -41,6 +41,11 @@ pub const GW_DELIVERY_OVERFLOWS: &str = "chat_gateway_delivery_overflows_total";
 /// Counter: HTTP publish requests, by `result` (`accepted`, `unauthorized`,
 /// `rate_limited`, `unavailable`).
 pub const GW_API_REQUESTS: &str = "chat_gateway_api_publish_requests_total";
+/// Counter: history searches answered (`GET /rooms/{room}/messages?q=`).
+pub const GW_SEARCHES: &str = "chat_gateway_searches_total";
+/// Counter: bans placed and lifted through this gateway, by `op`
+/// (`placed`, `lifted`).
+pub const GW_BANS: &str = "chat_gateway_bans_total";
 /// Counter: messages refused because they would create a room beyond the
 /// sender's room-creation budget.
 pub const GW_ROOMS_REFUSED: &str = "chat_gateway_room_creations_refused_total";
@@ -274,6 +279,8 @@ fn describe_all() {
         Unit::Count,
         "HTTP publish requests, by result"
     );
+    describe_counter!(GW_SEARCHES, Unit::Count, "History searches answered");
+    describe_counter!(GW_BANS, Unit::Count, "Bans placed and lifted, by op");
     describe_counter!(
         GW_ROOMS_REFUSED,
         Unit::Count,

@@ -47,6 +47,13 @@ impl PresenceUser {
     }
 }
 
+/// An anonymous user named `name` (its key is the name).
+impl From<&str> for PresenceUser {
+    fn from(name: &str) -> Self {
+        Self::new(name, None)
+    }
+}
+
 /// One user in a presence answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PresenceEntry {

@@ -222,15 +222,8 @@ impl RedisHandle {
         &self,
         cmd: &redis::Cmd,
     ) -> Result<T, RedisError> {
-        let (i, used) = self.next_shared();
-        let mut conn = ConnectionManager::clone(&used);
-        let result = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
+        self.once(|mut conn| async move { cmd.query_async(&mut conn).await })
             .await
-            .map_err(|_| RedisError::Timeout)?;
-        if let Err(e) = &result {
-            self.replace_if_stuck(i, &used, e);
-        }
-        result.map_err(RedisError::from)
     }
 
     /// Runs a pipeline that must not run twice on a shared connection within
@@ -242,15 +235,8 @@ impl RedisHandle {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisError> {
-        let (i, used) = self.next_shared();
-        let mut conn = ConnectionManager::clone(&used);
-        let result = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn))
+        self.once(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await
-            .map_err(|_| RedisError::Timeout)?;
-        if let Err(e) = &result {
-            self.replace_if_stuck(i, &used, e);
-        }
-        result.map_err(RedisError::from)
     }
 
     /// Runs a pipeline on a shared connection within the timeout.
@@ -287,9 +273,19 @@ impl RedisHandle {
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, RedisError> {
+        self.once(|mut conn| async move { inv.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs `op` once on a shared connection within the timeout (the
+    /// `*_once` requests: never retried).
+    async fn once<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let (i, used) = self.next_shared();
-        let mut conn = ConnectionManager::clone(&used);
-        let result = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+        let result = tokio::time::timeout(self.timeout, op(ConnectionManager::clone(&used)))
             .await
             .map_err(|_| RedisError::Timeout)?;
         if let Err(e) = &result {

@@ -196,6 +196,7 @@ fn delivery_batch() -> impl Strategy<Value = DeliveryBatch> {
             published_us,
             probe,
             events,
+            bans: Vec::new(),
         })
 }
 

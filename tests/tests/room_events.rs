@@ -10,7 +10,6 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use common::*;
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 
 const GW: &[(&str, &str)] = &[
@@ -312,16 +311,7 @@ async fn replies_and_attachments_are_validated_stored_and_delivered() {
 const SECRET: &str = "room-events-secret";
 
 fn token(sub: &str, role: Option<&str>) -> String {
-    let mut claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
-    if let Some(role) = role {
-        claims["role"] = json!(role);
-    }
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    user_token(SECRET, sub, role)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,12 +324,10 @@ async fn with_tokens_only_the_author_or_a_moderator_may_edit_or_delete() {
     let url = |sub: &str, role| gw.ws_url(&format!("room={room}&token={}", token(sub, role)));
     let (mut author, _) = Member::join(&url("u-author", None)).await;
     // Same display name as the author, another user: names do not grant rights.
-    let impostor_token = encode(
-        &Header::default(),
+    let impostor_token = sign_token(
+        SECRET,
         &json!({"sub":"u-other","name":"u-author","exp":jsonwebtoken::get_current_timestamp() + 600}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    );
     let (mut other, _) =
         Member::join(&gw.ws_url(&format!("room={room}&token={impostor_token}"))).await;
     let (mut moderator, _) = Member::join(&url("u-mod", Some("moderator"))).await;

@@ -29,6 +29,8 @@ pub(super) enum CloseReason {
     SocketError,
     /// The token expired without a `refresh` (4001).
     TokenExpired,
+    /// The user was banned from the room (4003).
+    Banned,
 }
 
 impl CloseReason {
@@ -46,6 +48,7 @@ impl CloseReason {
             Self::ProtocolError(_) => "protocol_error",
             Self::SocketError => "socket_error",
             Self::TokenExpired => "token_expired",
+            Self::Banned => "banned",
         }
     }
 
@@ -62,6 +65,7 @@ impl CloseReason {
             Self::InvalidUtf8 => (1007, "invalid UTF-8 in a text message"),
             Self::ProtocolError(what) => (1002, what),
             Self::TokenExpired => (4001, "token expired"),
+            Self::Banned => (4003, "banned"),
         };
         Some(CloseFrame {
             code,

@@ -82,7 +82,7 @@ impl Connection {
         };
         let membership = state
             .rooms
-            .join(room.as_str(), conn_id, tx, kick.clone(), user.clone());
+            .join(room.as_str(), conn_id, user.clone(), tx, kick.clone());
         state
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -95,6 +95,7 @@ impl Connection {
             state: state.clone(),
             room: room.clone(),
         };
+        let me = chat_shared::keys::connection_member(&state.gateway_id, &conn_key);
         let registered =
             presence::add_connection(&state.redis, &state.gateway_id, &room, &conn_key, &user)
                 .await;
@@ -104,9 +105,22 @@ impl Connection {
                 tracing::warn!(error = %e, "Cannot register connection in Redis");
                 CloseReason::Unavailable
             }
+            // Checked again once registered: a ban placed while this
+            // connection was being admitted found no connection to close.
+            // Its join is announced too, so the leave on close pairs with it.
+            Ok(joined) if banned_now(&state, &room, &user.key).await => {
+                presence_events::announce_except(
+                    &state,
+                    &room,
+                    PresenceKind::Join,
+                    &joined,
+                    Some(&me),
+                )
+                .await;
+                CloseReason::Banned
+            }
             Ok(joined) => {
                 // The other members learn it; the joiner knows.
-                let me = chat_shared::keys::connection_member(&state.gateway_id, &conn_key);
                 presence_events::announce_except(
                     &state,
                     &room,
@@ -180,6 +194,15 @@ impl Connection {
         metrics::counter!(m::GW_CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
         tracing::info!(reason = reason.label(), "Connection closed");
     }
+}
+
+/// Whether `user` is banned from `room` now (`false` when Redis does not
+/// answer: the upgrade's check already passed).
+async fn banned_now(state: &AppState, room: &RoomId, user: &str) -> bool {
+    crate::bans::enabled(state)
+        && crate::bans::is_banned(&state.redis, room, user)
+            .await
+            .unwrap_or(false)
 }
 
 /// Sends the join history, then runs both halves until one ends.

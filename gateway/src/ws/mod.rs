@@ -105,6 +105,30 @@ pub(crate) async fn upgrade(
         Ok(a) => a,
         Err(admission::Refused(status, code, message)) => return reject(status, code, &message),
     };
+    if crate::bans::enabled(&state) {
+        let user = match &admitted.identity {
+            Some(i) => i.user_id.as_str(),
+            None => admitted.username.as_str(),
+        };
+        match crate::bans::is_banned(&state.redis, &room, user).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(room = %room, user, reason = "banned", "WebSocket refused");
+                return reject(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Banned,
+                    "you are banned from this room",
+                );
+            }
+            Err(_) => {
+                return reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "Redis unreachable; retry",
+                )
+            }
+        }
+    }
     let Ok(permit) = state.conn_permits.clone().try_acquire_owned() else {
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -132,6 +132,7 @@ impl<H: HistorySource> Writer<H> {
             // No `seq`: written as-is, outside the cursor.
             Outbound::Ephemeral(frame) => self.feed(sink, Message::Text(frame)).await?,
             Outbound::ReaderDone => return Ok(true),
+            Outbound::Banned => return Err(CloseReason::Banned),
         }
         Ok(false)
     }

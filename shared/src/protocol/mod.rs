@@ -78,6 +78,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The browser's Origin is not in `ALLOWED_ORIGINS` (HTTP 403).
     ForbiddenOrigin,
+    /// The user is banned from the room (HTTP 403 before the upgrade).
+    Banned,
 }
 
 impl ErrorCode {
@@ -104,11 +106,12 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::ForbiddenOrigin => "forbidden_origin",
+            Self::Banned => "banned",
         }
     }
 
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::BadJson,
         Self::BadFrame,
         Self::UnknownType,
@@ -129,6 +132,7 @@ impl ErrorCode {
         Self::Unauthorized,
         Self::Forbidden,
         Self::ForbiddenOrigin,
+        Self::Banned,
     ];
 }
 

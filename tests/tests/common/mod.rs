@@ -842,6 +842,28 @@ impl Client {
     }
 }
 
+/// An HS256 token signed with `secret` with these claims.
+#[allow(dead_code)] // not every test file uses tokens
+pub fn sign_token(secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// An HS256 token for `sub`, valid for 10 minutes, with `role` if given.
+#[allow(dead_code)]
+pub fn user_token(secret: &str, sub: &str, role: Option<&str>) -> String {
+    let mut claims =
+        serde_json::json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
+    if let Some(role) = role {
+        claims["role"] = serde_json::json!(role);
+    }
+    sign_token(secret, &claims)
+}
+
 /// Asserts `v` is an RFC 3339 UTC timestamp with milliseconds and `Z`.
 pub fn assert_timestamp(v: &Value) {
     let s = v.as_str().expect("timestamp is a string");
