@@ -19,8 +19,8 @@ use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::protocol::record_seq;
+use chat_shared::redis::Conn;
 use chat_shared::redis::RedisError;
-use redis::aio::MultiplexedConnection;
 use redis::streams::StreamId;
 
 use crate::config::WorkerConfig;
@@ -55,7 +55,7 @@ pub(crate) struct BatchScripts<'a> {
 /// Fails when either round trip fails; the entries then stay pending.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn process(
-    c: &mut MultiplexedConnection,
+    c: &mut Conn,
     scripts: &BatchScripts<'_>,
     stream: &str,
     ctx: &Context,
@@ -147,7 +147,7 @@ struct Stored {
 /// Stage 2: persists every item and looks up the gateways of their rooms, in
 /// one round trip (none when no entry decoded).
 async fn persist_and_look_up(
-    c: &mut MultiplexedConnection,
+    c: &mut Conn,
     script: &redis::Script,
     config: &WorkerConfig,
     items: &[Item],
@@ -284,13 +284,18 @@ fn route(items: &[Item], stored: Stored, now_us: i64) -> Routing {
 /// Stage 4: publishes the delivery batches, acks every entry of the batch and
 /// trims the stream, in one round trip.
 async fn acknowledge(
-    c: &mut MultiplexedConnection,
+    c: &mut Conn,
     scripts: &Scripts,
     stream: &str,
     ids: &[String],
     routing: Routing,
 ) -> Result<(), RedisError> {
-    let (pipe, published) = ack_pipeline(scripts, stream, ids, routing);
+    let publish = if c.is_cluster() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
+    let (pipe, published) = ack_pipeline(scripts, stream, ids, routing, publish);
     let started = Instant::now();
     pipe.query_async::<()>(c).await?;
     metrics::counter!(m::WK_PUBLISHES).increment(published as u64);
@@ -305,9 +310,10 @@ fn ack_pipeline(
     stream: &str,
     ids: &[String],
     routing: Routing,
+    publish: &str,
 ) -> (redis::Pipeline, usize) {
     let mut pipe = redis::pipe();
-    let published = routing.add_publishes(&mut pipe);
+    let published = routing.add_publishes(&mut pipe, publish);
     if let Some(last) = ids.last() {
         pipe.xack(stream, keys::CONSUMER_GROUP, ids).ignore();
         // Everything up to `last` is processed and acked: entries below it
@@ -518,7 +524,7 @@ mod tests {
         routing.route(&delivery, &["g1".into()]);
         let ids = ["1-0".to_owned(), "2-0".to_owned()];
         let scripts = Scripts::new();
-        let (pipe, published) = ack_pipeline(&scripts, "s", &ids, routing);
+        let (pipe, published) = ack_pipeline(&scripts, "s", &ids, routing, "PUBLISH");
         assert_eq!(published, 1);
         let cmds = commands(&pipe);
         assert_eq!(cmds.len(), 3);
@@ -527,7 +533,7 @@ mod tests {
         assert!(cmds[2].starts_with("EVALSHA "), "{}", cmds[2]);
         assert!(cmds[2].ends_with(&format!(" 1 s {} 2-0", keys::CONSUMER_GROUP)));
         // Nothing to ack (all held): no ack, no trim.
-        let (pipe, _) = ack_pipeline(&scripts, "s", &[], Routing::default());
+        let (pipe, _) = ack_pipeline(&scripts, "s", &[], Routing::default(), "PUBLISH");
         assert!(commands(&pipe).is_empty());
     }
 }

@@ -28,8 +28,9 @@ impl Routing {
         }
     }
 
-    /// Adds a `PUBLISH` per gateway to `pipe`; returns how many were added.
-    pub(crate) fn add_publishes(self, pipe: &mut redis::Pipeline) -> usize {
+    /// Adds a publish per gateway to `pipe` with `command` (`PUBLISH`, or
+    /// sharded `SPUBLISH` on a cluster); returns how many were added.
+    pub(crate) fn add_publishes(self, pipe: &mut redis::Pipeline, command: &str) -> usize {
         let n = self.batches.len();
         let published_us = now_us();
         for (gateway, deliveries) in self.batches {
@@ -41,7 +42,7 @@ impl Routing {
                 events: Vec::new(),
                 bans: Vec::new(),
             };
-            pipe.cmd("PUBLISH")
+            pipe.cmd(command)
                 .arg(keys::gateway_channel(&gateway))
                 .arg(batch.encode())
                 .ignore();
@@ -91,6 +92,6 @@ mod tests {
         );
         assert_eq!(r.batches["g2"].len(), 3);
         let mut pipe = redis::pipe();
-        assert_eq!(r.add_publishes(&mut pipe), 2);
+        assert_eq!(r.add_publishes(&mut pipe, "PUBLISH"), 2);
     }
 }

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use chat_shared::keys;
 use chat_shared::metrics as m;
+use chat_shared::redis::Conn;
 use chat_shared::redis::RedisError;
 use chat_shared::shutdown::sleep_or_cancel;
-use redis::aio::MultiplexedConnection;
 use redis::streams::StreamId;
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +64,7 @@ pub(crate) async fn run(
         stream: &stream_scripts,
     };
     let reclaim_every = ctx.config.lease_ttl();
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<Conn> = None;
     // `Some(cursor)` while a claim pass is under way.
     let mut claim: Option<String> = Some(CLAIM_START.into());
     let mut next_claim = Instant::now() + reclaim_every;
@@ -157,7 +157,7 @@ pub(crate) async fn run(
 /// Claims the next pending entries while a claim pass is under way (moving
 /// `claim` on, to `None` at its end), else reads new ones.
 async fn next_step(
-    c: &mut MultiplexedConnection,
+    c: &mut Conn,
     scripts: &Scripts,
     shard: u32,
     consumer: &str,
@@ -193,11 +193,7 @@ async fn next_step(
 /// loads the scripts. Every failure reopens the connection, so a Redis that
 /// restarted (or flushed its scripts) gets the scripts again; batches then
 /// only send `EVALSHA`.
-async fn open(
-    ctx: &Context,
-    stream: &str,
-    scripts: &BatchScripts<'_>,
-) -> Result<MultiplexedConnection, RedisError> {
+async fn open(ctx: &Context, stream: &str, scripts: &BatchScripts<'_>) -> Result<Conn, RedisError> {
     let mut c = ctx.redis.dedicated(ctx.config.read_block()).await?;
     scripts.persist.load_async(&mut c).await?;
     scripts.stream.load(&mut c).await?;

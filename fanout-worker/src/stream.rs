@@ -28,8 +28,8 @@
 //! trimmed pending entry could no longer be claimed.
 
 use chat_shared::keys;
+use chat_shared::redis::Conn;
 use chat_shared::redis::RedisError;
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Script, Value};
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ impl Scripts {
     }
 
     /// Loads both scripts, so that pipelines can use `EVALSHA`.
-    pub(crate) async fn load(&self, c: &mut MultiplexedConnection) -> Result<(), RedisError> {
+    pub(crate) async fn load(&self, c: &mut Conn) -> Result<(), RedisError> {
         self.fenced.load_async(c).await?;
         self.trim.load_async(c).await?;
         Ok(())
@@ -123,7 +123,7 @@ pub(crate) enum Read {
 
 /// Claims up to `count` pending entries of any consumer, from `cursor`.
 pub(crate) async fn claim(
-    c: &mut MultiplexedConnection,
+    c: &mut Conn,
     scripts: &Scripts,
     shard: u32,
     consumer: &str,
@@ -142,7 +142,7 @@ pub(crate) async fn claim(
 
 /// Reads up to `count` new entries, without blocking.
 pub(crate) async fn read(
-    c: &mut MultiplexedConnection,
+    c: &mut Conn,
     scripts: &Scripts,
     shard: u32,
     consumer: &str,
@@ -158,7 +158,7 @@ pub(crate) async fn read(
 
 /// Runs the fenced script; `None` when the lease is not this worker's.
 async fn fenced(
-    c: &mut MultiplexedConnection,
+    c: &mut Conn,
     scripts: &Scripts,
     shard: u32,
     consumer: &str,
@@ -194,7 +194,7 @@ fn parse_fenced(reply: Vec<Value>) -> Result<Option<(String, Vec<StreamId>)>, re
 /// Waits up to `block` for an entry after `after`, or until `cancel` fires.
 /// A plain `XREAD`: it changes no group state, so dropping it is harmless.
 pub(crate) async fn wait_for_entries(
-    c: &mut MultiplexedConnection,
+    c: &mut Conn,
     stream: &str,
     after: &str,
     block: std::time::Duration,

@@ -211,7 +211,7 @@ async fn notify_gateways(redis: &RedisHandle, room: &RoomId, user: &str) -> Resu
     .encode();
     let mut pipe = redis::pipe();
     for gw in &gateways {
-        pipe.cmd("PUBLISH")
+        pipe.cmd(redis.publish_command())
             .arg(keys::gateway_channel(gw))
             .arg(&payload)
             .ignore();

@@ -176,7 +176,7 @@ fn dispatch(
 ) -> bool {
     match push.kind {
         PushKind::Disconnection => false,
-        PushKind::Message => {
+        PushKind::Message | PushKind::SMessage => {
             // `data` is `[channel, payload]`.
             let Some(Value::BulkString(payload)) = push.data.get(1) else {
                 return true;
@@ -203,7 +203,11 @@ fn dispatch(
 async fn send_probe(redis: &RedisHandle, channel: &str) {
     let payload = DeliveryBatch::probe(now_us()).encode();
     if let Err(e) = redis
-        .query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(payload))
+        .query::<i64>(
+            redis::cmd(redis.publish_command())
+                .arg(channel)
+                .arg(payload),
+        )
         .await
     {
         metrics::counter!(m::GW_REDIS_ERRORS, "op" => "probe").increment(1);

@@ -21,8 +21,16 @@ pub struct RedisArgs {
     /// Redis address: `host:port` (as in the spec) or a `redis://` / `rediss://` URL
     /// (`rediss` for TLS), optionally with credentials: `redis://:password@host:port`
     /// or `redis://user:password@host:port` for an ACL user.
+    ///
+    /// A Redis Cluster: `redis+cluster://h1:p1,h2:p2,…` (seed nodes; `rediss+cluster`
+    /// for TLS), or a plain URL list with `REDIS_CLUSTER=true`.
     #[arg(long = "redis-url", env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
+
+    /// Treat `REDIS_URL` (one URL or a comma list of seed nodes) as a Redis
+    /// Cluster. Implied by a `redis+cluster://` URL.
+    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
 
     /// PEM file of the CA(s) to trust for a `rediss://` URL instead of the system
     /// store, e.g. a private CA.
@@ -61,6 +69,11 @@ impl RedisArgs {
         normalize_redis_url(&self.redis_url)
     }
 
+    /// The seed node URLs when `REDIS_URL` names a Redis Cluster, else `None`.
+    pub fn cluster_nodes(&self) -> Option<Vec<String>> {
+        cluster_nodes(&self.redis_url, self.redis_cluster)
+    }
+
     /// The per-command timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms.max(1))
@@ -75,6 +88,39 @@ pub fn normalize_redis_url(raw: &str) -> String {
     } else {
         format!("redis://{raw}")
     }
+}
+
+/// Splits a cluster `REDIS_URL` into seed node URLs:
+/// `redis+cluster://[user:pw@]h1:p1,h2:p2` → `redis://[user:pw@]h1:p1`,
+/// `redis://[user:pw@]h2:p2`; with `forced`, a plain URL or comma list counts
+/// as a cluster too. `None` for a single Redis.
+pub fn cluster_nodes(raw: &str, forced: bool) -> Option<Vec<String>> {
+    let raw = raw.trim();
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((s, r)) => (s, r),
+        None => ("redis", raw),
+    };
+    let scheme = match scheme.strip_suffix("+cluster") {
+        Some(base) => base,
+        None if forced => scheme,
+        None => return None,
+    };
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    Some(
+        hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                let h = h.split_once("://").map_or(h, |(_, h)| h);
+                format!("{scheme}://{userinfo}{h}")
+            })
+            .collect(),
+    )
 }
 
 /// Log output format.
@@ -118,6 +164,24 @@ pub fn exit_usage(message: impl std::fmt::Display) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls_become_seed_nodes() {
+        assert_eq!(cluster_nodes("redis://a:1", false), None);
+        assert_eq!(
+            cluster_nodes("redis+cluster://a:1,b:2", false).unwrap(),
+            ["redis://a:1", "redis://b:2"]
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://u:p@a:1,b:2/", false).unwrap(),
+            ["rediss://u:p@a:1", "rediss://u:p@b:2"]
+        );
+        assert_eq!(
+            cluster_nodes("redis://a:1,redis://b:2", true).unwrap(),
+            ["redis://a:1", "redis://b:2"]
+        );
+        assert_eq!(cluster_nodes("a:1", true).unwrap(), ["redis://a:1"]);
+    }
 
     #[test]
     fn bare_host_port_becomes_url() {

@@ -6,9 +6,10 @@
 //! gateway's users) serializes the client frame once, looks up the room's
 //! gateways (`HKEYS chat:room-gateways:{connections:<room>}`) and publishes
 //! one [`crate::envelope::DeliveryBatch`] carrying it to each gateway's
-//! channel. Delivery is best-effort: a gateway that is not subscribed at
-//! that moment, or a member whose queue is full, misses it. The state they
-//! announce stays readable (`GET /rooms/{room}/presence`, `/reads`).
+//! channel (`SPUBLISH` on a cluster). Delivery is best-effort: a gateway
+//! that is not subscribed at that moment, or a member whose queue is full,
+//! misses it. The state they announce stays readable (`GET
+//! /rooms/{room}/presence`, `/reads`).
 
 use serde::{Deserialize, Serialize};
 
@@ -154,7 +155,7 @@ pub async fn publish(
     let payload = event_batch(events).encode();
     let mut pipe = redis::pipe();
     for gw in &gateways {
-        pipe.cmd("PUBLISH")
+        pipe.cmd(redis.publish_command())
             .arg(keys::gateway_channel(gw))
             .arg(&payload)
             .ignore();

@@ -20,7 +20,7 @@
 //! | `chat:presence-users:{connections:<room>}` | hash user key → open connections | gateway, janitor |
 //! | `chat:reads:{messages:<room>}` | hash user key → last-read `seq`, expires with the room state | gateway |
 //! | `rooms:active` | set | gateway adds, worker adds, janitor removes |
-//! | `chat:stream:{shard-<n>}` | stream of [`crate::envelope::StreamEntry`] | gateway appends, worker consumes |
+//! | `chat:stream:{shard-<n>}` (cluster: `{shard-<n>-<k>}`, see [`crate::cluster`]) | stream of [`crate::envelope::StreamEntry`] | gateway appends, worker consumes |
 //! | `chat:lease:{shard-<n>}` | string worker id, with TTL | worker |
 //! | `chat:gateways` | hash gateway id → last heartbeat (Redis time, ms) | gateway, janitor |
 //! | `chat:config:stream-shards` | string, the deployment's `STREAM_SHARDS` | first process to start |
@@ -28,6 +28,7 @@
 //! | `chat:lease:{janitor}` | string worker id, with TTL | the worker running the janitor |
 //! | `chat:deliver:<gateway>` | pub/sub channel of [`crate::envelope::DeliveryBatch`] | worker → gateway |
 
+use crate::cluster::shard_tag;
 use crate::ids::RoomId;
 
 /// The set of rooms with connections or unexpired history (spec key).
@@ -104,7 +105,7 @@ pub fn reads(room: &RoomId) -> String {
 
 /// Stream of shard `n`.
 pub fn stream(shard: u32) -> String {
-    format!("chat:stream:{{shard-{shard}}}")
+    format!("chat:stream:{{{}}}", shard_tag(shard))
 }
 
 /// Deduplication marker of a message with a `client_id`: `(room, user,
@@ -113,7 +114,8 @@ pub fn stream(shard: u32) -> String {
 /// length-prefixed, so no choice of names can make two markers collide.
 pub fn dedupe(shard: u32, room: &RoomId, user: &str, client_id: &str) -> String {
     format!(
-        "chat:dedupe:{{shard-{shard}}}:{}:{room}:{}:{user}:{client_id}",
+        "chat:dedupe:{{{}}}:{}:{room}:{}:{user}:{client_id}",
+        shard_tag(shard),
         room.as_str().len(),
         user.len()
     )
@@ -132,7 +134,7 @@ pub fn room_creation_budget(user: &str) -> String {
 
 /// Lease of shard `n`, in the slot of its stream.
 pub fn lease(shard: u32) -> String {
-    format!("chat:lease:{{shard-{shard}}}")
+    format!("chat:lease:{{{}}}", shard_tag(shard))
 }
 
 /// Pub/sub channel of one gateway.

@@ -9,6 +9,8 @@
 //!   worker → gateway channel.
 //! - [`keys`]: every Redis key, channel and group name, with the hash tags that
 //!   keep per-room and per-shard work in one cluster slot.
+//! - [`cluster`]: Redis Cluster slots of keys and commands, and shard tags
+//!   spread evenly over the slots.
 //! - [`connections`]: removing a gateway's connection entries (janitor, restart).
 //! - [`presence`]: the per-connection user records and the presence answer.
 //! - [`ephemeral`]: join, leave, typing and read frames, published to the
@@ -28,6 +30,7 @@
 //! [`keys::stream`]; a worker persists it under [`keys::messages`] and publishes an
 //! [`envelope::DeliveryBatch`] to [`keys::gateway_channel`] of each owning gateway.
 
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod envelope;

@@ -105,6 +105,10 @@ pub async fn start(spec: StartSpec<'_>) -> Started {
         }),
         None => ProcessId::generate(),
     };
+    if spec.redis.cluster_nodes().is_some() {
+        // Before any key is built: shard keys carry slot-spread tags.
+        crate::cluster::spread_shard_tags(spec.stream_shards);
+    }
     let redis = RedisHandle::new(spec.redis).unwrap_or_else(|e| exit_usage(e));
     check_stream_shards(&redis, spec.stream_shards).await;
     let metrics = crate::metrics::install().unwrap_or_else(|e| {

@@ -11,13 +11,25 @@
 //! fresh ones that are never shared.
 //!
 //! Credentials travel in the URL; TLS options come from [`crate::tls`].
+//!
+//! With a cluster `REDIS_URL` (`redis+cluster://…` or `REDIS_CLUSTER=true`)
+//! the same handle talks to a Redis Cluster through redis-rs's async cluster
+//! client: one cluster connection is shared (it multiplexes per node and
+//! follows `MOVED`/`ASK` redirections), dedicated connections are cluster
+//! connections of their own, delivery channels use sharded pub/sub
+//! (`SPUBLISH`/`SSUBSCRIBE`), and pipelines are cut per slot ([`conn`]).
+
+pub mod conn;
+
+pub use conn::Conn;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
+use redis::cluster::ClusterClient;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
 
 use crate::config::RedisArgs;
@@ -27,13 +39,26 @@ use crate::config::RedisArgs;
 pub struct RedisHandle {
     /// Swappable so that a connection stuck on a refused handshake can be
     /// replaced (see [`RedisHandle::replace_if_stuck`]).
-    shared: Arc<[ArcSwap<ConnectionManager>]>,
+    shared: Arc<[ArcSwap<Conn>]>,
     next: Arc<AtomicUsize>,
-    client: redis::Client,
-    /// RESP3, for connections that receive pub/sub messages as pushes.
-    push_client: redis::Client,
-    manager_config: ConnectionManagerConfig,
+    backend: Arc<Backend>,
     timeout: Duration,
+}
+
+/// What opens new connections: a single Redis or a cluster.
+#[allow(clippy::large_enum_variant)] // built once per process, behind an Arc
+enum Backend {
+    Single {
+        client: redis::Client,
+        /// RESP3, for connections that receive pub/sub messages as pushes.
+        push_client: redis::Client,
+        manager_config: ConnectionManagerConfig,
+    },
+    Cluster {
+        /// The seed nodes and TLS files, to build clients with other settings.
+        nodes: Vec<String>,
+        certs: Option<redis::TlsCertificates>,
+    },
 }
 
 impl std::fmt::Debug for RedisHandle {
@@ -149,6 +174,9 @@ impl RedisHandle {
     /// Fails when the URL is invalid or a TLS file is unusable.
     pub fn new(args: &RedisArgs) -> Result<Self, RedisError> {
         let timeout = args.timeout();
+        if let Some(nodes) = args.cluster_nodes() {
+            return Self::new_cluster(args, nodes, timeout);
+        }
         let client = build_client(args, redis::ProtocolVersion::RESP2)?;
         let push_client = build_client(args, redis::ProtocolVersion::RESP3)?;
         let config = ConnectionManagerConfig::new()
@@ -159,18 +187,59 @@ impl RedisHandle {
         let shared = (0..args.redis_pool_size.max(1))
             .map(|_| {
                 let manager = client.get_connection_manager_lazy(config.clone())?;
-                Ok(ArcSwap::from_pointee(manager))
+                Ok(ArcSwap::from_pointee(Conn::Managed(manager)))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(RedisError::Url)?;
         Ok(Self {
             shared: shared.into(),
             next: Arc::new(AtomicUsize::new(0)),
-            client,
-            push_client,
-            manager_config: config,
+            backend: Arc::new(Backend::Single {
+                client,
+                push_client,
+                manager_config: config,
+            }),
             timeout,
         })
+    }
+
+    /// The cluster variant of [`Self::new`]: one shared cluster connection
+    /// (it multiplexes per node), connecting in the background.
+    fn new_cluster(
+        args: &RedisArgs,
+        nodes: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Self, RedisError> {
+        crate::tls::install_crypto_provider();
+        let certs = crate::tls::certificates(args).map_err(|e| RedisError::Tls(e.to_string()))?;
+        let backend = Backend::Cluster { nodes, certs };
+        let client = backend.cluster_client(redis::ProtocolVersion::RESP2, timeout)?;
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        let conn = client.get_pending_async_connection_with_config(config);
+        Ok(Self {
+            shared: vec![ArcSwap::from_pointee(Conn::Cluster(conn))].into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            backend: Arc::new(backend),
+            timeout,
+        })
+    }
+
+    /// Whether this handle talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(*self.backend, Backend::Cluster { .. })
+    }
+
+    /// The command that publishes to a gateway's delivery channel: sharded
+    /// `SPUBLISH` on a cluster (the message goes only to the node owning the
+    /// channel's slot), `PUBLISH` on a single Redis.
+    pub fn publish_command(&self) -> &'static str {
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// The per-command timeout.
@@ -179,7 +248,7 @@ impl RedisHandle {
     }
 
     /// One of the shared connections (cheap clone), round-robin, with its slot.
-    fn next_shared(&self) -> (usize, Arc<ConnectionManager>) {
+    fn next_shared(&self) -> (usize, Arc<Conn>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
         (i, self.shared[i].load_full())
     }
@@ -189,13 +258,21 @@ impl RedisHandle {
     /// while a password is being rotated). redis-rs' `ConnectionManager`
     /// reconnects after I/O errors only, so it would otherwise return that
     /// error forever, even once Redis accepts the credentials again.
-    fn replace_if_stuck(&self, i: usize, used: &Arc<ConnectionManager>, e: &redis::RedisError) {
+    fn replace_if_stuck(&self, i: usize, used: &Arc<Conn>, e: &redis::RedisError) {
         if e.kind() != redis::ErrorKind::AuthenticationFailed {
             return;
         }
-        if let Ok(fresh) = self
-            .client
-            .get_connection_manager_lazy(self.manager_config.clone())
+        let Backend::Single {
+            client,
+            manager_config,
+            ..
+        } = &*self.backend
+        else {
+            return;
+        };
+        if let Ok(fresh) = client
+            .get_connection_manager_lazy(manager_config.clone())
+            .map(Conn::Managed)
         {
             // Only if no other task replaced it meanwhile.
             self.shared[i].compare_and_swap(used, Arc::new(fresh));
@@ -281,11 +358,11 @@ impl RedisHandle {
     /// `*_once` requests: never retried).
     async fn once<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let (i, used) = self.next_shared();
-        let result = tokio::time::timeout(self.timeout, op(ConnectionManager::clone(&used)))
+        let result = tokio::time::timeout(self.timeout, op(Conn::clone(&used)))
             .await
             .map_err(|_| RedisError::Timeout)?;
         if let Err(e) = &result {
@@ -301,7 +378,7 @@ impl RedisHandle {
     /// so non-idempotent ones go through [`Self::query_once`].
     async fn with_retry<T, F, Fut>(&self, op: F) -> Result<T, RedisError>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -309,7 +386,7 @@ impl RedisHandle {
         loop {
             attempts += 1;
             let (i, used) = self.next_shared();
-            let result = tokio::time::timeout_at(deadline, op(ConnectionManager::clone(&used)))
+            let result = tokio::time::timeout_at(deadline, op(Conn::clone(&used)))
                 .await
                 .map_err(|_| RedisError::Timeout)?;
             if let Err(e) = &result {
@@ -423,7 +500,7 @@ impl RedisHandle {
                 }
                 for (i, slot) in this.shared.iter().enumerate() {
                     let used = slot.load_full();
-                    let mut conn = ConnectionManager::clone(&used);
+                    let mut conn = Conn::clone(&used);
                     let cmd = redis::cmd("PING");
                     let ping = cmd.query_async::<String>(&mut conn);
                     if let Ok(Err(e)) = tokio::time::timeout(this.timeout, ping).await {
@@ -440,17 +517,33 @@ impl RedisHandle {
     ///
     /// # Errors
     /// Fails when Redis cannot be reached in time.
-    pub async fn dedicated(
-        &self,
-        block: Duration,
-    ) -> Result<redis::aio::MultiplexedConnection, RedisError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(block + self.timeout));
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+    pub async fn dedicated(&self, block: Duration) -> Result<Conn, RedisError> {
+        match &*self.backend {
+            Backend::Single { client, .. } => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(block + self.timeout));
+                Ok(Conn::Plain(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ))
+            }
+            backend @ Backend::Cluster { .. } => {
+                let client =
+                    backend.cluster_client(redis::ProtocolVersion::RESP2, block + self.timeout)?;
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(block + self.timeout);
+                let conn = tokio::time::timeout(
+                    self.timeout,
+                    client.get_async_connection_with_config(config),
+                )
+                .await
+                .map_err(|_| RedisError::Timeout)??;
+                Ok(Conn::Cluster(conn))
+            }
+        }
     }
 
     /// A fresh RESP3 connection of its own (never shared) whose pushes —
@@ -463,18 +556,92 @@ impl RedisHandle {
     pub async fn push_connection(
         &self,
         sender: impl redis::aio::AsyncPushSender,
-    ) -> Result<redis::aio::MultiplexedConnection, RedisError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_push_sender(sender);
-        tokio::time::timeout(
-            self.timeout,
-            self.push_client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| RedisError::Timeout)?
-        .map_err(RedisError::from)
+    ) -> Result<PushConn, RedisError> {
+        let connect = async {
+            match &*self.backend {
+                Backend::Single { push_client, .. } => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_push_sender(sender);
+                    push_client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(PushConn::Single)
+                        .map_err(RedisError::from)
+                }
+                backend @ Backend::Cluster { .. } => {
+                    let client =
+                        backend.cluster_client(redis::ProtocolVersion::RESP3, self.timeout)?;
+                    let config = redis::cluster::ClusterConfig::new()
+                        .set_connection_timeout(self.timeout)
+                        .set_response_timeout(self.timeout)
+                        .set_push_sender(sender);
+                    client
+                        .get_async_connection_with_config(config)
+                        .await
+                        .map(PushConn::Cluster)
+                        .map_err(RedisError::from)
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| RedisError::Timeout)?
+    }
+}
+
+/// A connection whose pub/sub messages arrive as pushes
+/// ([`RedisHandle::push_connection`]).
+pub enum PushConn {
+    /// A single Redis: `SUBSCRIBE`.
+    Single(redis::aio::MultiplexedConnection),
+    /// A cluster: sharded `SSUBSCRIBE`, which redis-rs re-issues on the node
+    /// that owns the channel's slot after a failover or a slot move.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl std::fmt::Debug for PushConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "PushConn::Single",
+            Self::Cluster(_) => "PushConn::Cluster",
+        })
+    }
+}
+
+impl PushConn {
+    /// Subscribes to `channel` (sharded on a cluster, matching
+    /// [`RedisHandle::publish_command`]).
+    ///
+    /// # Errors
+    /// Fails when Redis refuses or does not answer.
+    pub async fn subscribe(&mut self, channel: &str) -> Result<(), RedisError> {
+        match self {
+            Self::Single(c) => c.subscribe(channel).await?,
+            Self::Cluster(c) => c.ssubscribe(channel).await?,
+        }
+        Ok(())
+    }
+}
+
+impl Backend {
+    /// A cluster client speaking `protocol` with `response_timeout`.
+    fn cluster_client(
+        &self,
+        protocol: redis::ProtocolVersion,
+        response_timeout: Duration,
+    ) -> Result<ClusterClient, RedisError> {
+        let Self::Cluster { nodes, certs } = self else {
+            return Err(RedisError::Connection("not a cluster".into()));
+        };
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+            .use_protocol(protocol)
+            .connection_timeout(response_timeout.min(Duration::from_secs(5)))
+            .response_timeout(response_timeout);
+        if let Some(certs) = certs {
+            builder = builder.certs(certs.clone());
+        }
+        builder.build().map_err(RedisError::Url)
     }
 }

@@ -1,0 +1,111 @@
+//! One connection to Redis, to a single server or to a cluster, usable
+//! wherever redis-rs takes a connection.
+//!
+//! On a cluster, redis-rs sends a pipeline to one slot only. [`Conn`] cuts a
+//! pipeline into runs of consecutive commands of one slot
+//! ([`crate::cluster::command_slot`]) and sends the runs one after the
+//! other: every command still runs after the ones before it, as on a single
+//! server, at the price of one round trip per run. (A pipeline is not atomic
+//! on a single server either; a `MULTI` transaction is passed through and
+//! must touch one slot.)
+
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::cluster::command_slot;
+
+/// A shared or dedicated connection to a single Redis or a cluster.
+#[derive(Clone)]
+pub enum Conn {
+    /// A single Redis, reconnecting by itself (the shared connections).
+    Managed(ConnectionManager),
+    /// A single Redis, one multiplexed connection (blocking reads).
+    Plain(MultiplexedConnection),
+    /// A Redis Cluster: connections to every master, routed by slot.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Managed(_) => "Conn::Managed",
+            Self::Plain(_) => "Conn::Plain",
+            Self::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl Conn {
+    /// Whether this is a cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+/// Sends `pipeline`'s commands `offset..offset + count` to the cluster in
+/// runs of one slot each, in order; returns every reply, in order.
+async fn split_by_slot(
+    conn: &mut ClusterConnection,
+    pipeline: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> redis::RedisResult<Vec<Value>> {
+    if pipeline.is_transaction() {
+        return conn.req_packed_commands(pipeline, offset, count).await;
+    }
+    let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
+    let mut replies = Vec::with_capacity(cmds.len());
+    let mut start = 0;
+    while start < cmds.len() {
+        let mut slot = command_slot(cmds[start]);
+        let mut end = start + 1;
+        while end < cmds.len() {
+            match (slot, command_slot(cmds[end])) {
+                (_, None) => {}
+                (None, Some(s)) => slot = Some(s),
+                (Some(a), Some(b)) if a == b => {}
+                _ => break,
+            }
+            end += 1;
+        }
+        let mut run = redis::pipe();
+        for cmd in &cmds[start..end] {
+            run.add_command((*cmd).clone());
+        }
+        replies.extend(conn.req_packed_commands(&run, 0, end - start).await?);
+        start = end;
+    }
+    Ok(replies.into_iter().skip(offset).take(count).collect())
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Managed(c) => c.req_packed_command(cmd),
+            Self::Plain(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => Box::pin(split_by_slot(c, pipeline, offset, count)),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Managed(c) => c.get_db(),
+            Self::Plain(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
