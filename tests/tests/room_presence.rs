@@ -1,7 +1,8 @@
 //! The ephemeral room features against real processes: presence (HTTP and
 //! WS), `join` / `leave` across gateways, with two tabs and after a gateway
 //! SIGKILL, `typing` to the others only and thinned, read receipts that
-//! never go down, their errors, and `PRESENCE_EVENTS=false`.
+//! never go down, their errors, `PRESENCE_EVENTS=false`, and the same on a
+//! 3-master Redis Cluster.
 //!
 //! "Nothing was sent" is asserted without sleeping: each test waits for a
 //! later frame whose publication is ordered after the one that must not
@@ -449,4 +450,45 @@ async fn presence_lost_in_redis_is_restored_with_the_connections() {
     // Users Redis had lost are announced again (once each).
     let seen = until(&mut bo, |v| is(v, "join", "ana")).await;
     assert_eq!(count(&seen, "join", "ana"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_cluster_presence_typing_and_receipts_cross_gateways() {
+    let cluster = common::cluster::RedisCluster::start(3, 0).await;
+    let url = cluster.url();
+    let _w = start_worker(&url, "w1", &[("STREAM_SHARDS", "4")]).await;
+    let gw1 = start_gateway(&url, "g1", GW).await;
+    let gw2 = start_gateway(&url, "g2", GW).await;
+
+    // Several rooms: their keys hash to different slots.
+    for room in ["alpha", "bravo", "charlie"] {
+        let q = |name: &str| format!("room={room}&username={name}");
+        let (mut bo, _) = Client::join_ephemeral(&gw2.ws_url(&q("bo"))).await;
+        let (mut ana, _) = Client::join_ephemeral(&gw1.ws_url(&q("ana"))).await;
+        until(&mut bo, |v| is(v, "join", "ana")).await;
+        assert_eq!(wait_users(&gw1, room, 2).await["count"], 2);
+
+        ana.send_text(r#"{"type":"typing","data":{"active":true}}"#)
+            .await;
+        let typing = until(&mut bo, |v| is(v, "typing", "ana")).await;
+        assert_eq!(typing.last().unwrap()["data"]["room"], room);
+
+        marker(&mut ana, room, "m1").await;
+        ana.send_text(r#"{"type":"read","data":{"seq":1}}"#).await;
+        until(&mut bo, |v| is(v, "read", "ana")).await;
+        let (_, body) = http_get(&gw2.addr(), &format!("/rooms/{room}/reads"))
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["reads"],
+            json!({"ana":1})
+        );
+
+        ana.close().await;
+        until(&mut bo, |v| is(v, "leave", "ana")).await;
+        assert_eq!(
+            wait_users(&gw2, room, 1).await["users"][0]["username"],
+            "bo"
+        );
+    }
 }
