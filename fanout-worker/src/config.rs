@@ -66,6 +66,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "GATEWAY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub gateway_timeout_ms: u64,
 
+    /// Announce `leave` for the users of a dead gateway whose last connection
+    /// to a room the janitor removed.
+    #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub presence_events: bool,
+
     /// Seconds to finish in-flight work after SIGTERM before exiting anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -119,6 +124,13 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(parse(&[]).unwrap().validate(), Ok(()));
+        assert!(parse(&[]).unwrap().presence_events);
+        assert!(
+            !parse(&["--presence-events", "false"])
+                .unwrap()
+                .presence_events
+        );
+        assert!(!parse(&["--presence-events", "0"]).unwrap().presence_events);
     }
 
     #[test]

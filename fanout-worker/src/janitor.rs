@@ -5,7 +5,8 @@
 //!   `GATEWAY_TIMEOUT_MS` (or that have none) as dead, and removes their members
 //!   from `connections:<room>` and their counts from the room's gateway hash, so
 //!   workers stop publishing to them (a wrongly judged live gateway notices on its
-//!   next heartbeat and re-registers);
+//!   next heartbeat and re-registers); their presence records go with them, and
+//!   users left with no connection get a `leave` (`presence_sweep`);
 //! - removes from `rooms:active` rooms with no connection and no history;
 //! - deletes stream consumers of past workers that have nothing pending.
 //!
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_shared::connections::remove_gateway_from_room;
+use chat_shared::connections::{remove_gateway_from_room, remove_members, CountMode};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
@@ -24,6 +25,7 @@ use chat_shared::redis::{RedisError, RedisHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::Leases;
+use crate::presence_sweep;
 use crate::Context;
 
 /// Runs sweeps while holding the janitor lease, until `shutdown`.
@@ -149,7 +151,9 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
             for gw in &gws {
                 if liveness.is_dead(ctx, gw).await? {
                     evicted.insert(gw.clone());
-                    removed_conns += remove_gateway_from_room(&ctx.redis, room, gw).await?;
+                    let removed = remove_gateway_from_room(&ctx.redis, room, gw).await?;
+                    removed_conns += removed.members;
+                    presence_sweep::announce_leaves(ctx, room, &removed.left).await;
                 }
             }
             // Members of dead gateways without a count entry (a crash between
@@ -165,10 +169,10 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
                 }
             }
             if !stale.is_empty() {
-                removed_conns += stale.len();
-                redis
-                    .query::<()>(redis::cmd("SREM").arg(keys::connections(room)).arg(&stale))
-                    .await?;
+                let stale: Vec<&str> = stale.iter().map(|m| m.as_str()).collect();
+                let removed = remove_members(redis, room, CountMode::Stale, "", &stale).await?;
+                removed_conns += removed.members;
+                presence_sweep::announce_leaves(ctx, room, &removed.left).await;
             }
             if retire_if_unused(redis, room).await? {
                 removed_rooms += 1;

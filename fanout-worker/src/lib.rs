@@ -13,7 +13,9 @@
 //!   epoch) and look up the rooms' gateways, route (`publish`: one delivery
 //!   batch per owning gateway), then publish, ack and trim.
 //! - `janitor`: one worker at a time removes dead gateways' connection entries
-//!   and rooms with neither connections nor history from `rooms:active`.
+//!   and rooms with neither connections nor history from `rooms:active`;
+//!   `presence_sweep` announces the `leave` of users it left with no
+//!   connection.
 //! - `http`: `/metrics`, `/livez`, `/readyz`.
 //!
 //! [`run`] is what `main` calls and what tests start: the binary is a thin shell.
@@ -26,6 +28,7 @@ mod janitor;
 mod lease;
 mod lua;
 mod persist;
+mod presence_sweep;
 mod publish;
 mod shard;
 mod stream;

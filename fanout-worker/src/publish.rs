@@ -39,6 +39,7 @@ impl Routing {
                 deliveries,
                 published_us,
                 probe: None,
+                events: Vec::new(),
                 bans: Vec::new(),
             };
             pipe.cmd(command)

@@ -202,6 +202,7 @@ async fn notify_gateways(redis: &RedisHandle, room: &RoomId, user: &str) -> Resu
         deliveries: Vec::new(),
         published_us: chat_shared::envelope::now_us(),
         probe: None,
+        events: Vec::new(),
         bans: vec![BanNotice {
             room: room.to_string(),
             user: user.to_owned(),

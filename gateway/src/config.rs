@@ -133,6 +133,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
+    /// Announce `join` when a user's first connection to a room opens and
+    /// `leave` when its last one closes (presence itself is always kept).
+    #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub presence_events: bool,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub access: AccessArgs,

@@ -1,4 +1,5 @@
-//! HTTP routes: the WebSocket endpoint, health, readiness, metrics and history pages.
+//! HTTP routes: the WebSocket endpoint, health, readiness, metrics, history
+//! pages, and the room state of presence and read receipts.
 
 use std::collections::HashMap;
 
@@ -30,6 +31,11 @@ pub fn router(state: AppState) -> Router {
             "/rooms/{room}/messages",
             get(messages).post(crate::publish_api::publish),
         )
+        .route(
+            "/rooms/{room}/presence",
+            get(crate::presence_events::http_presence),
+        )
+        .route("/rooms/{room}/reads", get(crate::receipts::http_reads))
         .route("/rooms/{room}/bans", post(crate::bans::place))
         .route("/rooms/{room}/bans/{user}", delete(crate::bans::lift))
         .fallback(|| async {

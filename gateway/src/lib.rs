@@ -10,7 +10,12 @@
 //! - [`subscriber`]: this gateway's delivery channel; batches published by
 //!   workers go to [`rooms`], the local registry, which queues each frame to the
 //!   members' bounded queues.
-//! - [`presence`]: connection entries and the gateway heartbeat in Redis.
+//! - [`presence`]: connection entries (with their users' presence records)
+//!   and the gateway heartbeat in Redis.
+//! - [`presence_events`]: the presence answer and the `join` / `leave`
+//!   announcements; [`receipts`]: read receipts; [`typing`]: the typing
+//!   limit. Their frames travel as ephemeral events through the same
+//!   gateway channels, outside the rooms' `seq` sequence.
 //! - [`history`]: consistent history snapshots for join, recovery and pages.
 //! - [`rate_limit`]: the per-connection token bucket.
 //! - [`server`]: the accept loop and each connection's HTTP phase, bounded
@@ -29,20 +34,24 @@ pub mod history;
 pub mod http;
 pub mod listener;
 pub mod presence;
+pub mod presence_events;
 pub mod publish_api;
 pub mod rate_limit;
+pub mod receipts;
 pub mod room_events;
 pub mod rooms;
 pub mod search;
 pub mod server;
 pub mod state;
 pub mod subscriber;
+pub mod typing;
 pub mod user_limit;
 mod ws;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use chat_shared::ephemeral::PresenceKind;
 use chat_shared::metrics::Exporter;
 use chat_shared::redis::RedisHandle;
 use tokio::net::TcpListener;
@@ -98,9 +107,10 @@ pub async fn run(
     // wait out the first, clear the second, before heartbeating or serving.
     // Random ids are unique per process and have nothing to clear.
     if state.config.gateway_id.is_some() {
-        claim_fixed_id(&redis, &gateway_id, heartbeat_every).await?;
+        claim_fixed_id(&state, heartbeat_every).await?;
     }
     let heartbeat = {
+        let state = state.clone();
         let redis = redis.clone();
         let id = gateway_id.clone();
         let stop = background.clone();
@@ -115,25 +125,41 @@ pub async fn run(
                 }
                 match presence::heartbeat(&redis, &id).await {
                     Ok(true) if !first => {
-                        let members: Vec<(String, Vec<String>)> = rooms
+                        let members: Vec<_> = rooms
                             .members()
                             .into_iter()
-                            .map(|(room, ids)| {
-                                (room, ids.into_iter().map(presence::conn_key).collect())
+                            .map(|(room, conns)| {
+                                let conns = conns
+                                    .into_iter()
+                                    .map(|(id, user)| (presence::conn_key(id), user))
+                                    .collect();
+                                (room, conns)
                             })
                             .collect();
                         tracing::warn!(
                             rooms = members.len(),
                             "Redis lost this gateway's registrations; restoring them"
                         );
-                        if let Err(e) = presence::restore_connections(&redis, &id, &members).await {
-                            metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "reregister").increment(1);
-                            tracing::warn!(error = %e, "Cannot restore registrations; retrying next heartbeat");
-                            // Forget the heartbeat so the next one sees "new" again.
-                            let _ = presence::remove_heartbeat(&redis, &id).await;
-                        } else {
-                            // Workers skipped us meanwhile: catch up from history.
-                            rooms.resync_all();
+                        match presence::restore_connections(&redis, &id, &members).await {
+                            Err(e) => {
+                                metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "reregister").increment(1);
+                                tracing::warn!(error = %e, "Cannot restore registrations; retrying next heartbeat");
+                                // Forget the heartbeat so the next one sees "new" again.
+                                let _ = presence::remove_heartbeat(&redis, &id).await;
+                            }
+                            Ok(joined) => {
+                                // Workers skipped us meanwhile: catch up from history.
+                                rooms.resync_all();
+                                for (room, users) in joined {
+                                    presence_events::announce(
+                                        &state,
+                                        &room,
+                                        PresenceKind::Join,
+                                        &users,
+                                    )
+                                    .await;
+                                }
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -208,11 +234,8 @@ pub struct IdInUse(pub String);
 ///
 /// # Errors
 /// [`IdInUse`] when a live process holds the id.
-async fn claim_fixed_id(
-    redis: &RedisHandle,
-    gateway_id: &str,
-    heartbeat_every: Duration,
-) -> anyhow::Result<()> {
+async fn claim_fixed_id(state: &AppState, heartbeat_every: Duration) -> anyhow::Result<()> {
+    let (redis, gateway_id) = (&state.redis, state.gateway_id.as_str());
     // A live holder beats every `heartbeat_every`; three missed beats mean
     // it is gone. Waiting a little longer than that tells the two apart.
     let stale_after = heartbeat_every * 3;
@@ -237,11 +260,17 @@ async fn claim_fixed_id(
         }
     }
     match presence::purge_previous(redis, gateway_id).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            entries = n,
-            "Removed connection entries of this gateway's previous process"
-        ),
+        Ok(rooms) if rooms.is_empty() => {}
+        Ok(rooms) => {
+            let n: usize = rooms.iter().map(|(_, r)| r.members).sum();
+            tracing::info!(
+                entries = n,
+                "Removed connection entries of this gateway's previous process"
+            );
+            for (room, removed) in rooms {
+                presence_events::announce(state, &room, PresenceKind::Leave, &removed.left).await;
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "Cannot clear a previous process's connection entries")
         }

@@ -7,40 +7,41 @@
 //! them, and the count only moves when the set really changed: a repeated or
 //! failed registration can never leave the count at zero while a member is
 //! still there (which would silently stop delivery to this gateway).
+//! Beside them, per connection, its user's presence record and count (see
+//! [`chat_shared::presence`]), written by the same scripts: a user's first
+//! connection is reported as joined, its last one as left.
 //! Per gateway: a heartbeat in `chat:gateways`, stamped with Redis's own clock
 //! so the janitor's liveness check does not depend on clock skew.
 
 use std::sync::LazyLock;
 
-use chat_shared::connections::remove_gateway_from_room;
+use chat_shared::connections::{remove_gateway_from_room, remove_members, CountMode, Removed};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
+use chat_shared::presence::PresenceUser;
 use chat_shared::redis::{RedisError, RedisHandle};
 use redis::Script;
 
-/// Adds members (ARGV[2..]) and raises the gateway's count (ARGV[1]) by the
-/// number actually added.
+/// Adds members and raises the gateway's count (ARGV[1]) by the number
+/// actually added. ARGV[2..] are triples: member, user key, user JSON. A
+/// member's presence record is written once (`HSETNX`), and only then does
+/// its user's count rise; returns the records of users whose count went from
+/// 0 to 1 (they joined).
 static JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local added = 0
-for i = 2, #ARGV do added = added + redis.call('SADD', KEYS[1], ARGV[i]) end
-if added > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], added) end
-return added
-"#,
-    )
-});
-
-/// Removes a member and lowers the count only if it was there; drops the
-/// field at zero.
-static LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('SREM', KEYS[1], ARGV[2]) == 1 then
-  local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
-  if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+local joined = {}
+for i = 2, #ARGV, 3 do
+  added = added + redis.call('SADD', KEYS[1], ARGV[i])
+  if redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 2]) == 1 then
+    if redis.call('HINCRBY', KEYS[4], ARGV[i + 1], 1) == 1 then
+      table.insert(joined, ARGV[i + 2])
+    end
+  end
 end
-return 1
+if added > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], added) end
+return joined
 "#,
     )
 });
@@ -76,18 +77,29 @@ return ms - beat
     )
 });
 
+/// Registers `conns` (conn key and user) of `room`; returns the stored
+/// records of the users that joined.
 async fn join(
     redis: &RedisHandle,
     gateway: &str,
     room: &RoomId,
-    conns: &[String],
-) -> Result<(), RedisError> {
-    let mut inv = JOIN.key(keys::connections(room));
-    inv.key(keys::room_gateways(room)).arg(gateway);
-    for c in conns {
-        inv.arg(keys::connection_member(gateway, c));
+    conns: &[(String, PresenceUser)],
+) -> Result<Vec<String>, RedisError> {
+    let mut joined = Vec::new();
+    // Bounded script calls: a restore of a huge room never blocks Redis long.
+    for chunk in conns.chunks(1000) {
+        let mut inv = JOIN.key(keys::connections(room));
+        inv.key(keys::room_gateways(room))
+            .key(keys::presence_conns(room))
+            .key(keys::presence_users(room))
+            .arg(gateway);
+        for (c, user) in chunk {
+            inv.arg(keys::connection_member(gateway, c))
+                .arg(&user.key)
+                .arg(user.to_json());
+        }
+        joined.extend(redis.script::<Vec<String>>(&inv).await?);
     }
-    redis.script::<i64>(&inv).await?;
     // Separate slot: not part of the script, and need not be.
     redis
         .query::<()>(
@@ -95,7 +107,8 @@ async fn join(
                 .arg(keys::ROOMS_ACTIVE)
                 .arg(room.as_str()),
         )
-        .await
+        .await?;
+    Ok(joined)
 }
 
 /// The per-process part of connection ids: a gateway restarted with the same
@@ -110,7 +123,16 @@ pub fn conn_key(id: u64) -> String {
     format!("{:08x}-{id}", *BOOT_NONCE)
 }
 
-/// Registers a connection.
+/// The local connection id of a `connections:<room>` member, when the member
+/// is one of this process's connections on `gateway`.
+pub fn local_conn(gateway: &str, member: &str) -> Option<u64> {
+    let key = member.strip_prefix(gateway)?.strip_prefix('/')?;
+    let id: u64 = key.rsplit_once('-')?.1.parse().ok()?;
+    (conn_key(id) == key).then_some(id)
+}
+
+/// Registers a connection of `user`. Returns the user's stored record when
+/// this is the user's first connection to the room (a join).
 ///
 /// # Errors
 /// Fails when Redis does not answer.
@@ -119,11 +141,14 @@ pub async fn add_connection(
     gateway: &str,
     room: &RoomId,
     conn: &str,
-) -> Result<(), RedisError> {
-    join(redis, gateway, room, &[conn.to_owned()]).await
+    user: &PresenceUser,
+) -> Result<Vec<String>, RedisError> {
+    join(redis, gateway, room, &[(conn.to_owned(), user.clone())]).await
 }
 
-/// Removes a connection (a no-op for one that was never registered).
+/// Removes a connection (a no-op for one that was never registered) and its
+/// presence record. [`Removed::left`] holds the user's record when this was
+/// its last connection to the room.
 ///
 /// # Errors
 /// Fails when Redis does not answer; the janitor then cleans up later.
@@ -132,12 +157,9 @@ pub async fn remove_connection(
     gateway: &str,
     room: &RoomId,
     conn: &str,
-) -> Result<(), RedisError> {
-    let mut inv = LEAVE.key(keys::connections(room));
-    inv.key(keys::room_gateways(room))
-        .arg(gateway)
-        .arg(keys::connection_member(gateway, conn));
-    redis.script::<i64>(&inv).await.map(|_| ())
+) -> Result<Removed, RedisError> {
+    let member = keys::connection_member(gateway, conn);
+    remove_members(redis, room, CountMode::One, gateway, &[member.as_str()]).await
 }
 
 /// Records that this gateway is alive now. Returns `true` when Redis did not
@@ -155,22 +177,28 @@ pub async fn heartbeat(redis: &RedisHandle, gateway: &str) -> Result<bool, Redis
 }
 
 /// Writes every local connection back into Redis. Idempotent: only members
-/// that are missing are added, and the count rises by exactly that many.
+/// that are missing are added, and the counts rise by exactly that many.
+/// Returns, per room, the records of users that joined again (Redis had
+/// lost them, or the janitor had announced them as left).
 ///
 /// # Errors
 /// Fails when Redis does not answer; the next heartbeat retries.
 pub async fn restore_connections(
     redis: &RedisHandle,
     gateway: &str,
-    members: &[(String, Vec<String>)],
-) -> Result<(), RedisError> {
+    members: &[(String, Vec<(String, PresenceUser)>)],
+) -> Result<Vec<(RoomId, Vec<String>)>, RedisError> {
+    let mut joined = Vec::new();
     for (room, conns) in members {
         let Ok(room) = RoomId::parse(room) else {
             continue;
         };
-        join(redis, gateway, &room, conns).await?;
+        let users = join(redis, gateway, &room, conns).await?;
+        if !users.is_empty() {
+            joined.push((room, users));
+        }
     }
-    Ok(())
+    Ok(joined)
 }
 
 /// How long ago (ms, Redis clock) this gateway id last beat; `None` when it
@@ -204,16 +232,22 @@ pub async fn assert_rooms(redis: &RedisHandle, rooms: &[String]) -> Result<(), R
 
 /// Removes the connection entries a previous process with this same
 /// `GATEWAY_ID` left behind (it was killed and this one started before the
-/// janitor judged it dead). Run before accepting connections. Returns how
-/// many entries were removed.
+/// janitor judged it dead). Run before accepting connections. Returns, per
+/// room, what was removed (its users that left are announced by the caller).
 ///
 /// # Errors
 /// Fails when Redis does not answer.
-pub async fn purge_previous(redis: &RedisHandle, gateway: &str) -> Result<usize, RedisError> {
-    let mut removed = 0;
+pub async fn purge_previous(
+    redis: &RedisHandle,
+    gateway: &str,
+) -> Result<Vec<(RoomId, Removed)>, RedisError> {
+    let mut removed = Vec::new();
     for room in redis.sscan_all(keys::ROOMS_ACTIVE).await? {
         if let Ok(room) = RoomId::parse(&room) {
-            removed += remove_gateway_from_room(redis, &room, gateway).await?;
+            let r = remove_gateway_from_room(redis, &room, gateway).await?;
+            if r.members > 0 || !r.left.is_empty() {
+                removed.push((room, r));
+            }
         }
     }
     Ok(removed)
@@ -227,4 +261,21 @@ pub async fn remove_heartbeat(redis: &RedisHandle, gateway: &str) -> Result<(), 
     redis
         .query::<()>(redis::cmd("HDEL").arg(keys::GATEWAYS).arg(gateway))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_conn_reads_back_only_this_process_members() {
+        let member = keys::connection_member("gw-1", &conn_key(42));
+        assert_eq!(local_conn("gw-1", &member), Some(42));
+        assert_eq!(local_conn("gw-2", &member), None);
+        assert_eq!(local_conn("gw", &member), None);
+        assert_eq!(local_conn("gw-1", "gw-1/00000000-42x"), None);
+        // Another incarnation of this gateway id (another nonce).
+        let other = format!("gw-1/{:08x}-42", BOOT_NONCE.wrapping_add(1));
+        assert_eq!(local_conn("gw-1", &other), None);
+    }
 }

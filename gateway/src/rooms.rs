@@ -4,6 +4,8 @@
 //! per gateway into shared bytes and offered with `try_send` to each member's
 //! bounded queue; a full queue means "slow consumer", decided here and only
 //! here: the member is kicked (its connection closes with 1013) and removed.
+//! Ephemeral frames (join, leave, typing, read) are best-effort instead: a
+//! full queue drops the frame, never the connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +13,9 @@ use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use chat_shared::envelope::{now_us, DeliveryBatch};
+use chat_shared::ephemeral::EphemeralEvent;
 use chat_shared::metrics as m;
+use chat_shared::presence::PresenceUser;
 use chat_shared::protocol::live_frame;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +35,9 @@ pub enum Outbound {
     Reply(Utf8Bytes),
     /// The reader has ended: everything it queued is ahead of this.
     ReaderDone,
+    /// An ephemeral frame (join, leave, typing, read), written as-is: it
+    /// has no `seq` and bypasses the cursor.
+    Ephemeral(Utf8Bytes),
     /// The connection's user was banned from the room: close with 4003.
     Banned,
 }
@@ -50,9 +57,9 @@ pub struct LiveMessage {
 #[derive(Debug)]
 struct Member {
     tx: mpsc::Sender<Outbound>,
-    /// The user key (user id, else display name), to find a banned user's
-    /// connections.
-    user: Arc<str>,
+    /// The connection's user: its key (user id, else display name) finds a
+    /// banned user's connections; all of it re-registers its presence.
+    user: PresenceUser,
     kick: CancellationToken,
     /// Set together with `kick`; a plain atomic because it is read for every
     /// delivery, and the token's own check takes a lock.
@@ -79,7 +86,7 @@ impl LocalRooms {
         self: &Arc<Self>,
         room: &str,
         conn: u64,
-        user: Arc<str>,
+        user: PresenceUser,
         tx: mpsc::Sender<Outbound>,
         kick: CancellationToken,
     ) -> Membership {
@@ -131,7 +138,7 @@ impl LocalRooms {
             return 0;
         };
         let mut closed = 0;
-        for member in members.values().filter(|m| &*m.user == user) {
+        for member in members.values().filter(|m| m.user.key == user) {
             closed += 1;
             if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Banned) {
                 member.kick();
@@ -140,13 +147,16 @@ impl LocalRooms {
         closed
     }
 
-    /// Every room with the ids of its local connections, for re-registering
-    /// them in Redis after Redis lost them.
-    pub fn members(&self) -> Vec<(String, Vec<u64>)> {
+    /// Every room with the ids and users of its local connections, for
+    /// re-registering them in Redis after Redis lost them.
+    pub fn members(&self) -> Vec<(String, Vec<(u64, PresenceUser)>)> {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         rooms
             .iter()
-            .map(|(r, m)| (r.clone(), m.keys().copied().collect()))
+            .map(|(r, m)| {
+                let conns = m.iter().map(|(id, m)| (*id, m.user.clone())).collect();
+                (r.clone(), conns)
+            })
             .collect()
     }
 
@@ -210,6 +220,46 @@ impl LocalRooms {
     }
 }
 
+impl LocalRooms {
+    /// Offers ephemeral `events` to the local members of their rooms, except
+    /// the connection each one names (resolved by `local_conn`). A full queue
+    /// drops the frame (counted), never the member. Returns the number of
+    /// frames queued.
+    pub fn deliver_events(
+        &self,
+        events: &[EphemeralEvent],
+        local_conn: impl Fn(&str) -> Option<u64>,
+    ) -> usize {
+        if events.is_empty() {
+            return 0;
+        }
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let (mut queued, mut dropped) = (0u64, 0u64);
+        for ev in events {
+            let Some(members) = rooms.get(&ev.room) else {
+                continue;
+            };
+            let except = ev.except_conn.as_deref().and_then(&local_conn);
+            let frame = Utf8Bytes::from(ev.frame.as_str());
+            for (id, member) in members {
+                if Some(*id) == except || member.kicked.load(Ordering::Relaxed) {
+                    continue;
+                }
+                match member.tx.try_send(Outbound::Ephemeral(frame.clone())) {
+                    Ok(()) => queued += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        metrics::counter!(m::GW_EPHEMERAL_DELIVERED).increment(queued);
+        if dropped > 0 {
+            metrics::counter!(m::GW_EPHEMERAL_DROPPED).increment(dropped);
+        }
+        queued as usize
+    }
+}
+
 /// Removes a connection from [`LocalRooms`] when dropped.
 #[derive(Debug)]
 pub struct Membership {
@@ -229,6 +279,33 @@ mod tests {
     use super::*;
     use chat_shared::envelope::{Delivery, VERSION};
 
+    fn user() -> PresenceUser {
+        PresenceUser::new("ana", None)
+    }
+
+    #[test]
+    fn ephemeral_frames_skip_the_sender_and_drop_on_full_queues() {
+        let rooms = Arc::new(LocalRooms::default());
+        let (tx_a, mut rx_a) = mpsc::channel(8);
+        let (tx_b, mut rx_b) = mpsc::channel(1);
+        let kick_b = CancellationToken::new();
+        let _a = rooms.join("r", 1, user(), tx_a, CancellationToken::new());
+        let _b = rooms.join("r", 2, user(), tx_b, kick_b.clone());
+        let ev = |except: Option<&str>| EphemeralEvent {
+            room: "r".into(),
+            frame: "{\"type\":\"typing\"}".into(),
+            except_conn: except.map(str::to_owned),
+        };
+        let resolve = |m: &str| (m == "me").then_some(1);
+        assert_eq!(rooms.deliver_events(&[ev(Some("me"))], resolve), 1);
+        assert!(rx_a.try_recv().is_err(), "the sender is skipped");
+        assert!(matches!(rx_b.try_recv().unwrap(), Outbound::Ephemeral(_)));
+        // b's queue (1 slot) fills; the next frame is dropped, b stays.
+        assert_eq!(rooms.deliver_events(&[ev(None), ev(None)], resolve), 3);
+        assert!(!kick_b.is_cancelled(), "ephemeral frames never kick");
+        assert_eq!(rooms.members()[0].1.len(), 2);
+    }
+
     fn batch(room: &str, seqs: &[u64]) -> DeliveryBatch {
         DeliveryBatch {
             v: VERSION,
@@ -244,6 +321,7 @@ mod tests {
                 .collect(),
             published_us: 0,
             probe: None,
+            events: Vec::new(),
             bans: Vec::new(),
         }
     }

@@ -136,7 +136,7 @@ pub async fn run(
             tokio::select! {
                 push = pushes.recv() => {
                     let Some(push) = push else { break };
-                    if !dispatch(push, &rooms, &state, &channel) {
+                    if !dispatch(push, &rooms, &state, &gateway_id) {
                         metrics::counter!(m::GW_REDIS_ERRORS, "op" => "subscription_lost").increment(1);
                         tracing::warn!(channel, "Delivery subscription lost; re-subscribing");
                         break;
@@ -168,7 +168,12 @@ pub async fn run(
 
 /// Hands one push to the local rooms. Returns `false` when the connection
 /// is gone.
-fn dispatch(push: PushInfo, rooms: &LocalRooms, state: &SubscriptionState, channel: &str) -> bool {
+fn dispatch(
+    push: PushInfo,
+    rooms: &LocalRooms,
+    state: &SubscriptionState,
+    gateway_id: &str,
+) -> bool {
     match push.kind {
         PushKind::Disconnection => false,
         PushKind::Message | PushKind::SMessage => {
@@ -182,8 +187,11 @@ fn dispatch(push: PushInfo, rooms: &LocalRooms, state: &SubscriptionState, chann
                 }
                 Ok(batch) => {
                     rooms.deliver(&batch);
+                    rooms.deliver_events(&batch.events, |m| {
+                        crate::presence::local_conn(gateway_id, m)
+                    });
                 }
-                Err(_) => tracing::warn!(channel, "Undecodable delivery batch dropped"),
+                Err(_) => tracing::warn!(gateway_id, "Undecodable delivery batch dropped"),
             }
             true
         }

@@ -267,6 +267,10 @@ pub struct DeliveryBatch {
     /// probe's send time in Unix microseconds.
     #[serde(default)]
     pub probe: Option<i64>,
+    /// Ephemeral room events (join, leave, typing, read): outside the
+    /// rooms' `seq` sequence, never stored (see [`crate::ephemeral`]).
+    #[serde(default)]
+    pub events: Vec<crate::ephemeral::EphemeralEvent>,
     /// Users banned from rooms: the gateway closes their connections there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bans: Vec<BanNotice>,
@@ -289,6 +293,7 @@ impl DeliveryBatch {
             deliveries: Vec::new(),
             published_us: now_us,
             probe: Some(now_us),
+            events: Vec::new(),
             bans: Vec::new(),
         }
     }
@@ -452,6 +457,7 @@ mod tests {
             }],
             published_us: 6,
             probe: None,
+            events: Vec::new(),
             bans: vec![BanNotice {
                 room: "r".into(),
                 user: "u".into(),

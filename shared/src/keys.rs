@@ -16,6 +16,9 @@
 //! | `connections:<room>` | set of `<gateway>/<conn>` | gateway |
 //! | `chat:ban:{connections:<room>}:<user>` | string (who banned), TTL = the ban | gateway (HTTP bans API) |
 //! | `chat:room-gateways:{connections:<room>}` | hash gateway → open connections | gateway |
+//! | `chat:presence-conns:{connections:<room>}` | hash `<gateway>/<conn>` → user JSON | gateway, janitor |
+//! | `chat:presence-users:{connections:<room>}` | hash user key → open connections | gateway, janitor |
+//! | `chat:reads:{messages:<room>}` | hash user key → last-read `seq`, expires with the room state | gateway |
 //! | `rooms:active` | set | gateway adds, worker adds, janitor removes |
 //! | `chat:stream:{shard-<n>}` (cluster: `{shard-<n>-<k>}`, see [`crate::cluster`]) | stream of [`crate::envelope::StreamEntry`] | gateway appends, worker consumes |
 //! | `chat:lease:{shard-<n>}` | string worker id, with TTL | worker |
@@ -81,6 +84,23 @@ pub fn ban(room: &RoomId, user: &str) -> String {
 /// Gateway → connection count of a room, in the slot of [`connections`].
 pub fn room_gateways(room: &RoomId) -> String {
     format!("chat:room-gateways:{{connections:{room}}}")
+}
+
+/// Connection → user (JSON of [`crate::presence::PresenceUser`]) of a
+/// room, in the slot of [`connections`].
+pub fn presence_conns(room: &RoomId) -> String {
+    format!("chat:presence-conns:{{connections:{room}}}")
+}
+
+/// User key → open connections of a room, in the slot of [`connections`].
+pub fn presence_users(room: &RoomId) -> String {
+    format!("chat:presence-users:{{connections:{room}}}")
+}
+
+/// User key → last-read `seq` of a room, in the slot of [`messages`] (so
+/// the receipt script can read the room's latest `seq` and TTL).
+pub fn reads(room: &RoomId) -> String {
+    format!("chat:reads:{{messages:{room}}}")
 }
 
 /// Stream of shard `n`.
@@ -151,6 +171,15 @@ mod tests {
         assert_eq!(connections(&r), "connections:lobby");
         assert_eq!(room_state(&r), "chat:room:{messages:lobby}");
         assert_eq!(room_gateways(&r), "chat:room-gateways:{connections:lobby}");
+        assert_eq!(
+            presence_conns(&r),
+            "chat:presence-conns:{connections:lobby}"
+        );
+        assert_eq!(
+            presence_users(&r),
+            "chat:presence-users:{connections:lobby}"
+        );
+        assert_eq!(reads(&r), "chat:reads:{messages:lobby}");
         assert_eq!(message_index(&r), "chat:msg-index:{messages:lobby}");
         assert_eq!(reactions(&r), "chat:reactions:{messages:lobby}");
     }

@@ -12,6 +12,9 @@
 //! - [`cluster`]: Redis Cluster slots of keys and commands, and shard tags
 //!   spread evenly over the slots.
 //! - [`connections`]: removing a gateway's connection entries (janitor, restart).
+//! - [`presence`]: the per-connection user records and the presence answer.
+//! - [`ephemeral`]: join, leave, typing and read frames, published to the
+//!   room's gateways outside the `seq` sequence.
 //! - [`config`]: clap pieces flattened into both binaries (Redis, logging).
 //! - [`redis`]: connection pool and dedicated-connection setup.
 //! - [`tls`]: rustls crypto provider and the private CA / client certificate
@@ -31,9 +34,11 @@ pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod envelope;
+pub mod ephemeral;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod redis;
 pub mod shutdown;

@@ -68,6 +68,17 @@ pub const GW_PENDING_CLOSED: &str = "chat_gateway_pending_connections_closed_tot
 /// Counter: failed `accept` calls, by `kind` (`fd_limit`, `no_memory`,
 /// `connection`, `other`).
 pub const GW_ACCEPT_ERRORS: &str = "chat_gateway_accept_errors_total";
+/// Counter: ephemeral frames (join, leave, typing, read) queued to local
+/// connections.
+pub const GW_EPHEMERAL_DELIVERED: &str = "chat_gateway_ephemeral_delivered_total";
+/// Counter: ephemeral frames dropped because the member's queue was full
+/// (best-effort: the connection is not kicked for them).
+pub const GW_EPHEMERAL_DROPPED: &str = "chat_gateway_ephemeral_dropped_total";
+/// Counter: typing frames dropped by the one-per-second-per-connection limit.
+pub const GW_TYPING_THROTTLED: &str = "chat_gateway_typing_throttled_total";
+/// Counter: ephemeral events that could not be published, by `kind`
+/// (`join`, `leave`, `typing`, `read`).
+pub const GW_EPHEMERAL_PUBLISH_ERRORS: &str = "chat_gateway_ephemeral_publish_errors_total";
 
 /// Counter: messages newly written to history.
 pub const WK_PERSISTED: &str = "chat_worker_messages_persisted_total";
@@ -92,6 +103,9 @@ pub const WK_SHARDS_OWNED: &str = "chat_worker_shards_owned";
 pub const WK_STREAM_LAG: &str = "chat_worker_stream_lag_entries";
 /// Gauge: entries in this worker's shards read but not yet acked.
 pub const WK_STREAM_PENDING: &str = "chat_worker_stream_pending_entries";
+/// Counter: users whose last connection the janitor removed (a dead
+/// gateway's), announced with a `leave` when `PRESENCE_EVENTS` is on.
+pub const WK_PRESENCE_LEAVES: &str = "chat_worker_presence_leaves_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -155,6 +169,31 @@ pub fn install() -> Result<Exporter, metrics_exporter_prometheus::BuildError> {
 }
 
 fn describe_all() {
+    describe_counter!(
+        GW_EPHEMERAL_DELIVERED,
+        Unit::Count,
+        "Ephemeral frames (join, leave, typing, read) queued to local connections"
+    );
+    describe_counter!(
+        GW_EPHEMERAL_DROPPED,
+        Unit::Count,
+        "Ephemeral frames dropped because the member's outbound queue was full"
+    );
+    describe_counter!(
+        GW_TYPING_THROTTLED,
+        Unit::Count,
+        "Typing frames dropped by the one-per-second-per-connection limit"
+    );
+    describe_counter!(
+        GW_EPHEMERAL_PUBLISH_ERRORS,
+        Unit::Count,
+        "Ephemeral events that could not be published, by kind"
+    );
+    describe_counter!(
+        WK_PRESENCE_LEAVES,
+        Unit::Count,
+        "Users whose last connection the janitor removed with a dead gateway's entries"
+    );
     describe_counter!(
         GW_RATE_LIMITED,
         Unit::Count,

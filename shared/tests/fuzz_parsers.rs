@@ -177,16 +177,25 @@ fn delivery_batch() -> impl Strategy<Value = DeliveryBatch> {
             stamped_us,
         },
     );
+    let event = (".*", ".*", proptest::option::of(".*")).prop_map(|(room, frame, except_conn)| {
+        chat_shared::ephemeral::EphemeralEvent {
+            room,
+            frame,
+            except_conn,
+        }
+    });
     (
         proptest::collection::vec(delivery, 0..4),
         any::<i64>(),
         proptest::option::of(any::<i64>()),
+        proptest::collection::vec(event, 0..3),
     )
-        .prop_map(|(deliveries, published_us, probe)| DeliveryBatch {
+        .prop_map(|(deliveries, published_us, probe, events)| DeliveryBatch {
             v: chat_shared::envelope::VERSION,
             deliveries,
             published_us,
             probe,
+            events,
             bans: Vec::new(),
         })
 }

@@ -113,6 +113,8 @@ async fn chatter(
                     "history" => seen.received.extend(v["data"]["messages"].as_array().unwrap().iter().map(|m| {
                         (m["seq"].as_u64().unwrap(), m["id"].as_str().unwrap().to_owned())
                     })),
+                    // Presence announcements of the chatting clients.
+                    "join" | "leave" => {}
                     other => panic!("unexpected frame {other}: {v}"),
                 }
             }

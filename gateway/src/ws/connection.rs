@@ -12,8 +12,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
+use chat_shared::ephemeral::PresenceKind;
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::metrics as m;
+use chat_shared::presence::PresenceUser;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +28,7 @@ use super::Resume;
 use crate::auth::Identity;
 use crate::listener::AbortSwitch;
 use crate::presence;
+use crate::presence_events;
 use crate::state::AppState;
 
 /// How long the close frame may take before the socket is reset instead.
@@ -73,9 +76,9 @@ impl Connection {
         let (tx, deliveries) = mpsc::channel(state.config.outbound_queue as usize);
         // The reader queues its replies in the same queue as live deliveries.
         let replies = tx.clone();
-        let user: std::sync::Arc<str> = match &identity {
-            Some(i) => i.user_id.as_str().into(),
-            None => username.as_str().into(),
+        let user = match &identity {
+            Some(i) => PresenceUser::new(i.name.as_str(), Some(&i.user_id)),
+            None => PresenceUser::new(username.as_str(), None),
         };
         let membership = state
             .rooms
@@ -92,73 +95,97 @@ impl Connection {
             state: state.clone(),
             room: room.clone(),
         };
-        let reason =
-            match presence::add_connection(&state.redis, &state.gateway_id, &room, &conn_key).await
-            {
-                Err(e) => {
-                    metrics::counter!(m::GW_REDIS_ERRORS, "op" => "register").increment(1);
-                    tracing::warn!(error = %e, "Cannot register connection in Redis");
-                    CloseReason::Unavailable
-                }
-                // Checked again once registered: a ban placed while this
-                // connection was being admitted found no connection to close.
-                Ok(()) if banned_now(&state, &room, &user).await => CloseReason::Banned,
-                Ok(()) => {
-                    let cfg = &state.config;
-                    match recovery::join(&history, &room, resume.as_ref(), cfg.history_on_join)
+        let me = chat_shared::keys::connection_member(&state.gateway_id, &conn_key);
+        let registered =
+            presence::add_connection(&state.redis, &state.gateway_id, &room, &conn_key, &user)
+                .await;
+        let reason = match registered {
+            Err(e) => {
+                metrics::counter!(m::GW_REDIS_ERRORS, "op" => "register").increment(1);
+                tracing::warn!(error = %e, "Cannot register connection in Redis");
+                CloseReason::Unavailable
+            }
+            // Checked again once registered: a ban placed while this
+            // connection was being admitted found no connection to close.
+            // Its join is announced too, so the leave on close pairs with it.
+            Ok(joined) if banned_now(&state, &room, &user.key).await => {
+                presence_events::announce_except(
+                    &state,
+                    &room,
+                    PresenceKind::Join,
+                    &joined,
+                    Some(&me),
+                )
+                .await;
+                CloseReason::Banned
+            }
+            Ok(joined) => {
+                // The other members learn it; the joiner knows.
+                presence_events::announce_except(
+                    &state,
+                    &room,
+                    PresenceKind::Join,
+                    &joined,
+                    Some(&me),
+                )
+                .await;
+                let cfg = &state.config;
+                match recovery::join(&history, &room, resume.as_ref(), cfg.history_on_join).await {
+                    Err(e) => {
+                        metrics::counter!(m::GW_REDIS_ERRORS, "op" => "history").increment(1);
+                        tracing::warn!(error = %e, "Cannot read history on join");
+                        CloseReason::Unavailable
+                    }
+                    Ok(joined) => {
+                        let limits = WriterLimits {
+                            write_timeout: cfg.write_timeout(),
+                            ping_interval: cfg.ping_interval(),
+                            reset_tail: cfg.history_on_join,
+                        };
+                        let writer = Writer::new(
+                            room.clone(),
+                            history,
+                            joined.cursor,
+                            deliveries,
+                            kick.clone(),
+                            limits,
+                        );
+                        let reader = Reader::new(
+                            state.clone(),
+                            room.clone(),
+                            username,
+                            identity,
+                            client_ip,
+                            replies,
+                        )
+                        .with_conn_key(&conn_key);
+                        serve(
+                            &mut sink,
+                            &mut stream,
+                            joined.frames,
+                            reader,
+                            writer,
+                            &kick,
+                            limits,
+                        )
                         .await
-                    {
-                        Err(e) => {
-                            metrics::counter!(m::GW_REDIS_ERRORS, "op" => "history").increment(1);
-                            tracing::warn!(error = %e, "Cannot read history on join");
-                            CloseReason::Unavailable
-                        }
-                        Ok(joined) => {
-                            let limits = WriterLimits {
-                                write_timeout: cfg.write_timeout(),
-                                ping_interval: cfg.ping_interval(),
-                                reset_tail: cfg.history_on_join,
-                            };
-                            let writer = Writer::new(
-                                room.clone(),
-                                history,
-                                joined.cursor,
-                                deliveries,
-                                kick.clone(),
-                                limits,
-                            );
-                            let reader = Reader::new(
-                                state.clone(),
-                                room.clone(),
-                                username,
-                                identity,
-                                client_ip,
-                                replies,
-                            );
-                            serve(
-                                &mut sink,
-                                &mut stream,
-                                joined.frames,
-                                reader,
-                                writer,
-                                &kick,
-                                limits,
-                            )
-                            .await
-                        }
                     }
                 }
-            };
+            }
+        };
 
         close(&mut sink, reason, &abort).await;
         drop(membership);
         // Also after a failed registration: removing a member that is not
         // there changes nothing.
-        if let Err(e) =
-            presence::remove_connection(&state.redis, &state.gateway_id, &room, &conn_key).await
-        {
-            metrics::counter!(m::GW_REDIS_ERRORS, "op" => "unregister").increment(1);
-            tracing::warn!(error = %e, "Cannot remove connection from Redis; the janitor will");
+        match presence::remove_connection(&state.redis, &state.gateway_id, &room, &conn_key).await {
+            Ok(removed) => {
+                presence_events::announce(&state, &room, PresenceKind::Leave, &removed.left).await;
+            }
+            Err(e) => {
+                metrics::counter!(m::GW_REDIS_ERRORS, "op" => "unregister").increment(1);
+                tracing::warn!(error = %e, "Cannot remove connection from Redis; the janitor will");
+            }
         }
         state
             .connections

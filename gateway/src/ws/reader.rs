@@ -22,6 +22,8 @@ use chat_shared::protocol::{
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
+mod room;
+
 use super::close::CloseReason;
 use crate::append::{self, AppendError, Draft};
 use crate::auth::Identity;
@@ -48,6 +50,8 @@ pub(super) struct Reader {
     bucket: TokenBucket,
     /// The room is known to exist (has history): no creation budget to spend.
     room_exists: bool,
+    /// Typing limit and Redis member for the ephemeral room features.
+    features: room::RoomFeatures,
 }
 
 impl Reader {
@@ -74,6 +78,7 @@ impl Reader {
             replies,
             bucket,
             room_exists: false,
+            features: room::RoomFeatures::default(),
         }
     }
 
@@ -191,6 +196,9 @@ impl Reader {
             Ok(ClientFrame::Message(msg)) => self.on_message(msg).await,
             Ok(ClientFrame::History(req)) => self.on_history(req).await,
             Ok(ClientFrame::Refresh(token)) => self.on_refresh(&token).await,
+            Ok(ClientFrame::Presence) => self.on_presence().await,
+            Ok(ClientFrame::Typing(active)) => self.on_typing(active).await,
+            Ok(ClientFrame::Read(seq)) => self.on_read(seq).await,
             Ok(ClientFrame::Edit(req)) => {
                 let event = RoomEvent {
                     kind: EventKind::Edit,

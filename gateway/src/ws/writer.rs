@@ -3,7 +3,8 @@
 //!
 //! It drains the connection's bounded queue — live deliveries from the local
 //! registry and replies (acks, errors, history pages) from the reader — and
-//! sends pings.
+//! sends pings. Ephemeral frames (join, leave, typing, read) have no `seq`
+//! and are written as they come.
 //! Every live delivery passes the [`Cursor`]: repeats are dropped, and a gap is
 //! filled from history before the message behind it is sent. A gap that cannot
 //! be filled (Redis failing on every retry) closes the connection with 1011, so
@@ -128,6 +129,8 @@ impl<H: HistorySource> Writer<H> {
             Outbound::Message(live) => self.deliver_live(sink, live).await?,
             Outbound::Resync => Box::pin(self.fill_gap(sink, u64::MAX)).await?,
             Outbound::Reply(frame) => self.feed(sink, Message::Text(frame)).await?,
+            // No `seq`: written as-is, outside the cursor.
+            Outbound::Ephemeral(frame) => self.feed(sink, Message::Text(frame)).await?,
             Outbound::ReaderDone => return Ok(true),
             Outbound::Banned => return Err(CloseReason::Banned),
         }

@@ -11,7 +11,7 @@ use super::room_events::{
     check_attachments, check_target, parse_delete, parse_edit, parse_react, Attachment,
     DeleteRequest, EditRequest, ReactRequest,
 };
-use super::{ErrorCode, Limits, ProtocolError};
+use super::{room_inbound, ErrorCode, Limits, ProtocolError};
 use crate::ids::{RoomId, Username, MAX_CLIENT_ID_CHARS};
 
 /// A validated client request.
@@ -23,6 +23,12 @@ pub enum ClientFrame {
     History(HistoryRequest),
     /// `{"type":"refresh","data":{"token":T}}`: replace the connection's token.
     Refresh(String),
+    /// `{"type":"presence"}`: ask who is in the room.
+    Presence,
+    /// `{"type":"typing","data":{"active":B}}`: the sender is (not) typing.
+    Typing(bool),
+    /// `{"type":"read","data":{"seq":N}}`: the sender has read up to `seq`.
+    Read(u64),
     /// `{"type":"edit",..}`: change the text of a message.
     Edit(EditRequest),
     /// `{"type":"delete",..}`: delete a message.
@@ -129,6 +135,9 @@ pub fn parse_client_frame(
         "message" => parse_message(raw.data, room, limits).map(ClientFrame::Message),
         "history" => parse_history(raw.data, limits).map(ClientFrame::History),
         "refresh" => parse_refresh(raw.data).map(ClientFrame::Refresh),
+        "presence" => Ok(ClientFrame::Presence),
+        "typing" => room_inbound::parse_typing(raw.data).map(ClientFrame::Typing),
+        "read" => room_inbound::parse_read(raw.data).map(ClientFrame::Read),
         "edit" => parse_edit(raw.data, room, limits).map(ClientFrame::Edit),
         "delete" => parse_delete(raw.data, room).map(ClientFrame::Delete),
         "react" => parse_react(raw.data, room).map(ClientFrame::React),
@@ -380,6 +389,40 @@ mod tests {
             code(r#"{"type":"history","data":{"limit":-1}}"#),
             ErrorCode::InvalidParameter
         );
+    }
+
+    #[test]
+    fn room_feature_frames() {
+        assert_eq!(
+            parse(r#"{"type":"presence"}"#).unwrap(),
+            ClientFrame::Presence
+        );
+        assert_eq!(
+            parse(r#"{"type":"typing","data":{"active":false}}"#).unwrap(),
+            ClientFrame::Typing(false)
+        );
+        assert_eq!(
+            parse(r#"{"type":"read","data":{"seq":0,"x":1}}"#).unwrap(),
+            ClientFrame::Read(0)
+        );
+        for bad in [
+            r#"{"type":"typing"}"#,
+            r#"{"type":"typing","data":{}}"#,
+            r#"{"type":"typing","data":{"active":"yes"}}"#,
+            r#"{"type":"typing","data":{"active":1}}"#,
+            r#"{"type":"read","data":[1]}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadFrame, "{bad}");
+        }
+        for bad in [
+            r#"{"type":"read"}"#,
+            r#"{"type":"read","data":{}}"#,
+            r#"{"type":"read","data":{"seq":-1}}"#,
+            r#"{"type":"read","data":{"seq":1.5}}"#,
+            r#"{"type":"read","data":{"seq":"3"}}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::InvalidParameter, "{bad}");
+        }
     }
 
     #[test]

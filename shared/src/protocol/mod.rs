@@ -8,6 +8,8 @@
 //!   WebSocket frames and HTTP bodies alike; stored records are embedded as
 //!   [`serde_json::value::RawValue`], so a message is serialized once and
 //!   never re-encoded per client.
+//! - `room_inbound`: the parsers of the ephemeral room-feature frames
+//!   (`presence`, `typing`, `read`).
 //!
 //! This module holds what both directions share: the closed set of error
 //! codes and the validation limits.
@@ -15,6 +17,7 @@
 pub mod inbound;
 pub mod outbound;
 pub mod room_events;
+mod room_inbound;
 
 use serde::Serialize;
 

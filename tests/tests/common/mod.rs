@@ -685,6 +685,11 @@ pub use chat_tests::{http_get, rss_bytes};
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Frame types of the ephemeral room events (`PRESENCE_EVENTS`, typing,
+/// read receipts): a [`Client`] skips them unless `ephemeral` is set, so
+/// tests of other features see the frame sequences they assert on.
+pub const EPHEMERAL_TYPES: [&str; 4] = ["join", "leave", "typing", "read"];
+
 /// A WebSocket client speaking the chat protocol.
 pub struct Client {
     ws: Ws,
@@ -692,6 +697,8 @@ pub struct Client {
     pub closed: Option<(u16, String)>,
     /// The client socket's local port, when the harness opened it itself.
     pub local_port: Option<u16>,
+    /// Whether ephemeral frames ([`EPHEMERAL_TYPES`]) are returned (else skipped).
+    pub ephemeral: bool,
 }
 
 impl Client {
@@ -705,6 +712,7 @@ impl Client {
             ws,
             closed: None,
             local_port: None,
+            ephemeral: false,
         }
     }
 
@@ -719,6 +727,7 @@ impl Client {
             ws,
             closed: None,
             local_port: None,
+            ephemeral: false,
         };
         loop {
             let v = c.next_json_within(DEADLINE).await?;
@@ -746,12 +755,21 @@ impl Client {
             ws,
             closed: None,
             local_port,
+            ephemeral: false,
         }
     }
 
     /// Connects and consumes the join `history` frame, returning it.
     pub async fn join(url: &str) -> (Self, Value) {
         let mut c = Self::connect(url).await;
+        let h = c.next_of_type("history").await;
+        (c, h)
+    }
+
+    /// Like [`Self::join`], for a client that also receives ephemeral frames.
+    pub async fn join_ephemeral(url: &str) -> (Self, Value) {
+        let mut c = Self::connect(url).await;
+        c.ephemeral = true;
         let h = c.next_of_type("history").await;
         (c, h)
     }
@@ -784,9 +802,13 @@ impl Client {
             let msg = tokio::time::timeout(left, self.ws.next()).await.ok()??;
             match msg {
                 Ok(Message::Text(t)) => {
-                    return Some(
-                        serde_json::from_str(t.as_str()).expect("server sent invalid JSON"),
-                    )
+                    let v: Value =
+                        serde_json::from_str(t.as_str()).expect("server sent invalid JSON");
+                    let kind = v["type"].as_str().unwrap_or_default();
+                    if !self.ephemeral && EPHEMERAL_TYPES.contains(&kind) {
+                        continue;
+                    }
+                    return Some(v);
                 }
                 Ok(Message::Close(f)) => {
                     self.closed = f.map(|f| (u16::from(f.code), f.reason.to_string()));
