@@ -5,7 +5,10 @@
 //! (Lua, idempotent: `persist`), marks the batch's rooms active and, after
 //! those writes, reads which gateways own connections in the rooms. The second
 //! publishes one delivery batch per gateway (`publish`), `XACK`s the entries
-//! and trims the stream below them (never below a pending entry: `stream`).
+//! and trims the stream below them (never below a pending entry: `stream`);
+//! with webhooks on, it also queues the routed records in the shard's
+//! webhook outbox (`webhook::outbox`), so a record is queued before its entry
+//! is acked, and the batch never waits on HTTP.
 //! Entries are acked only after they are persisted and published, and only
 //! while the lease surely holds, so a crash or a lost lease at any point
 //! leaves them pending for the next holder, which redoes them idempotently.
@@ -29,6 +32,7 @@ use crate::lease::LeaseClock;
 use crate::persist::{self, Persisted};
 use crate::publish::{self, Routing};
 use crate::stream::Scripts;
+use crate::webhook::outbox::Outbox;
 use crate::Context;
 
 /// Where a batch's entries come from.
@@ -47,6 +51,8 @@ pub(crate) struct BatchScripts<'a> {
     pub(crate) persist: &'a redis::Script,
     /// The stream scripts (trim).
     pub(crate) stream: &'a Scripts,
+    /// The shard's webhook outbox, when webhooks are on.
+    pub(crate) outbox: Option<Outbox<'a>>,
 }
 
 /// Runs one non-empty batch of `stream` through the four stages.
@@ -71,12 +77,13 @@ pub(crate) async fn process(
         return Ok(());
     }
     let stored = persist_and_look_up(c, scripts.persist, &ctx.config, &batch.items).await?;
-    let routing = route(&batch.items, stored, now_us());
+    let now = now_us();
+    let routed = route(&batch.items, stored, now, scripts.outbox.is_some());
     if !lease.is_valid() {
         // Persisted (idempotently) but not acked: the next holder publishes.
         return Ok(());
     }
-    acknowledge(c, scripts.stream, stream, &batch.ids, routing).await
+    acknowledge(c, scripts, stream, &batch.ids, routed, now).await
 }
 
 /// One decoded entry of a batch.
@@ -230,12 +237,24 @@ fn split_replies(
     Ok((persisted, gateways))
 }
 
+/// What the route stage produced.
+#[derive(Debug, Default)]
+struct Routed {
+    /// One delivery batch per gateway.
+    routing: Routing,
+    /// Every routed record, in stream order, for the webhook outbox (empty
+    /// when webhooks are off).
+    webhook: Vec<Delivery>,
+}
+
 /// Stage 3: turns what was stored into one delivery batch per gateway, in
-/// stream order. An entry stored before (re-processed after a takeover) is
+/// stream order, and (with `webhooks`) the list of records to queue for the
+/// webhook. An entry stored before (re-processed after a takeover) is
 /// delivered again with its stored record and `seq`, since its first delivery
 /// may not have happened; one whose record left history is skipped.
-fn route(items: &[Item], stored: Stored, now_us: i64) -> Routing {
+fn route(items: &[Item], stored: Stored, now_us: i64, webhooks: bool) -> Routed {
     let mut routing = Routing::default();
+    let mut webhook = Vec::new();
     // Metric handles resolved once per batch, not per message.
     let publish_latency = metrics::histogram!(m::WK_PUBLISH_LATENCY_SECONDS);
     let persisted_total = metrics::counter!(m::WK_PERSISTED);
@@ -277,44 +296,63 @@ fn route(items: &[Item], stored: Stored, now_us: i64) -> Routing {
         if let Some(gws) = stored.gateways.get(idx) {
             routing.route(&delivery, gws);
         }
+        if webhooks {
+            webhook.push(delivery);
+        }
     }
-    routing
+    Routed { routing, webhook }
 }
 
-/// Stage 4: publishes the delivery batches, acks every entry of the batch and
-/// trims the stream, in one round trip.
+/// Stage 4: publishes the delivery batches, queues the records for the
+/// webhook, acks every entry of the batch and trims the stream, in one round
+/// trip.
 async fn acknowledge(
     c: &mut MultiplexedConnection,
-    scripts: &Scripts,
+    scripts: &BatchScripts<'_>,
     stream: &str,
     ids: &[String],
-    routing: Routing,
+    routed: Routed,
+    now_us: i64,
 ) -> Result<(), RedisError> {
-    let (pipe, published) = ack_pipeline(scripts, stream, ids, routing);
+    let mut pipe = redis::pipe();
+    // The outbox append goes first: its reply is the pipeline's only one.
+    let queued = match &scripts.outbox {
+        Some(outbox) => outbox.add_append(&mut pipe, &routed.webhook, now_us),
+        None => false,
+    };
+    let published = add_ack(&mut pipe, scripts.stream, stream, ids, routed.routing);
     let started = Instant::now();
-    pipe.query_async::<()>(c).await?;
+    let replies: Vec<u64> = pipe.query_async(c).await?;
     metrics::counter!(m::WK_PUBLISHES).increment(published as u64);
+    if queued {
+        let dropped = replies.first().copied().unwrap_or(0);
+        if dropped > 0 {
+            metrics::counter!(m::WK_WEBHOOK_EVENTS_DROPPED, "reason" => "queue_full")
+                .increment(dropped);
+            tracing::debug!(stream, dropped, "Webhook outbox full; records dropped");
+        }
+    }
     tracing::trace!(stream, entries = ids.len(), published, elapsed = ?started.elapsed(), "Batch done");
     Ok(())
 }
 
-/// The acknowledge stage's pipeline, publishes first, and how many
-/// publishes it holds.
-fn ack_pipeline(
+/// Adds the acknowledge stage's publishes, then the ack and trim, to `pipe`
+/// (none of them has a reply); returns how many publishes it added.
+fn add_ack(
+    pipe: &mut redis::Pipeline,
     scripts: &Scripts,
     stream: &str,
     ids: &[String],
     routing: Routing,
-) -> (redis::Pipeline, usize) {
-    let mut pipe = redis::pipe();
-    let published = routing.add_publishes(&mut pipe);
+) -> usize {
+    let published = routing.add_publishes(pipe);
     if let Some(last) = ids.last() {
         pipe.xack(stream, keys::CONSUMER_GROUP, ids).ignore();
         // Everything up to `last` is processed and acked: entries below it
         // can go, unless still pending (held, or a failed batch's).
-        scripts.add_trim(&mut pipe, stream, last);
+        scripts.add_trim(pipe, stream, last);
     }
-    (pipe, published)
+    published
 }
 
 /// A fresh epoch candidate; only used when a room's state is created.
@@ -493,7 +531,9 @@ mod tests {
             rooms: vec![RoomId::parse("a").unwrap(), RoomId::parse("b").unwrap()],
             gateways: vec![vec!["g1".into(), "g2".into()], vec!["g2".into()]],
         };
-        let routing = route(&items, stored, 10);
+        let Routed { routing, webhook } = route(&items, stored, 10, true);
+        let queued: Vec<_> = webhook.iter().map(|d| (d.room.as_str(), d.seq)).collect();
+        assert_eq!(queued, [("a", 5), ("b", 3)]);
         let seqs = |gw| {
             routing
                 .deliveries(gw)
@@ -506,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn ack_pipeline_publishes_then_acks_and_trims_every_entry() {
+    fn ack_publishes_then_acks_and_trims_every_entry() {
         let mut routing = Routing::default();
         let delivery = Delivery {
             room: "a".into(),
@@ -518,7 +558,8 @@ mod tests {
         routing.route(&delivery, &["g1".into()]);
         let ids = ["1-0".to_owned(), "2-0".to_owned()];
         let scripts = Scripts::new();
-        let (pipe, published) = ack_pipeline(&scripts, "s", &ids, routing);
+        let mut pipe = redis::pipe();
+        let published = add_ack(&mut pipe, &scripts, "s", &ids, routing);
         assert_eq!(published, 1);
         let cmds = commands(&pipe);
         assert_eq!(cmds.len(), 3);
@@ -527,7 +568,8 @@ mod tests {
         assert!(cmds[2].starts_with("EVALSHA "), "{}", cmds[2]);
         assert!(cmds[2].ends_with(&format!(" 1 s {} 2-0", keys::CONSUMER_GROUP)));
         // Nothing to ack (all held): no ack, no trim.
-        let (pipe, _) = ack_pipeline(&scripts, "s", &[], Routing::default());
+        let mut pipe = redis::pipe();
+        add_ack(&mut pipe, &scripts, "s", &[], Routing::default());
         assert!(commands(&pipe).is_empty());
     }
 }
