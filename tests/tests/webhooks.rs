@@ -7,8 +7,9 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -46,6 +47,8 @@ struct Hook {
     requests: AtomicUsize,
     /// Requests whose signature did not match.
     bad_signatures: AtomicUsize,
+    /// How long an accepted request takes to answer, in milliseconds.
+    delay_ms: AtomicU64,
     /// The events of accepted requests, in arrival order.
     events: Mutex<Vec<Value>>,
 }
@@ -81,6 +84,7 @@ impl Receiver {
             mode: AtomicU8::new(mode as u8),
             requests: AtomicUsize::new(0),
             bad_signatures: AtomicUsize::new(0),
+            delay_ms: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
@@ -111,6 +115,8 @@ async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes)
         1 => StatusCode::INTERNAL_SERVER_ERROR,
         2 => std::future::pending().await,
         _ => {
+            let delay = hook.delay_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
             let v: Value = serde_json::from_slice(&body).expect("webhook body is JSON");
             let events = v["events"].as_array().expect("body has events").clone();
             hook.events.lock().unwrap().extend(events);
@@ -362,6 +368,18 @@ async fn a_worker_sigkill_loses_no_webhook_record() {
         }
     }
     let events = wait_for_all(&receiver.hook, &want).await;
+    // The survivor took the killed worker's shards over.
+    let addr = owned(&w2);
+    eventually("the survivor holds every shard", DEADLINE, || {
+        let addr = addr.clone();
+        async move { (metric(&addr, "chat_worker_shards_owned").await? == 4.0).then_some(()) }
+    })
+    .await;
+    eprintln!(
+        "webhook records received: {} for {} acked",
+        events.len(),
+        want.len()
+    );
     assert_eq!(receiver.hook.bad_signatures.load(Ordering::SeqCst), 0);
     let per_room = assert_in_order(&events);
     for room in rooms {
