@@ -156,5 +156,15 @@ mod tests {
         assert!(ftp.validate().unwrap_err().contains("WEBHOOK_URL"));
         let both = ["--webhook-secret", "s", "--webhook-secret-file", "/f"];
         assert!(parse(&both).is_err());
+        let missing = [
+            "--webhook-url",
+            url,
+            "--webhook-secret-file",
+            "/nonexistent/s",
+        ];
+        let e = parse(&missing).unwrap().validate().unwrap_err();
+        assert!(e.contains("WEBHOOK_SECRET_FILE=/nonexistent/s"), "{e}");
+        let empty = ["--webhook-url", url, "--webhook-secret", ""];
+        assert!(parse(&empty).unwrap().validate().is_err());
     }
 }

@@ -84,7 +84,8 @@ pub struct WebhookArgs {
 }
 
 impl WebhookArgs {
-    /// Checks that a URL comes with a secret and an HTTP scheme.
+    /// Checks that a URL comes with an HTTP scheme and a usable secret (a
+    /// secret file is read here, so a bad one stops start-up with 64).
     ///
     /// # Errors
     /// A message naming the option at fault.
@@ -97,10 +98,10 @@ impl WebhookArgs {
                 "WEBHOOK_URL={url} must start with http:// or https://"
             ));
         }
-        if self.webhook_secret.is_none() && self.webhook_secret_file.is_none() {
-            return Err("WEBHOOK_URL needs WEBHOOK_SECRET or WEBHOOK_SECRET_FILE".into());
+        match self.secret()? {
+            Some(_) => Ok(()),
+            None => Err("WEBHOOK_URL needs WEBHOOK_SECRET or WEBHOOK_SECRET_FILE".into()),
         }
-        Ok(())
     }
 
     /// The secret, read from `WEBHOOK_SECRET_FILE` when given there.
