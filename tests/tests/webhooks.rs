@@ -386,3 +386,75 @@ async fn a_worker_sigkill_loses_no_webhook_record() {
         assert_eq!(per_room[room], 20, "room {room}");
     }
 }
+
+#[tokio::test]
+async fn a_batch_is_given_up_after_its_last_attempt_and_counted() {
+    let redis = Redis::start().await;
+    let receiver = Receiver::start(Mode::Fail).await;
+    let env = worker_env(
+        &receiver,
+        &[
+            ("WEBHOOK_MAX_ATTEMPTS", "2"),
+            ("WEBHOOK_BACKOFF_MAX_MS", "10"),
+        ],
+    );
+    let w = start_worker(&redis.url(), "w1", &env).await;
+    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let (mut c, _) = Client::join(&gw.ws_url("room=wh-give-up&username=tester")).await;
+    acked(&mut c, message("wh-give-up", "lost", "c-lost")).await;
+    let addr = format!("127.0.0.1:{}", w.metrics_port);
+    let series = r#"chat_worker_webhook_events_dropped_total{reason="gave_up"}"#;
+    eventually("the batch is given up", DEADLINE, || async {
+        (metric(&addr, series).await? == 1.0).then_some(())
+    })
+    .await;
+    // The queue moves on: the next record is delivered once the receiver works.
+    receiver.hook.set(Mode::Accept);
+    let next = acked(&mut c, message("wh-give-up", "kept", "c-kept")).await;
+    let events = wait_for_all(&receiver.hook, &HashSet::from([next.clone()])).await;
+    let keys: Vec<String> = events.iter().map(key_of).collect();
+    assert_eq!(keys, [next]);
+    assert_eq!(events[0]["seq"], 2);
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_new_records() {
+    let redis = Redis::start().await;
+    let receiver = Receiver::start(Mode::Hang).await;
+    let env = worker_env(
+        &receiver,
+        &[
+            ("WEBHOOK_QUEUE_MAX", "3"),
+            ("WEBHOOK_TIMEOUT_MS", "2000"),
+            ("WEBHOOK_BACKOFF_MAX_MS", "10"),
+            ("WEBHOOK_MAX_ATTEMPTS", "1000000"),
+        ],
+    );
+    let w = start_worker(&redis.url(), "w1", &env).await;
+    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let (mut c, _) = Client::join(&gw.ws_url("room=wh-full&username=tester")).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            acked(
+                &mut c,
+                message("wh-full", &format!("m{i}"), &format!("c{i}")),
+            )
+            .await,
+        );
+    }
+    // The records in the outbox (in flight or waiting) count against the
+    // cap until they are delivered: 3 are kept, 7 dropped.
+    let addr = format!("127.0.0.1:{}", w.metrics_port);
+    let series = r#"chat_worker_webhook_events_dropped_total{reason="queue_full"}"#;
+    eventually("seven records are dropped", DEADLINE, || async {
+        (metric(&addr, series).await? == 7.0).then_some(())
+    })
+    .await;
+    receiver.hook.set(Mode::Accept);
+    let kept: HashSet<String> = ids[..3].iter().cloned().collect();
+    let events = wait_for_all(&receiver.hook, &kept).await;
+    let got: HashSet<String> = events.iter().map(key_of).collect();
+    assert_eq!(got, kept);
+    assert_eq!(assert_in_order(&events)["wh-full"], 3);
+}
