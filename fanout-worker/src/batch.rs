@@ -6,9 +6,10 @@
 //! those writes, reads which gateways own connections in the rooms. The second
 //! publishes one delivery batch per gateway (`publish`), `XACK`s the entries
 //! and trims the stream below them (never below a pending entry: `stream`);
-//! with webhooks on, it also queues the routed records in the shard's
-//! webhook outbox (`webhook::outbox`), so a record is queued before its entry
-//! is acked, and the batch never waits on HTTP.
+//! with webhooks on, the `XACK` is done by a script that first queues the
+//! routed records in the shard's webhook outbox (`webhook::outbox`), so an
+//! entry is never acked before its records are queued, and the batch never
+//! waits on HTTP.
 //! Entries are acked only after they are persisted and published, and only
 //! while the lease surely holds, so a crash or a lost lease at any point
 //! leaves them pending for the next holder, which redoes them idempotently.
@@ -315,44 +316,46 @@ async fn acknowledge(
     now_us: i64,
 ) -> Result<(), RedisError> {
     let mut pipe = redis::pipe();
-    // The outbox append goes first: its reply is the pipeline's only one.
+    let published = routed.routing.add_publishes(&mut pipe);
+    // With webhooks, one script queues the records and then acks the
+    // entries (so an entry is never acked unless its records are queued);
+    // its answer is the pipeline's only reply.
     let queued = match &scripts.outbox {
-        Some(outbox) => outbox.add_append(&mut pipe, &routed.webhook, now_us),
+        Some(outbox) => outbox.add_append_and_ack(&mut pipe, &routed.webhook, now_us, stream, ids),
         None => false,
     };
-    let published = add_ack(&mut pipe, scripts.stream, stream, ids, routed.routing);
+    add_ack_and_trim(&mut pipe, scripts.stream, stream, ids, !queued);
     let started = Instant::now();
     let replies: Vec<u64> = pipe.query_async(c).await?;
     metrics::counter!(m::WK_PUBLISHES).increment(published as u64);
-    if queued {
-        let dropped = replies.first().copied().unwrap_or(0);
-        if dropped > 0 {
-            metrics::counter!(m::WK_WEBHOOK_EVENTS_DROPPED, "reason" => "queue_full")
-                .increment(dropped);
-            tracing::debug!(stream, dropped, "Webhook outbox full; records dropped");
-        }
+    let dropped = replies.first().copied().unwrap_or(0);
+    if dropped > 0 {
+        metrics::counter!(m::WK_WEBHOOK_EVENTS_DROPPED, "reason" => "queue_full")
+            .increment(dropped);
+        tracing::debug!(stream, dropped, "Webhook outbox full; records dropped");
     }
     tracing::trace!(stream, entries = ids.len(), published, elapsed = ?started.elapsed(), "Batch done");
     Ok(())
 }
 
-/// Adds the acknowledge stage's publishes, then the ack and trim, to `pipe`
-/// (none of them has a reply); returns how many publishes it added.
-fn add_ack(
+/// Adds the acknowledge stage's `XACK` (unless `ack` is false: the outbox
+/// script acked already) and trim to `pipe`, after the publishes: an entry
+/// is acked only once its deliveries are on their way. Neither has a reply.
+fn add_ack_and_trim(
     pipe: &mut redis::Pipeline,
     scripts: &Scripts,
     stream: &str,
     ids: &[String],
-    routing: Routing,
-) -> usize {
-    let published = routing.add_publishes(pipe);
+    ack: bool,
+) {
     if let Some(last) = ids.last() {
-        pipe.xack(stream, keys::CONSUMER_GROUP, ids).ignore();
+        if ack {
+            pipe.xack(stream, keys::CONSUMER_GROUP, ids).ignore();
+        }
         // Everything up to `last` is processed and acked: entries below it
         // can go, unless still pending (held, or a failed batch's).
         scripts.add_trim(pipe, stream, last);
     }
-    published
 }
 
 /// A fresh epoch candidate; only used when a room's state is created.
@@ -559,17 +562,21 @@ mod tests {
         let ids = ["1-0".to_owned(), "2-0".to_owned()];
         let scripts = Scripts::new();
         let mut pipe = redis::pipe();
-        let published = add_ack(&mut pipe, &scripts, "s", &ids, routing);
-        assert_eq!(published, 1);
+        assert_eq!(routing.add_publishes(&mut pipe), 1);
+        add_ack_and_trim(&mut pipe, &scripts, "s", &ids, true);
         let cmds = commands(&pipe);
         assert_eq!(cmds.len(), 3);
         assert!(cmds[0].starts_with(&format!("PUBLISH {} ", keys::gateway_channel("g1"))));
         assert_eq!(cmds[1], format!("XACK s {} 1-0 2-0", keys::CONSUMER_GROUP));
         assert!(cmds[2].starts_with("EVALSHA "), "{}", cmds[2]);
         assert!(cmds[2].ends_with(&format!(" 1 s {} 2-0", keys::CONSUMER_GROUP)));
+        // Acked by the outbox script: only the trim.
+        let mut pipe = redis::pipe();
+        add_ack_and_trim(&mut pipe, &scripts, "s", &ids, false);
+        assert_eq!(commands(&pipe).len(), 1);
         // Nothing to ack (all held): no ack, no trim.
         let mut pipe = redis::pipe();
-        add_ack(&mut pipe, &scripts, "s", &[], Routing::default());
+        add_ack_and_trim(&mut pipe, &scripts, "s", &[], true);
         assert!(commands(&pipe).is_empty());
     }
 }

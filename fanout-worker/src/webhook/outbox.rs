@@ -1,10 +1,11 @@
 //! The durable webhook queue: one stream per shard, `chat:webhooks:{shard-<n>}`.
 //!
 //! The shard task appends every routed record to its shard's outbox in the
-//! same round trip that publishes the batch and acks its stream entries
-//! (`batch`), so a record acked off the shard stream is already in the
-//! outbox: a worker killed at any point loses nothing, at worst the batch is
-//! redone and its records are queued twice (same `id` and `seq`). The
+//! same round trip that publishes the batch (`batch`), in one script that
+//! then acks the batch's stream entries: an entry is acked only once its
+//! records are in the outbox, so a worker killed at any point loses nothing;
+//! at worst the batch is redone and its records are queued twice (same `id`
+//! and `seq`). The
 //! outbox shares the shard's hash tag, so on Redis Cluster it lives with the
 //! shard's stream and lease and the fenced read script can check the lease.
 //!
@@ -26,20 +27,29 @@ pub(crate) const RECORD_FIELD: &str = "record";
 /// Field of an outbox entry holding when the record was persisted (µs).
 pub(crate) const PERSISTED_FIELD: &str = "at";
 
-/// KEYS: outbox. ARGV: cap, persisted time (µs), then one record per
-/// argument. Appends while the outbox is below the cap; returns how many
-/// records were dropped.
+/// KEYS: outbox, shard stream. ARGV: cap, persisted time (µs), the shard
+/// stream's group, the number of records `n`, the `n` records, then the
+/// stream ids to ack. Appends the records while the outbox is below the cap,
+/// then acks the ids; returns how many records were dropped. A failing
+/// `XADD` (out of memory) aborts the script before the ack, so the entries
+/// stay pending and the batch is redone.
 const APPEND_LUA: &str = r#"
-local cap = tonumber(ARGV[1])
+local cap, n = tonumber(ARGV[1]), tonumber(ARGV[4])
 local len = redis.call('XLEN', KEYS[1])
 local dropped = 0
-for i = 3, #ARGV do
+for i = 5, 4 + n do
   if len >= cap then
     dropped = dropped + 1
   else
     redis.call('XADD', KEYS[1], '*', 'record', ARGV[i], 'at', ARGV[2])
     len = len + 1
   end
+end
+local first = 5 + n
+while first <= #ARGV do
+  local last = math.min(first + 999, #ARGV)
+  redis.call('XACK', KEYS[2], ARGV[3], unpack(ARGV, first, last))
+  first = last + 1
 end
 return dropped
 "#;
@@ -61,23 +71,31 @@ pub(crate) struct Outbox<'a> {
 }
 
 impl Outbox<'_> {
-    /// Adds the append of `records` (persisted at `at_us`) to `pipe`; its
-    /// reply is the number of records dropped. Nothing is added for no
-    /// records, so the pipeline then has no reply for it.
-    pub(crate) fn add_append(
+    /// Adds the append of `records` (persisted at `at_us`) to the outbox,
+    /// then the ack of the shard stream's `ids`, as one script call; its
+    /// reply is the number of records dropped. Adds nothing (and returns
+    /// `false`) when there is neither a record nor an id.
+    pub(crate) fn add_append_and_ack(
         &self,
         pipe: &mut redis::Pipeline,
         records: &[Delivery],
         at_us: i64,
+        stream: &str,
+        ids: &[String],
     ) -> bool {
-        if records.is_empty() {
+        if records.is_empty() && ids.is_empty() {
             return false;
         }
         let mut inv = self.script.key(self.key);
-        inv.arg(self.cap).arg(at_us);
+        inv.key(stream)
+            .arg(self.cap)
+            .arg(at_us)
+            .arg(keys::CONSUMER_GROUP)
+            .arg(records.len());
         for d in records {
             inv.arg(&d.record);
         }
+        inv.arg(ids);
         pipe.invoke_script(&inv);
         true
     }
@@ -113,7 +131,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn append_sends_every_record_after_cap_and_time() {
+    fn append_sends_cap_time_group_records_then_ids() {
         let script = append_script();
         let outbox = Outbox {
             script: &script,
@@ -128,8 +146,9 @@ mod tests {
             stamped_us: 0,
         };
         let mut pipe = redis::pipe();
-        assert!(!outbox.add_append(&mut pipe, &[], 5));
-        assert!(outbox.add_append(&mut pipe, &[d("{\"a\":1}"), d("{}")], 5));
+        assert!(!outbox.add_append_and_ack(&mut pipe, &[], 5, "s", &[]));
+        let ids = ["1-0".to_owned()];
+        assert!(outbox.add_append_and_ack(&mut pipe, &[d("{\"a\":1}"), d("{}")], 5, "s", &ids));
         let cmd = pipe.cmd_iter().next().unwrap();
         let args: Vec<String> = cmd
             .args_iter()
@@ -141,7 +160,18 @@ mod tests {
         assert_eq!(args[0], "EVALSHA");
         assert_eq!(
             args[2..],
-            ["1", "chat:webhooks:{shard-1}", "7", "5", "{\"a\":1}", "{}"]
+            [
+                "2",
+                "chat:webhooks:{shard-1}",
+                "s",
+                "7",
+                "5",
+                keys::CONSUMER_GROUP,
+                "2",
+                "{\"a\":1}",
+                "{}",
+                "1-0"
+            ]
         );
     }
 }
