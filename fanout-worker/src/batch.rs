@@ -5,7 +5,11 @@
 //! (Lua, idempotent: `persist`), marks the batch's rooms active and, after
 //! those writes, reads which gateways own connections in the rooms. The second
 //! publishes one delivery batch per gateway (`publish`), `XACK`s the entries
-//! and trims the stream below them (never below a pending entry: `stream`).
+//! and trims the stream below them (never below a pending entry: `stream`);
+//! with webhooks on, the `XACK` is done by a script that first queues the
+//! routed records in the shard's webhook outbox (`webhook::outbox`), so an
+//! entry is never acked before its records are queued, and the batch never
+//! waits on HTTP.
 //! Entries are acked only after they are persisted and published, and only
 //! while the lease surely holds, so a crash or a lost lease at any point
 //! leaves them pending for the next holder, which redoes them idempotently.
@@ -30,6 +34,7 @@ use crate::lease::LeaseClock;
 use crate::persist::{self, Persisted};
 use crate::publish::{self, Routing};
 use crate::stream::Scripts;
+use crate::webhook::outbox::Outbox;
 use crate::Context;
 
 /// Where a batch's entries come from.
@@ -48,6 +53,8 @@ pub(crate) struct BatchScripts<'a> {
     pub(crate) persist: &'a redis::Script,
     /// The stream scripts (trim).
     pub(crate) stream: &'a Scripts,
+    /// The shard's webhook outbox, when webhooks are on.
+    pub(crate) outbox: Option<Outbox<'a>>,
 }
 
 /// Runs one non-empty batch of `stream` through the four stages.
@@ -72,12 +79,13 @@ pub(crate) async fn process(
         return Ok(());
     }
     let stored = persist_and_look_up(c, scripts.persist, &ctx.config, &batch.items).await?;
-    let routing = route(&batch.items, stored, now_us());
+    let now = now_us();
+    let routed = route(&batch.items, stored, now, scripts.outbox.is_some());
     if !lease.is_valid() {
         // Persisted (idempotently) but not acked: the next holder publishes.
         return Ok(());
     }
-    acknowledge(c, scripts.stream, stream, &batch.ids, routing).await
+    acknowledge(c, scripts, stream, &batch.ids, routed, now).await
 }
 
 /// One decoded entry of a batch.
@@ -256,12 +264,24 @@ fn split_replies(
     Ok((persisted, gateways))
 }
 
+/// What the route stage produced.
+#[derive(Debug, Default)]
+struct Routed {
+    /// One delivery batch per gateway.
+    routing: Routing,
+    /// Every routed record, in stream order, for the webhook outbox (empty
+    /// when webhooks are off).
+    webhook: Vec<Delivery>,
+}
+
 /// Stage 3: turns what was stored into one delivery batch per gateway, in
-/// stream order. An entry stored before (re-processed after a takeover) is
+/// stream order, and (with `webhooks`) the list of records to queue for the
+/// webhook. An entry stored before (re-processed after a takeover) is
 /// delivered again with its stored record and `seq`, since its first delivery
 /// may not have happened; one whose record left history is skipped.
-fn route(items: &[Item], stored: Stored, now_us: i64) -> Routing {
+fn route(items: &[Item], stored: Stored, now_us: i64, webhooks: bool) -> Routed {
     let mut routing = Routing::default();
+    let mut webhook = Vec::new();
     // Metric handles resolved once per batch, not per message.
     let publish_latency = metrics::histogram!(m::WK_PUBLISH_LATENCY_SECONDS);
     let persisted_total = metrics::counter!(m::WK_PERSISTED);
@@ -303,50 +323,70 @@ fn route(items: &[Item], stored: Stored, now_us: i64) -> Routing {
         if let Some(gws) = stored.gateways.get(idx) {
             routing.route(&delivery, gws);
         }
+        if webhooks {
+            webhook.push(delivery);
+        }
     }
-    routing
+    Routed { routing, webhook }
 }
 
-/// Stage 4: publishes the delivery batches, acks every entry of the batch and
-/// trims the stream, in one round trip.
+/// Stage 4: publishes the delivery batches, queues the records for the
+/// webhook, acks every entry of the batch and trims the stream, in one round
+/// trip.
 async fn acknowledge(
     c: &mut Conn,
-    scripts: &Scripts,
+    scripts: &BatchScripts<'_>,
     stream: &str,
     ids: &[String],
-    routing: Routing,
+    routed: Routed,
+    now_us: i64,
 ) -> Result<(), RedisError> {
     let publish = if c.is_cluster() {
         "SPUBLISH"
     } else {
         "PUBLISH"
     };
-    let (pipe, published) = ack_pipeline(scripts, stream, ids, routing, publish);
+    let mut pipe = redis::pipe();
+    let published = routed.routing.add_publishes(&mut pipe, publish);
+    // With webhooks, one script queues the records and then acks the
+    // entries (so an entry is never acked unless its records are queued);
+    // its answer is the pipeline's only reply.
+    let queued = match &scripts.outbox {
+        Some(outbox) => outbox.add_append_and_ack(&mut pipe, &routed.webhook, now_us, stream, ids),
+        None => false,
+    };
+    add_ack_and_trim(&mut pipe, scripts.stream, stream, ids, !queued);
     let started = Instant::now();
-    pipe.query_async::<()>(c).await?;
+    let replies: Vec<u64> = pipe.query_async(c).await?;
     metrics::counter!(m::WK_PUBLISHES).increment(published as u64);
+    let dropped = replies.first().copied().unwrap_or(0);
+    if dropped > 0 {
+        metrics::counter!(m::WK_WEBHOOK_EVENTS_DROPPED, "reason" => "queue_full")
+            .increment(dropped);
+        tracing::debug!(stream, dropped, "Webhook outbox full; records dropped");
+    }
     tracing::trace!(stream, entries = ids.len(), published, elapsed = ?started.elapsed(), "Batch done");
     Ok(())
 }
 
-/// The acknowledge stage's pipeline, publishes first, and how many
-/// publishes it holds.
-fn ack_pipeline(
+/// Adds the acknowledge stage's `XACK` (unless `ack` is false: the outbox
+/// script acked already) and trim to `pipe`, after the publishes: an entry
+/// is acked only once its deliveries are on their way. Neither has a reply.
+fn add_ack_and_trim(
+    pipe: &mut redis::Pipeline,
     scripts: &Scripts,
     stream: &str,
     ids: &[String],
-    routing: Routing,
-    publish: &str,
-) -> (redis::Pipeline, usize) {
-    let mut pipe = redis::pipe();
-    let published = routing.add_publishes(&mut pipe, publish);
+    ack: bool,
+) {
     if let Some(last) = ids.last() {
-        pipe.xack(stream, keys::CONSUMER_GROUP, ids).ignore();
+        if ack {
+            pipe.xack(stream, keys::CONSUMER_GROUP, ids).ignore();
+        }
         // Everything up to `last` is processed and acked: entries below it
         // can go, unless still pending (held, or a failed batch's).
-        scripts.add_trim(&mut pipe, stream, last);
+        scripts.add_trim(pipe, stream, last);
     }
-    (pipe, published)
 }
 
 /// A fresh epoch candidate; only used when a room's state is created.
@@ -548,7 +588,9 @@ mod tests {
             rooms: vec![RoomId::parse("a").unwrap(), RoomId::parse("b").unwrap()],
             gateways: vec![vec!["g1".into(), "g2".into()], vec!["g2".into()]],
         };
-        let routing = route(&items, stored, 10);
+        let Routed { routing, webhook } = route(&items, stored, 10, true);
+        let queued: Vec<_> = webhook.iter().map(|d| (d.room.as_str(), d.seq)).collect();
+        assert_eq!(queued, [("a", 5), ("b", 3)]);
         let seqs = |gw| {
             routing
                 .deliveries(gw)
@@ -561,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn ack_pipeline_publishes_then_acks_and_trims_every_entry() {
+    fn ack_publishes_then_acks_and_trims_every_entry() {
         let mut routing = Routing::default();
         let delivery = Delivery {
             room: "a".into(),
@@ -573,16 +615,22 @@ mod tests {
         routing.route(&delivery, &["g1".into()]);
         let ids = ["1-0".to_owned(), "2-0".to_owned()];
         let scripts = Scripts::new();
-        let (pipe, published) = ack_pipeline(&scripts, "s", &ids, routing, "PUBLISH");
-        assert_eq!(published, 1);
+        let mut pipe = redis::pipe();
+        assert_eq!(routing.add_publishes(&mut pipe, "PUBLISH"), 1);
+        add_ack_and_trim(&mut pipe, &scripts, "s", &ids, true);
         let cmds = commands(&pipe);
         assert_eq!(cmds.len(), 3);
         assert!(cmds[0].starts_with(&format!("PUBLISH {} ", keys::gateway_channel("g1"))));
         assert_eq!(cmds[1], format!("XACK s {} 1-0 2-0", keys::CONSUMER_GROUP));
         assert!(cmds[2].starts_with("EVALSHA "), "{}", cmds[2]);
         assert!(cmds[2].ends_with(&format!(" 1 s {} 2-0", keys::CONSUMER_GROUP)));
+        // Acked by the outbox script: only the trim.
+        let mut pipe = redis::pipe();
+        add_ack_and_trim(&mut pipe, &scripts, "s", &ids, false);
+        assert_eq!(commands(&pipe).len(), 1);
         // Nothing to ack (all held): no ack, no trim.
-        let (pipe, _) = ack_pipeline(&scripts, "s", &[], Routing::default(), "PUBLISH");
+        let mut pipe = redis::pipe();
+        add_ack_and_trim(&mut pipe, &scripts, "s", &[], true);
         assert!(commands(&pipe).is_empty());
     }
 }

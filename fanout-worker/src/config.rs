@@ -5,6 +5,8 @@ use std::time::Duration;
 use chat_shared::config::{LogArgs, RedisArgs};
 use clap::Parser;
 
+pub use crate::webhook::config::{Secret, WebhookArgs};
+
 /// Default port of the worker's `/metrics`, `/livez`, `/readyz` server.
 pub const DEFAULT_METRICS_PORT: u16 = 9091;
 
@@ -77,6 +79,10 @@ pub struct WorkerConfig {
 
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub webhook: WebhookArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub redis: RedisArgs,
 
     #[command(flatten)]
@@ -92,7 +98,11 @@ impl WorkerConfig {
     /// `LEASE_TTL_MS`: a shard task looks at its lease, at a pending re-claim
     /// and at shutdown between reads, so a read must end several times per
     /// lease TTL.
+    ///
+    /// Also when `WEBHOOK_URL` is set without a secret, or is not an
+    /// `http://` or `https://` URL.
     pub fn validate(&self) -> Result<(), String> {
+        self.webhook.validate()?;
         if self.read_block_ms.saturating_mul(2) >= self.lease_ttl_ms {
             return Err(format!(
                 "READ_BLOCK_MS={} must be less than half of LEASE_TTL_MS={}",
@@ -145,5 +155,28 @@ mod tests {
         );
         assert!(parse(&["--read-block-ms", "9"]).is_err());
         assert!(parse(&["--read-block-ms", "30001"]).is_err());
+    }
+
+    #[test]
+    fn a_webhook_url_needs_a_secret_and_an_http_scheme() {
+        let url = "http://127.0.0.1:9/hook";
+        let e = parse(&["--webhook-url", url]).unwrap().validate();
+        assert!(e.unwrap_err().contains("WEBHOOK_SECRET"));
+        let ok = parse(&["--webhook-url", url, "--webhook-secret", "s3"]).unwrap();
+        assert_eq!(ok.validate(), Ok(()));
+        let ftp = parse(&["--webhook-url", "ftp://x/", "--webhook-secret", "s"]).unwrap();
+        assert!(ftp.validate().unwrap_err().contains("WEBHOOK_URL"));
+        let both = ["--webhook-secret", "s", "--webhook-secret-file", "/f"];
+        assert!(parse(&both).is_err());
+        let missing = [
+            "--webhook-url",
+            url,
+            "--webhook-secret-file",
+            "/nonexistent/s",
+        ];
+        let e = parse(&missing).unwrap().validate().unwrap_err();
+        assert!(e.contains("WEBHOOK_SECRET_FILE=/nonexistent/s"), "{e}");
+        let empty = ["--webhook-url", url, "--webhook-secret", ""];
+        assert!(parse(&empty).unwrap().validate().is_err());
     }
 }

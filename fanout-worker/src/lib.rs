@@ -12,6 +12,9 @@
 //!   a newer worker), persist (`persist`, idempotent Lua: history, `seq`,
 //!   epoch) and look up the rooms' gateways, route (`publish`: one delivery
 //!   batch per owning gateway), then publish, ack and trim.
+//!   With `WEBHOOK_URL` set, the acknowledge round trip also queues every
+//!   routed record in the shard's webhook outbox, and a `webhook` sender
+//!   beside each shard task POSTs them, signed, in order.
 //! - `janitor`: one worker at a time removes dead gateways' connection entries
 //!   and rooms with neither connections nor history from `rooms:active`;
 //!   `presence_sweep` announces the `leave` of users it left with no
@@ -33,6 +36,7 @@ mod publish;
 mod shard;
 mod stream;
 mod supervisor;
+mod webhook;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,6 +55,8 @@ pub(crate) struct Context {
     pub(crate) worker_id: String,
     pub(crate) redis: RedisHandle,
     pub(crate) metrics: Option<Handle>,
+    /// The webhook, when `WEBHOOK_URL` is set.
+    pub(crate) webhook: Option<Arc<webhook::Webhook>>,
     ready: AtomicBool,
 }
 
@@ -69,7 +75,8 @@ impl Context {
 /// may pass `None` when no recorder is installed).
 ///
 /// # Errors
-/// Fails when the Redis configuration is unusable.
+/// Fails when the Redis configuration or the webhook's secret file or HTTP
+/// client is unusable.
 pub async fn run(
     config: WorkerConfig,
     worker_id: String,
@@ -78,15 +85,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let redis = RedisHandle::new(&config.redis)?;
+    let webhook = webhook::Webhook::from_args(&config.webhook)?;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let ctx = Arc::new(Context {
         config,
         worker_id,
         redis,
         metrics,
+        webhook,
         ready: AtomicBool::new(false),
     });
-    tracing::info!(worker_id = %ctx.worker_id, shards = ctx.config.stream_shards, "Worker starting");
+    tracing::info!(
+        worker_id = %ctx.worker_id,
+        shards = ctx.config.stream_shards,
+        webhook = ctx.webhook.is_some(),
+        "Worker starting"
+    );
 
     let http_stop = CancellationToken::new();
     let http = {

@@ -9,6 +9,10 @@
 //! acked only once persisted and published), within the time the lease surely
 //! holds.
 //!
+//! With webhooks on, the task runs the shard's webhook `sender` beside it,
+//! under the same lease, and stops it before it returns (so before the
+//! supervisor releases the lease).
+//!
 //! Claim passes also run every lease TTL, not only after a (re)connect: an
 //! entry that reached another consumer's pending list anyway (a worker of an
 //! older version during an upgrade, a tool reading the group) is picked up
@@ -29,7 +33,9 @@ use crate::batch::{self, BatchScripts, Origin};
 use crate::hold::Hold;
 use crate::lease::LeaseClock;
 use crate::persist;
-use crate::stream::{self, Fenced, Read, Scripts};
+use crate::stream::{self, Fenced, Read, Scripts, Target};
+use crate::webhook::outbox::{self, Outbox};
+use crate::webhook::sender;
 use crate::Context;
 
 /// Longest pause between attempts after a Redis failure.
@@ -56,13 +62,32 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) {
     let stream = keys::stream(shard);
+    let target = Target::shard(shard);
     let consumer = ctx.worker_id.clone();
     let persist_script = persist::script();
     let stream_scripts = Scripts::new();
+    let append_script = outbox::append_script();
+    let outbox_key = keys::webhook_outbox(shard);
     let scripts = BatchScripts {
         persist: &persist_script,
         stream: &stream_scripts,
+        outbox: ctx.webhook.as_ref().map(|hook| Outbox {
+            script: &append_script,
+            key: &outbox_key,
+            cap: hook.args.webhook_queue_max,
+        }),
     };
+    // The shard's webhook sender lives exactly as long as this task.
+    let sender_stop = cancel.child_token();
+    let sender = ctx.webhook.clone().map(|hook| {
+        tokio::spawn(sender::run(
+            shard,
+            ctx.clone(),
+            hook,
+            lease.clone(),
+            sender_stop.clone(),
+        ))
+    });
     let reclaim_every = ctx.config.lease_ttl();
     let mut conn: Option<Conn> = None;
     // `Some(cursor)` while a claim pass is under way.
@@ -91,7 +116,7 @@ pub(crate) async fn run(
         if claim.is_none() && Instant::now() >= next_claim {
             claim = Some(CLAIM_START.into());
         }
-        let step = next_step(c, &stream_scripts, shard, &consumer, &ctx, &mut claim).await;
+        let step = next_step(c, &stream_scripts, &target, &consumer, &ctx, &mut claim).await;
         if claim.is_none() && matches!(step, Ok(Step::Entries(_, Origin::Claimed))) {
             next_claim = Instant::now() + reclaim_every;
         }
@@ -147,6 +172,10 @@ pub(crate) async fn run(
             sleep_or_cancel(&cancel, &mut backoff, MAX_BACKOFF).await;
         }
     }
+    sender_stop.cancel();
+    if let Some(sender) = sender {
+        let _ = sender.await;
+    }
     tracing::info!(
         shard,
         lease_valid = lease.is_valid(),
@@ -159,20 +188,20 @@ pub(crate) async fn run(
 async fn next_step(
     c: &mut Conn,
     scripts: &Scripts,
-    shard: u32,
+    target: &Target,
     consumer: &str,
     ctx: &Context,
     claim: &mut Option<String>,
 ) -> Result<Step, RedisError> {
     let count = ctx.config.batch_size as usize;
     if let Some(cursor) = claim.as_deref() {
-        let claimed = match stream::claim(c, scripts, shard, consumer, cursor, count).await? {
+        let claimed = match stream::claim(c, scripts, target, consumer, cursor, count).await? {
             Fenced::NotHolder => return Ok(Step::NotHolder),
             Fenced::Held(claimed) => claimed,
         };
         if !claimed.entries.is_empty() {
             tracing::debug!(
-                shard,
+                stream = %target.stream,
                 entries = claimed.entries.len(),
                 "Claimed pending entries"
             );
@@ -181,7 +210,7 @@ async fn next_step(
         return Ok(Step::Entries(claimed.entries, Origin::Claimed));
     }
     Ok(
-        match stream::read(c, scripts, shard, consumer, count).await? {
+        match stream::read(c, scripts, target, consumer, count).await? {
             Fenced::NotHolder => Step::NotHolder,
             Fenced::Held(Read::Entries(entries)) => Step::Entries(entries, Origin::New),
             Fenced::Held(Read::Idle(newest)) => Step::Idle(newest),
@@ -197,6 +226,9 @@ async fn open(ctx: &Context, stream: &str, scripts: &BatchScripts<'_>) -> Result
     let mut c = ctx.redis.dedicated(ctx.config.read_block()).await?;
     scripts.persist.load_async(&mut c).await?;
     scripts.stream.load(&mut c).await?;
+    if let Some(outbox) = &scripts.outbox {
+        outbox.script.load_async(&mut c).await?;
+    }
     let created: Result<(), redis::RedisError> =
         redis::AsyncCommands::xgroup_create_mkstream(&mut c, stream, keys::CONSUMER_GROUP, "0")
             .await;

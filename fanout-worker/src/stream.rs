@@ -94,6 +94,39 @@ impl Scripts {
     }
 }
 
+/// A stream, its consumer group, and the lease that fences reads of it
+/// (same hash tag, so one script can check the lease and read).
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The lease key.
+    pub(crate) lease: String,
+    /// The stream key.
+    pub(crate) stream: String,
+    /// The consumer group.
+    pub(crate) group: &'static str,
+}
+
+impl Target {
+    /// Shard `n`'s stream, read by the fan-out group.
+    pub(crate) fn shard(n: u32) -> Self {
+        Self {
+            lease: keys::lease(n),
+            stream: keys::stream(n),
+            group: keys::CONSUMER_GROUP,
+        }
+    }
+
+    /// Shard `n`'s webhook outbox, read by the webhook group under the
+    /// shard's lease.
+    pub(crate) fn webhooks(n: u32) -> Self {
+        Self {
+            lease: keys::lease(n),
+            stream: keys::webhook_outbox(n),
+            group: keys::WEBHOOK_GROUP,
+        }
+    }
+}
+
 /// The answer of a fenced command.
 #[derive(Debug)]
 pub(crate) enum Fenced<T> {
@@ -121,16 +154,17 @@ pub(crate) enum Read {
     Idle(String),
 }
 
-/// Claims up to `count` pending entries of any consumer, from `cursor`.
+/// Claims up to `count` pending entries of any consumer of `target`'s
+/// group, from `cursor`.
 pub(crate) async fn claim(
     c: &mut Conn,
     scripts: &Scripts,
-    shard: u32,
+    target: &Target,
     consumer: &str,
     cursor: &str,
     count: usize,
 ) -> Result<Fenced<Claimed>, RedisError> {
-    let reply = fenced(c, scripts, shard, consumer, count, "claim", cursor).await?;
+    let reply = fenced(c, scripts, target, consumer, count, "claim", cursor).await?;
     Ok(match reply {
         None => Fenced::NotHolder,
         Some((next, entries)) => Fenced::Held(Claimed {
@@ -144,11 +178,11 @@ pub(crate) async fn claim(
 pub(crate) async fn read(
     c: &mut Conn,
     scripts: &Scripts,
-    shard: u32,
+    target: &Target,
     consumer: &str,
     count: usize,
 ) -> Result<Fenced<Read>, RedisError> {
-    let reply = fenced(c, scripts, shard, consumer, count, "read", "").await?;
+    let reply = fenced(c, scripts, target, consumer, count, "read", "").await?;
     Ok(match reply {
         None => Fenced::NotHolder,
         Some((newest, entries)) if entries.is_empty() => Fenced::Held(Read::Idle(newest)),
@@ -160,16 +194,16 @@ pub(crate) async fn read(
 async fn fenced(
     c: &mut Conn,
     scripts: &Scripts,
-    shard: u32,
+    target: &Target,
     consumer: &str,
     count: usize,
     mode: &str,
     cursor: &str,
 ) -> Result<Option<(String, Vec<StreamId>)>, RedisError> {
-    let mut inv = scripts.fenced.key(keys::lease(shard));
-    inv.key(keys::stream(shard))
+    let mut inv = scripts.fenced.key(&target.lease);
+    inv.key(&target.stream)
         .arg(consumer)
-        .arg(keys::CONSUMER_GROUP)
+        .arg(target.group)
         .arg(count)
         .arg(mode)
         .arg(cursor);

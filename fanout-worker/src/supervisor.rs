@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::{LeaseClock, Leases};
-use crate::{shard, Context};
+use crate::{shard, webhook, Context};
 
 struct Owned {
     clock: LeaseClock,
@@ -140,6 +140,12 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                 metrics::gauge!(m::WK_STREAM_PENDING).set(pending as f64);
             }
             Err(e) => tracing::debug!(error = %e, "Cannot read stream backlog"),
+        }
+        if ctx.webhook.is_some() {
+            match webhook::outbox::depth(&ctx.redis, &shards).await {
+                Ok(n) => metrics::gauge!(m::WK_WEBHOOK_QUEUE).set(n as f64),
+                Err(e) => tracing::debug!(error = %e, "Cannot read webhook queue depth"),
+            }
         }
     }
 

@@ -26,6 +26,7 @@
 //! | `chat:config:stream-shards` | string, the deployment's `STREAM_SHARDS` | first process to start |
 //! | `chat:workers` | hash worker id → last heartbeat (ms) | worker supervisors |
 //! | `chat:lease:{janitor}` | string worker id, with TTL | the worker running the janitor |
+//! | `chat:webhooks:{shard-<n>}` | stream of persisted records to POST to `WEBHOOK_URL` (group [`WEBHOOK_GROUP`]) | worker (shard task appends, webhook sender consumes) |
 //! | `chat:deliver:<gateway>` | pub/sub channel of [`crate::envelope::DeliveryBatch`] | worker → gateway |
 
 use crate::cluster::shard_tag;
@@ -35,6 +36,8 @@ use crate::ids::RoomId;
 pub const ROOMS_ACTIVE: &str = "rooms:active";
 /// The consumer group every worker joins on every shard stream.
 pub const CONSUMER_GROUP: &str = "chat-fanout";
+/// The consumer group of the webhook senders on every webhook outbox.
+pub const WEBHOOK_GROUP: &str = "chat-webhooks";
 /// Registry of live gateways with their last heartbeat time.
 pub const GATEWAYS: &str = "chat:gateways";
 /// Registry of live workers with their last heartbeat time (fair shard share).
@@ -106,6 +109,12 @@ pub fn reads(room: &RoomId) -> String {
 /// Stream of shard `n`.
 pub fn stream(shard: u32) -> String {
     format!("chat:stream:{{{}}}", shard_tag(shard))
+}
+
+/// Webhook outbox of shard `n`: the shard's persisted records waiting to be
+/// POSTed, in the slot of its stream and lease.
+pub fn webhook_outbox(shard: u32) -> String {
+    format!("chat:webhooks:{{{}}}", shard_tag(shard))
 }
 
 /// Deduplication marker of a message with a `client_id`: `(room, user,

@@ -106,6 +106,21 @@ pub const WK_STREAM_PENDING: &str = "chat_worker_stream_pending_entries";
 /// Counter: users whose last connection the janitor removed (a dead
 /// gateway's), announced with a `leave` when `PRESENCE_EVENTS` is on.
 pub const WK_PRESENCE_LEAVES: &str = "chat_worker_presence_leaves_total";
+/// Counter: records POSTed to the webhook and answered with a 2xx.
+pub const WK_WEBHOOK_EVENTS_SENT: &str = "chat_worker_webhook_events_sent_total";
+/// Counter: webhook requests answered with a 2xx.
+pub const WK_WEBHOOK_REQUESTS_SENT: &str = "chat_worker_webhook_requests_sent_total";
+/// Counter: failed webhook requests, by `kind` (`status`, `timeout`, `transport`).
+pub const WK_WEBHOOK_REQUESTS_FAILED: &str = "chat_worker_webhook_requests_failed_total";
+/// Counter: webhook requests repeated after a failure.
+pub const WK_WEBHOOK_RETRIES: &str = "chat_worker_webhook_retries_total";
+/// Counter: records never delivered to the webhook, by `reason` (`queue_full`:
+/// the outbox held `WEBHOOK_QUEUE_MAX` records; `gave_up`: every attempt failed).
+pub const WK_WEBHOOK_EVENTS_DROPPED: &str = "chat_worker_webhook_events_dropped_total";
+/// Histogram: persistence of a record → the webhook's 2xx for it.
+pub const WK_WEBHOOK_LATENCY_SECONDS: &str = "chat_worker_webhook_delivery_latency_seconds";
+/// Gauge: records waiting in the webhook outboxes of this worker's shards.
+pub const WK_WEBHOOK_QUEUE: &str = "chat_worker_webhook_queue_entries";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -360,6 +375,41 @@ fn describe_all() {
         WK_REDIS_ERRORS,
         Unit::Count,
         "Failed Redis operations on the worker, by op"
+    );
+    describe_counter!(
+        WK_WEBHOOK_EVENTS_SENT,
+        Unit::Count,
+        "Records delivered to the webhook (answered with a 2xx)"
+    );
+    describe_counter!(
+        WK_WEBHOOK_REQUESTS_SENT,
+        Unit::Count,
+        "Webhook requests answered with a 2xx"
+    );
+    describe_counter!(
+        WK_WEBHOOK_REQUESTS_FAILED,
+        Unit::Count,
+        "Failed webhook requests, by kind (status, timeout, transport)"
+    );
+    describe_counter!(
+        WK_WEBHOOK_RETRIES,
+        Unit::Count,
+        "Webhook requests repeated after a failure"
+    );
+    describe_counter!(
+        WK_WEBHOOK_EVENTS_DROPPED,
+        Unit::Count,
+        "Records never delivered to the webhook, by reason (queue_full, gave_up)"
+    );
+    describe_histogram!(
+        WK_WEBHOOK_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Persistence of a record to the webhook's 2xx for it"
+    );
+    describe_gauge!(
+        WK_WEBHOOK_QUEUE,
+        Unit::Count,
+        "Records waiting in the webhook outboxes of this worker's shards"
     );
     describe_gauge!(
         WK_SHARDS_OWNED,

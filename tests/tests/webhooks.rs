@@ -1,0 +1,460 @@
+//! Signed outgoing webhooks against real processes and a real receiver on
+//! 127.0.0.1: every persisted record arrives signed and in order per room; a
+//! receiver that fails for a while gets everything once it recovers; a
+//! receiver that hangs does not hold up WebSocket delivery; a worker SIGKILL
+//! loses nothing (duplicates carry the same `id` and `seq`).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const SECRET: &str = "webhook-test-secret";
+const SHARDS: &str = "4";
+const GW: &[(&str, &str)] = &[
+    ("RATE_LIMIT_PER_SEC", "10000"),
+    ("RATE_LIMIT_BURST", "10000"),
+    ("STREAM_SHARDS", SHARDS),
+];
+
+/// What the receiver does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Mode {
+    /// Records the events and answers 204.
+    Accept = 0,
+    /// Answers 500.
+    Fail = 1,
+    /// Never answers.
+    Hang = 2,
+}
+
+/// The receiver's shared state.
+struct Hook {
+    mode: AtomicU8,
+    /// Every request, whatever the mode.
+    requests: AtomicUsize,
+    /// Requests whose signature did not match.
+    bad_signatures: AtomicUsize,
+    /// How long an accepted request takes to answer, in milliseconds.
+    delay_ms: AtomicU64,
+    /// The events of accepted requests, in arrival order.
+    events: Mutex<Vec<Value>>,
+}
+
+impl Hook {
+    fn set(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+    fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+/// A webhook receiver on a free loopback port.
+struct Receiver {
+    url: String,
+    hook: Arc<Hook>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    async fn start(mode: Mode) -> Self {
+        let hook = Arc::new(Hook {
+            mode: AtomicU8::new(mode as u8),
+            requests: AtomicUsize::new(0),
+            bad_signatures: AtomicUsize::new(0),
+            delay_ms: AtomicU64::new(0),
+            events: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .route("/hook", post(receive))
+            .with_state(hook.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, hook, task }
+    }
+}
+
+async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    hook.requests.fetch_add(1, Ordering::SeqCst);
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let given = headers
+        .get("x-chat-signature")
+        .and_then(|v| v.to_str().ok());
+    if given != Some(expected.as_str()) {
+        hook.bad_signatures.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::UNAUTHORIZED;
+    }
+    match hook.mode.load(Ordering::SeqCst) {
+        1 => StatusCode::INTERNAL_SERVER_ERROR,
+        2 => std::future::pending().await,
+        _ => {
+            let delay = hook.delay_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let v: Value = serde_json::from_slice(&body).expect("webhook body is JSON");
+            let events = v["events"].as_array().expect("body has events").clone();
+            hook.events.lock().unwrap().extend(events);
+            StatusCode::NO_CONTENT
+        }
+    }
+}
+
+/// The worker's environment for `receiver`, plus `extra`.
+fn worker_env<'a>(receiver: &'a Receiver, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("STREAM_SHARDS", SHARDS),
+        ("WEBHOOK_URL", receiver.url.as_str()),
+        ("WEBHOOK_SECRET", SECRET),
+        ("WEBHOOK_BATCH_MAX", "7"),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+/// The id a record is known by: an event's `event_id`, a message's `id`.
+fn key_of(record: &Value) -> String {
+    record
+        .get("event_id")
+        .unwrap_or(&record["id"])
+        .as_str()
+        .expect("record has an id")
+        .to_owned()
+}
+
+/// Sends `frame` and returns the `id` of its `ack` (matched by `client_id`).
+async fn acked(c: &mut Client, frame: Value) -> String {
+    let cid = frame["data"]["client_id"].clone();
+    c.send_text(&frame.to_string()).await;
+    loop {
+        let v = c.next_json().await;
+        if v["type"] == "error" && v["data"]["client_id"] == cid {
+            panic!("{frame} refused: {v}");
+        }
+        if v["type"] == "ack" && v["data"]["client_id"] == cid {
+            return v["data"]["id"].as_str().unwrap().to_owned();
+        }
+    }
+}
+
+fn message(room: &str, text: &str, cid: &str) -> Value {
+    json!({"type":"message","data":{"room":room,"message":text,"username":"tester","client_id":cid}})
+}
+
+/// Waits until every id of `want` has arrived; returns the events so far.
+async fn wait_for_all(hook: &Hook, want: &HashSet<String>) -> Vec<Value> {
+    eventually(
+        "every acked record reaches the webhook",
+        DEADLINE,
+        || async {
+            let events = hook.events();
+            let got: HashSet<String> = events.iter().map(key_of).collect();
+            want.is_subset(&got).then_some(events)
+        },
+    )
+    .await
+}
+
+/// Asserts that, per room, the first copies of the records have `seq`
+/// 1, 2, 3… in arrival order, and that every repeat has its first copy's
+/// `seq`. Returns how many distinct records each room got.
+fn assert_in_order(events: &[Value]) -> HashMap<String, usize> {
+    let mut seq_of: HashMap<String, u64> = HashMap::new();
+    let mut next: HashMap<String, u64> = HashMap::new();
+    for e in events {
+        let room = e["room"].as_str().expect("record has a room").to_owned();
+        let seq = e["seq"].as_u64().expect("record has a seq");
+        let key = key_of(e);
+        match seq_of.get(&key) {
+            Some(&first) => assert_eq!(first, seq, "repeat of {key} with another seq"),
+            None => {
+                let expected = next.entry(room.clone()).or_insert(1);
+                assert_eq!(
+                    seq, *expected,
+                    "room {room}: {key} out of order or after a gap"
+                );
+                *expected += 1;
+                seq_of.insert(key, seq);
+            }
+        }
+    }
+    next.into_iter().map(|(r, n)| (r, n as usize - 1)).collect()
+}
+
+#[tokio::test]
+async fn every_persisted_record_arrives_signed_and_in_order_per_room() {
+    let redis = Redis::start().await;
+    let receiver = Receiver::start(Mode::Accept).await;
+    let _w = start_worker(&redis.url(), "w1", &worker_env(&receiver, &[])).await;
+    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let rooms = ["wh-a", "wh-b", "wh-c"];
+    let mut want = HashSet::new();
+    for room in rooms {
+        let (mut c, _) = Client::join(&gw.ws_url(&format!("room={room}&username=tester"))).await;
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            ids.push(
+                acked(
+                    &mut c,
+                    message(room, &format!("m{i}"), &format!("{room}-{i}")),
+                )
+                .await,
+            );
+        }
+        let edit = json!({"type":"edit","data":{"room":room,"id":ids[0],"message":"new","client_id":format!("{room}-e")}});
+        let react = json!({"type":"react","data":{"room":room,"id":ids[1],"emoji":"👍","op":"add","client_id":format!("{room}-r")}});
+        let delete = json!({"type":"delete","data":{"room":room,"id":ids[2],"client_id":format!("{room}-d")}});
+        for frame in [edit, react, delete] {
+            ids.push(acked(&mut c, frame).await);
+        }
+        want.extend(ids);
+    }
+    let events = wait_for_all(&receiver.hook, &want).await;
+    assert_eq!(receiver.hook.bad_signatures.load(Ordering::SeqCst), 0);
+    let per_room = assert_in_order(&events);
+    for room in rooms {
+        assert_eq!(per_room[room], 15, "room {room}: 12 messages and 3 events");
+    }
+    let types: HashSet<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, HashSet::from(["edit", "reaction", "delete"]));
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_every_record_once_it_recovers() {
+    let redis = Redis::start().await;
+    let receiver = Receiver::start(Mode::Fail).await;
+    let env = worker_env(
+        &receiver,
+        &[
+            ("WEBHOOK_BACKOFF_MAX_MS", "50"),
+            ("WEBHOOK_MAX_ATTEMPTS", "1000000"),
+        ],
+    );
+    let w = start_worker(&redis.url(), "w1", &env).await;
+    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let (mut c, _) = Client::join(&gw.ws_url("room=wh-fail&username=tester")).await;
+    let mut want = HashSet::new();
+    for i in 0..20 {
+        want.insert(
+            acked(
+                &mut c,
+                message("wh-fail", &format!("m{i}"), &format!("c{i}")),
+            )
+            .await,
+        );
+    }
+    eventually("the receiver fails several attempts", DEADLINE, || async {
+        (receiver.hook.requests() >= 5).then_some(())
+    })
+    .await;
+    assert!(receiver.hook.events().is_empty());
+    receiver.hook.set(Mode::Accept);
+    let events = wait_for_all(&receiver.hook, &want).await;
+    assert_eq!(assert_in_order(&events)["wh-fail"], 20);
+    let metrics = format!("127.0.0.1:{}", w.metrics_port);
+    let failed = metric(
+        &metrics,
+        r#"chat_worker_webhook_requests_failed_total{kind="status"}"#,
+    )
+    .await;
+    assert!(failed.unwrap_or(0.0) >= 4.0, "failed requests: {failed:?}");
+    let retried = metric(&metrics, "chat_worker_webhook_retries_total").await;
+    assert!(retried.unwrap_or(0.0) >= 4.0, "retries: {retried:?}");
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_does_not_hold_up_websocket_delivery() {
+    let redis = Redis::start().await;
+    let receiver = Receiver::start(Mode::Hang).await;
+    let env = worker_env(
+        &receiver,
+        &[
+            ("WEBHOOK_TIMEOUT_MS", "1000"),
+            ("WEBHOOK_BACKOFF_MAX_MS", "50"),
+            ("WEBHOOK_MAX_ATTEMPTS", "1000000"),
+        ],
+    );
+    let _w = start_worker(&redis.url(), "w1", &env).await;
+    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let url = gw.ws_url("room=wh-hang&username=tester");
+    let (mut sender, _) = Client::join(&url).await;
+    let (mut member, _) = Client::join(&url).await;
+    let mut want = HashSet::new();
+    want.insert(acked(&mut sender, message("wh-hang", "first", "c-first")).await);
+    eventually("the receiver holds a request", DEADLINE, || async {
+        (receiver.hook.requests() >= 1).then_some(())
+    })
+    .await;
+    // While every webhook request hangs, messages are still acked and
+    // delivered to the other member.
+    for i in 0..30 {
+        want.insert(
+            acked(
+                &mut sender,
+                message("wh-hang", &format!("m{i}"), &format!("c{i}")),
+            )
+            .await,
+        );
+    }
+    let got = member.messages(31).await;
+    let got: HashSet<String> = got.iter().map(key_of).collect();
+    assert_eq!(got, want);
+    assert!(
+        receiver.hook.events().is_empty(),
+        "nothing is accepted while hanging"
+    );
+    receiver.hook.set(Mode::Accept);
+    let events = wait_for_all(&receiver.hook, &want).await;
+    assert_eq!(assert_in_order(&events)["wh-hang"], 31);
+}
+
+#[tokio::test]
+async fn a_worker_sigkill_loses_no_webhook_record() {
+    let redis = Redis::start().await;
+    let receiver = Receiver::start(Mode::Accept).await;
+    let env = worker_env(
+        &receiver,
+        &[("LEASE_TTL_MS", "1500"), ("WEBHOOK_BATCH_MAX", "3")],
+    );
+    let mut w1 = start_worker(&redis.url(), "w1", &env).await;
+    let w2 = start_worker(&redis.url(), "w2", &env).await;
+    let owned = |w: &Worker| format!("127.0.0.1:{}", w.metrics_port);
+    for w in [&w1, &w2] {
+        let addr = owned(w);
+        eventually("each worker holds two shards", DEADLINE, || {
+            let addr = addr.clone();
+            async move { (metric(&addr, "chat_worker_shards_owned").await? == 2.0).then_some(()) }
+        })
+        .await;
+    }
+    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let rooms = ["k-a", "k-b", "k-c", "k-d", "k-e", "k-f"];
+    let mut clients = Vec::new();
+    for room in rooms {
+        let (c, _) = Client::join(&gw.ws_url(&format!("room={room}&username=tester"))).await;
+        clients.push(c);
+    }
+    let mut want = HashSet::new();
+    for i in 0..120 {
+        let (room, c) = (rooms[i % rooms.len()], &mut clients[i % rooms.len()]);
+        want.insert(acked(c, message(room, &format!("m{i}"), &format!("c{i}"))).await);
+        if i == 50 {
+            w1.proc.kill9();
+        }
+    }
+    let events = wait_for_all(&receiver.hook, &want).await;
+    // The survivor took the killed worker's shards over.
+    let addr = owned(&w2);
+    eventually("the survivor holds every shard", DEADLINE, || {
+        let addr = addr.clone();
+        async move { (metric(&addr, "chat_worker_shards_owned").await? == 4.0).then_some(()) }
+    })
+    .await;
+    eprintln!(
+        "webhook records received: {} for {} acked",
+        events.len(),
+        want.len()
+    );
+    assert_eq!(receiver.hook.bad_signatures.load(Ordering::SeqCst), 0);
+    let per_room = assert_in_order(&events);
+    for room in rooms {
+        assert_eq!(per_room[room], 20, "room {room}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_given_up_after_its_last_attempt_and_counted() {
+    let redis = Redis::start().await;
+    let receiver = Receiver::start(Mode::Fail).await;
+    let env = worker_env(
+        &receiver,
+        &[
+            ("WEBHOOK_MAX_ATTEMPTS", "2"),
+            ("WEBHOOK_BACKOFF_MAX_MS", "10"),
+        ],
+    );
+    let w = start_worker(&redis.url(), "w1", &env).await;
+    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let (mut c, _) = Client::join(&gw.ws_url("room=wh-give-up&username=tester")).await;
+    acked(&mut c, message("wh-give-up", "lost", "c-lost")).await;
+    let addr = format!("127.0.0.1:{}", w.metrics_port);
+    let series = r#"chat_worker_webhook_events_dropped_total{reason="gave_up"}"#;
+    eventually("the batch is given up", DEADLINE, || async {
+        (metric(&addr, series).await? == 1.0).then_some(())
+    })
+    .await;
+    // The queue moves on: the next record is delivered once the receiver works.
+    receiver.hook.set(Mode::Accept);
+    let next = acked(&mut c, message("wh-give-up", "kept", "c-kept")).await;
+    let events = wait_for_all(&receiver.hook, &HashSet::from([next.clone()])).await;
+    let keys: Vec<String> = events.iter().map(key_of).collect();
+    assert_eq!(keys, [next]);
+    assert_eq!(events[0]["seq"], 2);
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_new_records() {
+    let redis = Redis::start().await;
+    let receiver = Receiver::start(Mode::Hang).await;
+    let env = worker_env(
+        &receiver,
+        &[
+            ("WEBHOOK_QUEUE_MAX", "3"),
+            ("WEBHOOK_TIMEOUT_MS", "2000"),
+            ("WEBHOOK_BACKOFF_MAX_MS", "10"),
+            ("WEBHOOK_MAX_ATTEMPTS", "1000000"),
+        ],
+    );
+    let w = start_worker(&redis.url(), "w1", &env).await;
+    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let (mut c, _) = Client::join(&gw.ws_url("room=wh-full&username=tester")).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            acked(
+                &mut c,
+                message("wh-full", &format!("m{i}"), &format!("c{i}")),
+            )
+            .await,
+        );
+    }
+    // The records in the outbox (in flight or waiting) count against the
+    // cap until they are delivered: 3 are kept, 7 dropped.
+    let addr = format!("127.0.0.1:{}", w.metrics_port);
+    let series = r#"chat_worker_webhook_events_dropped_total{reason="queue_full"}"#;
+    eventually("seven records are dropped", DEADLINE, || async {
+        (metric(&addr, series).await? == 7.0).then_some(())
+    })
+    .await;
+    receiver.hook.set(Mode::Accept);
+    let kept: HashSet<String> = ids[..3].iter().cloned().collect();
+    let events = wait_for_all(&receiver.hook, &kept).await;
+    let got: HashSet<String> = events.iter().map(key_of).collect();
+    assert_eq!(got, kept);
+    assert_eq!(assert_in_order(&events)["wh-full"], 3);
+}
