@@ -58,3 +58,30 @@ ensure_browser() {
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/browser --no-audit --no-fund --silent
   fi
 }
+
+# podman (with runc: the default crun fails on this host's cgroups), buildah
+# and debootstrap for scripts/test-image: the image is built and run without a
+# container registry or a Docker engine.
+ensure_podman() {
+  local pkgs=()
+  command -v podman >/dev/null 2>&1 || pkgs+=(podman)
+  command -v buildah >/dev/null 2>&1 || pkgs+=(buildah)
+  command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || pkgs+=(debootstrap)
+  command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || pkgs+=(runc)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    echo "==> Installing ${pkgs[*]} (apt)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+}
+
+# Prometheus and promtool (Debian's package; its service is not started: no
+# systemd) for the alert-rule tests and the dashboard-query check.
+ensure_prometheus() {
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    return
+  fi
+  echo "==> Installing prometheus (apt)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+}
