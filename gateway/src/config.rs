@@ -133,6 +133,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
+    /// Serve the demo page at `/` and the JavaScript client at `/client/…`
+    /// (both embedded in the binary); `false` turns them off (`/` is then 404).
+    #[arg(long, env = "DEMO_PAGE", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub demo_page: bool,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub access: AccessArgs,

@@ -10,6 +10,8 @@
 //! - [`subscriber`]: this gateway's delivery channel; batches published by
 //!   workers go to [`rooms`], the local registry, which queues each frame to the
 //!   members' bounded queues.
+//! - [`demo`]: the demo page at `/` and the JavaScript client (`clients/js`),
+//!   embedded in the binary (`DEMO_PAGE`).
 //! - [`presence`]: connection entries and the gateway heartbeat in Redis.
 //! - [`history`]: consistent history snapshots for join, recovery and pages.
 //! - [`rate_limit`]: the per-connection token bucket.
@@ -25,6 +27,7 @@ pub mod append;
 pub mod auth;
 pub mod bans;
 pub mod config;
+pub mod demo;
 pub mod history;
 pub mod http;
 pub mod listener;
