@@ -120,7 +120,9 @@ export class ChatClient {
     const ws = this.ws;
     this.ws = null;
     if (ws) try { ws.close(1000, "bye"); } catch { /* already closed */ }
-    this.failAll(new ChatError("closed", "client closed"));
+    const err = new ChatError("closed", "client closed");
+    this.failAll(err);
+    this.openWaiter?.reject(err); // no effect once the first open resolved it
     this.setState("closed");
   }
 
