@@ -68,7 +68,10 @@ function onState({ state, attempt, delayMs }) {
     showBanner(`Connection lost. Reconnecting${wait} (attempt ${attempt || 1})…`, "warn");
   } else if (state === "open") {
     if (!els.banner.hidden) showBanner("Back online.", "ok", 2000);
-    client.presence().catch(() => { if (!people.length) els.count.textContent = "(unavailable)"; });
+    client.presence().catch(() => {
+      // A gateway without presence: show at least yourself.
+      if (!people.length) { people = [{ username: me, connections: 1 }]; renderPeople(); }
+    });
   } else if (state === "closed") {
     showBanner("Disconnected.", "warn");
   }
@@ -96,12 +99,11 @@ function renderMessage(m) {
     li = els.template.content.firstElementChild.cloneNode(true);
     li.id = `msg-${m.id}`;
     li.dataset.id = m.id;
-    const nearBottom = els.list.scrollHeight - els.list.scrollTop - els.list.clientHeight < 80;
+    li.dataset.seq = String(m.seq);
     const after = [...els.list.children].find((x) => Number(x.dataset.seq) > m.seq);
     els.list.insertBefore(li, after || null);
-    li.dataset.seq = String(m.seq);
-    if (nearBottom && !after) queueMicrotask(() => { els.list.scrollTop = els.list.scrollHeight; });
   }
+  queueMicrotask(followNewest);
   if (li.dataset.editing) return; // refreshed when the edit form closes
   const mine = m.username === me;
   li.classList.toggle("mine", mine);
@@ -117,6 +119,15 @@ function renderMessage(m) {
   actions.hidden = !mine || Boolean(m.deleted);
   actions.querySelector(".edit").onclick = () => startEdit(li, m.id);
   actions.querySelector(".delete").onclick = () => request(client.delete(m.id));
+}
+
+// Stay at the newest message unless the reader scrolled up.
+let stickToBottom = true;
+els.list.addEventListener("scroll", () => {
+  stickToBottom = els.list.scrollHeight - els.list.scrollTop - els.list.clientHeight < 60;
+});
+function followNewest() {
+  if (stickToBottom) els.list.scrollTop = els.list.scrollHeight;
 }
 
 function renderReactions(li, m) {
