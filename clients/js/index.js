@@ -45,6 +45,9 @@ export class ChatError extends Error {
   }
 }
 
+/** Gateways forward one `typing` frame per connection per second; a little more is safe. */
+const TYPING_INTERVAL_MS = 1050;
+
 /** Close codes after which reconnecting cannot help. */
 const FATAL_CLOSES = new Map([[4003, "banned"]]);
 
@@ -228,7 +231,8 @@ export class ChatClient {
   clearTimers() {
     this.timers.clearTimeout(this.retryTimer);
     this.timers.clearTimeout(this.refreshTimer);
-    this.retryTimer = this.refreshTimer = null;
+    this.timers.clearTimeout(this.typingTimer);
+    this.retryTimer = this.refreshTimer = this.typingTimer = null;
   }
 
   /** @param {Error} err */
@@ -377,8 +381,28 @@ export class ChatClient {
   /** Add or remove a reaction. @param {string} id @param {string} emoji @param {"add"|"remove"} [op] */
   react(id, emoji, op = "add") { return this.request("react", { id, emoji, op }); }
 
-  /** Tell the room you are typing (not queued offline). @param {boolean} active */
-  typing(active) { return this.sendRaw({ type: "typing", data: { active: Boolean(active) } }); }
+  /**
+   * Tell the room you are typing, or stopped (not queued offline). Gateways
+   * forward at most one `typing` frame per connection per second, so a call
+   * within a second of the last frame is held and only the latest state is
+   * sent when the second is up.
+   * @param {boolean} active
+   * @returns {boolean} false when offline
+   */
+  typing(active) {
+    if (!this.ws || this.state !== "open") return false;
+    this.typingState = Boolean(active);
+    const wait = (this.typingSentAt ?? -Infinity) + TYPING_INTERVAL_MS - Date.now();
+    if (wait > 0) {
+      this.typingTimer ??= this.timers.setTimeout(() => {
+        this.typingTimer = null;
+        this.typing(this.typingState);
+      }, wait);
+      return true;
+    }
+    this.typingSentAt = Date.now();
+    return this.sendRaw({ type: "typing", data: { active: this.typingState } });
+  }
 
   /** Mark the room read up to `seq` (not queued offline). @param {number} seq */
   read(seq) { return this.sendRaw({ type: "read", data: { seq } }); }

@@ -267,3 +267,17 @@ test("close() stops reconnecting and rejects what is pending", async () => {
   assert.equal(c.state, "closed");
   assert.equal(timers.size, 0);
 });
+
+test("typing frames within a second are held, and the latest state goes out", async () => {
+  const { c } = await joined();
+  const s = FakeSocket.last;
+  assert.equal(c.typing(true), true);
+  assert.equal(c.typing(false), true, "accepted, held");
+  assert.equal(c.typing(true), true);
+  assert.equal(c.typing(false), true);
+  assert.deepEqual(s.sentOf("typing").map((f) => f.data.active), [true]);
+  assert.equal(timers.size, 1, "one timer for the held state");
+  c.typingSentAt -= 2000; // the second has passed
+  timers.fireAll();
+  assert.deepEqual(s.sentOf("typing").map((f) => f.data.active), [true, false]);
+});
