@@ -84,6 +84,7 @@ try {
   const typing = await tryWait(b, () => document.getElementById("typing").textContent);
   const people = await tryWait(b, () => document.querySelectorAll("#people li").length >= 2
     && [...document.querySelectorAll("#people li")].map((li) => li.textContent));
+  if (typing) await b.screenshot({ path: join(shotDir, "demo-phone-typing.png") });
   report("presence", { typing, people });
   await a.fill("#composer-input", "");
 
