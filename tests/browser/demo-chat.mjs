@@ -108,8 +108,12 @@ try {
     a: await list(a), b: await list(b),
     bHasEditButtonsOnA: await b.locator(`#msg-${first.id} .actions`).isVisible(),
   });
+  // The screenshots: B starts typing so that A shows it (when the server relays typing).
+  await b.fill("#composer-input", "Looks good!");
+  await tryWait(a, () => document.getElementById("typing").textContent, 3_000);
   await a.screenshot({ path: join(shotDir, "demo-desktop.png") });
   await b.screenshot({ path: join(shotDir, "demo-phone.png") });
+  await b.fill("#composer-input", "");
 
   // 4. Page A loses its network; B and A (queued) send meanwhile; A comes back
   // and shows each message exactly once, in order, after the reconnect banner.
