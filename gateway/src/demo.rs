@@ -18,9 +18,21 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/", HTML, include_str!("../demo/index.html")),
     ("/demo/app.js", JS, include_str!("../demo/app.js")),
     ("/demo/style.css", CSS, include_str!("../demo/style.css")),
-    ("/client/index.js", JS, include_str!("../../clients/js/index.js")),
-    ("/client/store.js", JS, include_str!("../../clients/js/store.js")),
-    ("/client/backoff.js", JS, include_str!("../../clients/js/backoff.js")),
+    (
+        "/client/index.js",
+        JS,
+        include_str!("../../clients/js/index.js"),
+    ),
+    (
+        "/client/store.js",
+        JS,
+        include_str!("../../clients/js/store.js"),
+    ),
+    (
+        "/client/backoff.js",
+        JS,
+        include_str!("../../clients/js/backoff.js"),
+    ),
 ];
 
 /// The page may only load its own files; its WebSockets may go to any gateway

@@ -33,7 +33,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/rooms/{room}/bans", post(crate::bans::place))
         .route("/rooms/{room}/bans/{user}", delete(crate::bans::lift))
-        .merge(if demo { crate::demo::routes::<AppState>() } else { Router::new() })
+        .merge(if demo {
+            crate::demo::routes::<AppState>()
+        } else {
+            Router::new()
+        })
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
         })

@@ -30,13 +30,22 @@ async fn the_demo_page_and_client_are_served_unless_turned_off() {
     let (status, body) = http_get(&on.addr(), "/").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("<title>Chat demo</title>"), "{body}");
-    for path in ["/demo/app.js", "/demo/style.css", "/client/store.js", "/client/backoff.js"] {
+    for path in [
+        "/demo/app.js",
+        "/demo/style.css",
+        "/client/store.js",
+        "/client/backoff.js",
+    ] {
         assert_eq!(http_get(&on.addr(), path).await.unwrap().0, 200, "{path}");
     }
     let (status, client) = http_get(&on.addr(), "/client/index.js").await.unwrap();
     assert_eq!(status, 200);
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/js/index.js");
-    assert_eq!(client, std::fs::read_to_string(source).unwrap(), "the embedded client is clients/js");
+    assert_eq!(
+        client,
+        std::fs::read_to_string(source).unwrap(),
+        "the embedded client is clients/js"
+    );
     for path in ["/", "/client/index.js", "/demo/app.js"] {
         let (status, body) = http_get(&off.addr(), path).await.unwrap();
         assert_eq!(status, 404, "{path} with DEMO_PAGE=false");
@@ -83,13 +92,19 @@ async fn two_demo_pages_chat_recover_and_survive_a_drain() {
     };
 
     let open = phase("open").await;
-    assert_eq!(open["title"].as_str().unwrap().split(" — ").nth(1), Some("Chat demo"));
+    assert_eq!(
+        open["title"].as_str().unwrap().split(" — ").nth(1),
+        Some("Chat demo")
+    );
 
     // Both pages, on two gateways, show the same ten messages in one order.
     let order = phase("order").await;
     assert_eq!(order["a"], order["b"], "both pages show one order");
     assert_consecutive(&order["a"]);
-    assert_once_each(&order["a"], &["a1", "a2", "a3", "a4", "a5", "b1", "b2", "b3", "b4", "b5"]);
+    assert_once_each(
+        &order["a"],
+        &["a1", "a2", "a3", "a4", "a5", "b1", "b2", "b3", "b4", "b5"],
+    );
 
     let presence = phase("presence").await;
     if SERVER_HAS_PRESENCE_AND_TYPING {
@@ -107,14 +122,25 @@ async fn two_demo_pages_chat_recover_and_survive_a_drain() {
     let texts = texts_of(&edit["a"]);
     assert!(texts.contains(&"a1 (edited)".to_owned()), "{texts:?}");
     assert!(texts.contains(&"Message deleted".to_owned()), "{texts:?}");
-    assert_eq!(edit["bHasEditButtonsOnA"], false, "only the author may edit");
+    assert_eq!(
+        edit["bHasEditButtonsOnA"], false,
+        "only the author may edit"
+    );
 
     // A network cut: the banner shows, and after it A has every message once, in order.
     let offline = phase("offline").await;
     assert!(offline["banner"].as_str().unwrap().contains("Reconnecting"));
-    assert_eq!(offline["a"], offline["b"], "same messages, same order after recovery");
+    assert_eq!(
+        offline["a"], offline["b"],
+        "same messages, same order after recovery"
+    );
     assert_consecutive_messages(&offline["a"]);
-    let mut expected: Vec<&str> = vec!["while-away-1", "while-away-2", "while-away-3", "sent-offline"];
+    let mut expected: Vec<&str> = vec![
+        "while-away-1",
+        "while-away-2",
+        "while-away-3",
+        "sent-offline",
+    ];
     expected.extend(["a1 (edited)", "Message deleted", "b1", "b5"]);
     assert_once_each(&offline["a"], &expected);
     let states: Vec<&str> = states_of(&offline["states"]);
@@ -124,22 +150,46 @@ async fn two_demo_pages_chat_recover_and_survive_a_drain() {
     // SIGTERM to the page's gateway: 1001, then the other gateway, no loss.
     let ready = phase("drain-ready").await;
     let port = ready["port"].as_u64().unwrap() as u16;
-    let drained = [&gw1, &gw2].into_iter().find(|g| g.port == port).expect("a known gateway");
+    let drained = [&gw1, &gw2]
+        .into_iter()
+        .find(|g| g.port == port)
+        .expect("a known gateway");
     drained.proc.sigterm();
     let drain = phase("drain").await;
-    assert_ne!(drain["from"], drain["to"], "the page moved to the other gateway");
+    assert_ne!(
+        drain["from"], drain["to"],
+        "the page moved to the other gateway"
+    );
     assert_eq!(drain["a"], drain["b"]);
     assert_consecutive_messages(&drain["a"]);
     assert_once_each(
         &drain["a"],
-        &["during-drain-1", "during-drain-2", "during-drain-3", "during-drain-4", "sent-offline"],
+        &[
+            "during-drain-1",
+            "during-drain-2",
+            "during-drain-3",
+            "during-drain-4",
+            "sent-offline",
+        ],
     );
-    assert!(drain["states"].as_array().unwrap().iter().any(|s| s["code"] == 1001));
+    assert!(drain["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["code"] == 1001));
 
     let errors = phase("errors").await;
-    assert_eq!(errors["pageErrors"], serde_json::json!([]), "no uncaught errors in the pages");
+    assert_eq!(
+        errors["pageErrors"],
+        serde_json::json!([]),
+        "no uncaught errors in the pages"
+    );
     assert!(node.wait().await.unwrap().success());
-    for shot in ["demo-desktop.png", "demo-phone.png", "demo-desktop-reconnecting.png"] {
+    for shot in [
+        "demo-desktop.png",
+        "demo-phone.png",
+        "demo-desktop-reconnecting.png",
+    ] {
         assert!(shots.join(shot).exists(), "screenshot {shot}");
     }
 }
@@ -165,7 +215,11 @@ fn states_of(states: &Value) -> Vec<&str> {
 fn assert_once_each(list: &Value, texts: &[&str]) {
     let all = texts_of(list);
     for t in texts {
-        assert_eq!(all.iter().filter(|x| x == t).count(), 1, "{t} once in {all:?}");
+        assert_eq!(
+            all.iter().filter(|x| x == t).count(),
+            1,
+            "{t} once in {all:?}"
+        );
     }
     let ids: HashSet<&str> = list
         .as_array()
