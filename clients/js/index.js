@@ -48,6 +48,9 @@ export class ChatError extends Error {
 /** Gateways forward one `typing` frame per connection per second; a little more is safe. */
 const TYPING_INTERVAL_MS = 1050;
 
+/** Resends of a request answered `unavailable` before its promise rejects. */
+const UNAVAILABLE_RETRIES = 3;
+
 /** Close codes after which reconnecting cannot help. */
 const FATAL_CLOSES = new Map([[4003, "banned"]]);
 
@@ -67,7 +70,7 @@ export class ChatClient {
     this.timers = opts.timers || globalThis;
     this.urlIndex = 0;
     this.attempt = 0;
-    /** @type {Map<string, {frame: string, resolve: Function, reject: Function}>} in send order */
+    /** @type {Map<string, {frame: string, resolve: Function, reject: Function, retries?: number, timer?: any}>} in send order */
     this.pending = new Map();
     /** @type {Map<string, Set<Function>>} */
     this.listeners = new Map();
@@ -237,7 +240,10 @@ export class ChatClient {
 
   /** @param {Error} err */
   failAll(err) {
-    for (const p of this.pending.values()) p.reject(err);
+    for (const p of this.pending.values()) {
+      this.timers.clearTimeout(p.timer);
+      p.reject(err);
+    }
     this.pending.clear();
     for (const w of this.presenceWaiters.splice(0)) w.reject(err);
   }
@@ -326,6 +332,16 @@ export class ChatClient {
   settle(data, err) {
     const p = data && this.pending.get(data.client_id);
     if (!p) return;
+    // `unavailable`: not stored (Redis down, backlog full). Resend it with the
+    // same client_id after a backoff, a few times, before giving up.
+    if (err?.code === "unavailable" && (p.retries ?? 0) < UNAVAILABLE_RETRIES) {
+      p.retries = (p.retries ?? 0) + 1;
+      const delay = backoffDelay(p.retries, { initialMs: 500, maxMs: 5000 }, this.opts.random);
+      p.timer = this.timers.setTimeout(() => {
+        if (this.pending.get(data.client_id) === p) this.sendRaw(JSON.parse(p.frame));
+      }, delay);
+      return;
+    }
     this.pending.delete(data.client_id);
     if (err) p.reject(err);
     else p.resolve(data);

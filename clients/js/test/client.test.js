@@ -281,3 +281,21 @@ test("typing frames within a second are held, and the latest state goes out", as
   timers.fireAll();
   assert.deepEqual(s.sentOf("typing").map((f) => f.data.active), [true, false]);
 });
+
+test("an unavailable answer is retried with the same client_id, then rejected", async () => {
+  const { c } = await joined();
+  const s = FakeSocket.last;
+  const p = c.send("x");
+  const id = s.sentOf("message")[0].data.client_id;
+  for (let i = 0; i < 3; i++) {
+    s.frame("error", { code: "unavailable", message: "redis down", client_id: id });
+    assert.equal(timers.size, 1, "a resend is scheduled");
+    timers.fireAll();
+  }
+  const sent = s.sentOf("message");
+  assert.equal(sent.length, 4);
+  assert.ok(sent.every((f) => f.data.client_id === id));
+  s.frame("error", { code: "unavailable", message: "redis down", client_id: id });
+  await assert.rejects(p, (e) => e.code === "unavailable");
+  assert.equal(c.pending.size, 0);
+});
