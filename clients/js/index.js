@@ -29,6 +29,7 @@ export { backoffDelay } from "./backoff.js";
  * @property {number} [queueLimit=32] Most unacknowledged requests held (sent or queued offline).
  * @property {import("./backoff.js").BackoffOptions} [backoff]
  * @property {number} [requestTimeoutMs=5000] Deadline of a `presence()` answer.
+ * @property {number} [connectTimeoutMs=10000] A socket not open by then is closed and retried.
  * @property {any} [WebSocket] A WebSocket constructor (default: the global one).
  * @property {{setTimeout: Function, clearTimeout: Function}} [timers]
  * @property {() => number} [random] Source of [0, 1) for the jitter.
@@ -174,10 +175,20 @@ export class ChatClient {
     }
     this.ws = ws;
     this.hist = null;
+    // A socket that does not open in time (a black-holed address) is given up.
+    const giveUp = (reason) => {
+      if (ws !== this.ws || this.state === "open") return;
+      try { ws.close(); } catch { /* not open yet */ }
+      this.onClose(1006, reason);
+    };
+    this.connectTimer = this.timers.setTimeout(() => giveUp("connect timeout"),
+      this.opts.connectTimeoutMs ?? 10_000);
     ws.onopen = () => { if (ws === this.ws) this.onOpen(); };
     ws.onmessage = (e) => { if (ws === this.ws) this.onFrame(e.data); };
     ws.onclose = (e) => { if (ws === this.ws) this.onClose(e.code, e.reason); };
-    ws.onerror = () => {}; // a close event follows
+    // A failed handshake: browsers follow with a close event, Node 20's
+    // experimental WebSocket does not, so it counts as the close itself.
+    ws.onerror = () => giveUp("connect failed");
   }
 
   buildUrl() {
@@ -193,6 +204,7 @@ export class ChatClient {
   }
 
   onOpen() {
+    this.timers.clearTimeout(this.connectTimer);
     this.attempt = 0;
     this.setState("open", { url: this.urls[this.urlIndex % this.urls.length] });
     this.openWaiter?.resolve();
@@ -205,6 +217,7 @@ export class ChatClient {
   /** @param {number} code @param {string} reason */
   onClose(code, reason) {
     this.ws = null;
+    this.timers.clearTimeout(this.connectTimer);
     this.hist = null;
     this.timers.clearTimeout(this.refreshTimer);
     if (this.stopped) return;
@@ -235,7 +248,8 @@ export class ChatClient {
     this.timers.clearTimeout(this.retryTimer);
     this.timers.clearTimeout(this.refreshTimer);
     this.timers.clearTimeout(this.typingTimer);
-    this.retryTimer = this.refreshTimer = this.typingTimer = null;
+    this.timers.clearTimeout(this.connectTimer);
+    this.retryTimer = this.refreshTimer = this.typingTimer = this.connectTimer = null;
   }
 
   /** @param {Error} err */

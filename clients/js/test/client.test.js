@@ -299,3 +299,23 @@ test("an unavailable answer is retried with the same client_id, then rejected", 
   await assert.rejects(p, (e) => e.code === "unavailable");
   assert.equal(c.pending.size, 0);
 });
+
+test("a handshake that errors without a close, or never opens, is retried", async () => {
+  const c = client();
+  c.connect();
+  await tick();
+  FakeSocket.last.onerror({}); // Node 20's WebSocket: an error and no close event
+  assert.equal(c.state, "reconnecting");
+  timers.fireAll();
+  await tick();
+  assert.equal(FakeSocket.all.length, 2);
+  const hanging = FakeSocket.last;
+  timers.fireAll(); // the connect timeout, with the socket still not open
+  assert.equal(hanging.closed?.code, 1000);
+  assert.equal(c.state, "reconnecting");
+  timers.fireAll();
+  await tick();
+  FakeSocket.last.open();
+  assert.equal(c.state, "open");
+  assert.equal(FakeSocket.all.length, 3);
+});
