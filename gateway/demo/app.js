@@ -64,6 +64,7 @@ function join(room, name) {
 function onState({ state, attempt, delayMs }) {
   document.body.dataset.state = state;
   if (state === "reconnecting") {
+    for (const name of [...typers.keys()]) stopTyping(name); // stale once cut off
     const wait = delayMs !== undefined ? ` in ${(delayMs / 1000).toFixed(1)} s` : "";
     showBanner(`Connection lost. Reconnecting${wait} (attempt ${attempt || 1})…`, "warn");
   } else if (state === "open") {
