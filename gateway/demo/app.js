@@ -119,7 +119,10 @@ function renderMessage(m) {
   const actions = li.querySelector(".actions");
   actions.hidden = !mine || Boolean(m.deleted);
   actions.querySelector(".edit").onclick = () => startEdit(li, m.id);
-  actions.querySelector(".delete").onclick = () => request(client.delete(m.id));
+  actions.querySelector(".delete").onclick = () => {
+    request(client.delete(m.id));
+    els.input.focus(); // the button goes away with the message's text
+  };
 }
 
 // Stay at the newest message unless the reader scrolled up.
