@@ -40,14 +40,16 @@ ensure_python_venv() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
 }
 
-# Headless Chromium (Debian's package) and playwright-core (npm, pinned by
-# tests/browser/package-lock.json) for the browser test. Playwright never
+# Headless Chromium (Debian's package), node, an emoji font, and playwright-core
+# (npm, pinned by tests/browser/package-lock.json) for the browser tests. Playwright never
 # downloads a browser here: the test points it at /usr/bin/chromium.
 ensure_browser() {
   local pkgs=()
   command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+  # Emoji in the demo page's screenshots (reactions) instead of empty boxes.
+  fc-list 2>/dev/null | grep -qi "color emoji" || pkgs+=(fonts-noto-color-emoji)
   if [ ${#pkgs[@]} -gt 0 ]; then
     echo "==> Installing ${pkgs[*]} (apt)"
     as_root apt-get update -qq

@@ -138,6 +138,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub presence_events: bool,
 
+    /// Serve the demo page at `/` and the JavaScript client at `/client/…`
+    /// (both embedded in the binary); `false` turns them off (`/` is then 404).
+    #[arg(long, env = "DEMO_PAGE", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub demo_page: bool,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub access: AccessArgs,

@@ -21,6 +21,7 @@ use crate::ws;
 
 /// All routes of the gateway.
 pub fn router(state: AppState) -> Router {
+    let demo = state.config.demo_page;
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/health", get(health))
@@ -38,6 +39,11 @@ pub fn router(state: AppState) -> Router {
         .route("/rooms/{room}/reads", get(crate::receipts::http_reads))
         .route("/rooms/{room}/bans", post(crate::bans::place))
         .route("/rooms/{room}/bans/{user}", delete(crate::bans::lift))
+        .merge(if demo {
+            crate::demo::routes::<AppState>()
+        } else {
+            Router::new()
+        })
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
         })

@@ -10,6 +10,8 @@
 //! - [`subscriber`]: this gateway's delivery channel; batches published by
 //!   workers go to [`rooms`], the local registry, which queues each frame to the
 //!   members' bounded queues.
+//! - [`demo`]: the demo page at `/` and the JavaScript client (`clients/js`),
+//!   embedded in the binary (`DEMO_PAGE`).
 //! - [`presence`]: connection entries (with their users' presence records)
 //!   and the gateway heartbeat in Redis.
 //! - [`presence_events`]: the presence answer and the `join` / `leave`
@@ -30,6 +32,7 @@ pub mod append;
 pub mod auth;
 pub mod bans;
 pub mod config;
+pub mod demo;
 pub mod history;
 pub mod http;
 pub mod listener;
