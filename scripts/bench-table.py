@@ -38,7 +38,11 @@ def row(name, r):
         return (f"| persist | {x['sent']} messages, {x.get('rooms')} rooms | "
                 f"**{x.get('persisted_per_s')} msg/s** persisted+published | "
                 f"append {x.get('append_seconds')} s, total {x['duration_s']:.2f} s | — |")
-    return (f"| {name} | {x.get('shape', '')}; sent {x['sent']}, acked {x['acked']} | "
+    mix = ""
+    if "typing_sent" in x:
+        mix = (f", plus {x['typing_sent']} typing and {x['reactions_sent']} reactions "
+               f"({x['reactions_answered']} answered)")
+    return (f"| {name} | {x.get('shape', '')}; sent {x['sent']}, acked {x['acked']}{mix} | "
             f"**{x['deliveries_per_s']:.0f} deliveries/s** | p50 {x['p50_ms']:.2f} / p90 {x['p90_ms']:.2f} / "
             f"p99 **{x['p99_ms']:.2f}** / p99.9 {x['p999_ms']:.2f} / max {x['max_ms']:.2f} ms | "
             f"lost {x['lost']}, dup {x['duplicated']}, ooo {x['out_of_order']} |")

@@ -59,6 +59,16 @@ pub(crate) fn message_frame(room: &str, text: &str, client_id: u64) -> String {
     serde_json::json!({"type":"message","data":{"room":room,"message":text,"client_id":client_id.to_string()}}).to_string()
 }
 
+/// A `typing` frame (active).
+pub(crate) fn typing_frame() -> String {
+    serde_json::json!({"type":"typing","data":{"active":true}}).to_string()
+}
+
+/// A `react` frame adding 👍 to message `id`; its `client_id` starts with `r`.
+pub(crate) fn react_frame(room: &str, id: &str, n: u64) -> String {
+    serde_json::json!({"type":"react","data":{"room":room,"id":id,"emoji":"👍","op":"add","client_id":format!("r{n}")}}).to_string()
+}
+
 /// The parts of a server frame the load generator looks at.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Incoming<'a> {
@@ -77,6 +87,10 @@ pub(crate) struct IncomingData<'a> {
     pub(crate) message: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(crate) code: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(crate) client_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(crate) id: Option<Cow<'a, str>>,
 }
 
 /// Current time in Unix microseconds.

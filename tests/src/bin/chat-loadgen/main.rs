@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::roles::Pace;
+use crate::roles::{Mix, Pace};
 use crate::scenarios::{RoomLoad, Targets};
 
 #[derive(Debug, Parser)]
@@ -65,6 +65,13 @@ enum Scenario {
         /// Padding characters per message.
         #[arg(long, default_value_t = 0)]
         pad: usize,
+        /// Mixed load: a `typing` frame after every N-th message (0 = none).
+        #[arg(long, default_value_t = 0)]
+        typing_every: u64,
+        /// Mixed load: a reaction to the publisher's last acked message after
+        /// every N-th message (0 = none).
+        #[arg(long, default_value_t = 0)]
+        react_every: u64,
     },
     /// One room, C subscribers, one publisher with a window of unacked messages.
     Burst {
@@ -157,17 +164,24 @@ async fn main() -> anyhow::Result<()> {
             rate,
             duration,
             pad,
+            typing_every,
+            react_every,
         } => {
+            let mixed = typing_every > 0 || react_every > 0;
             scenarios::rooms(
                 &targets(&common)?,
                 RoomLoad {
-                    name: "fanout".into(),
+                    name: if mixed { "mixed" } else { "fanout" }.into(),
                     rooms,
                     subs,
                     pubs,
                     pace: Pace::Rate(rate),
                     duration: Duration::from_secs(duration),
                     pad,
+                    mix: Mix {
+                        typing_every,
+                        react_every,
+                    },
                 },
             )
             .await?
@@ -189,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
                     pace: Pace::Window(window),
                     duration: Duration::from_secs(duration),
                     pad,
+                    mix: Mix::default(),
                 },
             )
             .await?

@@ -27,6 +27,20 @@ pub(crate) struct PubResult {
     pub(crate) sent: u64,
     pub(crate) acked: u64,
     pub(crate) refused: u64,
+    /// Typing frames sent (never answered).
+    pub(crate) typing: u64,
+    /// Reactions sent and acked.
+    pub(crate) reactions: u64,
+    pub(crate) reactions_acked: u64,
+}
+
+/// Room events a publisher sends besides its messages (the mixed load).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Mix {
+    /// A `typing` frame after every N-th message (0 = none).
+    pub(crate) typing_every: u64,
+    /// A reaction to its last acked message after every N-th message (0 = none).
+    pub(crate) react_every: u64,
 }
 
 /// Reads frames until the `history` frame of the join.
@@ -95,6 +109,7 @@ pub(crate) struct PublisherSpec {
     pub(crate) duration: Duration,
     pub(crate) pad: usize,
     pub(crate) source: Option<IpAddr>,
+    pub(crate) mix: Mix,
 }
 
 /// Joins `room` and, once `start` is set, sends for `duration`, then waits
@@ -111,7 +126,9 @@ pub(crate) async fn publisher(
         duration,
         pad,
         source,
+        mix,
     } = spec;
+    let mut last_id: Option<String> = None;
     let mut ws = client::connect(&url, source).await?;
     joined(&mut ws).await?;
     let mut start = start;
@@ -130,7 +147,7 @@ pub(crate) async fn publisher(
     loop {
         let sending = tokio::time::Instant::now() < stop_at;
         let answered = r.acked + r.refused;
-        if !sending && answered >= r.sent {
+        if !sending && answered >= r.sent && r.reactions_acked >= r.reactions {
             break;
         }
         if tokio::time::Instant::now() > drain_end {
@@ -146,6 +163,14 @@ pub(crate) async fn publisher(
             _ = tick.tick(), if may_send && matches!(pace, Pace::Rate(_)) => {
                 send(&mut ws, &room, id, r.sent, pad).await?;
                 r.sent += 1;
+                if mix.typing_every > 0 && r.sent % mix.typing_every == 0 {
+                    ws.send(Message::Text(client::typing_frame().into())).await?;
+                    r.typing += 1;
+                }
+                if let Some(target) = last_id.as_deref().filter(|_| mix.react_every > 0 && r.sent % mix.react_every == 0) {
+                    ws.send(Message::Text(client::react_frame(&room, target, r.sent).into())).await?;
+                    r.reactions += 1;
+                }
             }
             _ = std::future::ready(()), if may_send && matches!(pace, Pace::Window(_)) => {
                 send(&mut ws, &room, id, r.sent, pad).await?;
@@ -155,10 +180,19 @@ pub(crate) async fn publisher(
                 let Some(msg) = msg else { break };
                 let Message::Text(t) = msg? else { continue };
                 let f: Incoming<'_> = serde_json::from_str(t.as_str())?;
+                let is_reaction = f.data.as_ref().and_then(|d| d.client_id.as_deref()).is_some_and(|c| c.starts_with('r'));
                 match f.kind.as_ref() {
-                    "ack" => r.acked += 1,
+                    "ack" if is_reaction => r.reactions_acked += 1,
+                    "ack" => {
+                        r.acked += 1;
+                        last_id = f.data.as_ref().and_then(|d| d.id.as_deref()).map(str::to_owned);
+                    }
                     "error" => {
-                        r.refused += 1;
+                        if is_reaction {
+                            r.reactions_acked += 1;
+                        } else {
+                            r.refused += 1;
+                        }
                         if let Some(code) = f.data.and_then(|d| d.code) {
                             if code != "rate_limited" && code != "unavailable" {
                                 anyhow::bail!("publisher {id}: unexpected error {code}");

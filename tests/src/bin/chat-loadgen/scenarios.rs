@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use chat_tests::{http_get, rss_bytes};
 
 use crate::client;
-use crate::roles::{self, Pace, PubResult, PublisherSpec};
+use crate::roles::{self, Mix, Pace, PubResult, PublisherSpec};
 use crate::stats::{Report, SubStats};
 
 /// Where clients connect and from which source addresses.
@@ -40,6 +40,8 @@ pub(crate) struct RoomLoad {
     pub(crate) pace: Pace,
     pub(crate) duration: Duration,
     pub(crate) pad: usize,
+    /// Typing frames and reactions sent besides the messages.
+    pub(crate) mix: Mix,
 }
 
 /// Runs subscribers and publishers over rooms and accounts for every delivery.
@@ -95,6 +97,7 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
                         duration: load.duration,
                         pad: load.pad,
                         source: src,
+                        mix: load.mix,
                     },
                     start_rx.clone(),
                 )),
@@ -115,6 +118,9 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
         total.sent += res.sent;
         total.acked += res.acked;
         total.refused += res.refused;
+        total.typing += res.typing;
+        total.reactions += res.reactions;
+        total.reactions_acked += res.reactions_acked;
     }
     let send_secs = started.elapsed().as_secs_f64();
     let mut expected = 0;
@@ -134,6 +140,17 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
     report
         .extra
         .insert("publish_seconds".into(), format!("{send_secs:.2}").into());
+    if load.mix.typing_every > 0 || load.mix.react_every > 0 {
+        report
+            .extra
+            .insert("typing_sent".into(), total.typing.into());
+        report
+            .extra
+            .insert("reactions_sent".into(), total.reactions.into());
+        report
+            .extra
+            .insert("reactions_answered".into(), total.reactions_acked.into());
+    }
     report.extra.insert(
         "shape".into(),
         format!(
