@@ -20,20 +20,27 @@ use tokio_util::sync::CancellationToken;
 /// and resyncs from this registry, replies from the connection's own reader.
 /// One queue per connection (not two) keeps an idle connection small, and a
 /// full queue means "slow consumer" whatever filled it.
+///
+/// Kept to one pointer and a tag (16 bytes): tokio's channel allocates its
+/// first block of 32 slots when it is created, so every idle connection
+/// holds 32 of these (at 64 bytes, as when the message was inline, that
+/// block alone was 2 KiB per connection).
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A live chat message.
-    Message(LiveMessage),
+    /// A live chat message, shared by every recipient.
+    Message(Arc<LiveMessage>),
     /// Deliveries may have been missed (the subscription was re-established):
     /// catch up from history.
     Resync,
-    /// A reply of the connection's reader (ack, error, history page).
-    Reply(Utf8Bytes),
+    /// A reply of the connection's reader (ack, error, history page); boxed
+    /// to keep the queue's slots small.
+    Reply(Box<Utf8Bytes>),
     /// The reader has ended: everything it queued is ahead of this.
     ReaderDone,
 }
 
-/// A live message, serialized once and shared by every recipient.
+/// A live message, serialized once and shared (behind one `Arc`) by every
+/// recipient.
 #[derive(Debug, Clone)]
 pub struct LiveMessage {
     /// The message's `seq`, used to drop repeats and detect gaps.
@@ -152,17 +159,16 @@ impl LocalRooms {
                 tracing::warn!(seq = d.seq, "Delivered record is not JSON; skipped");
                 continue;
             };
-            let frame = Utf8Bytes::from(frame);
-            let epoch: Arc<str> = Arc::from(d.epoch.as_str());
+            let live = Arc::new(LiveMessage {
+                seq: d.seq,
+                epoch: Arc::from(d.epoch.as_str()),
+                frame: Utf8Bytes::from(frame),
+            });
             for member in members.values() {
                 if member.kicked.load(Ordering::Relaxed) {
                     continue;
                 }
-                match member.tx.try_send(Outbound::Message(LiveMessage {
-                    seq: d.seq,
-                    epoch: epoch.clone(),
-                    frame: frame.clone(),
-                })) {
+                match member.tx.try_send(Outbound::Message(live.clone())) {
                     Ok(()) => queued += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         slow += 1;
@@ -241,6 +247,13 @@ mod tests {
         assert_eq!(rooms.room_count(), 2);
         rooms.resync_all();
         assert!(matches!(rx_c.try_recv().unwrap(), Outbound::Resync));
+    }
+
+    /// Every connection's queue holds 32 slots from the start (tokio
+    /// allocates its first block eagerly): their size is per connection.
+    #[test]
+    fn a_queue_slot_is_two_words() {
+        assert!(std::mem::size_of::<Outbound>() <= 16);
     }
 
     #[test]

@@ -383,7 +383,7 @@ impl Reader {
     /// timeout then ends the connection as a slow consumer).
     async fn reply(&mut self, frame: String) -> Result<(), WriterGone> {
         self.replies
-            .send(Outbound::Reply(frame.into()))
+            .send(Outbound::Reply(Box::new(frame.into())))
             .await
             .map_err(|_| WriterGone)
     }

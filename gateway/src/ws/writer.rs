@@ -11,6 +11,7 @@
 //! A write that stalls past `WRITE_TIMEOUT_MS`, or a kick from the registry
 //! (its queue overflowed), ends the connection as a slow consumer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Message;
@@ -127,7 +128,7 @@ impl<H: HistorySource> Writer<H> {
         match out {
             Outbound::Message(live) => self.deliver_live(sink, live).await?,
             Outbound::Resync => Box::pin(self.fill_gap(sink, u64::MAX)).await?,
-            Outbound::Reply(frame) => self.feed(sink, Message::Text(frame)).await?,
+            Outbound::Reply(frame) => self.feed(sink, Message::Text(*frame)).await?,
             Outbound::ReaderDone => return Ok(true),
         }
         Ok(false)
@@ -136,13 +137,13 @@ impl<H: HistorySource> Writer<H> {
     async fn deliver_live<S, E>(
         &mut self,
         sink: &mut S,
-        live: LiveMessage,
+        live: Arc<LiveMessage>,
     ) -> Result<(), CloseReason>
     where
         S: Sink<Message, Error = E> + Unpin,
     {
         match self.cursor.on_live(live.seq, &live.epoch) {
-            Step::Send => self.feed(sink, Message::Text(live.frame)).await,
+            Step::Send => self.feed(sink, Message::Text(live.frame.clone())).await,
             Step::Skip => Ok(()),
             // The rare paths read Redis: boxed, so that every idle connection
             // does not carry the size of a Redis call in its state.
@@ -150,7 +151,7 @@ impl<H: HistorySource> Writer<H> {
             Step::FillGap => {
                 Box::pin(self.fill_gap(sink, live.seq)).await?;
                 match self.cursor.on_live(live.seq, &live.epoch) {
-                    Step::Send => self.feed(sink, Message::Text(live.frame)).await,
+                    Step::Send => self.feed(sink, Message::Text(live.frame.clone())).await,
                     Step::Skip | Step::Reset => Ok(()),
                     Step::FillGap => {
                         // History no longer holds the missing messages (they
@@ -162,7 +163,7 @@ impl<H: HistorySource> Writer<H> {
                         );
                         metrics::counter!(m::GW_GAPS_TRIMMED).increment(1);
                         self.cursor.skip_to(live.seq);
-                        self.feed(sink, Message::Text(live.frame)).await
+                        self.feed(sink, Message::Text(live.frame.clone())).await
                     }
                 }
             }

@@ -50,11 +50,11 @@ fn snap(seqs: std::ops::RangeInclusive<u64>, epoch: &str) -> Snapshot {
 }
 
 fn live(seq: u64, epoch: &str) -> Outbound {
-    Outbound::Message(LiveMessage {
+    Outbound::Message(Arc::new(LiveMessage {
         seq,
         epoch: Arc::from(epoch),
         frame: message_frame(&record(seq)).unwrap().into(),
-    })
+    }))
 }
 
 /// Runs a writer at `last_seq` 1 of epoch `e` over `deliveries` until it
@@ -189,9 +189,9 @@ async fn another_epoch_resets_the_client() {
 #[tokio::test(start_paused = true)]
 async fn replies_are_written_then_the_writer_ends_with_the_reader() {
     let (tx, outbound) = mpsc::channel(4);
-    tx.try_send(Outbound::Reply("{\"type\":\"ack\"}".into()))
+    tx.try_send(Outbound::Reply(Box::new("{\"type\":\"ack\"}".into())))
         .unwrap();
-    tx.try_send(Outbound::Reply("{\"type\":\"error\"}".into()))
+    tx.try_send(Outbound::Reply(Box::new("{\"type\":\"error\"}".into())))
         .unwrap();
     tx.try_send(Outbound::ReaderDone).unwrap();
     let limits = WriterLimits {
