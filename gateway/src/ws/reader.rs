@@ -75,6 +75,16 @@ impl Reader {
         }
     }
 
+    /// The gateway state this reader was made with.
+    pub(super) fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The sender name of the connection's messages.
+    pub(super) fn username(&self) -> &str {
+        self.username.as_str()
+    }
+
     /// When the connection's token expires (far in the future without one).
     fn expiry(&self) -> tokio::time::Instant {
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
@@ -92,7 +102,7 @@ impl Reader {
     ///
     /// On shutdown, an append in flight is finished and its ack queued
     /// first: a message that was stored is acked.
-    pub(super) async fn run<S>(mut self, stream: &mut S) -> CloseReason
+    pub(super) async fn run<S>(&mut self, stream: &mut S) -> CloseReason
     where
         S: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
@@ -148,7 +158,8 @@ impl Reader {
                             "binary frames are not supported; send JSON text frames",
                         )
                     });
-                    self.reply_error(&err, None).await
+                    // Boxed like `on_text`: rare, and larger than the loop.
+                    Box::pin(self.reply_error(&err, None)).await
                 }
                 // tungstenite answers pings itself and keeps one pong pending
                 // at most (a newer ping replaces it), so a flood queues
