@@ -52,8 +52,9 @@ pub struct GatewayConfig {
     pub ws_max_message_bytes: usize,
 
     /// Initial read buffer per WebSocket, in bytes. It grows for larger frames;
-    /// tungstenite's default (128 KiB, touched on read) dominated per-connection memory.
-    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
+    /// tungstenite zero-fills all of it on the first read, so every idle
+    /// connection holds it (its default, 128 KiB, dominated per-connection memory).
+    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 512, value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
     pub ws_read_buffer_bytes: u64,
 
     /// Outbound frames queued per connection before it counts as a slow
