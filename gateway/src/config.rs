@@ -60,8 +60,8 @@ pub struct GatewayConfig {
     /// Outbound frames queued per connection before it counts as a slow
     /// consumer and is closed with 1013. Keep it at least the workers'
     /// `BATCH_SIZE`: one batch can carry that many messages of one room. Slots
-    /// are allocated 32 at a time (16 bytes each) and frames are shared, so a
-    /// large bound is cheap.
+    /// (16 bytes each) are allocated as messages queue up and released when
+    /// the queue drains, and frames are shared, so a large bound is cheap.
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub outbound_queue: u64,
 

@@ -9,7 +9,7 @@
 //!   stamped and appended to the room's stream ([`append`]), then acked.
 //! - [`subscriber`]: this gateway's delivery channel; batches published by
 //!   workers go to [`rooms`], the local registry, which queues each frame to the
-//!   members' bounded queues.
+//!   members' bounded queues ([`queue`]).
 //! - [`presence`]: connection entries and the gateway heartbeat in Redis.
 //! - [`history`]: consistent history snapshots for join, recovery and pages.
 //! - [`rate_limit`]: the per-connection token bucket.
@@ -29,6 +29,7 @@ pub mod http;
 pub mod listener;
 pub mod presence;
 pub mod publish_api;
+pub mod queue;
 pub mod rate_limit;
 pub mod rooms;
 pub mod server;

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::queue;
 use axum::extract::ws::Utf8Bytes;
 use chat_shared::envelope::{now_us, DeliveryBatch};
 use chat_shared::metrics as m;
 use chat_shared::protocol::message_frame;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// What a connection's writer is given, in one bounded queue: live messages
@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 /// One queue per connection (not two) keeps an idle connection small, and a
 /// full queue means "slow consumer" whatever filled it.
 ///
-/// Kept to one pointer and a tag (16 bytes): tokio's channel allocates its
-/// first block of 32 slots when it is created, so every idle connection
-/// holds 32 of these (at 64 bytes, as when the message was inline, that
-/// block alone was 2 KiB per connection).
+/// Kept to one pointer and a tag (16 bytes): it is a queue slot, and a
+/// queue of slots is per connection (with tokio's channel, whose first
+/// block of 32 slots is allocated up front, a 64-byte inline message made
+/// that block alone 2 KiB per connection).
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A live chat message, shared by every recipient.
@@ -54,7 +54,7 @@ pub struct LiveMessage {
 /// What the registry holds per connection.
 #[derive(Debug)]
 struct Member {
-    tx: mpsc::Sender<Outbound>,
+    tx: queue::Sender<Outbound>,
     kick: CancellationToken,
     /// Set together with `kick`; a plain atomic because it is read for every
     /// delivery, and the token's own check takes a lock.
@@ -81,7 +81,7 @@ impl LocalRooms {
         self: &Arc<Self>,
         room: &str,
         conn: u64,
-        tx: mpsc::Sender<Outbound>,
+        tx: queue::Sender<Outbound>,
         kick: CancellationToken,
     ) -> Membership {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
@@ -116,7 +116,7 @@ impl LocalRooms {
     pub fn resync_all(&self) {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         for member in rooms.values().flat_map(|m| m.values()) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Resync) {
+            if let Err(queue::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Resync) {
                 metrics::counter!(m::GW_SLOW_CONSUMERS).increment(1);
                 member.kick();
             }
@@ -170,11 +170,11 @@ impl LocalRooms {
                 }
                 match member.tx.try_send(Outbound::Message(live.clone())) {
                     Ok(()) => queued += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(queue::error::TrySendError::Full(_)) => {
                         slow += 1;
                         member.kick();
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(queue::error::TrySendError::Closed(_)) => {}
                 }
             }
             metrics::histogram!(m::GW_DELIVERY_LATENCY_SECONDS)
@@ -228,9 +228,9 @@ mod tests {
     #[test]
     fn delivers_to_room_members_only_and_kicks_full_queues() {
         let rooms = Arc::new(LocalRooms::default());
-        let (tx_a, mut rx_a) = mpsc::channel(8);
-        let (tx_b, _rx_b) = mpsc::channel(1);
-        let (tx_c, mut rx_c) = mpsc::channel(8);
+        let (tx_a, mut rx_a) = queue::channel(8);
+        let (tx_b, _rx_b) = queue::channel(1);
+        let (tx_c, mut rx_c) = queue::channel(8);
         let kick_b = CancellationToken::new();
         let _a = rooms.join("r", 1, tx_a, CancellationToken::new());
         let _b = rooms.join("r", 2, tx_b, kick_b.clone());
@@ -249,8 +249,7 @@ mod tests {
         assert!(matches!(rx_c.try_recv().unwrap(), Outbound::Resync));
     }
 
-    /// Every connection's queue holds 32 slots from the start (tokio
-    /// allocates its first block eagerly): their size is per connection.
+    /// A queue slot per queued message, in every connection's queue.
     #[test]
     fn a_queue_slot_is_two_words() {
         assert!(std::mem::size_of::<Outbound>() <= 16);
@@ -259,7 +258,7 @@ mod tests {
     #[test]
     fn guard_removes_membership() {
         let rooms = Arc::new(LocalRooms::default());
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = queue::channel(1);
         {
             let _m = rooms.join("r", 1, tx, CancellationToken::new());
             assert_eq!(rooms.room_count(), 1);

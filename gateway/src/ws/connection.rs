@@ -14,7 +14,7 @@ use axum::extract::ws::{Message, WebSocket};
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::metrics as m;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::close::CloseReason;
@@ -27,6 +27,7 @@ use crate::access::IpSlot;
 use crate::auth::Identity;
 use crate::listener::AbortSwitch;
 use crate::presence;
+use crate::queue;
 use crate::state::AppState;
 
 /// How long the close frame may take before the socket is reset instead.
@@ -81,7 +82,7 @@ impl Connection {
         } = unbox(self);
         let conn_key = presence::conn_key(conn_id);
         let kick = CancellationToken::new();
-        let (tx, deliveries) = mpsc::channel(state.config.outbound_queue as usize);
+        let (tx, deliveries) = queue::channel(state.config.outbound_queue as usize);
         let membership = state
             .rooms
             .join(room.as_str(), conn_id, tx.clone(), kick.clone());
@@ -290,7 +291,7 @@ mod tests {
         )
         .unwrap();
         let room = RoomId::parse("r").unwrap();
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = queue::channel(4);
         let mut reader = Reader::new(
             state.clone(),
             room.clone(),
@@ -301,7 +302,7 @@ mod tests {
         );
         let mut stream = futures_util::stream::empty::<Result<Message, axum::Error>>();
         let reader_size = std::mem::size_of_val(&reader.run(&mut stream));
-        let (_dtx, drx) = mpsc::channel(4);
+        let (_dtx, drx) = queue::channel(4);
         let history = RoomHistory {
             state: state.clone(),
             room: room.clone(),

@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::queue;
 use axum::extract::ws::Message;
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::keys;
@@ -19,7 +20,6 @@ use chat_shared::protocol::{
     HistoryRequest, InboundMessage, ProtocolError, HISTORY_FRAME_BYTES,
 };
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
 
 use super::close::CloseReason;
 use crate::append::{self, AppendError};
@@ -42,7 +42,7 @@ pub(super) struct Reader {
     /// The verified user; replaced by a `refresh`.
     identity: Option<Identity>,
     client_ip: IpAddr,
-    replies: mpsc::Sender<Outbound>,
+    replies: queue::Sender<Outbound>,
     bucket: TokenBucket,
     /// The room is known to exist (has history): no creation budget to spend.
     room_exists: bool,
@@ -56,7 +56,7 @@ impl Reader {
         username: Username,
         identity: Option<Identity>,
         client_ip: IpAddr,
-        replies: mpsc::Sender<Outbound>,
+        replies: queue::Sender<Outbound>,
     ) -> Self {
         let bucket = TokenBucket::new(
             state.config.rate_limit_per_sec,

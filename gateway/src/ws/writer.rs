@@ -14,12 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::queue;
 use axum::extract::ws::Message;
 use chat_shared::ids::RoomId;
 use chat_shared::metrics as m;
 use chat_shared::protocol::message_frame;
 use futures_util::{Sink, SinkExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::close::CloseReason;
@@ -48,7 +48,7 @@ pub(super) struct Writer<H> {
     room: RoomId,
     history: H,
     cursor: Cursor,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: queue::Receiver<Outbound>,
     kick: CancellationToken,
     limits: WriterLimits,
 }
@@ -59,7 +59,7 @@ impl<H: HistorySource> Writer<H> {
         room: RoomId,
         history: H,
         cursor: Cursor,
-        outbound: mpsc::Receiver<Outbound>,
+        outbound: queue::Receiver<Outbound>,
         kick: CancellationToken,
         limits: WriterLimits,
     ) -> Self {
