@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::queue;
 use axum::extract::ws::Utf8Bytes;
 use chat_shared::envelope::{now_us, DeliveryBatch};
 use chat_shared::metrics as m;
 use chat_shared::protocol::message_frame;
 use tokio_util::sync::CancellationToken;
+
+use crate::queue;
 
 /// What a connection's writer is given, in one bounded queue: live messages
 /// and resyncs from this registry, replies from the connection's own reader.

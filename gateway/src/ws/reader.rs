@@ -10,7 +10,6 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::queue;
 use axum::extract::ws::Message;
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::keys;
@@ -25,6 +24,7 @@ use super::close::CloseReason;
 use crate::append::{self, AppendError};
 use crate::auth::Identity;
 use crate::history::{self, Range};
+use crate::queue;
 use crate::rate_limit::TokenBucket;
 use crate::rooms::Outbound;
 use crate::state::AppState;

@@ -12,9 +12,9 @@
 //! (its queue overflowed), ends the connection as a slow consumer.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::queue;
 use axum::extract::ws::Message;
 use chat_shared::ids::RoomId;
 use chat_shared::metrics as m;
@@ -26,6 +26,7 @@ use super::close::CloseReason;
 use super::cursor::{Cursor, Step};
 use super::recovery::{self, HistorySource};
 use crate::history::Range;
+use crate::queue;
 use crate::rooms::{LiveMessage, Outbound};
 
 /// Most queued frames written before one flush.
@@ -227,20 +228,51 @@ impl<H: HistorySource> Writer<H> {
 
     /// Queues one frame in the socket's write buffer (written out when the
     /// buffer fills or on [`Self::flush`]).
+    ///
+    /// Usually the buffer takes the frame at once. Only then does the wait
+    /// (with its timer and kick future) run, boxed: its size would otherwise
+    /// be part of every connection's writer, idle or not.
     async fn feed<S, E>(&self, sink: &mut S, msg: Message) -> Result<(), CloseReason>
     where
         S: Sink<Message, Error = E> + Unpin,
     {
-        bounded_write(self.limits.write_timeout, &self.kick, sink.feed(msg)).await
+        match poll_once(|cx| sink.poll_ready_unpin(cx)).await {
+            Poll::Ready(Ok(())) => sink
+                .start_send_unpin(msg)
+                .map_err(|_| CloseReason::SocketError),
+            Poll::Ready(Err(_)) => Err(CloseReason::SocketError),
+            Poll::Pending => {
+                let fed = sink.feed(msg);
+                Box::pin(bounded_write(self.limits.write_timeout, &self.kick, fed)).await
+            }
+        }
     }
 
-    /// Writes out everything queued.
+    /// Writes out everything queued; waits (boxed) only when the socket
+    /// does not take it at once, as [`Self::feed`].
     async fn flush<S, E>(&self, sink: &mut S) -> Result<(), CloseReason>
     where
         S: Sink<Message, Error = E> + Unpin,
     {
-        bounded_write(self.limits.write_timeout, &self.kick, sink.flush()).await
+        match poll_once(|cx| sink.poll_flush_unpin(cx)).await {
+            Poll::Ready(Ok(())) => Ok(()),
+            Poll::Ready(Err(_)) => Err(CloseReason::SocketError),
+            Poll::Pending => {
+                let flushed = sink.flush();
+                Box::pin(bounded_write(
+                    self.limits.write_timeout,
+                    &self.kick,
+                    flushed,
+                ))
+                .await
+            }
+        }
     }
+}
+
+/// Polls `poll` once and returns what it gave, ready or not.
+async fn poll_once<T>(mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+    std::future::poll_fn(|cx| Poll::Ready(poll(cx))).await
 }
 
 /// Awaits a socket write, giving up when the client stalls past `timeout` or
