@@ -52,14 +52,16 @@ pub struct GatewayConfig {
     pub ws_max_message_bytes: usize,
 
     /// Initial read buffer per WebSocket, in bytes. It grows for larger frames;
-    /// tungstenite's default (128 KiB, touched on read) dominated per-connection memory.
-    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
+    /// tungstenite zero-fills all of it on the first read, so every idle
+    /// connection holds it (its default, 128 KiB, dominated per-connection memory).
+    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 512, value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
     pub ws_read_buffer_bytes: u64,
 
     /// Outbound frames queued per connection before it counts as a slow
     /// consumer and is closed with 1013. Keep it at least the workers'
     /// `BATCH_SIZE`: one batch can carry that many messages of one room. Slots
-    /// are allocated lazily and frames are shared, so a large bound is cheap.
+    /// (16 bytes each) are allocated as messages queue up and released when
+    /// the queue drains, and frames are shared, so a large bound is cheap.
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub outbound_queue: u64,
 

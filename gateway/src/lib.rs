@@ -9,7 +9,7 @@
 //!   stamped and appended to the room's stream ([`append`]), then acked.
 //! - [`subscriber`]: this gateway's delivery channel; batches published by
 //!   workers go to [`rooms`], the local registry, which queues each frame to the
-//!   members' bounded queues.
+//!   members' bounded queues ([`queue`]).
 //! - [`demo`]: the demo page at `/` and the JavaScript client (`clients/js`),
 //!   embedded in the binary (`DEMO_PAGE`).
 //! - [`presence`]: connection entries (with their users' presence records)
@@ -39,6 +39,7 @@ pub mod listener;
 pub mod presence;
 pub mod presence_events;
 pub mod publish_api;
+pub mod queue;
 pub mod rate_limit;
 pub mod receipts;
 pub mod room_events;

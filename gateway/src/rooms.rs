@@ -17,32 +17,40 @@ use chat_shared::ephemeral::EphemeralEvent;
 use chat_shared::metrics as m;
 use chat_shared::presence::PresenceUser;
 use chat_shared::protocol::live_frame;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::queue;
 
 /// What a connection's writer is given, in one bounded queue: live messages
 /// and resyncs from this registry, replies from the connection's own reader.
 /// One queue per connection (not two) keeps an idle connection small, and a
 /// full queue means "slow consumer" whatever filled it.
+///
+/// Kept to one pointer and a tag (16 bytes): it is a queue slot, and a
+/// queue of slots is per connection (with tokio's channel, whose first
+/// block of 32 slots is allocated up front, a 64-byte inline message made
+/// that block alone 2 KiB per connection).
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A live chat message.
-    Message(LiveMessage),
+    /// A live chat message, shared by every recipient.
+    Message(Arc<LiveMessage>),
     /// Deliveries may have been missed (the subscription was re-established):
     /// catch up from history.
     Resync,
-    /// A reply of the connection's reader (ack, error, history page).
-    Reply(Utf8Bytes),
+    /// A reply of the connection's reader (ack, error, history page); boxed
+    /// to keep the queue's slots small.
+    Reply(Box<Utf8Bytes>),
     /// The reader has ended: everything it queued is ahead of this.
     ReaderDone,
     /// An ephemeral frame (join, leave, typing, read), written as-is: it
-    /// has no `seq` and bypasses the cursor.
-    Ephemeral(Utf8Bytes),
+    /// has no `seq` and bypasses the cursor. Boxed like a reply.
+    Ephemeral(Box<Utf8Bytes>),
     /// The connection's user was banned from the room: close with 4003.
     Banned,
 }
 
-/// A live message, serialized once and shared by every recipient.
+/// A live message, serialized once and shared (behind one `Arc`) by every
+/// recipient.
 #[derive(Debug, Clone)]
 pub struct LiveMessage {
     /// The message's `seq`, used to drop repeats and detect gaps.
@@ -56,7 +64,7 @@ pub struct LiveMessage {
 /// What the registry holds per connection.
 #[derive(Debug)]
 struct Member {
-    tx: mpsc::Sender<Outbound>,
+    tx: queue::Sender<Outbound>,
     /// The connection's user: its key (user id, else display name) finds a
     /// banned user's connections; all of it re-registers its presence.
     user: PresenceUser,
@@ -87,7 +95,7 @@ impl LocalRooms {
         room: &str,
         conn: u64,
         user: PresenceUser,
-        tx: mpsc::Sender<Outbound>,
+        tx: queue::Sender<Outbound>,
         kick: CancellationToken,
     ) -> Membership {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
@@ -123,7 +131,7 @@ impl LocalRooms {
     pub fn resync_all(&self) {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         for member in rooms.values().flat_map(|m| m.values()) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Resync) {
+            if let Err(queue::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Resync) {
                 metrics::counter!(m::GW_SLOW_CONSUMERS).increment(1);
                 member.kick();
             }
@@ -140,7 +148,7 @@ impl LocalRooms {
         let mut closed = 0;
         for member in members.values().filter(|m| m.user.key == user) {
             closed += 1;
-            if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Banned) {
+            if let Err(queue::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Banned) {
                 member.kick();
             }
         }
@@ -190,23 +198,22 @@ impl LocalRooms {
                 tracing::warn!(seq = d.seq, "Delivered record is not JSON; skipped");
                 continue;
             };
-            let frame = Utf8Bytes::from(frame);
-            let epoch: Arc<str> = Arc::from(d.epoch.as_str());
+            let live = Arc::new(LiveMessage {
+                seq: d.seq,
+                epoch: Arc::from(d.epoch.as_str()),
+                frame: Utf8Bytes::from(frame),
+            });
             for member in members.values() {
                 if member.kicked.load(Ordering::Relaxed) {
                     continue;
                 }
-                match member.tx.try_send(Outbound::Message(LiveMessage {
-                    seq: d.seq,
-                    epoch: epoch.clone(),
-                    frame: frame.clone(),
-                })) {
+                match member.tx.try_send(Outbound::Message(live.clone())) {
                     Ok(()) => queued += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(queue::error::TrySendError::Full(_)) => {
                         slow += 1;
                         member.kick();
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(queue::error::TrySendError::Closed(_)) => {}
                 }
             }
             metrics::histogram!(m::GW_DELIVERY_LATENCY_SECONDS)
@@ -245,10 +252,13 @@ impl LocalRooms {
                 if Some(*id) == except || member.kicked.load(Ordering::Relaxed) {
                     continue;
                 }
-                match member.tx.try_send(Outbound::Ephemeral(frame.clone())) {
+                match member
+                    .tx
+                    .try_send(Outbound::Ephemeral(Box::new(frame.clone())))
+                {
                     Ok(()) => queued += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(queue::error::TrySendError::Full(_)) => dropped += 1,
+                    Err(queue::error::TrySendError::Closed(_)) => {}
                 }
             }
         }
@@ -286,8 +296,8 @@ mod tests {
     #[test]
     fn ephemeral_frames_skip_the_sender_and_drop_on_full_queues() {
         let rooms = Arc::new(LocalRooms::default());
-        let (tx_a, mut rx_a) = mpsc::channel(8);
-        let (tx_b, mut rx_b) = mpsc::channel(1);
+        let (tx_a, mut rx_a) = queue::channel(8);
+        let (tx_b, mut rx_b) = queue::channel(1);
         let kick_b = CancellationToken::new();
         let _a = rooms.join("r", 1, user(), tx_a, CancellationToken::new());
         let _b = rooms.join("r", 2, user(), tx_b, kick_b.clone());
@@ -329,9 +339,9 @@ mod tests {
     #[test]
     fn delivers_to_room_members_only_and_kicks_full_queues() {
         let rooms = Arc::new(LocalRooms::default());
-        let (tx_a, mut rx_a) = mpsc::channel(8);
-        let (tx_b, _rx_b) = mpsc::channel(1);
-        let (tx_c, mut rx_c) = mpsc::channel(8);
+        let (tx_a, mut rx_a) = queue::channel(8);
+        let (tx_b, _rx_b) = queue::channel(1);
+        let (tx_c, mut rx_c) = queue::channel(8);
         let kick_b = CancellationToken::new();
         let _a = rooms.join("r", 1, "a".into(), tx_a, CancellationToken::new());
         let _b = rooms.join("r", 2, "b".into(), tx_b, kick_b.clone());
@@ -350,12 +360,18 @@ mod tests {
         assert!(matches!(rx_c.try_recv().unwrap(), Outbound::Resync));
     }
 
+    /// A queue slot per queued message, in every connection's queue.
+    #[test]
+    fn a_queue_slot_is_two_words() {
+        assert!(std::mem::size_of::<Outbound>() <= 16);
+    }
+
     #[test]
     fn a_ban_reaches_only_that_users_connections_in_that_room() {
         let rooms = Arc::new(LocalRooms::default());
-        let (tx_a, mut rx_a) = mpsc::channel(8);
-        let (tx_b, mut rx_b) = mpsc::channel(8);
-        let (tx_full, _rx_full) = mpsc::channel(1);
+        let (tx_a, mut rx_a) = queue::channel(8);
+        let (tx_b, mut rx_b) = queue::channel(8);
+        let (tx_full, _rx_full) = queue::channel(1);
         let kick_full = CancellationToken::new();
         let _a = rooms.join("r", 1, "ana".into(), tx_a, CancellationToken::new());
         let _b = rooms.join("r", 2, "bo".into(), tx_b, CancellationToken::new());
@@ -371,7 +387,7 @@ mod tests {
     #[test]
     fn guard_removes_membership() {
         let rooms = Arc::new(LocalRooms::default());
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = queue::channel(1);
         {
             let _m = rooms.join("r", 1, "a".into(), tx, CancellationToken::new());
             assert_eq!(rooms.room_count(), 1);

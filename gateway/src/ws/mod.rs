@@ -136,36 +136,33 @@ pub(crate) async fn upgrade(
             "gateway is at its connection limit",
         );
     };
-    let cfg = &state.config;
     let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", conn_id, room = %room, peer = %peer.addr);
     let tracker = state.tracker.clone();
-    ws.read_buffer_size(cfg.ws_read_buffer_bytes as usize)
-        .max_message_size(cfg.ws_max_message_bytes)
-        .max_frame_size(cfg.ws_max_message_bytes)
+    let (read_buffer, max_message) = (
+        state.config.ws_read_buffer_bytes as usize,
+        state.config.ws_max_message_bytes,
+    );
+    let max_write = max_write_buffer(state.config.max_message_len as usize);
+    // One pointer in the upgrade callback: axum keeps the callback in its
+    // upgrade task for as long as the connection lives.
+    let conn = Box::new(Connection {
+        state,
+        room,
+        username: admitted.username,
+        identity: admitted.identity,
+        conn_id,
+        resume,
+        slot: admitted.slot,
+        permit,
+        abort: peer.abort,
+    });
+    ws.read_buffer_size(read_buffer)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .write_buffer_size(16 * 1024)
         // Must exceed the largest single frame we send: a history chunk, or one
         // record of MAX_MESSAGE_LEN characters at 6 bytes each once escaped.
-        .max_write_buffer_size(max_write_buffer(cfg.max_message_len as usize))
-        .on_upgrade(move |socket| {
-            tracker.track_future(
-                async move {
-                    let conn = Connection {
-                        state,
-                        socket,
-                        room,
-                        username: admitted.username,
-                        identity: admitted.identity,
-                        client_ip: admitted.slot.ip(),
-                        conn_id,
-                        resume,
-                        abort: peer.abort,
-                    };
-                    conn.run().await;
-                    drop(permit);
-                    drop(admitted.slot);
-                }
-                .instrument(span),
-            )
-        })
+        .max_write_buffer_size(max_write)
+        .on_upgrade(move |socket| tracker.track_future(conn.run(Box::new(socket)).instrument(span)))
 }

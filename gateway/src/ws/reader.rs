@@ -20,7 +20,6 @@ use chat_shared::protocol::{
     HistoryRequest, InboundMessage, ProtocolError, HISTORY_FRAME_BYTES,
 };
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
 
 mod room;
 
@@ -28,6 +27,7 @@ use super::close::CloseReason;
 use crate::append::{self, AppendError, Draft};
 use crate::auth::Identity;
 use crate::history::{self, Range};
+use crate::queue;
 use crate::rate_limit::TokenBucket;
 use crate::room_events::{self, Change};
 use crate::rooms::Outbound;
@@ -46,7 +46,7 @@ pub(super) struct Reader {
     /// The verified user; replaced by a `refresh`.
     identity: Option<Identity>,
     client_ip: IpAddr,
-    replies: mpsc::Sender<Outbound>,
+    replies: queue::Sender<Outbound>,
     bucket: TokenBucket,
     /// The room is known to exist (has history): no creation budget to spend.
     room_exists: bool,
@@ -62,7 +62,7 @@ impl Reader {
         username: Username,
         identity: Option<Identity>,
         client_ip: IpAddr,
-        replies: mpsc::Sender<Outbound>,
+        replies: queue::Sender<Outbound>,
     ) -> Self {
         let bucket = TokenBucket::new(
             state.config.rate_limit_per_sec,
@@ -82,6 +82,16 @@ impl Reader {
         }
     }
 
+    /// The gateway state this reader was made with.
+    pub(super) fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The sender name of the connection's messages.
+    pub(super) fn username(&self) -> &str {
+        self.username.as_str()
+    }
+
     /// When the connection's token expires (far in the future without one).
     fn expiry(&self) -> tokio::time::Instant {
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
@@ -99,7 +109,7 @@ impl Reader {
     ///
     /// On shutdown, an append in flight is finished and its ack queued
     /// first: a message that was stored is acked.
-    pub(super) async fn run<S>(mut self, stream: &mut S) -> CloseReason
+    pub(super) async fn run<S>(&mut self, stream: &mut S) -> CloseReason
     where
         S: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
@@ -155,7 +165,8 @@ impl Reader {
                             "binary frames are not supported; send JSON text frames",
                         )
                     });
-                    self.reply_error(&err, None).await
+                    // Boxed like `on_text`: rare, and larger than the loop.
+                    Box::pin(self.reply_error(&err, None)).await
                 }
                 // tungstenite answers pings itself and keeps one pong pending
                 // at most (a newer ping replaces it), so a flood queues
@@ -507,7 +518,7 @@ impl Reader {
     /// timeout then ends the connection as a slow consumer).
     async fn reply(&self, frame: String) -> Result<(), WriterGone> {
         self.replies
-            .send(Outbound::Reply(frame.into()))
+            .send(Outbound::Reply(Box::new(frame.into())))
             .await
             .map_err(|_| WriterGone)
     }

@@ -12,6 +12,8 @@
 //! A write that stalls past `WRITE_TIMEOUT_MS`, or a kick from the registry
 //! (its queue overflowed), ends the connection as a slow consumer.
 
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
@@ -19,13 +21,13 @@ use chat_shared::ids::RoomId;
 use chat_shared::metrics as m;
 use chat_shared::protocol::live_frame;
 use futures_util::{Sink, SinkExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::close::CloseReason;
 use super::cursor::{Cursor, Step};
 use super::recovery::{self, HistorySource};
 use crate::history::Range;
+use crate::queue;
 use crate::rooms::{LiveMessage, Outbound};
 
 /// Most queued frames written before one flush.
@@ -48,7 +50,7 @@ pub(super) struct Writer<H> {
     room: RoomId,
     history: H,
     cursor: Cursor,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: queue::Receiver<Outbound>,
     kick: CancellationToken,
     limits: WriterLimits,
 }
@@ -59,7 +61,7 @@ impl<H: HistorySource> Writer<H> {
         room: RoomId,
         history: H,
         cursor: Cursor,
-        outbound: mpsc::Receiver<Outbound>,
+        outbound: queue::Receiver<Outbound>,
         kick: CancellationToken,
         limits: WriterLimits,
     ) -> Self {
@@ -128,9 +130,9 @@ impl<H: HistorySource> Writer<H> {
         match out {
             Outbound::Message(live) => self.deliver_live(sink, live).await?,
             Outbound::Resync => Box::pin(self.fill_gap(sink, u64::MAX)).await?,
-            Outbound::Reply(frame) => self.feed(sink, Message::Text(frame)).await?,
+            Outbound::Reply(frame) => self.feed(sink, Message::Text(*frame)).await?,
             // No `seq`: written as-is, outside the cursor.
-            Outbound::Ephemeral(frame) => self.feed(sink, Message::Text(frame)).await?,
+            Outbound::Ephemeral(frame) => self.feed(sink, Message::Text(*frame)).await?,
             Outbound::ReaderDone => return Ok(true),
             Outbound::Banned => return Err(CloseReason::Banned),
         }
@@ -140,13 +142,13 @@ impl<H: HistorySource> Writer<H> {
     async fn deliver_live<S, E>(
         &mut self,
         sink: &mut S,
-        live: LiveMessage,
+        live: Arc<LiveMessage>,
     ) -> Result<(), CloseReason>
     where
         S: Sink<Message, Error = E> + Unpin,
     {
         match self.cursor.on_live(live.seq, &live.epoch) {
-            Step::Send => self.feed(sink, Message::Text(live.frame)).await,
+            Step::Send => self.feed(sink, Message::Text(live.frame.clone())).await,
             Step::Skip => Ok(()),
             // The rare paths read Redis: boxed, so that every idle connection
             // does not carry the size of a Redis call in its state.
@@ -154,7 +156,7 @@ impl<H: HistorySource> Writer<H> {
             Step::FillGap => {
                 Box::pin(self.fill_gap(sink, live.seq)).await?;
                 match self.cursor.on_live(live.seq, &live.epoch) {
-                    Step::Send => self.feed(sink, Message::Text(live.frame)).await,
+                    Step::Send => self.feed(sink, Message::Text(live.frame.clone())).await,
                     Step::Skip | Step::Reset => Ok(()),
                     Step::FillGap => {
                         // History no longer holds the missing messages (they
@@ -166,7 +168,7 @@ impl<H: HistorySource> Writer<H> {
                         );
                         metrics::counter!(m::GW_GAPS_TRIMMED).increment(1);
                         self.cursor.skip_to(live.seq);
-                        self.feed(sink, Message::Text(live.frame)).await
+                        self.feed(sink, Message::Text(live.frame.clone())).await
                     }
                 }
             }
@@ -230,20 +232,51 @@ impl<H: HistorySource> Writer<H> {
 
     /// Queues one frame in the socket's write buffer (written out when the
     /// buffer fills or on [`Self::flush`]).
+    ///
+    /// Usually the buffer takes the frame at once. Only then does the wait
+    /// (with its timer and kick future) run, boxed: its size would otherwise
+    /// be part of every connection's writer, idle or not.
     async fn feed<S, E>(&self, sink: &mut S, msg: Message) -> Result<(), CloseReason>
     where
         S: Sink<Message, Error = E> + Unpin,
     {
-        bounded_write(self.limits.write_timeout, &self.kick, sink.feed(msg)).await
+        match poll_once(|cx| sink.poll_ready_unpin(cx)).await {
+            Poll::Ready(Ok(())) => sink
+                .start_send_unpin(msg)
+                .map_err(|_| CloseReason::SocketError),
+            Poll::Ready(Err(_)) => Err(CloseReason::SocketError),
+            Poll::Pending => {
+                let fed = sink.feed(msg);
+                Box::pin(bounded_write(self.limits.write_timeout, &self.kick, fed)).await
+            }
+        }
     }
 
-    /// Writes out everything queued.
+    /// Writes out everything queued; waits (boxed) only when the socket
+    /// does not take it at once, as [`Self::feed`].
     async fn flush<S, E>(&self, sink: &mut S) -> Result<(), CloseReason>
     where
         S: Sink<Message, Error = E> + Unpin,
     {
-        bounded_write(self.limits.write_timeout, &self.kick, sink.flush()).await
+        match poll_once(|cx| sink.poll_flush_unpin(cx)).await {
+            Poll::Ready(Ok(())) => Ok(()),
+            Poll::Ready(Err(_)) => Err(CloseReason::SocketError),
+            Poll::Pending => {
+                let flushed = sink.flush();
+                Box::pin(bounded_write(
+                    self.limits.write_timeout,
+                    &self.kick,
+                    flushed,
+                ))
+                .await
+            }
+        }
     }
+}
+
+/// Polls `poll` once and returns what it gave, ready or not.
+async fn poll_once<T>(mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+    std::future::poll_fn(|cx| Poll::Ready(poll(cx))).await
 }
 
 /// Awaits a socket write, giving up when the client stalls past `timeout` or

@@ -50,11 +50,11 @@ fn snap(seqs: std::ops::RangeInclusive<u64>, epoch: &str) -> Snapshot {
 }
 
 fn live(seq: u64, epoch: &str) -> Outbound {
-    Outbound::Message(LiveMessage {
+    Outbound::Message(Arc::new(LiveMessage {
         seq,
         epoch: Arc::from(epoch),
         frame: live_frame(&record(seq)).unwrap().into(),
-    })
+    }))
 }
 
 /// Runs a writer at `last_seq` 1 of epoch `e` over `deliveries` until it
@@ -63,7 +63,7 @@ async fn run(
     history: Scripted,
     deliveries: Vec<Outbound>,
 ) -> (Option<Result<(), CloseReason>>, Vec<serde_json::Value>) {
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = queue::channel(16);
     for d in deliveries {
         tx.try_send(d).unwrap();
     }
@@ -188,10 +188,10 @@ async fn another_epoch_resets_the_client() {
 
 #[tokio::test(start_paused = true)]
 async fn replies_are_written_then_the_writer_ends_with_the_reader() {
-    let (tx, outbound) = mpsc::channel(4);
-    tx.try_send(Outbound::Reply("{\"type\":\"ack\"}".into()))
+    let (tx, outbound) = queue::channel(4);
+    tx.try_send(Outbound::Reply(Box::new("{\"type\":\"ack\"}".into())))
         .unwrap();
-    tx.try_send(Outbound::Reply("{\"type\":\"error\"}".into()))
+    tx.try_send(Outbound::Reply(Box::new("{\"type\":\"error\"}".into())))
         .unwrap();
     tx.try_send(Outbound::ReaderDone).unwrap();
     let limits = WriterLimits {
@@ -215,7 +215,7 @@ async fn replies_are_written_then_the_writer_ends_with_the_reader() {
 
 #[tokio::test(start_paused = true)]
 async fn a_kick_ends_the_writer_as_a_slow_consumer() {
-    let (_tx, outbound) = mpsc::channel(4);
+    let (_tx, outbound) = queue::channel(4);
     let kick = CancellationToken::new();
     kick.cancel();
     let limits = WriterLimits {

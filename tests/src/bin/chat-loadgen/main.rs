@@ -6,8 +6,9 @@
 //! - `fanout`: R rooms × C subscribers × P publishers at a fixed rate for D s;
 //! - `burst`: one room, C subscribers, one publisher as fast as a window of
 //!   unacked messages allows;
-//! - `conns`: N idle connections over several loopback source addresses,
-//!   with connect rate and gateway RSS per connection;
+//! - `conns`: N idle connections in 100 rooms, each with a `username`, over
+//!   several loopback source addresses, with connect rate and gateway RSS per
+//!   connection;
 //! - `persist`: entries appended straight to the streams, timed until the
 //!   worker has persisted and published them all.
 
