@@ -33,6 +33,9 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let margin = leases.safety_margin();
     let tick = ttl / 3;
     let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
+    // Shards whose per-shard lag gauge this worker has set (zeroed once it
+    // no longer holds them, so a dashboard summing by shard counts each once).
+    let mut reported: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
     let offset = start_offset(&ctx.worker_id, cfg.stream_shards);
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -135,9 +138,19 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         ctx.set_ready(true);
         let shards: Vec<u32> = owned.keys().copied().collect();
         match backlog(&ctx, &shards).await {
-            Ok((lag, pending)) => {
+            Ok(per_shard) => {
+                let lag: u64 = per_shard.iter().map(|b| b.lag).sum();
+                let pending: u64 = per_shard.iter().map(|b| b.pending).sum();
                 metrics::gauge!(m::WK_STREAM_LAG).set(lag as f64);
                 metrics::gauge!(m::WK_STREAM_PENDING).set(pending as f64);
+                for gone in reported.difference(&shards.iter().copied().collect()) {
+                    metrics::gauge!(m::WK_SHARD_LAG, "shard" => gone.to_string()).set(0.0);
+                }
+                reported = shards.iter().copied().collect();
+                for b in &per_shard {
+                    metrics::gauge!(m::WK_SHARD_LAG, "shard" => b.shard.to_string())
+                        .set(b.lag as f64);
+                }
             }
             Err(e) => tracing::debug!(error = %e, "Cannot read stream backlog"),
         }
@@ -217,12 +230,22 @@ async fn live_workers(ctx: &Context, ttl: Duration) -> Result<u32, chat_shared::
 
 /// Sums the consumer group's `lag` (not yet read) and `pending` (read, not
 /// acked) over `shards`, from `XINFO GROUPS`.
+/// One shard's backlog in the consumer group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backlog {
+    shard: u32,
+    /// Entries not yet read by the group.
+    lag: u64,
+    /// Entries read but not yet acked.
+    pending: u64,
+}
+
 async fn backlog(
     ctx: &Context,
     shards: &[u32],
-) -> Result<(u64, u64), chat_shared::redis::RedisError> {
+) -> Result<Vec<Backlog>, chat_shared::redis::RedisError> {
     if shards.is_empty() {
-        return Ok((0, 0));
+        return Ok(Vec::new());
     }
     let mut pipe = redis::pipe();
     for &s in shards {
@@ -231,20 +254,28 @@ async fn backlog(
             .arg(chat_shared::keys::stream(s));
     }
     let replies: Vec<Vec<HashMap<String, redis::Value>>> = ctx.redis.pipe(&pipe).await?;
-    let (mut lag, mut pending) = (0, 0);
-    for group in replies.iter().flatten() {
-        let is_ours = matches!(group.get("name"), Some(redis::Value::BulkString(n)) if n == chat_shared::keys::CONSUMER_GROUP.as_bytes());
-        if !is_ours {
-            continue;
-        }
-        let num = |k: &str| match group.get(k) {
-            Some(redis::Value::Int(n)) => (*n).max(0) as u64,
-            _ => 0,
+    let mut out = Vec::with_capacity(shards.len());
+    for (&shard, groups) in shards.iter().zip(&replies) {
+        let mut b = Backlog {
+            shard,
+            lag: 0,
+            pending: 0,
         };
-        lag += num("lag");
-        pending += num("pending");
+        for group in groups {
+            let is_ours = matches!(group.get("name"), Some(redis::Value::BulkString(n)) if n == chat_shared::keys::CONSUMER_GROUP.as_bytes());
+            if !is_ours {
+                continue;
+            }
+            let num = |k: &str| match group.get(k) {
+                Some(redis::Value::Int(n)) => (*n).max(0) as u64,
+                _ => 0,
+            };
+            b.lag += num("lag");
+            b.pending += num("pending");
+        }
+        out.push(b);
     }
-    Ok((lag, pending))
+    Ok(out)
 }
 
 /// Where this worker starts looking for free shards, so workers that start

@@ -101,6 +101,9 @@ pub const WK_REDIS_ERRORS: &str = "chat_worker_redis_errors_total";
 pub const WK_SHARDS_OWNED: &str = "chat_worker_shards_owned";
 /// Gauge: entries in this worker's shards not yet read by the group (Redis `lag`).
 pub const WK_STREAM_LAG: &str = "chat_worker_stream_lag_entries";
+/// Gauge: entries of one shard not yet read by the group, by `shard` (set by
+/// the worker holding it; 0 from a worker that no longer does).
+pub const WK_SHARD_LAG: &str = "chat_worker_shard_lag_entries";
 /// Gauge: entries in this worker's shards read but not yet acked.
 pub const WK_STREAM_PENDING: &str = "chat_worker_stream_pending_entries";
 /// Counter: users whose last connection the janitor removed (a dead
@@ -410,6 +413,11 @@ fn describe_all() {
         WK_WEBHOOK_QUEUE,
         Unit::Count,
         "Records waiting in the webhook outboxes of this worker's shards"
+    );
+    describe_gauge!(
+        WK_SHARD_LAG,
+        Unit::Count,
+        "Entries of one stream shard not yet read by the consumer group, by shard"
     );
     describe_gauge!(
         WK_SHARDS_OWNED,

@@ -165,7 +165,9 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
 /// Opens `count` idle connections, holds them for `hold`, and reports the
 /// connect rate and, given gateway PIDs, their resident memory per connection.
 /// The clients are spread over 100 rooms and each names itself
-/// (`username=idle-user-N`), the shape of a real idle population.
+/// (`username=idle-user-N`), the shape of a real idle population; with a
+/// `token` in the URL the name comes from the token instead (a query name
+/// that differs from it is refused).
 pub(crate) async fn conns(
     t: &Targets,
     count: usize,
@@ -180,11 +182,12 @@ pub(crate) async fn conns(
     let mut handles = Vec::with_capacity(count);
     let (ok_tx, mut ok_rx) = mpsc::channel::<bool>(count.max(1));
     for i in 0..count {
-        let (url, src) = t.pick(
-            i,
-            &format!("idle-{}", i % 100),
-            &format!("&username=idle-user-{i}"),
-        );
+        let named = if t.urls[i % t.urls.len()].contains("token=") {
+            String::new()
+        } else {
+            format!("&username=idle-user-{i}")
+        };
+        let (url, src) = t.pick(i, &format!("idle-{}", i % 100), &named);
         let permit = sem.clone().acquire_owned().await?;
         let ok_tx = ok_tx.clone();
         let mut done = done_tx.subscribe();
