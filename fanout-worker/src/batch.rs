@@ -210,6 +210,11 @@ fn persist_pipeline(
             rooms.push(item.room.clone());
         }
     }
+    // Grouped by key, so that on a cluster each room's expiries are one
+    // slot run and the `SADD`s another.
+    for room in &rooms {
+        persist::add_expiry(&mut pipe, room, config.history_ttl);
+    }
     for room in &rooms {
         pipe.sadd(keys::ROOMS_ACTIVE, room.as_str()).ignore();
     }

@@ -17,6 +17,9 @@
 //! Room events (edit, delete, react) go through the same script: see
 //! [`PERSIST_LUA`] for how they change their target.
 //!
+//! The room's keys get their `HISTORY_TTL` once per batch and room
+//! ([`add_expiry`], after the batch's script calls), not once per message.
+//!
 //! History is bounded twice: at most `HISTORY_LIMIT` records and at most
 //! `HISTORY_MAX_BYTES` of record JSON (the room state keeps a running `bytes`
 //! total); the oldest records go first, so the list stays contiguous in `seq`.
@@ -34,7 +37,7 @@ use redis::Script;
 /// KEYS: `messages:<room>`, `chat:room:{messages:<room>}`, the room's
 /// message index, the room's reactions.
 /// ARGV: stream entry id, record prefix (JSON without `,"seq":N}`), history
-/// limit, ttl seconds, epoch candidate, the entry's id (a message's `id`, an
+/// limit, ttl seconds (unused: the expiry is set per batch, [`add_expiry`]), epoch candidate, the entry's id (a message's `id`, an
 /// event's `event_id`), how many of the newest records to search for a
 /// re-processed entry (a takeover re-processes at most a batch or two, so the
 /// whole list never needs scanning), history byte cap (0 = none), mode
@@ -163,7 +166,6 @@ while len > limit or (max_bytes > 0 and bytes > max_bytes and len > 1) do
   end
 end
 if bytes < 0 then redis.call('HSET', KEYS[2], 'bytes', 0) end
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 return {seq, record, epoch}
 "#;
 
@@ -181,6 +183,20 @@ pub(crate) struct HistoryBounds {
     pub(crate) max_bytes: u64,
     /// Expiry after the last message (`HISTORY_TTL`).
     pub(crate) ttl_secs: u64,
+}
+
+/// Adds the expiry of one room's history keys (history list, sequence
+/// state, message index, reactions) to `pipe`: `HISTORY_TTL` from now, once
+/// per batch and room after that batch's script calls.
+pub(crate) fn add_expiry(pipe: &mut redis::Pipeline, room: &RoomId, ttl_secs: u64) {
+    for key in [
+        keys::messages(room),
+        keys::room_state(room),
+        keys::message_index(room),
+        keys::reactions(room),
+    ] {
+        pipe.expire(key, ttl_secs as i64).ignore();
+    }
 }
 
 /// Adds one persist invocation to `pipe`.
