@@ -497,13 +497,18 @@ mod tests {
         );
         let cmds = commands(&pipe);
         let names: Vec<&str> = cmds.iter().map(|c| c.split(' ').next().unwrap()).collect();
-        assert_eq!(
-            names,
-            ["EVALSHA", "EVALSHA", "EVALSHA", "SADD", "SADD", "HKEYS", "HKEYS"]
-        );
-        assert_eq!(cmds[3], format!("SADD {} a", keys::ROOMS_ACTIVE));
+        let mut want = vec!["EVALSHA"; 3];
+        // Each room's four history keys get their TTL once per batch.
+        want.extend(["EXPIRE"; 8]);
+        want.extend(["SADD", "SADD", "HKEYS", "HKEYS"]);
+        assert_eq!(names, want);
         let room_a = RoomId::parse("a").unwrap();
-        assert_eq!(cmds[5], format!("HKEYS {}", keys::room_gateways(&room_a)));
+        assert_eq!(
+            cmds[3],
+            format!("EXPIRE {} {}", keys::messages(&room_a), config.history_ttl)
+        );
+        assert_eq!(cmds[11], format!("SADD {} a", keys::ROOMS_ACTIVE));
+        assert_eq!(cmds[13], format!("HKEYS {}", keys::room_gateways(&room_a)));
     }
 
     #[test]
