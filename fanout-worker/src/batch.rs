@@ -346,11 +346,7 @@ async fn acknowledge(
     routed: Routed,
     now_us: i64,
 ) -> Result<(), RedisError> {
-    let publish = if c.is_cluster() {
-        "SPUBLISH"
-    } else {
-        "PUBLISH"
-    };
+    let publish = c.publish_command();
     let mut pipe = redis::pipe();
     let published = routed.routing.add_publishes(&mut pipe, publish);
     // With webhooks, one script queues the records and then acks the

@@ -191,13 +191,7 @@ pub(crate) async fn lift(
 
 /// Tells every gateway with connections in `room` to close `user`'s.
 async fn notify_gateways(redis: &RedisHandle, room: &RoomId, user: &str) -> Result<(), RedisError> {
-    let gateways: Vec<String> = redis
-        .query(redis::cmd("HKEYS").arg(keys::room_gateways(room)))
-        .await?;
-    if gateways.is_empty() {
-        return Ok(());
-    }
-    let payload = DeliveryBatch {
+    let notice = DeliveryBatch {
         v: VERSION,
         deliveries: Vec::new(),
         published_us: chat_shared::envelope::now_us(),
@@ -207,14 +201,8 @@ async fn notify_gateways(redis: &RedisHandle, room: &RoomId, user: &str) -> Resu
             room: room.to_string(),
             user: user.to_owned(),
         }],
-    }
-    .encode();
-    let mut pipe = redis::pipe();
-    for gw in &gateways {
-        pipe.cmd(redis.publish_command())
-            .arg(keys::gateway_channel(gw))
-            .arg(&payload)
-            .ignore();
-    }
-    redis.pipe::<()>(&pipe).await
+    };
+    chat_shared::ephemeral::publish_to_room_gateways(redis, room, &notice)
+        .await
+        .map(|_| ())
 }

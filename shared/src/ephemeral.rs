@@ -17,6 +17,7 @@ use crate::envelope::{now_us, DeliveryBatch, VERSION};
 use crate::ids::RoomId;
 use crate::keys;
 use crate::presence::PresenceUser;
+use crate::protocol::outbound::frame;
 use crate::redis::{RedisError, RedisHandle};
 
 /// One ephemeral frame for the local members of a room.
@@ -30,18 +31,6 @@ pub struct EphemeralEvent {
     /// of a `typing`.
     #[serde(default)]
     pub except_conn: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Frame<'a, T: Serialize> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    data: T,
-}
-
-fn frame<T: Serialize>(kind: &str, data: T) -> String {
-    // Plain structs of strings, numbers and bools always serialize.
-    serde_json::to_string(&Frame { kind, data }).unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -146,13 +135,27 @@ pub async fn publish(
     if events.is_empty() {
         return Ok(0);
     }
+    publish_to_room_gateways(redis, room, &event_batch(events)).await
+}
+
+/// Publishes `batch` to every gateway with connections in `room` (one
+/// `HKEYS` of the room's gateway hash, then one publish per gateway).
+/// Returns how many gateways it was sent to.
+///
+/// # Errors
+/// Fails when Redis does not answer.
+pub async fn publish_to_room_gateways(
+    redis: &RedisHandle,
+    room: &RoomId,
+    batch: &DeliveryBatch,
+) -> Result<usize, RedisError> {
     let gateways: Vec<String> = redis
         .query(redis::cmd("HKEYS").arg(keys::room_gateways(room)))
         .await?;
     if gateways.is_empty() {
         return Ok(0);
     }
-    let payload = event_batch(events).encode();
+    let payload = batch.encode();
     let mut pipe = redis::pipe();
     for gw in &gateways {
         pipe.cmd(redis.publish_command())

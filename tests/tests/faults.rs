@@ -14,19 +14,6 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-const FAST_GW: &[(&str, &str)] = &[
-    ("RATE_LIMIT_PER_SEC", "10000"),
-    ("RATE_LIMIT_BURST", "10000"),
-    ("HEARTBEAT_MS", "200"),
-    ("STREAM_SHARDS", "4"),
-];
-const FAST_WORKER: &[(&str, &str)] = &[
-    ("LEASE_TTL_MS", "1500"),
-    ("STREAM_SHARDS", "4"),
-    ("JANITOR_INTERVAL_MS", "200"),
-    ("GATEWAY_TIMEOUT_MS", "1500"),
-];
-
 /// What one chatting client observed.
 #[derive(Debug, Default)]
 struct Seen {

@@ -12,18 +12,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-const GW: &[(&str, &str)] = &[
-    ("RATE_LIMIT_PER_SEC", "10000"),
-    ("RATE_LIMIT_BURST", "10000"),
-    ("HEARTBEAT_MS", "200"),
-    ("STREAM_SHARDS", "4"),
-];
-const WORKER: &[(&str, &str)] = &[
-    ("LEASE_TTL_MS", "1500"),
-    ("STREAM_SHARDS", "4"),
-    ("JANITOR_INTERVAL_MS", "200"),
-    ("GATEWAY_TIMEOUT_MS", "1500"),
-];
+const GW: &[(&str, &str)] = FAST_GW;
+const WORKER: &[(&str, &str)] = FAST_WORKER;
 
 /// The frame types that take a `seq` in a room.
 const SEQUENCED: [&str; 4] = ["message", "edit", "delete", "reaction"];

@@ -16,18 +16,8 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
-const GW: &[(&str, &str)] = &[
-    ("RATE_LIMIT_PER_SEC", "10000"),
-    ("RATE_LIMIT_BURST", "10000"),
-    ("HEARTBEAT_MS", "200"),
-    ("STREAM_SHARDS", "4"),
-];
-const WORKER: &[(&str, &str)] = &[
-    ("LEASE_TTL_MS", "1500"),
-    ("STREAM_SHARDS", "4"),
-    ("JANITOR_INTERVAL_MS", "200"),
-    ("GATEWAY_TIMEOUT_MS", "1500"),
-];
+const GW: &[(&str, &str)] = FAST_GW;
+const WORKER: &[(&str, &str)] = FAST_WORKER;
 
 /// Appends `extra` to the default settings (later entries win).
 fn with<'a>(base: &[(&'a str, &'a str)], extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {

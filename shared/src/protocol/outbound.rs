@@ -17,7 +17,8 @@ struct Frame<'a, T: Serialize> {
     data: T,
 }
 
-fn frame<T: Serialize>(kind: &str, data: T) -> String {
+/// `{"type":<kind>,"data":<data>}`: every server frame's shape.
+pub(crate) fn frame<T: Serialize>(kind: &str, data: T) -> String {
     // Serializing plain structs of strings, numbers and raw JSON cannot fail.
     serde_json::to_string(&Frame { kind, data }).unwrap_or_default()
 }

@@ -41,6 +41,23 @@ impl Conn {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
+
+    /// The command that publishes to a gateway's delivery channel on this
+    /// connection (see [`publish_command`]).
+    pub fn publish_command(&self) -> &'static str {
+        publish_command(self.is_cluster())
+    }
+}
+
+/// The command that publishes to a gateway's delivery channel: sharded
+/// `SPUBLISH` on a cluster (the message goes only to the node owning the
+/// channel's slot), `PUBLISH` on a single Redis.
+pub fn publish_command(cluster: bool) -> &'static str {
+    if cluster {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    }
 }
 
 /// Sends `pipeline`'s commands `offset..offset + count` to the cluster in

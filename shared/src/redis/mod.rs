@@ -235,11 +235,7 @@ impl RedisHandle {
     /// `SPUBLISH` on a cluster (the message goes only to the node owning the
     /// channel's slot), `PUBLISH` on a single Redis.
     pub fn publish_command(&self) -> &'static str {
-        if self.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        }
+        conn::publish_command(self.is_cluster())
     }
 
     /// The per-command timeout.

@@ -21,6 +21,23 @@ use tokio_tungstenite::tungstenite::Message;
 /// Default deadline for a condition to become true.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// A gateway for fault and room tests: no per-connection rate limit in the
+/// way, a fast heartbeat, 4 stream shards.
+pub const FAST_GW: &[(&str, &str)] = &[
+    ("RATE_LIMIT_PER_SEC", "10000"),
+    ("RATE_LIMIT_BURST", "10000"),
+    ("HEARTBEAT_MS", "200"),
+    ("STREAM_SHARDS", "4"),
+];
+
+/// A worker that takes over shards and judges gateways dead within seconds.
+pub const FAST_WORKER: &[(&str, &str)] = &[
+    ("LEASE_TTL_MS", "1500"),
+    ("STREAM_SHARDS", "4"),
+    ("JANITOR_INTERVAL_MS", "200"),
+    ("GATEWAY_TIMEOUT_MS", "1500"),
+];
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh scratch directory for one test's processes and logs.
