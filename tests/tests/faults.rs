@@ -7,6 +7,8 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use chat_shared::redis::Conn;
+use common::store::{Store, Topology};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use redis::AsyncCommands;
@@ -113,8 +115,9 @@ async fn chatter(
 }
 
 /// Reads `messages:<room>` as `(seq, id)`.
-async fn history(redis: &Redis, room: &str) -> Vec<(u64, String)> {
-    stored_records(redis, room)
+async fn history(store: &Store, room: &str) -> Vec<(u64, String)> {
+    store
+        .stored_records(room)
         .await
         .iter()
         .map(|v| {
@@ -170,7 +173,16 @@ fn assert_room_consistent(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_workers_under_load_loses_nothing_and_duplicates_nothing() {
-    let redis = Redis::start().await;
+    killing_workers_under_load(Topology::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_killing_workers_under_load_loses_nothing_and_duplicates_nothing() {
+    killing_workers_under_load(Topology::Cluster).await;
+}
+
+async fn killing_workers_under_load(topology: Topology) {
+    let redis = Store::start(topology).await;
     let mut w1 = start_worker(&redis.url(), "w1", FAST_WORKER).await;
     let mut w2 = start_worker(&redis.url(), "w2", FAST_WORKER).await;
     let _w3 = start_worker(&redis.url(), "w3", FAST_WORKER).await;
@@ -214,16 +226,14 @@ async fn killing_workers_under_load_loses_nothing_and_duplicates_nothing() {
     let _w4 = start_worker(&redis.url(), "w4", FAST_WORKER).await;
     // The survivor hands half of its shards to the newcomer.
     let c = redis.conn().await;
+    let lease_keys: Vec<String> = (0..4).map(|s| redis.lease_key(s, 4)).collect();
     eventually("shards spread fairly over w3 and w4", DEADLINE, || {
         let mut c = c.clone();
+        let keys = lease_keys.clone();
         async move {
             let mut owners = Vec::new();
-            for s in 0..4 {
-                owners.push(
-                    c.get::<_, Option<String>>(format!("chat:lease:{{shard-{s}}}"))
-                        .await
-                        .ok()??,
-                );
+            for key in keys {
+                owners.push(c.get::<_, Option<String>>(key).await.ok()??);
             }
             let w4 = owners.iter().filter(|o| *o == "w4").count();
             (w4 == 2 && owners.iter().filter(|o| *o == "w3").count() == 2).then_some(())
@@ -255,7 +265,16 @@ async fn killing_workers_under_load_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_crash_clients_recover_on_the_other_and_janitor_cleans_up() {
-    let redis = Redis::start().await;
+    gateway_crash(Topology::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_gateway_crash_clients_recover_on_the_other_and_janitor_cleans_up() {
+    gateway_crash(Topology::Cluster).await;
+}
+
+async fn gateway_crash(topology: Topology) {
+    let redis = Store::start(topology).await;
     let _w = start_worker(&redis.url(), "w1", FAST_WORKER).await;
     let mut gw1 = start_gateway(&redis.url(), "gw1", FAST_GW).await;
     let gw2 = start_gateway(&redis.url(), "gw2", FAST_GW).await;
@@ -329,7 +348,16 @@ async fn gateway_crash_clients_recover_on_the_other_and_janitor_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_disconnected_and_others_keep_up() {
-    let redis = Redis::start().await;
+    slow_consumer(Topology::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_client_that_never_reads_is_disconnected_and_others_keep_up() {
+    slow_consumer(Topology::Cluster).await;
+}
+
+async fn slow_consumer(topology: Topology) {
+    let redis = Store::start(topology).await;
     let _w = start_worker(
         &redis.url(),
         "w1",
@@ -457,7 +485,16 @@ async fn a_client_that_never_reads_is_disconnected_and_others_keep_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_gateway_and_worker() {
-    let redis = Redis::start().await;
+    sigterm_drains(Topology::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_sigterm_drains_gateway_and_worker() {
+    sigterm_drains(Topology::Cluster).await;
+}
+
+async fn sigterm_drains(topology: Topology) {
+    let redis = Store::start(topology).await;
     let worker_env = [("LEASE_TTL_MS", "6000"), ("STREAM_SHARDS", "4")];
     let mut w1 = start_worker(&redis.url(), "w1", &worker_env).await;
     let gw = start_gateway(&redis.url(), "gw1", &[("STREAM_SHARDS", "4")]).await;
@@ -465,14 +502,18 @@ async fn sigterm_drains_gateway_and_worker() {
     let gw2 = start_gateway(&redis.url(), "gw2", &[("STREAM_SHARDS", "4")]).await;
     let (mut a, _) = Client::join(&format!("ws://127.0.0.1:{}/ws?room=drain", gw.port)).await;
     let mut c = redis.conn().await;
-    let leases = |c: redis::aio::MultiplexedConnection| async move {
-        let mut c = c;
-        let mut owners = Vec::new();
-        for s in 0..4 {
-            let o: Option<String> = c.get(format!("chat:lease:{{shard-{s}}}")).await.unwrap();
-            owners.push(o);
+    let lease_keys: Vec<String> = (0..4).map(|s| redis.lease_key(s, 4)).collect();
+    let leases = |c: Conn| {
+        let keys = lease_keys.clone();
+        async move {
+            let mut c = c;
+            let mut owners = Vec::new();
+            for key in keys {
+                let o: Option<String> = c.get(key).await.unwrap();
+                owners.push(o);
+            }
+            owners
         }
-        owners
     };
     eventually("w1 holds all shards", DEADLINE, || {
         let c = c.clone();
@@ -539,7 +580,7 @@ async fn sigterm_drains_gateway_and_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_load_keeps_every_acked_message() {
-    let mut redis = Redis::start_durable().await;
+    let mut redis = Store::Single(Box::new(Redis::start_durable().await));
     let w = start_worker(&redis.url(), "w1", FAST_WORKER).await;
     let gw1 = start_gateway(&redis.url(), "gw1", FAST_GW).await;
     let gw2 = start_gateway(&redis.url(), "gw2", FAST_GW).await;
@@ -566,7 +607,7 @@ async fn redis_restart_mid_load_keeps_every_acked_message() {
         (history(&redis, "outage").await.len() >= 40).then_some(())
     })
     .await;
-    redis.stop();
+    redis.single_mut().stop();
     // While Redis is down the gateways say so.
     let addr = gw1.addr();
     eventually("health 503", DEADLINE, || {
@@ -574,7 +615,7 @@ async fn redis_restart_mid_load_keeps_every_acked_message() {
         async move { (http_get(&a, "/health").await.ok()?.0 == 503).then_some(()) }
     })
     .await;
-    redis.restart().await;
+    redis.single_mut().restart().await;
     // Wait for the senders to finish, then for delivery of what history holds.
     eventually(
         "history grows again after the restart",
