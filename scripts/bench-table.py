@@ -34,17 +34,20 @@ def row(name, r):
         return (f"| {name} | {x.get('connected')} connected, {x.get('failed')} failed | "
                 f"{x.get('connects_per_s')} connects/s | RSS {x.get('gateway_rss_before_mib')} → "
                 f"{x.get('gateway_rss_after_mib')} MiB = **{x.get('gateway_rss_per_conn_kib')} KiB/conn** | — |")
-    if name == "persist":
-        return (f"| persist | {x['sent']} messages, {x.get('rooms')} rooms | "
+    if name.startswith("persist"):
+        return (f"| {name} | {x['sent']} messages, {x.get('rooms')} rooms | "
                 f"**{x.get('persisted_per_s')} msg/s** persisted+published | "
                 f"append {x.get('append_seconds')} s, total {x['duration_s']:.2f} s | — |")
+    ack = ""
+    if "ack_p99_ms" in x:
+        ack = f"; ack p50 {x['ack_p50_ms']} / p99 {x['ack_p99_ms']} ms"
     mix = ""
     if "typing_sent" in x:
         mix = (f", plus {x['typing_sent']} typing and {x['reactions_sent']} reactions "
                f"({x['reactions_answered']} answered)")
     return (f"| {name} | {x.get('shape', '')}; sent {x['sent']}, acked {x['acked']}{mix} | "
             f"**{x['deliveries_per_s']:.0f} deliveries/s** | p50 {x['p50_ms']:.2f} / p90 {x['p90_ms']:.2f} / "
-            f"p99 **{x['p99_ms']:.2f}** / p99.9 {x['p999_ms']:.2f} / max {x['max_ms']:.2f} ms | "
+            f"p99 **{x['p99_ms']:.2f}** / p99.9 {x['p999_ms']:.2f} / max {x['max_ms']:.2f} ms{ack} | "
             f"lost {x['lost']}, dup {x['duplicated']}, ooo {x['out_of_order']} |")
 
 

@@ -2,6 +2,7 @@
 //! publisher that sends at a fixed rate or as fast as a window of unacked
 //! messages allows.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -22,11 +23,16 @@ pub(crate) enum Pace {
 }
 
 /// What a publisher did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct PubResult {
     pub(crate) sent: u64,
     pub(crate) acked: u64,
     pub(crate) refused: u64,
+    /// Send-to-ack time of every acked message, in microseconds.
+    pub(crate) ack_us: Vec<u64>,
+    /// Acks that arrived after the ack of a later message of the same
+    /// connection (acks are owed in send order).
+    pub(crate) acks_out_of_order: u64,
     /// Typing frames sent (never answered).
     pub(crate) typing: u64,
     /// Reactions sent and acked.
@@ -136,6 +142,9 @@ pub(crate) async fn publisher(
         start.changed().await?;
     }
     let mut r = PubResult::default();
+    // Send time of each unanswered message, by its client_id (= its number).
+    let mut sent_at: HashMap<u64, i64> = HashMap::new();
+    let mut last_acked: Option<u64> = None;
     let stop_at = tokio::time::Instant::now() + duration;
     let period = match pace {
         Pace::Rate(rate) => Duration::from_secs_f64(1.0 / rate.max(0.001)),
@@ -161,6 +170,7 @@ pub(crate) async fn publisher(
             };
         tokio::select! {
             _ = tick.tick(), if may_send && matches!(pace, Pace::Rate(_)) => {
+                sent_at.insert(r.sent, client::now_us());
                 send(&mut ws, &room, id, r.sent, pad).await?;
                 r.sent += 1;
                 if mix.typing_every > 0 && r.sent % mix.typing_every == 0 {
@@ -173,6 +183,7 @@ pub(crate) async fn publisher(
                 }
             }
             _ = std::future::ready(()), if may_send && matches!(pace, Pace::Window(_)) => {
+                sent_at.insert(r.sent, client::now_us());
                 send(&mut ws, &room, id, r.sent, pad).await?;
                 r.sent += 1;
             }
@@ -180,11 +191,23 @@ pub(crate) async fn publisher(
                 let Some(msg) = msg else { break };
                 let Message::Text(t) = msg? else { continue };
                 let f: Incoming<'_> = serde_json::from_str(t.as_str())?;
-                let is_reaction = f.data.as_ref().and_then(|d| d.client_id.as_deref()).is_some_and(|c| c.starts_with('r'));
+                let client_id = f.data.as_ref().and_then(|d| d.client_id.as_deref());
+                let is_reaction = client_id.is_some_and(|c| c.starts_with('r'));
+                let n = client_id.and_then(|c| c.parse::<u64>().ok());
+                let sent_us = n.and_then(|n| sent_at.remove(&n));
                 match f.kind.as_ref() {
                     "ack" if is_reaction => r.reactions_acked += 1,
                     "ack" => {
                         r.acked += 1;
+                        if let Some(t) = sent_us {
+                            r.ack_us.push(client::now_us().saturating_sub(t).max(0) as u64);
+                        }
+                        if let (Some(n), Some(last)) = (n, last_acked) {
+                            if n < last {
+                                r.acks_out_of_order += 1;
+                            }
+                        }
+                        last_acked = n.max(last_acked);
                         last_id = f.data.as_ref().and_then(|d| d.id.as_deref()).map(str::to_owned);
                     }
                     "error" => {

@@ -1,12 +1,13 @@
 //! The scenarios: `fanout`, `burst`, `conns` and `persist`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use chat_shared::redis::Conn;
 use chat_tests::{http_get, rss_bytes};
 
 use crate::client;
@@ -121,6 +122,8 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
         total.typing += res.typing;
         total.reactions += res.reactions;
         total.reactions_acked += res.reactions_acked;
+        total.acks_out_of_order += res.acks_out_of_order;
+        total.ack_us.extend(res.ack_us);
     }
     let send_secs = started.elapsed().as_secs_f64();
     let mut expected = 0;
@@ -137,6 +140,7 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
     report.sent = total.sent;
     report.acked = total.acked;
     report.refused = total.refused;
+    report.add_ack_latency(&total.ack_us, total.acks_out_of_order);
     report
         .extra
         .insert("publish_seconds".into(), format!("{send_secs:.2}").into());
@@ -298,13 +302,14 @@ pub(crate) async fn persist(
             .await
             .ok_or_else(|| anyhow::anyhow!("a subscriber failed to join"))?;
     }
-    let client = redis::Client::open(chat_shared::config::normalize_redis_url(redis_url))?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut conn = append_connection(redis_url, shards).await?;
     let before = worker_counter(worker_metrics).await?;
     let started = Instant::now();
     let mut n = 0u64;
     while n < count {
-        let mut pipe = redis::pipe();
+        // One run of XADDs per shard, so that on a cluster each run goes to
+        // one node in one round trip; a room's entries keep their order.
+        let mut by_shard: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
         for _ in 0..1000.min(count - n) {
             let room = RoomId::parse(&format!("{prefix}-{}", n as usize % rooms))?;
             let entry = StreamEntry {
@@ -318,13 +323,22 @@ pub(crate) async fn persist(
                 user_id: None,
                 ..Default::default()
             };
-            pipe.cmd("XADD")
-                .arg(keys::stream(keys::shard_of(&room, shards)))
-                .arg("*")
-                .arg(STREAM_FIELD)
-                .arg(entry.encode())
-                .ignore();
+            by_shard
+                .entry(keys::shard_of(&room, shards))
+                .or_default()
+                .push(entry.encode());
             n += 1;
+        }
+        let mut pipe = redis::pipe();
+        for (shard, entries) in by_shard {
+            for entry in entries {
+                pipe.cmd("XADD")
+                    .arg(keys::stream(shard))
+                    .arg("*")
+                    .arg(STREAM_FIELD)
+                    .arg(entry)
+                    .ignore();
+            }
         }
         pipe.query_async::<()>(&mut conn).await?;
     }
@@ -360,6 +374,27 @@ pub(crate) async fn persist(
     );
     r.extra.insert("rooms".into(), rooms.into());
     Ok(r)
+}
+
+/// A connection for appending to the shard streams: to a single Redis, or to
+/// a cluster (`redis+cluster://…`), where the shard tags are then spread over
+/// the slots exactly as the services spread them.
+async fn append_connection(redis_url: &str, shards: u32) -> anyhow::Result<Conn> {
+    Ok(match chat_shared::config::cluster_nodes(redis_url, false) {
+        Some(nodes) => {
+            chat_shared::cluster::spread_shard_tags(shards);
+            let client = redis::cluster::ClusterClient::new(nodes)?;
+            Conn::Cluster(client.get_async_connection().await?)
+        }
+        None => {
+            let url = chat_shared::config::normalize_redis_url(redis_url);
+            Conn::Plain(
+                redis::Client::open(url)?
+                    .get_multiplexed_async_connection()
+                    .await?,
+            )
+        }
+    })
 }
 
 /// Sum of `chat_worker_messages_persisted_total` over comma-separated addresses.

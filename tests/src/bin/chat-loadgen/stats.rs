@@ -139,6 +139,22 @@ impl Report {
         r
     }
 
+    /// Adds the publishers' send-to-ack times (`ack_p50_ms`, `ack_p99_ms`)
+    /// and how many acks came out of send order.
+    pub(crate) fn add_ack_latency(&mut self, ack_us: &[u64], out_of_order: u64) {
+        let mut h =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+        for &us in ack_us {
+            let _ = h.record(us.max(1));
+        }
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        for (k, q) in [("ack_p50_ms", 0.5), ("ack_p99_ms", 0.99)] {
+            self.extra.insert(k.into(), format!("{:.2}", ms(q)).into());
+        }
+        self.extra
+            .insert("acks_out_of_order".into(), out_of_order.into());
+    }
+
     /// Prints a human table, then the JSON line (prefixed `RESULT `).
     pub(crate) fn print(&self) {
         println!("scenario            {}", self.scenario);
