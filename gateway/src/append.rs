@@ -1,9 +1,10 @@
-//! Stamping a validated message and appending it to its room's stream shard.
+//! Stamping validated messages and appending them to their room's stream
+//! shard, one message or a batch of one connection's messages at a time.
 //!
 //! The append is the durability point: once it returns, a worker will
 //! persist and deliver the entry even if this gateway dies, so only then is the
-//! sender acked. One Lua call per message (all its keys share the shard's hash
-//! tag) does three things atomically:
+//! sender acked. One Lua call per batch (all its keys share the shard's hash
+//! tag) does, for each message in order:
 //! - **Deduplication.** A message with a `client_id` leaves a marker
 //!   `(room, user, client_id) → (id, timestamp)` for `DEDUPE_WINDOW_SECS`. A
 //!   retry with the same `client_id` (after a timeout whose append did land, or
@@ -11,15 +12,22 @@
 //!   `timestamp` instead of being stored twice.
 //! - **Back-pressure.** Above `STREAM_BACKLOG_MAX` entries in the shard (workers
 //!   down or behind), the append is refused and the sender gets `unavailable`,
-//!   so a stalled pipeline cannot fill Redis's memory.
+//!   so a stalled pipeline cannot fill Redis's memory. The messages behind a
+//!   refused one in the same batch are not stored either
+//!   ([`AppendError::AfterFailure`]): what is stored of a batch is always a
+//!   prefix of it, in order.
 //! - The `XADD` itself.
 //!
-//! A message's id is also written to its room's message index, in the same
-//! round trip just before the script (a pipeline; the index lives in the
-//! room's slot, not the shard's), so an `edit`, `delete`, `react` or
-//! `reply_to` sent right after the ack finds it even before a worker has
-//! persisted it. An id whose append did not store it (a repeat, a refusal,
-//! an error) is removed from the index again.
+//! The batch is one script call, so it is stored entirely (up to a refusal)
+//! or not at all: after a Redis error or timeout, resending its messages with
+//! the same `client_id`s stores each exactly once.
+//!
+//! The ids of a batch's messages are also written to their room's message
+//! index, in the same round trip just before the script (a pipeline; the
+//! index lives in the room's slot, not the shard's), so an `edit`, `delete`,
+//! `react` or `reply_to` sent right after the ack finds it even before a
+//! worker has persisted it. An id whose append did not store it (a repeat, a
+//! refusal, an error) is removed from the index again.
 //!
 //! Concurrent appends from many connections share the multiplexed
 //! connections, which pipelines them under load with no added wait at idle.
@@ -36,22 +44,39 @@ use chat_shared::protocol::Attachment;
 use chat_shared::redis::{RedisError, RedisHandle};
 use redis::Script;
 
-/// KEYS: stream, dedupe marker (absent without `client_id`).
-/// ARGV: field, entry, backlog cap (0 = none), id, timestamp, window secs.
-/// Returns `{1, false}` when appended, `{0, "<id> <timestamp>"}` for a
-/// repeat, `{-1, false}` when the backlog is full.
+/// KEYS[1]: the shard's stream; KEYS[2..]: the dedupe markers of the
+/// messages that have a `client_id`.
+/// ARGV[1]: field, ARGV[2]: backlog cap (0 = none), ARGV[3]: window secs, then
+/// four values per message: entry, id, timestamp, index of its marker in KEYS
+/// (0 = none).
+/// Returns one answer per message: `1` appended, `"<id> <timestamp>"` a
+/// repeat, `-1` refused (backlog full), `-2` not tried (behind a refusal).
 const APPEND_LUA: &str = r#"
-if KEYS[2] then
-  local prev = redis.call('GET', KEYS[2])
-  if prev then return {0, prev} end
+local cap = tonumber(ARGV[2])
+local out = {}
+local refused = false
+for i = 4, #ARGV, 4 do
+  local marker = tonumber(ARGV[i + 3])
+  local answer = -2
+  if not refused then
+    local prev = false
+    if marker > 0 then prev = redis.call('GET', KEYS[marker]) end
+    if prev then
+      answer = prev
+    elseif cap > 0 and redis.call('XLEN', KEYS[1]) >= cap then
+      answer = -1
+      refused = true
+    else
+      redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i])
+      if marker > 0 then
+        redis.call('SET', KEYS[marker], ARGV[i + 1] .. ' ' .. ARGV[i + 2], 'EX', tonumber(ARGV[3]))
+      end
+      answer = 1
+    end
+  end
+  out[#out + 1] = answer
 end
-local cap = tonumber(ARGV[3])
-if cap > 0 and redis.call('XLEN', KEYS[1]) >= cap then return {-1, false} end
-redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
-if KEYS[2] then
-  redis.call('SET', KEYS[2], ARGV[4] .. ' ' .. ARGV[5], 'EX', tonumber(ARGV[6]))
-end
-return {1, false}
+return out
 "#;
 
 /// The loaded [`APPEND_LUA`] (its SHA is computed once).
@@ -68,20 +93,42 @@ pub struct Appended {
     pub repeat: bool,
 }
 
-/// Why a message was not stored.
-#[derive(Debug, thiserror::Error)]
+/// Why a message was not stored (or not acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
-    /// Redis did not take the entry (unreachable, timed out, failed).
-    #[error(transparent)]
-    Redis(#[from] RedisError),
+    /// Redis did not take the batch (unreachable, timed out, failed): it was
+    /// stored entirely or not at all.
+    #[error("Redis unavailable")]
+    Redis,
     /// The shard's backlog is at `STREAM_BACKLOG_MAX`: workers are down or behind.
     #[error("stream backlog full")]
     BacklogFull,
+    /// An earlier message of the same connection was not stored, so this
+    /// one was not tried: storing it would put it before the earlier one's
+    /// resend.
+    #[error("an earlier message was not stored")]
+    AfterFailure,
     /// Fewer replicas than `ACK_AFTER_REPLICAS` confirmed the entry in time:
     /// it may be stored (a resend with the same `client_id` is deduplicated),
     /// but it is not acked.
     #[error("not confirmed by enough replicas")]
     NotReplicated,
+}
+
+impl AppendError {
+    /// The `message` of the `unavailable` error the sender gets.
+    pub fn client_message(self) -> &'static str {
+        match self {
+            Self::BacklogFull => "not stored: the room's stream backlog is full; retry later",
+            Self::Redis => "not stored: Redis unavailable; retry with the same client_id",
+            Self::AfterFailure => {
+                "not stored: an earlier message of this connection was not stored; resend from the first unacknowledged one"
+            }
+            Self::NotReplicated => {
+                "not acknowledged: fewer replicas than ACK_AFTER_REPLICAS confirmed it in time; resend with the same client_id"
+            }
+        }
+    }
 }
 
 /// Limits an append is subject to.
@@ -100,15 +147,13 @@ pub struct AppendLimits {
 /// What a connection (or the publish API) asks to append: a message, or a
 /// room event when `event` is set (an edit's new text is in `message`).
 #[derive(Debug, Clone)]
-pub struct Draft<'a> {
-    /// The room.
-    pub room: &'a RoomId,
+pub struct Draft {
     /// The sender's display name.
-    pub username: &'a Username,
+    pub username: Username,
     /// The sender's token `sub` when authentication is on.
-    pub user_id: Option<&'a str>,
+    pub user_id: Option<String>,
     /// The client's nonce (deduplication).
-    pub client_id: Option<&'a str>,
+    pub client_id: Option<String>,
     /// The text (empty for a delete or a reaction).
     pub message: String,
     /// The message answered, already checked to exist.
@@ -119,20 +164,18 @@ pub struct Draft<'a> {
     pub event: Option<RoomEvent>,
 }
 
-impl<'a> Draft<'a> {
+impl Draft {
     /// A plain message.
     pub fn message(
-        room: &'a RoomId,
-        username: &'a Username,
-        user_id: Option<&'a str>,
-        client_id: Option<&'a str>,
+        username: &Username,
+        user_id: Option<&str>,
+        client_id: Option<&str>,
         message: String,
     ) -> Self {
         Self {
-            room,
-            username,
-            user_id,
-            client_id,
+            username: username.clone(),
+            user_id: user_id.map(str::to_owned),
+            client_id: client_id.map(str::to_owned),
             message,
             reply_to: None,
             attachments: Vec::new(),
@@ -141,82 +184,155 @@ impl<'a> Draft<'a> {
     }
 }
 
-/// The script's answer and, with `ACK_AFTER_REPLICAS`, `WAIT`'s count of
+/// One message of a batch, stamped and encoded.
+struct Stamped {
+    entry: StreamEntry,
+    client_id: Option<String>,
+}
+
+impl Stamped {
+    fn new(room: &RoomId, draft: Draft) -> Self {
+        let now = chrono::Utc::now();
+        let Draft {
+            username,
+            user_id,
+            client_id,
+            message,
+            reply_to,
+            attachments,
+            event,
+        } = draft;
+        let mut entry = StreamEntry {
+            v: 0,
+            id: uuid::Uuid::now_v7().to_string(),
+            room: room.to_string(),
+            username: username.as_str().to_owned(),
+            message,
+            timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            stamped_us: now_us(),
+            user_id,
+            reply_to,
+            attachments,
+            event,
+        };
+        entry.v = entry.required_version();
+        Self { entry, client_id }
+    }
+
+    /// Messages go into the room's message index; events do not.
+    fn indexed(&self) -> bool {
+        self.entry.event.is_none()
+    }
+}
+
+/// The script's answers and, with `ACK_AFTER_REPLICAS`, `WAIT`'s count of
 /// confirming replicas (`u32::MAX` without: nothing to wait for).
 fn parse_replies(
     replies: Vec<redis::Value>,
     replica_ack: Option<ReplicaAck>,
-) -> Result<((i64, Option<String>), u32), RedisError> {
+) -> Result<(Vec<redis::Value>, u32), RedisError> {
     let bad = |e: redis::ParsingError| RedisError::Command(e.into());
     let mut replies = replies.into_iter();
     let script = replies
         .next()
         .ok_or_else(|| bad("the append pipeline returned nothing".into()))?;
-    let answer = redis::FromRedisValue::from_redis_value(script).map_err(bad)?;
+    let answers = redis::FromRedisValue::from_redis_value(script).map_err(bad)?;
     let confirmed = match (replica_ack, replies.next()) {
         (Some(_), Some(count)) => redis::FromRedisValue::from_redis_value(count).map_err(bad)?,
         _ => u32::MAX,
     };
-    Ok((answer, confirmed))
+    Ok((answers, confirmed))
 }
 
-/// Stamps the draft with a UUID v7 and the current time and appends it.
+/// What one answer of the script means for its message.
+fn outcome(stamped: &Stamped, answer: &redis::Value) -> Result<Appended, AppendError> {
+    match answer {
+        redis::Value::Int(1) => Ok(Appended {
+            id: stamped.entry.id.clone(),
+            timestamp: stamped.entry.timestamp.clone(),
+            repeat: false,
+        }),
+        redis::Value::Int(-1) => {
+            metrics::counter!(m::GW_BACKLOG_REFUSALS).increment(1);
+            Err(AppendError::BacklogFull)
+        }
+        redis::Value::BulkString(prev) => {
+            metrics::counter!(m::GW_APPEND_REPEATS).increment(1);
+            let prev = String::from_utf8_lossy(prev);
+            let (id, timestamp) = prev.split_once(' ').unwrap_or((&prev, ""));
+            Ok(Appended {
+                id: id.to_owned(),
+                timestamp: timestamp.to_owned(),
+                repeat: true,
+            })
+        }
+        _ => Err(AppendError::AfterFailure),
+    }
+}
+
+/// Stamps one draft with a UUID v7 and the current time and appends it.
 ///
 /// # Errors
-/// Fails when Redis does not take the entry within the timeout, or the
-/// shard's backlog is full; the message was then not stored and must not be
-/// acked.
+/// As for [`append_batch`].
 pub async fn append(
     redis: &RedisHandle,
     limits: AppendLimits,
-    draft: Draft<'_>,
+    room: &RoomId,
+    draft: Draft,
 ) -> Result<Appended, AppendError> {
-    let now = chrono::Utc::now();
-    let Draft {
-        room,
-        username,
-        user_id,
-        client_id,
-        message,
-        reply_to,
-        attachments,
-        event,
-    } = draft;
-    let mut entry = StreamEntry {
-        v: 0,
-        id: uuid::Uuid::now_v7().to_string(),
-        room: room.to_string(),
-        username: username.as_str().to_owned(),
-        message,
-        timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        stamped_us: now_us(),
-        user_id: user_id.map(str::to_owned),
-        reply_to,
-        attachments,
-        event,
-    };
-    entry.v = entry.required_version();
+    append_batch(redis, limits, room, vec![draft])
+        .await
+        .pop()
+        .unwrap_or(Err(AppendError::Redis))
+}
+
+/// Stamps the drafts (all of `room`) and appends them in order in one round
+/// trip; returns one result per draft, in order.
+///
+/// A message is stored if and only if its result is `Ok`, except after
+/// [`AppendError::Redis`] (the whole batch may or may not be stored) and
+/// [`AppendError::NotReplicated`] (stored, not confirmed by replicas): a
+/// resend with the same `client_id` is then deduplicated.
+pub async fn append_batch(
+    redis: &RedisHandle,
+    limits: AppendLimits,
+    room: &RoomId,
+    drafts: Vec<Draft>,
+) -> Vec<Result<Appended, AppendError>> {
+    if drafts.is_empty() {
+        return Vec::new();
+    }
+    let batch: Vec<Stamped> = drafts.into_iter().map(|d| Stamped::new(room, d)).collect();
     let shard = keys::shard_of(room, limits.shards);
     let mut inv = APPEND.key(keys::stream(shard));
-    if let Some(client_id) = client_id {
-        // The sender: its user id when authenticated, else its name.
-        inv.key(keys::dedupe(shard, room, entry.user_key(), client_id));
-    }
     inv.arg(STREAM_FIELD)
-        .arg(entry.encode())
         .arg(limits.backlog_max)
-        .arg(&entry.id)
-        .arg(&entry.timestamp)
         .arg(limits.dedupe_window_secs.max(1));
-    let indexed = entry.event.is_none();
+    let mut markers = 1;
+    for stamped in &batch {
+        let entry = &stamped.entry;
+        inv.arg(entry.encode()).arg(&entry.id).arg(&entry.timestamp);
+        match &stamped.client_id {
+            Some(client_id) => {
+                markers += 1;
+                // The sender: its user id when authenticated, else its name.
+                inv.key(keys::dedupe(shard, room, entry.user_key(), client_id));
+                inv.arg(markers);
+            }
+            None => {
+                inv.arg(0);
+            }
+        }
+    }
+    let index: Vec<(&str, String)> = batch
+        .iter()
+        .filter(|s| s.indexed())
+        .map(|s| (s.entry.id.as_str(), format!(":{}", s.entry.user_key())))
+        .collect();
     let mut pipe = redis::pipe();
-    if indexed {
-        pipe.hset(
-            keys::message_index(room),
-            &entry.id,
-            format!(":{}", entry.user_key()),
-        )
-        .ignore();
+    if !index.is_empty() {
+        pipe.hset_multiple(keys::message_index(room), &index)
+            .ignore();
     }
     pipe.invoke_script(&inv);
     if let Some(ack) = limits.replica_ack {
@@ -239,53 +355,48 @@ pub async fn append(
         other => other,
     };
     metrics::histogram!(m::GW_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
-    let result = result.and_then(|replies| parse_replies(replies, limits.replica_ack));
-    if let Ok((_, confirmed)) = &result {
-        let wanted = limits.replica_ack.map_or(0, |a| a.replicas);
-        if *confirmed < wanted {
-            metrics::counter!(m::GW_REDIS_ERRORS, "op" => "replica_ack").increment(1);
-            tracing::debug!(confirmed, wanted, "Append not confirmed by enough replicas");
-            return Err(AppendError::NotReplicated);
-        }
-    }
-    let result = result.map(|(r, _)| r);
-    let outcome = match result {
-        Ok((1, _)) => {
-            return Ok(Appended {
-                id: entry.id,
-                timestamp: entry.timestamp,
-                repeat: false,
-            })
-        }
-        Ok((0, Some(prev))) => {
-            metrics::counter!(m::GW_APPEND_REPEATS).increment(1);
-            let (id, timestamp) = prev.split_once(' ').unwrap_or((prev.as_str(), ""));
-            Ok(Appended {
-                id: id.to_owned(),
-                timestamp: timestamp.to_owned(),
-                repeat: true,
-            })
-        }
-        Ok(_) => {
-            metrics::counter!(m::GW_BACKLOG_REFUSALS).increment(1);
-            Err(AppendError::BacklogFull)
-        }
-        Err(e) => {
-            metrics::counter!(m::GW_REDIS_ERRORS, "op" => "append").increment(1);
-            // Counted above; during an outage this would log once per message.
-            tracing::debug!(error = %e, "Stream append failed");
-            Err(e.into())
-        }
-    };
-    if indexed {
-        // This id was not stored: take it out of the index again.
+    metrics::histogram!(m::GW_APPEND_BATCH).record(batch.len() as f64);
+    let results: Vec<Result<Appended, AppendError>> =
+        match result.and_then(|replies| parse_replies(replies, limits.replica_ack)) {
+            Ok((answers, confirmed)) => {
+                let wanted = limits.replica_ack.map_or(0, |a| a.replicas);
+                let results = batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| outcome(s, answers.get(i).unwrap_or(&redis::Value::Nil)));
+                if confirmed < wanted {
+                    metrics::counter!(m::GW_REDIS_ERRORS, "op" => "replica_ack").increment(1);
+                    tracing::debug!(confirmed, wanted, "Append not confirmed by enough replicas");
+                    results
+                        .map(|r| r.and(Err(AppendError::NotReplicated)))
+                        .collect()
+                } else {
+                    results.collect()
+                }
+            }
+            Err(e) => {
+                metrics::counter!(m::GW_REDIS_ERRORS, "op" => "append").increment(1);
+                // Counted above; during an outage this would log once per batch.
+                tracing::debug!(error = %e, messages = batch.len(), "Stream append failed");
+                vec![Err(AppendError::Redis); batch.len()]
+            }
+        };
+    // Ids that were not stored come out of the index again.
+    let unstored: Vec<&str> = batch
+        .iter()
+        .zip(&results)
+        .filter(|(s, r)| s.indexed() && !matches!(r, Ok(a) if !a.repeat))
+        .filter(|(_, r)| !matches!(r, Err(AppendError::NotReplicated)))
+        .map(|(s, _)| s.entry.id.as_str())
+        .collect();
+    if !unstored.is_empty() {
         let _ = redis
             .query::<()>(
                 redis::cmd("HDEL")
                     .arg(keys::message_index(room))
-                    .arg(&entry.id),
+                    .arg(&unstored),
             )
             .await;
     }
-    outcome
+    results
 }

@@ -65,6 +65,13 @@ pub struct GatewayConfig {
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub outbound_queue: u64,
 
+    /// Messages one connection may have read but not yet answered: they are
+    /// stored in batches of up to this many, one round trip per batch, while
+    /// the connection goes on reading (pipelined appends). 1 = one append at
+    /// a time.
+    #[arg(long, env = "APPEND_PIPELINE_DEPTH", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub append_pipeline_depth: u64,
+
     /// Longest a single write to a client may take before it counts as a slow consumer, in ms.
     #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,

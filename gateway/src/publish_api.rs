@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api_error::ApiError;
-use crate::append::{self, AppendError, Draft};
+use crate::append::{self, Draft};
 use crate::config::AccessArgs;
 use crate::rate_limit::TokenBucket;
 use crate::room_events::{self, Change};
@@ -202,20 +202,17 @@ pub(crate) async fn publish(
     }
     let draft = Draft {
         reply_to: body.reply_to,
-        ..Draft::message(&room, &username, None, body.client_id.as_deref(), message)
+        ..Draft::message(&username, None, body.client_id.as_deref(), message)
     };
-    let appended = append::append(&state.redis, state.config.append_limits(), draft)
+    let appended = append::append(&state.redis, state.config.append_limits(), &room, draft)
         .await
         .map_err(|e| {
             metrics::counter!(m::GW_API_REQUESTS, "result" => "unavailable").increment(1);
-            let why = match e {
-                AppendError::BacklogFull => "the room's stream backlog is full; retry later",
-                AppendError::Redis(_) => "message not stored: Redis unavailable; retry",
-                AppendError::NotReplicated => {
-                    "not acknowledged: fewer replicas than ACK_AFTER_REPLICAS confirmed it in time; resend with the same client_id"
-                }
-            };
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, why)
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                e.client_message(),
+            )
         })?;
     metrics::counter!(m::GW_API_REQUESTS, "result" => "accepted").increment(1);
     let body = serde_json::json!({

@@ -29,6 +29,8 @@ pub const GW_MESSAGES_DELIVERED: &str = "chat_gateway_messages_delivered_total";
 pub const GW_SLOW_CONSUMERS: &str = "chat_gateway_slow_consumer_disconnects_total";
 /// Histogram: time to append a message to its stream (XADD round trip).
 pub const GW_APPEND_SECONDS: &str = "chat_gateway_stream_append_seconds";
+/// Histogram: messages stored per append round trip (one connection's batch).
+pub const GW_APPEND_BATCH: &str = "chat_gateway_append_batch_messages";
 /// Histogram: gateway stamp → delivery into local queues.
 pub const GW_DELIVERY_LATENCY_SECONDS: &str = "chat_gateway_delivery_latency_seconds";
 /// Counter: failed Redis operations, by `op`.
@@ -271,6 +273,11 @@ fn describe_all() {
         GW_APPEND_SECONDS,
         Unit::Seconds,
         "Time to append a message to its Redis stream"
+    );
+    describe_histogram!(
+        GW_APPEND_BATCH,
+        Unit::Count,
+        "Messages of one connection stored per append round trip"
     );
     describe_histogram!(
         GW_DELIVERY_LATENCY_SECONDS,

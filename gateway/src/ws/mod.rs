@@ -12,6 +12,7 @@
 //! reasons.
 
 mod admission;
+mod appender;
 mod close;
 mod connection;
 mod cursor;

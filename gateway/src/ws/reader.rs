@@ -2,10 +2,13 @@
 //!
 //! It never writes to the socket: acks, errors and history pages go to the
 //! writer through the connection's bounded queue, so a client whose socket
-//! is full (it is busy sending) is still read. At most one append is in flight per
-//! connection, which keeps a client's messages in the order it sent them; a
-//! fast sender is slowed by TCP while its append is out, not buffered.
-//! The per-connection rate limit and the idle timeout are enforced here.
+//! is full (it is busy sending) is still read. Messages are checked here and
+//! stored by the connection's [`Appender`], in batches, while reading goes
+//! on; once the connection has one, every reply goes through it too, so the
+//! client gets its answers in the order it sent the frames. A fast sender is
+//! slowed by TCP once `APPEND_PIPELINE_DEPTH` messages are waiting, not
+//! buffered. The per-connection rate limit and the idle timeout are enforced
+//! here.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -16,15 +19,16 @@ use chat_shared::ids::{RoomId, Username};
 use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::protocol::{
-    ack_frame, error_frame, history_frames, parse_client_frame, ClientFrame, ErrorCode,
-    HistoryRequest, InboundMessage, ProtocolError, HISTORY_FRAME_BYTES,
+    error_frame, history_frames, parse_client_frame, ClientFrame, ErrorCode, HistoryRequest,
+    InboundMessage, ProtocolError, HISTORY_FRAME_BYTES,
 };
 use futures_util::{Stream, StreamExt};
 
 mod room;
 
+use super::appender::Appender;
 use super::close::CloseReason;
-use crate::append::{self, AppendError, Draft};
+use crate::append::Draft;
 use crate::auth::Identity;
 use crate::history::{self, Range};
 use crate::queue;
@@ -52,6 +56,8 @@ pub(super) struct Reader {
     room_exists: bool,
     /// Typing limit and Redis member for the ephemeral room features.
     features: room::RoomFeatures,
+    /// Stores this connection's messages; started by its first message.
+    appender: Option<Appender>,
 }
 
 impl Reader {
@@ -79,6 +85,7 @@ impl Reader {
             bucket,
             room_exists: false,
             features: room::RoomFeatures::default(),
+            appender: None,
         }
     }
 
@@ -107,13 +114,16 @@ impl Reader {
     /// queues [`Outbound::ReaderDone`], which tells the writer that every
     /// reply is ahead of it.
     ///
-    /// On shutdown, an append in flight is finished and its ack queued
-    /// first: a message that was stored is acked.
+    /// On close or shutdown, the messages already read are stored and
+    /// answered first: a message that was stored is acked.
     pub(super) async fn run<S>(&mut self, stream: &mut S) -> CloseReason
     where
         S: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
         let reason = self.read(stream).await;
+        if let Some(appender) = self.appender.take() {
+            appender.finish().await;
+        }
         let _ = self.replies.send(Outbound::ReaderDone).await;
         reason
     }
@@ -295,15 +305,9 @@ impl Reader {
         let draft = Draft {
             reply_to: msg.reply_to,
             attachments: msg.attachments,
-            ..Draft::message(
-                &self.room,
-                &username,
-                user_id.as_deref(),
-                client_id,
-                msg.message,
-            )
+            ..Draft::message(&username, user_id.as_deref(), client_id, msg.message)
         };
-        self.append_and_ack(draft).await
+        self.append(draft).await
     }
 
     /// Checks and appends an edit, a delete or a reaction; acks it like a
@@ -343,15 +347,9 @@ impl Reader {
         }
         let draft = Draft {
             event: Some(event),
-            ..Draft::message(
-                &self.room,
-                &username,
-                user_id.as_deref(),
-                client_id,
-                message,
-            )
+            ..Draft::message(&username, user_id.as_deref(), client_id, message)
         };
-        self.append_and_ack(draft).await
+        self.append(draft).await
     }
 
     /// The key of the sender's shared budgets: its user id, else its IP.
@@ -378,32 +376,13 @@ impl Reader {
         None
     }
 
-    /// Appends `draft` and acks it, or tells the sender it was not stored.
-    async fn append_and_ack(&self, draft: Draft<'_>) -> Result<(), WriterGone> {
-        let client_id = draft.client_id.map(str::to_owned);
-        let client_id = client_id.as_deref();
-        let result =
-            append::append(&self.state.redis, self.state.config.append_limits(), draft).await;
-        match result {
-            Ok(done) => {
-                metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
-                self.reply(ack_frame(client_id, &done.id, &done.timestamp))
-                    .await
-            }
-            Err(e) => {
-                let why = match e {
-                    AppendError::BacklogFull => {
-                        "not stored: the room's stream backlog is full; retry later"
-                    }
-                    AppendError::Redis(_) => "not stored: Redis unavailable; retry",
-                AppendError::NotReplicated => {
-                    "not acknowledged: fewer replicas than ACK_AFTER_REPLICAS confirmed it in time; resend with the same client_id"
-                }
-                };
-                let err = ProtocolError::new(ErrorCode::Unavailable, why);
-                self.reply_error(&err, client_id).await
-            }
-        }
+    /// Hands `draft` to the connection's appender (started on first use),
+    /// which stores it and acks it, or tells the sender it was not stored.
+    async fn append(&mut self, draft: Draft) -> Result<(), WriterGone> {
+        let appender = self.appender.get_or_insert_with(|| {
+            Appender::spawn(self.state.clone(), self.room.clone(), self.replies.clone())
+        });
+        appender.append(draft).await.map_err(|_| WriterGone)
     }
 
     /// Before the first message of this connection: a room without history
@@ -513,10 +492,14 @@ impl Reader {
         self.reply(error_frame(err, client_id)).await
     }
 
-    /// Queues a reply for the writer; waits while the queue is full (the
-    /// client is not reading: the registry's next delivery or the writer's
-    /// timeout then ends the connection as a slow consumer).
+    /// Queues a reply for the writer, behind the answers to the messages
+    /// read before; waits while the queue is full (the client is not
+    /// reading: the registry's next delivery or the writer's timeout then
+    /// ends the connection as a slow consumer).
     async fn reply(&self, frame: String) -> Result<(), WriterGone> {
+        if let Some(appender) = &self.appender {
+            return appender.reply(frame).await.map_err(|_| WriterGone);
+        }
         self.replies
             .send(Outbound::Reply(Box::new(frame.into())))
             .await
