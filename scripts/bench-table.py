@@ -28,16 +28,32 @@ def machine():
     return f"{cores} cores ({cpu}), {mem}, {platform.system()} {platform.release()}"
 
 
+def cpu(x):
+    """CPU per message (and per delivery) of each tier, if measured."""
+    parts = []
+    for tier in ("gateway", "worker", "redis"):
+        per_msg = x.get(f"cpu_{tier}_us_per_msg")
+        if per_msg is None:
+            continue
+        per_del = x.get(f"cpu_{tier}_us_per_delivery")
+        pct = x.get(f"cpu_{tier}_pct")
+        text = f"{tier} {per_msg} µs/msg"
+        if per_del is not None and not x.get("scenario", "").startswith("persist"):
+            text += f", {per_del} µs/delivery"
+        parts.append(f"{text} ({pct}% of a core)")
+    return "; ".join(parts) or "—"
+
+
 def row(name, r):
     x = r
     if name.startswith("conns"):
         return (f"| {name} | {x.get('connected')} connected, {x.get('failed')} failed | "
                 f"{x.get('connects_per_s')} connects/s | RSS {x.get('gateway_rss_before_mib')} → "
-                f"{x.get('gateway_rss_after_mib')} MiB = **{x.get('gateway_rss_per_conn_kib')} KiB/conn** | — |")
+                f"{x.get('gateway_rss_after_mib')} MiB = **{x.get('gateway_rss_per_conn_kib')} KiB/conn** | — | — |")
     if name.startswith("persist"):
         return (f"| {name} | {x['sent']} messages, {x.get('rooms')} rooms | "
                 f"**{x.get('persisted_per_s')} msg/s** persisted+published | "
-                f"append {x.get('append_seconds')} s, total {x['duration_s']:.2f} s | — |")
+                f"append {x.get('append_seconds')} s, total {x['duration_s']:.2f} s | — | {cpu(x)} |")
     ack = ""
     if "ack_p99_ms" in x:
         ack = f"; ack p50 {x['ack_p50_ms']} / p99 {x['ack_p99_ms']} ms"
@@ -46,9 +62,30 @@ def row(name, r):
         mix = (f", plus {x['typing_sent']} typing and {x['reactions_sent']} reactions "
                f"({x['reactions_answered']} answered)")
     return (f"| {name} | {x.get('shape', '')}; sent {x['sent']}, acked {x['acked']}{mix} | "
-            f"**{x['deliveries_per_s']:.0f} deliveries/s** | p50 {x['p50_ms']:.2f} / p90 {x['p90_ms']:.2f} / "
+            f"**{x['deliveries_per_s']:.0f} deliveries/s** ({x.get('messages_per_s', '?')} msg/s) | p50 {x['p50_ms']:.2f} / p90 {x['p90_ms']:.2f} / "
             f"p99 **{x['p99_ms']:.2f}** / p99.9 {x['p999_ms']:.2f} / max {x['max_ms']:.2f} ms{ack} | "
-            f"lost {x['lost']}, dup {x['duplicated']}, ooo {x['out_of_order']} |")
+            f"lost {x['lost']}, dup {x['duplicated']}, ooo {x['out_of_order']} | {cpu(x)} |")
+
+
+def budget(rows):
+    """The per-hop latency table of the fanout-5k row (5k deliveries/s)."""
+    r = next((r["r"] for r in rows if r["name"] == "fanout-5k"), None)
+    if not r or r.get("append_mean_ms") is None:
+        return []
+    a, p, q = r["append_mean_ms"], r["publish_mean_ms"], r["queued_mean_ms"]
+    return [
+        "",
+        "Latency budget per hop at 5k deliveries/s (`fanout-5k`; means from the",
+        "services' histograms over the run, all measured from the gateway's stamp):",
+        "",
+        "| hop | mean |",
+        "|---|---|",
+        f"| gateway stamp → `XADD` answered (append round trip) | {a:.3f} ms |",
+        f"| → worker woke, persisted, published (stamp → publish: {p:.3f} ms) | {p - a:.3f} ms |",
+        f"| → gateway got it from pub/sub, queued to connections (stamp → queued: {q:.3f} ms) | {q - p:.3f} ms |",
+        f"| client send → stamp, queue → socket → client read (client p50 {r['p50_ms']:.2f} ms − stamp → queued) | {r['p50_ms'] - q:.3f} ms |",
+        f"| **end to end at the client** | p50 {r['p50_ms']:.2f} ms, p99 **{r['p99_ms']:.2f}** ms |",
+    ]
 
 
 def main(results, readme):
@@ -58,10 +95,11 @@ def main(results, readme):
         f"Machine: {machine()}; Redis, worker, three gateways and the load generator all on it.",
         "Command: `scripts/bench` (raw results: `.run/bench/results.jsonl`).",
         "",
-        "| scenario | shape | throughput | latency / memory | correctness |",
-        "|---|---|---|---|---|",
+        "| scenario | shape | throughput | latency / memory | correctness | CPU per message and delivery |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [row(r["name"], r["r"]) for r in rows]
+    lines += budget(rows)
     lines += [
         "",
         "Exact commands: all rows come from one run of `scripts/bench`",

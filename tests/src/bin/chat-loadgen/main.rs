@@ -13,6 +13,7 @@
 //!   worker has persisted and published them all.
 
 mod client;
+mod cpu;
 mod roles;
 mod scenarios;
 mod stats;
@@ -43,6 +44,10 @@ struct Common {
     /// Number of loopback source addresses (127.0.0.1 ..= 127.0.0.N) to spread connections over.
     #[arg(long, default_value_t = 1)]
     sources: u8,
+    /// Processes whose CPU time to report per message and per delivery:
+    /// `name=pid[,pid…]`, repeatable (e.g. `--cpu gateway=101,102 --cpu redis=99`).
+    #[arg(long = "cpu", value_parser = cpu::parse_group)]
+    cpu: Vec<cpu::Group>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +155,7 @@ fn targets(c: &Common) -> anyhow::Result<Targets> {
     Ok(Targets {
         urls: c.urls.clone(),
         sources: client::loopback_sources(c.sources),
+        cpu: c.cpu.clone(),
     })
 }
 

@@ -11,6 +11,7 @@ use chat_shared::redis::Conn;
 use chat_tests::{http_get, rss_bytes};
 
 use crate::client;
+use crate::cpu;
 use crate::roles::{self, Mix, Pace, PubResult, PublisherSpec};
 use crate::stats::{Report, SubStats};
 
@@ -19,6 +20,8 @@ use crate::stats::{Report, SubStats};
 pub(crate) struct Targets {
     pub(crate) urls: Vec<String>,
     pub(crate) sources: Vec<IpAddr>,
+    /// Processes whose CPU time the report shows.
+    pub(crate) cpu: Vec<cpu::Group>,
 }
 
 impl Targets {
@@ -109,6 +112,7 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start_us = client::now_us();
     let started = Instant::now();
+    let cpu_before = cpu::snapshot(&t.cpu);
     start_tx.send(true)?;
     let mut per_room: HashMap<usize, PubResult> = HashMap::new();
     let mut total = PubResult::default();
@@ -137,6 +141,13 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
         stats.push(h.await??);
     }
     let mut report = Report::from_subs(&load.name, &stats, expected, start_us);
+    cpu::report(
+        &t.cpu,
+        &cpu_before,
+        total.acked,
+        report.received_deliveries,
+        &mut report.extra,
+    );
     report.sent = total.sent;
     report.acked = total.acked;
     report.refused = total.refused;
@@ -144,6 +155,10 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
     report
         .extra
         .insert("publish_seconds".into(), format!("{send_secs:.2}").into());
+    report.extra.insert(
+        "messages_per_s".into(),
+        format!("{:.0}", total.acked as f64 / send_secs.max(1e-9)).into(),
+    );
     if load.mix.typing_every > 0 || load.mix.react_every > 0 {
         report
             .extra
@@ -305,6 +320,7 @@ pub(crate) async fn persist(
     let mut conn = append_connection(redis_url, shards).await?;
     let before = worker_counter(worker_metrics).await?;
     let started = Instant::now();
+    let cpu_before = cpu::snapshot(&t.cpu);
     let mut n = 0u64;
     while n < count {
         // One run of XADDs per shard, so that on a cluster each run goes to
@@ -373,6 +389,7 @@ pub(crate) async fn persist(
         format!("{:.0}", count as f64 / secs).into(),
     );
     r.extra.insert("rooms".into(), rooms.into());
+    cpu::report(&t.cpu, &cpu_before, count, count, &mut r.extra);
     Ok(r)
 }
 
