@@ -239,7 +239,14 @@ async fn main() -> anyhow::Result<()> {
             rooms,
             stream_shards,
         } => {
-            ensure_loopback(&chat_shared::config::normalize_redis_url(&redis_url))?;
+            match chat_shared::config::cluster_nodes(&redis_url, false) {
+                Some(nodes) => {
+                    for node in nodes {
+                        ensure_loopback(&node)?;
+                    }
+                }
+                None => ensure_loopback(&chat_shared::config::normalize_redis_url(&redis_url))?,
+            }
             for addr in worker_metrics.split(',') {
                 ensure_loopback(&format!("http://{addr}"))?;
             }
