@@ -717,6 +717,11 @@ pub struct Client {
     pub local_port: Option<u16>,
     /// Whether ephemeral frames ([`EPHEMERAL_TYPES`]) are returned (else skipped).
     pub ephemeral: bool,
+    /// `message` frames that [`Self::next_of_type`] passed over while
+    /// waiting for another type: a delivery may overtake the sender's own
+    /// ack (they travel different paths), and [`Self::messages`] still owes
+    /// it to the test.
+    passed_over: std::collections::VecDeque<Value>,
 }
 
 impl Client {
@@ -731,6 +736,7 @@ impl Client {
             closed: None,
             local_port: None,
             ephemeral: false,
+            passed_over: Default::default(),
         }
     }
 
@@ -746,6 +752,7 @@ impl Client {
             closed: None,
             local_port: None,
             ephemeral: false,
+            passed_over: Default::default(),
         };
         loop {
             let v = c.next_json_within(DEADLINE).await?;
@@ -774,6 +781,7 @@ impl Client {
             closed: None,
             local_port,
             ephemeral: false,
+            passed_over: Default::default(),
         }
     }
 
@@ -845,12 +853,21 @@ impl Client {
             .expect("expected a frame before the deadline")
     }
 
-    /// Skips frames until one of `kind` arrives.
+    /// Skips frames until one of `kind` arrives; `message` frames skipped
+    /// on the way are kept for [`Self::messages`].
     pub async fn next_of_type(&mut self, kind: &str) -> Value {
+        if kind == "message" {
+            if let Some(v) = self.passed_over.pop_front() {
+                return v;
+            }
+        }
         loop {
             let v = self.next_json().await;
             if v["type"] == kind {
                 return v;
+            }
+            if v["type"] == "message" {
+                self.passed_over.push_back(v);
             }
         }
     }
@@ -859,6 +876,10 @@ impl Client {
     pub async fn messages(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
+            if let Some(v) = self.passed_over.pop_front() {
+                out.push(v["data"].clone());
+                continue;
+            }
             let v = self.next_json().await;
             if v["type"] == "message" {
                 out.push(v["data"].clone());
