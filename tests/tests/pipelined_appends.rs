@@ -287,3 +287,87 @@ async fn redis_dying_under_pipelined_appends_refuses_what_follows_and_never_reor
     );
     reader.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_batch_every_frame_is_still_answered_in_order() {
+    let mut redis = Redis::start().await;
+    let _w = start_worker(&redis.url(), "w1", FAST_WORKER).await;
+    let gw = start_gateway(&redis.url(), "gw1", UNLIMITED).await;
+    let (client, _) = tokio_tungstenite::connect_async(gw.ws_url("room=pipereply"))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = client.split();
+    // Joined; then a first message starts the connection's appender.
+    let next_type = |v: &Value| v["type"].as_str().unwrap_or_default().to_owned();
+    loop {
+        let Some(Ok(Message::Text(t))) = rx.next().await else {
+            panic!("closed before the join history")
+        };
+        if next_type(&serde_json::from_str(t.as_str()).unwrap()) == "history" {
+            break;
+        }
+    }
+    tx.send(Message::Text(frame("pipereply", 0).into()))
+        .await
+        .unwrap();
+    loop {
+        let Some(Ok(Message::Text(t))) = rx.next().await else {
+            panic!("closed before the first ack")
+        };
+        if next_type(&serde_json::from_str(t.as_str()).unwrap()) == "ack" {
+            break;
+        }
+    }
+    redis.stop();
+    // Messages, a frame that is refused on its own (bad JSON), messages,
+    // back to back; then one more bad frame to mark the end.
+    for i in 1..=5 {
+        tx.feed(Message::Text(frame("pipereply", i).into()))
+            .await
+            .unwrap();
+    }
+    tx.feed(Message::Text("not json".into())).await.unwrap();
+    for i in 6..=8 {
+        tx.feed(Message::Text(frame("pipereply", i).into()))
+            .await
+            .unwrap();
+    }
+    tx.feed(Message::Text("still not json".into()))
+        .await
+        .unwrap();
+    tx.flush().await.unwrap();
+    // (client_id or "bad_json", type) of every answer, in arrival order.
+    let mut got = Vec::new();
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while got.len() < 10 {
+        let msg = tokio::time::timeout_at(end, rx.next())
+            .await
+            .expect("every frame answered before the deadline")
+            .unwrap_or_else(|| panic!("closed after {got:?}"))
+            .unwrap();
+        let Message::Text(t) = msg else {
+            eprintln!("{msg:?}");
+            continue;
+        };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        match v["type"].as_str() {
+            Some("ack") | Some("error") => {}
+            _ => continue,
+        }
+        let who = match v["data"]["client_id"].as_str() {
+            Some(c) => c.to_owned(),
+            None => v["data"]["code"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{v}"))
+                .to_owned(),
+        };
+        got.push(who);
+    }
+    let want: Vec<String> = [
+        "1", "2", "3", "4", "5", "bad_json", "6", "7", "8", "bad_json",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    assert_eq!(got, want, "one answer per frame, in the order sent");
+}

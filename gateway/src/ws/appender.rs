@@ -98,29 +98,27 @@ async fn run(
     depth: usize,
 ) {
     let limits = state.config.append_limits();
-    let mut held: Option<Job> = None;
+    // A reply that ended the last batch: it goes out before anything later.
+    let mut held: Option<String> = None;
     loop {
-        let job = match held.take() {
-            Some(job) => job,
-            None => match jobs.recv().await {
-                Some(job) => job,
-                None => return,
-            },
-        };
-        let first = match job {
-            Job::Reply(frame) => {
+        if let Some(frame) = held.take() {
+            reply(&replies, frame).await;
+        }
+        let first = match jobs.recv().await {
+            None => return,
+            Some(Job::Reply(frame)) => {
                 reply(&replies, frame).await;
                 continue;
             }
-            Job::Append(draft) => draft,
+            Some(Job::Append(draft)) => draft,
         };
         // Everything else already queued joins the batch, up to a reply.
         let mut batch = vec![first];
         while batch.len() < depth {
             match jobs.try_recv() {
                 Ok(Job::Append(draft)) => batch.push(draft),
-                Ok(other) => {
-                    held = Some(other);
+                Ok(Job::Reply(frame)) => {
+                    held = Some(frame);
                     break;
                 }
                 Err(_) => break,
@@ -143,14 +141,10 @@ async fn run(
             }
         }
         if failed {
-            // Refuse what is held behind the failure; replies keep their place.
-            if let Some(Job::Append(draft)) = held.take() {
-                refuse(
-                    &replies,
-                    AppendError::AfterFailure,
-                    draft.client_id.as_deref(),
-                )
-                .await;
+            // Refuse the messages queued behind the failure; replies keep
+            // their place (the held one came first).
+            if let Some(frame) = held.take() {
+                reply(&replies, frame).await;
             }
             while let Ok(job) = jobs.try_recv() {
                 match job {

@@ -247,7 +247,8 @@ pub(crate) fn check_attachments(
     for a in &list {
         let url_ok = a.url.len() <= MAX_ATTACHMENT_URL_BYTES
             && a.url.len() > "https://".len()
-            && a.url[..8].eq_ignore_ascii_case("https://")
+            // `get`: byte 8 may fall inside a multi-byte character.
+            && a.url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"))
             && !a.url.chars().any(|c| c.is_control() || c.is_whitespace());
         if !url_ok {
             return bad(format!(
@@ -390,6 +391,8 @@ mod tests {
             r#"[{"url":"https://x.io/a","mime":"png"}]"#,
             r#"[{"url":"https://x.io/a","name":""}]"#,
             r#"[{"url":"https://x.io/a","size":1125899906842625}]"#,
+            // Byte 8 inside a two-byte character: refused, not a panic.
+            r#"[{"url":"https:/éx.io/a"}]"#,
         ] {
             let text = format!(
                 r#"{{"type":"message","data":{{"room":"lobby","message":"hi","attachments":{bad}}}}}"#
