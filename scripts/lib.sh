@@ -1,8 +1,17 @@
-# Shared helpers for scripts/run-local and scripts/test: install what is missing.
-# Sourced, not run.
+# Shared helpers for scripts/run-local, scripts/test, scripts/bench and
+# scripts/test-image: install what is missing, pick free ports. Sourced, not run.
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# apt_install WHY PKG...: installs Debian packages, saying which and what for.
+apt_install() {
+  local why=$1
+  shift
+  echo "==> Installing $* (apt; $why)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 # redis-server, redis-cli, curl and openssl (the TLS tests make their own
@@ -12,9 +21,8 @@ ensure_redis() {
     && command -v curl >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then
     return
   fi
-  echo "==> Installing redis-server, redis-tools, curl and openssl (apt)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools curl openssl >/dev/null
+  apt_install "Redis and curl for the tests and local runs; openssl for the TLS tests' certificates" \
+    redis-server redis-tools curl openssl
 }
 
 # A Rust toolchain (rustup's cargo); Debian's own cargo is too old for axum 0.8.
@@ -35,9 +43,7 @@ ensure_python_venv() {
   if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     return
   fi
-  echo "==> Installing python3 and python3-venv (apt)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  apt_install "venvs for scripts/check-manifests and scripts/test-image" python3 python3-venv
 }
 
 # Headless Chromium (Debian's package), node, an emoji font, and playwright-core
@@ -51,9 +57,7 @@ ensure_browser() {
   # Emoji in the demo page's screenshots (reactions) instead of empty boxes.
   fc-list 2>/dev/null | grep -qi "color emoji" || pkgs+=(fonts-noto-color-emoji)
   if [ ${#pkgs[@]} -gt 0 ]; then
-    echo "==> Installing ${pkgs[*]} (apt)"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+    apt_install "the browser tests" "${pkgs[@]}"
   fi
   if [ ! -d tests/browser/node_modules/playwright-core ]; then
     echo "==> Installing playwright-core for the browser test (npm)"
@@ -71,9 +75,7 @@ ensure_podman() {
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || pkgs+=(debootstrap)
   command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || pkgs+=(runc)
   if [ ${#pkgs[@]} -gt 0 ]; then
-    echo "==> Installing ${pkgs[*]} (apt)"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+    apt_install "building and running the container image (scripts/test-image)" "${pkgs[@]}"
   fi
 }
 
@@ -83,7 +85,33 @@ ensure_prometheus() {
   if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
     return
   fi
-  echo "==> Installing prometheus (apt)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  apt_install "the alert-rule tests and the dashboard-query check" prometheus
+}
+
+# free_ports N [--bus]: N distinct free TCP ports, space-separated, picked at
+# random below the ephemeral range (32768-60999), which load generators' and
+# clients' outgoing sockets use up. With --bus, each port's Redis Cluster bus
+# port (port + 10000) is free too: ports from 20000-22000, bus ports 30000-32000.
+free_ports() {
+  python3 - "$@" <<'PY'
+import random, socket, sys
+n, bus = int(sys.argv[1]), "--bus" in sys.argv[2:]
+lo, hi = (20000, 22000) if bus else (20000, 32000)
+def free(p):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("0.0.0.0", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+taken, ports = set(), []
+while len(ports) < n:
+    p = random.randint(lo, hi)
+    need = [p, p + 10000] if bus else [p]
+    if taken.isdisjoint(need) and all(free(q) for q in need):
+        taken.update(need); ports.append(p)
+print(" ".join(map(str, ports)))
+PY
 }

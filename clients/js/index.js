@@ -7,7 +7,7 @@
 // See README.md in this directory, and the service README's "Protocol".
 
 import { backoffDelay } from "./backoff.js";
-import { MessageStore } from "./store.js";
+import { EVENT_TYPES, MessageStore } from "./store.js";
 
 export { MessageStore } from "./store.js";
 export { backoffDelay } from "./backoff.js";
@@ -289,13 +289,12 @@ export class ChatClient {
     let frame;
     try { frame = JSON.parse(text); } catch { return; }
     const data = frame && frame.data;
-    switch (frame && frame.type) {
+    const type = frame && frame.type;
+    // Room events (edit, delete, reaction) update a message in the store.
+    if (EVENT_TYPES.has(type)) return this.applyChanges([this.store.applyEvent({ ...data, type })]);
+    switch (type) {
       case "history": return this.onHistory(data || {});
       case "message": return this.applyChanges([this.store.applyMessage(data)]);
-      case "edit":
-      case "delete":
-      case "reaction":
-        return this.applyChanges([this.store.applyEvent({ ...data, type: frame.type })]);
       case "ack": return this.settle(data, null);
       case "error": {
         const err = new ChatError(data?.code || "unknown", data?.message, data);
@@ -309,7 +308,7 @@ export class ChatClient {
       case "leave":
       case "typing":
       case "read":
-        return this.emit(frame.type, data);
+        return this.emit(type, data);
       default:
         return undefined; // unknown types are ignored (forward compatibility)
     }
@@ -352,7 +351,7 @@ export class ChatClient {
       p.retries = (p.retries ?? 0) + 1;
       const delay = backoffDelay(p.retries, { initialMs: 500, maxMs: 5000 }, this.opts.random);
       p.timer = this.timers.setTimeout(() => {
-        if (this.pending.get(data.client_id) === p) this.sendRaw(JSON.parse(p.frame));
+        if (this.pending.get(data.client_id) === p) this.sendText(p.frame);
       }, delay);
       return;
     }
@@ -365,8 +364,13 @@ export class ChatClient {
 
   /** @param {object} frame @returns {boolean} whether it went out */
   sendRaw(frame) {
+    return this.sendText(JSON.stringify(frame));
+  }
+
+  /** An already serialized frame. @param {string} text @returns {boolean} whether it went out */
+  sendText(text) {
     if (!this.ws || this.state !== "open") return false;
-    this.ws.send(JSON.stringify(frame));
+    this.ws.send(text);
     return true;
   }
 
@@ -386,7 +390,7 @@ export class ChatClient {
     const frame = JSON.stringify({ type, data: { room: this.room, ...data, client_id } });
     return new Promise((resolve, reject) => {
       this.pending.set(client_id, { frame, resolve, reject });
-      if (this.ws && this.state === "open") this.ws.send(frame);
+      this.sendText(frame);
     });
   }
 

@@ -40,6 +40,32 @@ pub(crate) struct PubResult {
     pub(crate) reactions_acked: u64,
 }
 
+impl PubResult {
+    /// Adds another publisher's counts and ack times to these (the totals of
+    /// a scenario).
+    pub(crate) fn add(&mut self, other: PubResult) {
+        // Destructured, so that a new field cannot be left out of the sum.
+        let PubResult {
+            sent,
+            acked,
+            refused,
+            ack_us,
+            acks_out_of_order,
+            typing,
+            reactions,
+            reactions_acked,
+        } = other;
+        self.sent += sent;
+        self.acked += acked;
+        self.refused += refused;
+        self.ack_us.extend(ack_us);
+        self.acks_out_of_order += acks_out_of_order;
+        self.typing += typing;
+        self.reactions += reactions;
+        self.reactions_acked += reactions_acked;
+    }
+}
+
 /// Room events a publisher sends besides its messages (the mixed load).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Mix {

@@ -114,25 +114,18 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
     let started = Instant::now();
     let cpu_before = cpu::snapshot(&t.cpu);
     start_tx.send(true)?;
-    let mut per_room: HashMap<usize, PubResult> = HashMap::new();
+    // Messages acked per room: what each room's subscribers must receive.
+    let mut acked_per_room: HashMap<usize, u64> = HashMap::new();
     let mut total = PubResult::default();
     for (r, h) in pubs {
         let res = h.await??;
-        let e = per_room.entry(r).or_default();
-        e.acked += res.acked;
-        total.sent += res.sent;
-        total.acked += res.acked;
-        total.refused += res.refused;
-        total.typing += res.typing;
-        total.reactions += res.reactions;
-        total.reactions_acked += res.reactions_acked;
-        total.acks_out_of_order += res.acks_out_of_order;
-        total.ack_us.extend(res.ack_us);
+        *acked_per_room.entry(r).or_default() += res.acked;
+        total.add(res);
     }
     let send_secs = started.elapsed().as_secs_f64();
     let mut expected = 0;
     for (r, tx) in targets.iter().enumerate() {
-        let acked = per_room.get(&r).map_or(0, |p| p.acked);
+        let acked = acked_per_room.get(&r).copied().unwrap_or(0);
         expected += acked * load.subs as u64;
         let _ = tx.send(Some(acked));
     }
