@@ -23,11 +23,13 @@
 //! the same `client_id`s stores each exactly once.
 //!
 //! The ids of a batch's messages are also written to their room's message
-//! index, in the same round trip just before the script (a pipeline; the
-//! index lives in the room's slot, not the shard's), so an `edit`, `delete`,
-//! `react` or `reply_to` sent right after the ack finds it even before a
-//! worker has persisted it. An id whose append did not store it (a repeat, a
-//! refusal, an error) is removed from the index again.
+//! index, in the same pipeline just before the script (one round trip on a
+//! single Redis; on a cluster the index lives in the room's slot, not the
+//! shard's, so it is a run of its own), so an `edit`, `delete`, `react` or
+//! `reply_to` sent right after the ack finds it even before a worker has
+//! persisted it. An id surely not stored (a repeat's fresh id, a refusal) is
+//! removed from the index again; after a Redis error the batch may have been
+//! stored, and its ids stay.
 //!
 //! Concurrent appends from many connections share the multiplexed
 //! connections, which pipelines them under load with no added wait at idle.
@@ -381,22 +383,28 @@ pub async fn append_batch(
                 vec![Err(AppendError::Redis); batch.len()]
             }
         };
-    // Ids that were not stored come out of the index again.
-    let unstored: Vec<&str> = batch
+    // Ids surely not stored (refused, not tried, or a repeat's fresh id) come
+    // out of the index again, off the answer's path: the sender never
+    // learns those ids. After a Redis error the batch may have been stored
+    // and persisted already, so its ids stay.
+    let unstored: Vec<String> = batch
         .iter()
         .zip(&results)
-        .filter(|(s, r)| s.indexed() && !matches!(r, Ok(a) if !a.repeat))
-        .filter(|(_, r)| !matches!(r, Err(AppendError::NotReplicated)))
-        .map(|(s, _)| s.entry.id.as_str())
+        .filter(|(s, r)| match r {
+            Ok(a) => s.indexed() && a.repeat,
+            Err(AppendError::BacklogFull | AppendError::AfterFailure) => s.indexed(),
+            Err(AppendError::Redis | AppendError::NotReplicated) => false,
+        })
+        .map(|(s, _)| s.entry.id.clone())
         .collect();
     if !unstored.is_empty() {
-        let _ = redis
-            .query::<()>(
-                redis::cmd("HDEL")
-                    .arg(keys::message_index(room))
-                    .arg(&unstored),
-            )
-            .await;
+        let redis = redis.clone();
+        let index = keys::message_index(room);
+        tokio::spawn(async move {
+            let _ = redis
+                .query::<()>(redis::cmd("HDEL").arg(index).arg(&unstored))
+                .await;
+        });
     }
     results
 }
