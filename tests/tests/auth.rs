@@ -13,8 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "test-secret";
 
@@ -48,35 +47,6 @@ const AUTH: &[(&str, &str)] = &[
     ("RATE_LIMIT_PER_SEC", "10000"),
     ("RATE_LIMIT_BURST", "10000"),
 ];
-
-/// Opens `url` with extra headers; the HTTP status and JSON body on refusal.
-async fn open(
-    url: &str,
-    headers: &[(&str, &str)],
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    (u16, Value),
-> {
-    let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake within the deadline")
-    {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::Error::Http(resp)) => {
-            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}"))
-                .unwrap_or(Value::Null);
-            Err((resp.status().as_u16(), body))
-        }
-        Err(e) => panic!("unexpected handshake error: {e}"),
-    }
-}
 
 /// Asserts that opening `url` is refused with `status` and `code`.
 async fn refused(url: &str, headers: &[(&str, &str)], status: u16, code: &str) {

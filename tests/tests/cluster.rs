@@ -12,23 +12,19 @@ use chat_shared::cluster::{slot_of, spread_tag};
 use chat_shared::ids::RoomId;
 use common::cluster::RedisCluster;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 const SHARDS: &str = "16";
 
+/// The gateways' settings: [`FAST_GW`] with 16 stream shards.
 fn env() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("RATE_LIMIT_PER_SEC", "10000"),
-        ("RATE_LIMIT_BURST", "10000"),
-        ("HEARTBEAT_MS", "200"),
-        ("STREAM_SHARDS", SHARDS),
-    ]
+    [FAST_GW, &[("STREAM_SHARDS", SHARDS)]].concat()
 }
 
 /// Sends `text` and waits for its ack; other frames are returned in order.
 async fn say_acked(c: &mut Client, room: &str, text: &str, client_id: &str) -> Vec<Value> {
-    let frame = json!({"type":"message","data":{"room":room,"message":text,"client_id":client_id}});
+    let frame = message_frame(room, text, client_id);
     c.send_text(&frame.to_string()).await;
     let mut other = Vec::new();
     loop {
@@ -153,8 +149,7 @@ async fn stream_shards_spread_evenly_over_the_masters() {
     let cluster = RedisCluster::start(3, 0).await;
     let url = cluster.url();
     let _w = start_worker(&url, "w1", &[("STREAM_SHARDS", SHARDS)]).await;
-    let mut many_rooms = env();
-    many_rooms.push(("ROOM_CREATION_PER_MIN", "0"));
+    let many_rooms = [&env()[..], &[("ROOM_CREATION_PER_MIN", "0")]].concat();
     let gw = start_gateway(&url, "gw1", &many_rooms).await;
     // Traffic in enough rooms to touch every shard.
     for i in 0..64 {
@@ -236,7 +231,7 @@ async fn send_until_acked(url: String, room: String, tag: String, count: usize) 
     let mut acked = Vec::new();
     for i in 0..count {
         let cid = format!("{tag}-{i}");
-        let frame = json!({"type":"message","data":{"room":room,"message":cid,"client_id":cid}});
+        let frame = message_frame(&room, &cid, &cid);
         'retry: loop {
             assert!(Instant::now() < deadline, "{cid} never acked");
             let Some(c) = client.as_mut() else {
@@ -287,11 +282,12 @@ async fn a_master_failover_under_load_keeps_every_acked_message_exactly_once() {
         ("ACK_REPLICAS_TIMEOUT_MS", "500"),
         ("REDIS_TIMEOUT_MS", "1000"),
     ];
-    let worker_env: Vec<(&str, &str)> = [("STREAM_SHARDS", SHARDS), ("LEASE_TTL_MS", "1500")]
-        .into_iter()
-        .chain(ack)
-        .collect();
-    let gw_env: Vec<(&str, &str)> = env().into_iter().chain(ack).collect();
+    let worker_env = [
+        &[("STREAM_SHARDS", SHARDS), ("LEASE_TTL_MS", "1500")][..],
+        &ack,
+    ]
+    .concat();
+    let gw_env = [&env()[..], &ack].concat();
     let _w = start_worker(&url, "w1", &worker_env).await;
     let gw1 = start_gateway(&url, "gw1", &gw_env).await;
     let gw2 = start_gateway(&url, "gw2", &gw_env).await;

@@ -7,13 +7,12 @@
 mod common;
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
 async fn the_demo_page_and_client_are_served_unless_turned_off() {
@@ -49,39 +48,23 @@ async fn the_demo_page_and_client_are_served_unless_turned_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_demo_pages_chat_recover_and_survive_a_drain() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "run `npm ci --prefix tests/browser` first (scripts/test does)"
-    );
+    let dir = browser_dir();
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/demo-screenshots");
     let redis = Redis::start().await;
     let _w = start_worker(&redis.url(), "w1", &[]).await;
     let gw1 = start_gateway(&redis.url(), "gw1", &[]).await;
     let gw2 = start_gateway(&redis.url(), "gw2", &[]).await;
-    let mut node = tokio::process::Command::new("node")
-        .arg(dir.join("demo-chat.mjs"))
-        .arg(format!("http://{}", gw1.addr()))
-        .arg(format!("http://{}", gw2.addr()))
-        .arg(&shots)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node is installed");
-    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let (mut node, mut lines) = node_script(
+        &dir.join("demo-chat.mjs"),
+        &[
+            OsString::from(format!("http://{}", gw1.addr())),
+            OsString::from(format!("http://{}", gw2.addr())),
+            shots.clone().into_os_string(),
+        ],
+    );
     let mut phase = async |name: &str| -> Value {
         let prefix = format!("PHASE {name} ");
-        loop {
-            let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-                .await
-                .expect("the browser script answered in time")
-                .unwrap()
-                .unwrap_or_else(|| panic!("the browser script ended before phase {name}"));
-            if let Some(json) = line.strip_prefix(&prefix) {
-                return serde_json::from_str(json).unwrap();
-            }
-            assert!(!line.starts_with("FAIL"), "browser: {line}");
-        }
+        next_phase(&mut lines, &prefix, Duration::from_secs(120)).await
     };
 
     let open = phase("open").await;

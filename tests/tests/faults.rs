@@ -7,7 +7,6 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use chat_shared::redis::Conn;
 use common::store::{Store, Topology};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -114,11 +113,9 @@ async fn chatter(
     seen
 }
 
-/// Reads `messages:<room>` as `(seq, id)`.
-async fn history(store: &Store, room: &str) -> Vec<(u64, String)> {
-    store
-        .stored_records(room)
-        .await
+/// Stored records (of `messages:<room>`) as `(seq, id)`.
+fn seq_ids(records: &[Value]) -> Vec<(u64, String)> {
+    records
         .iter()
         .map(|v| {
             (
@@ -214,30 +211,26 @@ async fn killing_workers_under_load(topology: Topology) {
     }
     // Kill one worker once traffic flows, another a little later, then add one.
     eventually("traffic persisted", DEADLINE, || async {
-        (history(&redis, "chaos-a").await.len() >= 20).then_some(())
+        (seq_ids(&redis.stored_records("chaos-a").await).len() >= 20).then_some(())
     })
     .await;
     w1.proc.kill9();
     eventually("more traffic persisted", DEADLINE, || async {
-        (history(&redis, "chaos-b").await.len() >= 60).then_some(())
+        (seq_ids(&redis.stored_records("chaos-b").await).len() >= 60).then_some(())
     })
     .await;
     w2.proc.kill9();
     let _w4 = start_worker(&redis.url(), "w4", FAST_WORKER).await;
     // The survivor hands half of its shards to the newcomer.
-    let c = redis.conn().await;
-    let lease_keys: Vec<String> = (0..4).map(|s| redis.lease_key(s, 4)).collect();
-    eventually("shards spread fairly over w3 and w4", DEADLINE, || {
-        let mut c = c.clone();
-        let keys = lease_keys.clone();
-        async move {
-            let mut owners = Vec::new();
-            for key in keys {
-                owners.push(c.get::<_, Option<String>>(key).await.ok()??);
-            }
-            let w4 = owners.iter().filter(|o| *o == "w4").count();
-            (w4 == 2 && owners.iter().filter(|o| *o == "w3").count() == 2).then_some(())
-        }
+    eventually("shards spread fairly over w3 and w4", DEADLINE, || async {
+        let owners = redis
+            .lease_owners(4)
+            .await
+            .ok()?
+            .into_iter()
+            .collect::<Option<Vec<String>>>()?;
+        let w4 = owners.iter().filter(|o| *o == "w4").count();
+        (w4 == 2 && owners.iter().filter(|o| *o == "w3").count() == 2).then_some(())
     })
     .await;
 
@@ -257,7 +250,7 @@ async fn killing_workers_under_load(topology: Topology) {
             .flat_map(|c| c.acked.iter().cloned())
             .collect();
         assert_eq!(acked.len(), 2 * per_client, "room {room}: every send acked");
-        let hist = history(&redis, room).await;
+        let hist = seq_ids(&redis.stored_records(room).await);
         assert_eq!(hist.len(), 2 * per_client);
         assert_room_consistent(room, &hist, &acked, &clients.iter().collect::<Vec<_>>());
     }
@@ -502,28 +495,14 @@ async fn sigterm_drains(topology: Topology) {
     let gw2 = start_gateway(&redis.url(), "gw2", &[("STREAM_SHARDS", "4")]).await;
     let (mut a, _) = Client::join(&format!("ws://127.0.0.1:{}/ws?room=drain", gw.port)).await;
     let mut c = redis.conn().await;
-    let lease_keys: Vec<String> = (0..4).map(|s| redis.lease_key(s, 4)).collect();
-    let leases = |c: Conn| {
-        let keys = lease_keys.clone();
-        async move {
-            let mut c = c;
-            let mut owners = Vec::new();
-            for key in keys {
-                let o: Option<String> = c.get(key).await.unwrap();
-                owners.push(o);
-            }
-            owners
-        }
-    };
-    eventually("w1 holds all shards", DEADLINE, || {
-        let c = c.clone();
-        async move {
-            leases(c)
-                .await
-                .iter()
-                .all(|o| o.as_deref() == Some("w1"))
-                .then_some(())
-        }
+    eventually("w1 holds all shards", DEADLINE, || async {
+        redis
+            .lease_owners(4)
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| o.as_deref() == Some("w1"))
+            .then_some(())
     })
     .await;
 
@@ -555,20 +534,19 @@ async fn sigterm_drains(topology: Topology) {
         .await
         .expect("worker exits after SIGTERM");
     assert!(status.success());
-    let after_exit: Vec<Option<String>> = leases(c.clone()).await;
+    let after_exit: Vec<Option<String>> = redis.lease_owners(4).await.unwrap();
     assert!(
         after_exit.iter().all(|o| o.as_deref() != Some("w1")),
         "w1 released its leases: {after_exit:?}"
     );
-    eventually("w2 takes every shard", DEADLINE, || {
-        let c = c.clone();
-        async move {
-            leases(c)
-                .await
-                .iter()
-                .all(|o| o.as_deref() == Some("w2"))
-                .then_some(())
-        }
+    eventually("w2 takes every shard", DEADLINE, || async {
+        redis
+            .lease_owners(4)
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| o.as_deref() == Some("w2"))
+            .then_some(())
     })
     .await;
     let _ = released_at;
@@ -580,7 +558,7 @@ async fn sigterm_drains(topology: Topology) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_load_keeps_every_acked_message() {
-    let mut redis = Store::Single(Box::new(Redis::start_durable().await));
+    let mut redis = Redis::start_durable().await;
     let w = start_worker(&redis.url(), "w1", FAST_WORKER).await;
     let gw1 = start_gateway(&redis.url(), "gw1", FAST_GW).await;
     let gw2 = start_gateway(&redis.url(), "gw2", FAST_GW).await;
@@ -604,10 +582,10 @@ async fn redis_restart_mid_load_keeps_every_acked_message() {
         Duration::from_secs(60),
     ));
     eventually("traffic persisted", DEADLINE, || async {
-        (history(&redis, "outage").await.len() >= 40).then_some(())
+        (seq_ids(&stored_records(&redis, "outage").await).len() >= 40).then_some(())
     })
     .await;
-    redis.single_mut().stop();
+    redis.stop();
     // While Redis is down the gateways say so.
     let addr = gw1.addr();
     eventually("health 503", DEADLINE, || {
@@ -615,26 +593,26 @@ async fn redis_restart_mid_load_keeps_every_acked_message() {
         async move { (http_get(&a, "/health").await.ok()?.0 == 503).then_some(()) }
     })
     .await;
-    redis.single_mut().restart().await;
+    redis.restart().await;
     // Wait for the senders to finish, then for delivery of what history holds.
     eventually(
         "history grows again after the restart",
         Duration::from_secs(30),
         || async {
-            let h = history(&redis, "outage").await;
+            let h = seq_ids(&stored_records(&redis, "outage").await);
             (h.len() >= 100).then_some(())
         },
     )
     .await;
     // Stop adding: let the senders run out, then fix the target at the final history length.
     eventually("history stable", Duration::from_secs(30), || async {
-        let a = history(&redis, "outage").await.len();
+        let a = seq_ids(&stored_records(&redis, "outage").await).len();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let b = history(&redis, "outage").await.len();
+        let b = seq_ids(&stored_records(&redis, "outage").await).len();
         (a == b).then_some(())
     })
     .await;
-    let hist = history(&redis, "outage").await;
+    let hist = seq_ids(&stored_records(&redis, "outage").await);
     tx.send(Some(hist.len())).unwrap();
     let a = t1.await.unwrap();
     let b = t2.await.unwrap();

@@ -10,42 +10,18 @@ use std::time::Duration;
 use chat_tests::http_request;
 use common::*;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite;
 
 const SECRET: &str = "moderation-secret";
 const API_KEY: &str = "mod-key";
 
 fn env() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("RATE_LIMIT_PER_SEC", "10000"),
-        ("RATE_LIMIT_BURST", "10000"),
-        ("HEARTBEAT_MS", "200"),
-        ("STREAM_SHARDS", "4"),
-        ("JWT_SECRET", SECRET),
-        ("API_KEYS", API_KEY),
-    ]
+    [FAST_GW, &[("JWT_SECRET", SECRET), ("API_KEYS", API_KEY)]].concat()
 }
 
 const WORKER: &[(&str, &str)] = &[("STREAM_SHARDS", "4")];
 
 fn token(sub: &str, role: Option<&str>) -> String {
     user_token(SECRET, sub, role)
-}
-
-/// Opens `url`; `Err((status, body))` when refused before the upgrade.
-async fn open(url: &str) -> Result<Client, (u16, Value)> {
-    match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("handshake within the deadline")
-    {
-        Ok(_) => Ok(Client::connect(url).await),
-        Err(tungstenite::Error::Http(resp)) => {
-            let body = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}"))
-                .unwrap_or(Value::Null);
-            Err((resp.status().as_u16(), body))
-        }
-        Err(e) => panic!("unexpected handshake error: {e}"),
-    }
 }
 
 /// `method path` with `Authorization: Bearer <bearer>`: status and JSON body.
@@ -93,7 +69,7 @@ async fn a_ban_closes_the_users_connections_everywhere_refuses_rejoin_and_expire
     );
     let bad = json!({"user":"troll","seconds":0}).to_string();
     assert_eq!(call(&gw1, "POST", &path, API_KEY, &bad).await.0, 400);
-    acked(&mut troll1, say(room, "still allowed", "t1")).await;
+    acked(&mut troll1, message_frame(room, "still allowed", "t1")).await;
 
     // A moderator bans: both of the troll's connections in the room close
     // with 4003, on both gateways; the bystander and the other room stay.
@@ -105,13 +81,13 @@ async fn a_ban_closes_the_users_connections_everywhere_refuses_rejoin_and_expire
         let (code, reason) = c.wait_closed(DEADLINE).await.expect("a close frame");
         assert_eq!((code, reason.as_str()), (4003, "banned"));
     }
-    acked(&mut bystander, say(room, "still here", "n1")).await;
-    acked(&mut elsewhere, say("other", "other room", "e1")).await;
+    acked(&mut bystander, message_frame(room, "still here", "n1")).await;
+    acked(&mut elsewhere, message_frame("other", "other room", "e1")).await;
 
     // Rejoining is refused on any gateway, and survives a gateway restart
     // (the ban lives in Redis).
     for gw in [&gw1, &gw2] {
-        let (status, body) = open(&url(gw, "troll")).await.err().expect("refused");
+        let (status, body) = open(&url(gw, "troll"), &[]).await.err().expect("refused");
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (403, Some("banned"))
@@ -119,7 +95,11 @@ async fn a_ban_closes_the_users_connections_everywhere_refuses_rejoin_and_expire
     }
     let gw3 = start_gateway(&redis.url(), "gw3", &env()).await;
     assert_eq!(
-        open(&url(&gw3, "troll")).await.err().expect("refused").0,
+        open(&url(&gw3, "troll"), &[])
+            .await
+            .err()
+            .expect("refused")
+            .0,
         403
     );
 
@@ -132,17 +112,17 @@ async fn a_ban_closes_the_users_connections_everywhere_refuses_rejoin_and_expire
     let short = json!({"user":"brief","seconds":1}).to_string();
     assert_eq!(call(&gw1, "POST", &path, API_KEY, &short).await.0, 201);
     assert_eq!(
-        open(&url(&gw1, "brief")).await.err().expect("refused").0,
+        open(&url(&gw1, "brief"), &[])
+            .await
+            .err()
+            .expect("refused")
+            .0,
         403
     );
     eventually("the ban expired", Duration::from_secs(10), || async {
-        open(&url(&gw1, "brief")).await.ok().map(|_| ())
+        open(&url(&gw1, "brief"), &[]).await.ok().map(|_| ())
     })
     .await;
-}
-
-fn say(room: &str, text: &str, client_id: &str) -> Value {
-    json!({"type":"message","data":{"room":room,"message":text,"client_id":client_id}})
 }
 
 /// Sends `frame` and waits for its ack, keeping nothing else.
@@ -162,7 +142,7 @@ async fn acked(c: &mut Client, frame: Value) -> Value {
 async fn search_matches_current_text_ignoring_case_newest_first_in_pages() {
     let redis = Redis::start().await;
     let _w = start_worker(&redis.url(), "w1", WORKER).await;
-    let gw = start_gateway(&redis.url(), "gw1", &env()[..4]).await;
+    let gw = start_gateway(&redis.url(), "gw1", FAST_GW).await;
     let room = "searchable";
     let (mut c, _) = Client::join(&gw.ws_url(&format!("room={room}&username=ana"))).await;
     let mut ids = Vec::new();
@@ -177,7 +157,7 @@ async fn search_matches_current_text_ignoring_case_newest_first_in_pages() {
     .into_iter()
     .enumerate()
     {
-        let frame = json!({"type":"message","data":{"room":room,"message":text,"client_id":format!("c{i}")}});
+        let frame = message_frame(room, text, &format!("c{i}"));
         ids.push(acked(&mut c, frame).await["id"].clone());
     }
     // Edit one into a match and one out of it; delete a match.

@@ -75,7 +75,7 @@ async fn metrics_count_what_happened_on_both_tiers() {
         ],
     )
     .await;
-    let w = format!("127.0.0.1:{}", worker.metrics_port);
+    let w = worker.addr();
     expect_series(
         &w,
         &[

@@ -241,9 +241,7 @@ async fn readiness_warns_when_redis_may_evict_chat_state() {
         .as_str()
         .unwrap()
         .contains("noeviction"));
-    let (_, worker) = http_get(&format!("127.0.0.1:{}", w.metrics_port), "/readyz")
-        .await
-        .unwrap();
+    let (_, worker) = http_get(&w.addr(), "/readyz").await.unwrap();
     let worker: Value = serde_json::from_str(&worker).unwrap();
     assert!(worker["warnings"][0]
         .as_str()

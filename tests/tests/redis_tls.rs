@@ -168,7 +168,7 @@ async fn a_password_changed_while_running_turns_health_503_until_restored() {
     let gw = start_gateway(&redis.url(), "gw1", &[]).await;
     let status = |addr: String| async move { http_get(&addr, "/health").await.ok().map(|r| r.0) };
     let gw_addr = gw.addr();
-    let worker_addr = format!("127.0.0.1:{}", worker.metrics_port);
+    let worker_addr = worker.addr();
 
     // Rotate the password on the server and drop every connection but ours:
     // the services reconnect with the old one and are refused.

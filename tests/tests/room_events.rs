@@ -84,10 +84,6 @@ async fn sequenced(m: &mut Member, n: usize) -> Vec<(String, Value)> {
     out
 }
 
-fn say(room: &str, text: &str, client_id: &str) -> Value {
-    json!({"type":"message","data":{"room":room,"message":text,"client_id":client_id}})
-}
-
 fn edit(room: &str, id: &Value, text: &str, client_id: &str) -> Value {
     json!({"type":"edit","data":{"room":room,"id":id,"message":text,"client_id":client_id}})
 }
@@ -110,7 +106,7 @@ async fn edits_deletes_and_reactions_are_ordered_events_with_current_state_in_hi
     let (mut alice, _) = Member::join(&gw1.ws_url(&format!("room={room}&username=alice"))).await;
     let (mut bob, _) = Member::join(&gw2.ws_url(&format!("room={room}&username=bob"))).await;
 
-    let m1 = acked(&mut alice, say(room, "first", "a1")).await["id"].clone();
+    let m1 = acked(&mut alice, message_frame(room, "first", "a1")).await["id"].clone();
     // Reacting right after the ack works: the id is indexed with the append.
     acked(&mut bob, react(room, &m1, "👍", "add", "b1")).await;
     acked(&mut bob, react(room, &m1, "👍", "add", "b2")).await;
@@ -255,7 +251,7 @@ async fn replies_and_attachments_are_validated_stored_and_delivered() {
     let gw = start_gateway(&redis.url(), "gw1", GW).await;
     let room = "threads";
     let (mut c, _) = Member::join(&gw.ws_url(&format!("room={room}&username=ana"))).await;
-    let root = acked(&mut c, say(room, "root", "c1")).await["id"].clone();
+    let root = acked(&mut c, message_frame(room, "root", "c1")).await["id"].clone();
     let attachment =
         json!({"url":"https://files.example/a.png","name":"a.png","mime":"image/png","size":1234});
     let reply = json!({"type":"message","data":{"room":room,"message":"answer","reply_to":root,
@@ -287,7 +283,7 @@ async fn replies_and_attachments_are_validated_stored_and_delivered() {
         json!({"type":"message","data":{"room":room,"message":"m","attachments":"a.png"}});
     assert_eq!(refused(&mut c, wrong_type).await, "bad_frame");
     // Still open, and nothing refused was stored.
-    acked(&mut c, say(room, "still here", "c5")).await;
+    acked(&mut c, message_frame(room, "still here", "c5")).await;
     eventually("three messages stored", DEADLINE, || async {
         (stored_records(&redis, room).await.len() == 3).then_some(())
     })
@@ -322,8 +318,8 @@ async fn with_tokens_only_the_author_or_a_moderator_may_edit_or_delete() {
         Member::join(&gw.ws_url(&format!("room={room}&token={impostor_token}"))).await;
     let (mut moderator, _) = Member::join(&url("u-mod", Some("moderator"))).await;
 
-    let m1 = acked(&mut author, say(room, "one", "a1")).await["id"].clone();
-    let m2 = acked(&mut author, say(room, "two", "a2")).await["id"].clone();
+    let m1 = acked(&mut author, message_frame(room, "one", "a1")).await["id"].clone();
+    let m2 = acked(&mut author, message_frame(room, "two", "a2")).await["id"].clone();
     assert_eq!(
         refused(&mut other, edit(room, &m1, "hijack", "o1")).await,
         "forbidden"
@@ -364,7 +360,7 @@ async fn a_worker_killed_during_a_burst_of_reactions_leaves_exact_counts() {
     let gw = start_gateway(&redis.url(), "gw1", GW).await;
     let room = "burst";
     let (mut poster, _) = Member::join(&gw.ws_url(&format!("room={room}&username=poster"))).await;
-    let target = acked(&mut poster, say(room, "react to me", "p1")).await["id"].clone();
+    let target = acked(&mut poster, message_frame(room, "react to me", "p1")).await["id"].clone();
 
     // 24 users each, 8 times over: add two emojis, repeat one add, take
     // one back. Long enough that the kill lands inside the burst.
@@ -421,12 +417,9 @@ async fn a_worker_killed_during_a_burst_of_reactions_leaves_exact_counts() {
         .collect();
     assert_eq!(event_ids.len(), total - 1, "each event stored once");
     // The takeover happened inside the burst: the new worker stored part of it.
-    let by_w2 = metric(
-        &format!("127.0.0.1:{}", w2.metrics_port),
-        "chat_worker_messages_persisted_total",
-    )
-    .await
-    .unwrap_or(0.0);
+    let by_w2 = metric(&w2.addr(), "chat_worker_messages_persisted_total")
+        .await
+        .unwrap_or(0.0);
     assert!(by_w2 > 0.0, "the second worker persisted none of the burst");
     drop(clients);
 }

@@ -12,17 +12,11 @@
 mod common;
 
 use common::*;
-use jsonwebtoken::{encode, EncodingKey, Header};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
 const GW: &[(&str, &str)] = FAST_GW;
 const WORKER: &[(&str, &str)] = FAST_WORKER;
-
-/// Appends `extra` to the default settings (later entries win).
-fn with<'a>(base: &[(&'a str, &'a str)], extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    base.iter().chain(extra).copied().collect()
-}
 
 /// Frames received until one matches `stop` (included), in order.
 async fn until(c: &mut Client, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
@@ -334,9 +328,9 @@ async fn read_receipts_never_go_down_and_survive_reconnects() {
 async fn presence_events_off_sends_no_join_or_leave() {
     let redis = Redis::start().await;
     let off = [("PRESENCE_EVENTS", "false")];
-    let _w = start_worker(&redis.url(), "w1", &with(WORKER, &off)).await;
-    let gw1 = start_gateway(&redis.url(), "g1", &with(GW, &off)).await;
-    let gw2 = start_gateway(&redis.url(), "g2", &with(GW, &off)).await;
+    let _w = start_worker(&redis.url(), "w1", &[WORKER, &off].concat()).await;
+    let gw1 = start_gateway(&redis.url(), "g1", &[GW, &off].concat()).await;
+    let gw2 = start_gateway(&redis.url(), "g2", &[GW, &off].concat()).await;
 
     let (mut bo, _) = Client::join_ephemeral(&gw2.ws_url("room=off&username=bo")).await;
     let (ana, _) = Client::join_ephemeral(&gw1.ws_url("room=off&username=ana")).await;
@@ -358,16 +352,12 @@ async fn with_auth_the_user_key_is_the_token_subject() {
     const SECRET: &str = "presence-secret";
     let token = |sub: &str, name: &str| {
         let exp = jsonwebtoken::get_current_timestamp() + 600;
-        encode(
-            &Header::default(),
-            &json!({"sub": sub, "name": name, "exp": exp}),
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap()
+        sign_token(SECRET, &json!({"sub": sub, "name": name, "exp": exp}))
     };
     let redis = Redis::start().await;
     let _w = start_worker(&redis.url(), "w1", WORKER).await;
-    let gw = start_gateway(&redis.url(), "g1", &with(GW, &[("JWT_SECRET", SECRET)])).await;
+    let env = [GW, &[("JWT_SECRET", SECRET)]].concat();
+    let gw = start_gateway(&redis.url(), "g1", &env).await;
 
     let url = |sub, name| gw.ws_url(&format!("room=au&token={}", token(sub, name)));
     let (mut a, _) = Client::join_ephemeral(&url("u1", "Ana")).await;

@@ -125,16 +125,46 @@ async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes)
     }
 }
 
-/// The worker's environment for `receiver`, plus `extra`.
+/// The worker's environment for `receiver`, plus `extra` (later entries win).
 fn worker_env<'a>(receiver: &'a Receiver, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut env = vec![
+    let base = [
         ("STREAM_SHARDS", SHARDS),
         ("WEBHOOK_URL", receiver.url.as_str()),
         ("WEBHOOK_SECRET", SECRET),
         ("WEBHOOK_BATCH_MAX", "7"),
     ];
-    env.extend_from_slice(extra);
-    env
+    [&base[..], extra].concat()
+}
+
+/// Redis, a receiver, worker `w1` sending to it and gateway `g1`. Fields
+/// drop in declaration order: the gateway first, Redis last.
+struct Rig {
+    gateway: Gateway,
+    worker: Worker,
+    receiver: Receiver,
+    _redis: Redis,
+}
+
+impl Rig {
+    /// Starts everything, the receiver in `mode`, the worker with `extra`.
+    async fn start(mode: Mode, extra: &[(&str, &str)]) -> Self {
+        let redis = Redis::start().await;
+        let receiver = Receiver::start(mode).await;
+        let worker = start_worker(&redis.url(), "w1", &worker_env(&receiver, extra)).await;
+        let gateway = start_gateway(&redis.url(), "g1", GW).await;
+        Self {
+            gateway,
+            worker,
+            receiver,
+            _redis: redis,
+        }
+    }
+
+    /// A client of `room` as user `tester`, past its join history.
+    async fn join(&self, room: &str) -> Client {
+        let url = self.gateway.ws_url(&format!("room={room}&username=tester"));
+        Client::join(&url).await.0
+    }
 }
 
 /// The id a record is known by: an event's `event_id`, a message's `id`.
@@ -162,8 +192,15 @@ async fn acked(c: &mut Client, frame: Value) -> String {
     }
 }
 
-fn message(room: &str, text: &str, cid: &str) -> Value {
-    json!({"type":"message","data":{"room":room,"message":text,"username":"tester","client_id":cid}})
+/// Sends messages `m0`, `m1`… with client ids `<cid_prefix>0`,
+/// `<cid_prefix>1`… to `room`, each once acked; returns their ids.
+async fn send_acked(c: &mut Client, room: &str, n: usize, cid_prefix: &str) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let frame = message_frame(room, &format!("m{i}"), &format!("{cid_prefix}{i}"));
+        ids.push(acked(c, frame).await);
+    }
+    ids
 }
 
 /// Waits until every id of `want` has arrived; returns the events so far.
@@ -208,24 +245,13 @@ fn assert_in_order(events: &[Value]) -> HashMap<String, usize> {
 
 #[tokio::test]
 async fn every_persisted_record_arrives_signed_and_in_order_per_room() {
-    let redis = Redis::start().await;
-    let receiver = Receiver::start(Mode::Accept).await;
-    let _w = start_worker(&redis.url(), "w1", &worker_env(&receiver, &[])).await;
-    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let rig = Rig::start(Mode::Accept, &[]).await;
+    let receiver = &rig.receiver;
     let rooms = ["wh-a", "wh-b", "wh-c"];
     let mut want = HashSet::new();
     for room in rooms {
-        let (mut c, _) = Client::join(&gw.ws_url(&format!("room={room}&username=tester"))).await;
-        let mut ids = Vec::new();
-        for i in 0..12 {
-            ids.push(
-                acked(
-                    &mut c,
-                    message(room, &format!("m{i}"), &format!("{room}-{i}")),
-                )
-                .await,
-            );
-        }
+        let mut c = rig.join(room).await;
+        let mut ids = send_acked(&mut c, room, 12, &format!("{room}-")).await;
         let edit = json!({"type":"edit","data":{"room":room,"id":ids[0],"message":"new","client_id":format!("{room}-e")}});
         let react = json!({"type":"react","data":{"room":room,"id":ids[1],"emoji":"👍","op":"add","client_id":format!("{room}-r")}});
         let delete = json!({"type":"delete","data":{"room":room,"id":ids[2],"client_id":format!("{room}-d")}});
@@ -246,28 +272,20 @@ async fn every_persisted_record_arrives_signed_and_in_order_per_room() {
 
 #[tokio::test]
 async fn a_failing_receiver_gets_every_record_once_it_recovers() {
-    let redis = Redis::start().await;
-    let receiver = Receiver::start(Mode::Fail).await;
-    let env = worker_env(
-        &receiver,
+    let rig = Rig::start(
+        Mode::Fail,
         &[
             ("WEBHOOK_BACKOFF_MAX_MS", "50"),
             ("WEBHOOK_MAX_ATTEMPTS", "1000000"),
         ],
-    );
-    let w = start_worker(&redis.url(), "w1", &env).await;
-    let gw = start_gateway(&redis.url(), "g1", GW).await;
-    let (mut c, _) = Client::join(&gw.ws_url("room=wh-fail&username=tester")).await;
-    let mut want = HashSet::new();
-    for i in 0..20 {
-        want.insert(
-            acked(
-                &mut c,
-                message("wh-fail", &format!("m{i}"), &format!("c{i}")),
-            )
-            .await,
-        );
-    }
+    )
+    .await;
+    let receiver = &rig.receiver;
+    let mut c = rig.join("wh-fail").await;
+    let want: HashSet<String> = send_acked(&mut c, "wh-fail", 20, "c")
+        .await
+        .into_iter()
+        .collect();
     eventually("the receiver fails several attempts", DEADLINE, || async {
         (receiver.hook.requests() >= 5).then_some(())
     })
@@ -276,7 +294,7 @@ async fn a_failing_receiver_gets_every_record_once_it_recovers() {
     receiver.hook.set(Mode::Accept);
     let events = wait_for_all(&receiver.hook, &want).await;
     assert_eq!(assert_in_order(&events)["wh-fail"], 20);
-    let metrics = format!("127.0.0.1:{}", w.metrics_port);
+    let metrics = rig.worker.addr();
     let failed = metric(
         &metrics,
         r#"chat_worker_webhook_requests_failed_total{kind="status"}"#,
@@ -289,38 +307,27 @@ async fn a_failing_receiver_gets_every_record_once_it_recovers() {
 
 #[tokio::test]
 async fn a_hanging_receiver_does_not_hold_up_websocket_delivery() {
-    let redis = Redis::start().await;
-    let receiver = Receiver::start(Mode::Hang).await;
-    let env = worker_env(
-        &receiver,
+    let rig = Rig::start(
+        Mode::Hang,
         &[
             ("WEBHOOK_TIMEOUT_MS", "1000"),
             ("WEBHOOK_BACKOFF_MAX_MS", "50"),
             ("WEBHOOK_MAX_ATTEMPTS", "1000000"),
         ],
-    );
-    let _w = start_worker(&redis.url(), "w1", &env).await;
-    let gw = start_gateway(&redis.url(), "g1", GW).await;
-    let url = gw.ws_url("room=wh-hang&username=tester");
-    let (mut sender, _) = Client::join(&url).await;
-    let (mut member, _) = Client::join(&url).await;
+    )
+    .await;
+    let receiver = &rig.receiver;
+    let mut sender = rig.join("wh-hang").await;
+    let mut member = rig.join("wh-hang").await;
     let mut want = HashSet::new();
-    want.insert(acked(&mut sender, message("wh-hang", "first", "c-first")).await);
+    want.insert(acked(&mut sender, message_frame("wh-hang", "first", "c-first")).await);
     eventually("the receiver holds a request", DEADLINE, || async {
         (receiver.hook.requests() >= 1).then_some(())
     })
     .await;
     // While every webhook request hangs, messages are still acked and
     // delivered to the other member.
-    for i in 0..30 {
-        want.insert(
-            acked(
-                &mut sender,
-                message("wh-hang", &format!("m{i}"), &format!("c{i}")),
-            )
-            .await,
-        );
-    }
+    want.extend(send_acked(&mut sender, "wh-hang", 30, "c").await);
     let got = member.messages(31).await;
     let got: HashSet<String> = got.iter().map(key_of).collect();
     assert_eq!(got, want);
@@ -343,14 +350,9 @@ async fn a_worker_sigkill_loses_no_webhook_record() {
     );
     let mut w1 = start_worker(&redis.url(), "w1", &env).await;
     let w2 = start_worker(&redis.url(), "w2", &env).await;
-    let owned = |w: &Worker| format!("127.0.0.1:{}", w.metrics_port);
+    // Each worker holds two shards.
     for w in [&w1, &w2] {
-        let addr = owned(w);
-        eventually("each worker holds two shards", DEADLINE, || {
-            let addr = addr.clone();
-            async move { (metric(&addr, "chat_worker_shards_owned").await? == 2.0).then_some(()) }
-        })
-        .await;
+        wait_metric(&w.addr(), "chat_worker_shards_owned", 2.0).await;
     }
     let gw = start_gateway(&redis.url(), "g1", GW).await;
     let rooms = ["k-a", "k-b", "k-c", "k-d", "k-e", "k-f"];
@@ -362,19 +364,14 @@ async fn a_worker_sigkill_loses_no_webhook_record() {
     let mut want = HashSet::new();
     for i in 0..120 {
         let (room, c) = (rooms[i % rooms.len()], &mut clients[i % rooms.len()]);
-        want.insert(acked(c, message(room, &format!("m{i}"), &format!("c{i}"))).await);
+        want.insert(acked(c, message_frame(room, &format!("m{i}"), &format!("c{i}"))).await);
         if i == 50 {
             w1.proc.kill9();
         }
     }
     let events = wait_for_all(&receiver.hook, &want).await;
     // The survivor took the killed worker's shards over.
-    let addr = owned(&w2);
-    eventually("the survivor holds every shard", DEADLINE, || {
-        let addr = addr.clone();
-        async move { (metric(&addr, "chat_worker_shards_owned").await? == 4.0).then_some(()) }
-    })
-    .await;
+    wait_metric(&w2.addr(), "chat_worker_shards_owned", 4.0).await;
     eprintln!(
         "webhook records received: {} for {} acked",
         events.len(),
@@ -389,28 +386,23 @@ async fn a_worker_sigkill_loses_no_webhook_record() {
 
 #[tokio::test]
 async fn a_batch_is_given_up_after_its_last_attempt_and_counted() {
-    let redis = Redis::start().await;
-    let receiver = Receiver::start(Mode::Fail).await;
-    let env = worker_env(
-        &receiver,
+    let rig = Rig::start(
+        Mode::Fail,
         &[
             ("WEBHOOK_MAX_ATTEMPTS", "2"),
             ("WEBHOOK_BACKOFF_MAX_MS", "10"),
         ],
-    );
-    let w = start_worker(&redis.url(), "w1", &env).await;
-    let gw = start_gateway(&redis.url(), "g1", GW).await;
-    let (mut c, _) = Client::join(&gw.ws_url("room=wh-give-up&username=tester")).await;
-    acked(&mut c, message("wh-give-up", "lost", "c-lost")).await;
-    let addr = format!("127.0.0.1:{}", w.metrics_port);
-    let series = r#"chat_worker_webhook_events_dropped_total{reason="gave_up"}"#;
-    eventually("the batch is given up", DEADLINE, || async {
-        (metric(&addr, series).await? == 1.0).then_some(())
-    })
+    )
     .await;
+    let receiver = &rig.receiver;
+    let mut c = rig.join("wh-give-up").await;
+    acked(&mut c, message_frame("wh-give-up", "lost", "c-lost")).await;
+    // The batch is given up.
+    let series = r#"chat_worker_webhook_events_dropped_total{reason="gave_up"}"#;
+    wait_metric(&rig.worker.addr(), series, 1.0).await;
     // The queue moves on: the next record is delivered once the receiver works.
     receiver.hook.set(Mode::Accept);
-    let next = acked(&mut c, message("wh-give-up", "kept", "c-kept")).await;
+    let next = acked(&mut c, message_frame("wh-give-up", "kept", "c-kept")).await;
     let events = wait_for_all(&receiver.hook, &HashSet::from([next.clone()])).await;
     let keys: Vec<String> = events.iter().map(key_of).collect();
     assert_eq!(keys, [next]);
@@ -419,38 +411,23 @@ async fn a_batch_is_given_up_after_its_last_attempt_and_counted() {
 
 #[tokio::test]
 async fn a_full_queue_drops_and_counts_new_records() {
-    let redis = Redis::start().await;
-    let receiver = Receiver::start(Mode::Hang).await;
-    let env = worker_env(
-        &receiver,
+    let rig = Rig::start(
+        Mode::Hang,
         &[
             ("WEBHOOK_QUEUE_MAX", "3"),
             ("WEBHOOK_TIMEOUT_MS", "2000"),
             ("WEBHOOK_BACKOFF_MAX_MS", "10"),
             ("WEBHOOK_MAX_ATTEMPTS", "1000000"),
         ],
-    );
-    let w = start_worker(&redis.url(), "w1", &env).await;
-    let gw = start_gateway(&redis.url(), "g1", GW).await;
-    let (mut c, _) = Client::join(&gw.ws_url("room=wh-full&username=tester")).await;
-    let mut ids = Vec::new();
-    for i in 0..10 {
-        ids.push(
-            acked(
-                &mut c,
-                message("wh-full", &format!("m{i}"), &format!("c{i}")),
-            )
-            .await,
-        );
-    }
+    )
+    .await;
+    let receiver = &rig.receiver;
+    let mut c = rig.join("wh-full").await;
+    let ids = send_acked(&mut c, "wh-full", 10, "c").await;
     // The records in the outbox (in flight or waiting) count against the
     // cap until they are delivered: 3 are kept, 7 dropped.
-    let addr = format!("127.0.0.1:{}", w.metrics_port);
     let series = r#"chat_worker_webhook_events_dropped_total{reason="queue_full"}"#;
-    eventually("seven records are dropped", DEADLINE, || async {
-        (metric(&addr, series).await? == 7.0).then_some(())
-    })
-    .await;
+    wait_metric(&rig.worker.addr(), series, 7.0).await;
     receiver.hook.set(Mode::Accept);
     let kept: HashSet<String> = ids[..3].iter().cloned().collect();
     let events = wait_for_all(&receiver.hook, &kept).await;

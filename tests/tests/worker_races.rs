@@ -574,7 +574,7 @@ async fn entries_of_a_newer_envelope_version_stay_pending_and_other_rooms_flow()
     assert_eq!(pending.len(), 2, "pending: {pending:?}");
     assert_eq!(pending[0], newer);
     assert!(history_texts(&mut c, "future").await.is_empty());
-    let w = format!("127.0.0.1:{}", w1.metrics_port);
+    let w = w1.addr();
     let counted = eventually("the newer entry is counted", DEADLINE, || {
         let w = w.clone();
         async move { metric(&w, "chat_worker_entries_unknown_version_total").await }

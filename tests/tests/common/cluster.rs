@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use redis::AsyncCommands;
-
 use super::{free_port, scratch_dir, Proc, DEADLINE};
 
 /// One node of a test cluster.
@@ -258,9 +256,6 @@ impl RedisCluster {
     /// The records of `messages:<room>`, parsed, oldest first.
     pub async fn stored_records(&self, room: &str) -> Vec<serde_json::Value> {
         let mut c = self.conn().await;
-        let raw: Vec<String> = c.lrange(format!("messages:{room}"), 0, -1).await.unwrap();
-        raw.iter()
-            .map(|r| serde_json::from_str(r).expect("stored records are JSON"))
-            .collect()
+        super::records_in(&mut c, room).await
     }
 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Default deadline for a condition to become true.
 pub const DEADLINE: Duration = Duration::from_secs(15);
@@ -557,6 +558,13 @@ pub struct Worker {
     pub proc: Proc,
 }
 
+impl Worker {
+    /// The address of its metrics and health endpoints.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics_port)
+    }
+}
+
 /// Starts a worker against `redis_url` and waits until it holds shards.
 pub async fn start_worker(redis_url: &str, id: &str, env: &[(&str, &str)]) -> Worker {
     let base = [
@@ -700,8 +708,38 @@ fn spawn_service_cmd(
 #[allow(unused_imports)] // not every test file needs both
 pub use chat_tests::{http_get, rss_bytes};
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `url` with extra `headers`; the HTTP status and JSON body when the
+/// upgrade is refused.
+pub async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Ws, (u16, Value)> {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake within the deadline")
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}"))
+                .unwrap_or(Value::Null);
+            Err((resp.status().as_u16(), body))
+        }
+        Err(e) => panic!("unexpected handshake error: {e}"),
+    }
+}
+
+/// A chat `message` frame for `room` with a `client_id` (no `username`: the
+/// gateway takes the connection's).
+pub fn message_frame(room: &str, text: &str, client_id: &str) -> Value {
+    serde_json::json!({"type":"message","data":{"room":room,"message":text,"client_id":client_id}})
+}
 
 /// Frame types of the ephemeral room events (`PRESENCE_EVENTS`, typing,
 /// read receipts): a [`Client`] skips them unless `ephemeral` is set, so
@@ -725,19 +763,24 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client on the opened WebSocket `ws`.
+    fn from_ws(ws: Ws, local_port: Option<u16>) -> Self {
+        Self {
+            ws,
+            closed: None,
+            local_port,
+            ephemeral: false,
+            passed_over: Default::default(),
+        }
+    }
+
     /// Connects; panics if the upgrade fails.
     pub async fn connect(url: &str) -> Self {
         let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
             .await
             .expect("connect timeout")
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        Self {
-            ws,
-            closed: None,
-            local_port: None,
-            ephemeral: false,
-            passed_over: Default::default(),
-        }
+        Self::from_ws(ws, None)
     }
 
     /// Connects and reads the join `history` frame; `None` when the upgrade
@@ -747,13 +790,7 @@ impl Client {
             .await
             .ok()?
             .ok()?;
-        let mut c = Self {
-            ws,
-            closed: None,
-            local_port: None,
-            ephemeral: false,
-            passed_over: Default::default(),
-        };
+        let mut c = Self::from_ws(ws, None);
         loop {
             let v = c.next_json_within(DEADLINE).await?;
             if v["type"] == "history" {
@@ -776,13 +813,7 @@ impl Client {
             tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
                 .await
                 .expect("ws handshake");
-        Self {
-            ws,
-            closed: None,
-            local_port,
-            ephemeral: false,
-            passed_over: Default::default(),
-        }
+        Self::from_ws(ws, local_port)
     }
 
     /// Connects and consumes the join `history` frame, returning it.
@@ -814,9 +845,10 @@ impl Client {
         self.ws.send(msg).await
     }
 
-    /// Sends a chat message to `room` with a `client_id`.
+    /// Sends a chat message to `room` with a `client_id`, as user `tester`.
     pub async fn say(&mut self, room: &str, text: &str, client_id: &str) {
-        let v = serde_json::json!({"type":"message","data":{"room":room,"message":text,"username":"tester","client_id":client_id}});
+        let mut v = message_frame(room, text, client_id);
+        v["data"]["username"] = "tester".into();
         self.send_text(&v.to_string()).await;
     }
 
@@ -905,7 +937,6 @@ impl Client {
 }
 
 /// An HS256 token signed with `secret` with these claims.
-#[allow(dead_code)] // not every test file uses tokens
 pub fn sign_token(secret: &str, claims: &Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
@@ -916,7 +947,6 @@ pub fn sign_token(secret: &str, claims: &Value) -> String {
 }
 
 /// An HS256 token for `sub`, valid for 10 minutes, with `role` if given.
-#[allow(dead_code)]
 pub fn user_token(secret: &str, sub: &str, role: Option<&str>) -> String {
     let mut claims =
         serde_json::json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
@@ -949,6 +979,15 @@ pub async fn metric(addr: &str, series: &str) -> Option<f64> {
     parse_exposition(&body).remove(series)
 }
 
+/// Waits until the sample `series` at `addr` is `want`.
+pub async fn wait_metric(addr: &str, series: &str, want: f64) {
+    let what = format!("{series} == {want} at {addr}");
+    eventually(&what, DEADLINE, || async {
+        (metric(addr, series).await? == want).then_some(())
+    })
+    .await;
+}
+
 /// Parses Prometheus text exposition into `series → value`.
 pub fn parse_exposition(body: &str) -> std::collections::HashMap<String, f64> {
     body.lines()
@@ -978,10 +1017,66 @@ pub fn tcp_send_queue(local: u16, remote: u16) -> Option<u64> {
 /// The records of `messages:<room>`, parsed, oldest first.
 pub async fn stored_records(redis: &Redis, room: &str) -> Vec<Value> {
     let mut c = redis.conn().await;
-    let raw: Vec<String> = redis::AsyncCommands::lrange(&mut c, format!("messages:{room}"), 0, -1)
+    records_in(&mut c, room).await
+}
+
+/// The records of `messages:<room>` read over `conn` (a server or a
+/// cluster connection), parsed, oldest first.
+pub async fn records_in<C>(conn: &mut C, room: &str) -> Vec<Value>
+where
+    C: redis::aio::ConnectionLike + Send + Sync,
+{
+    let raw: Vec<String> = redis::AsyncCommands::lrange(conn, format!("messages:{room}"), 0, -1)
         .await
         .unwrap();
     raw.iter()
         .map(|r| serde_json::from_str(r).expect("stored records are JSON"))
         .collect()
+}
+
+/// `tests/browser/`, after checking that its npm packages are installed.
+pub fn browser_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` first (scripts/test does)"
+    );
+    dir
+}
+
+/// The lines a script started by [`node_script`] prints.
+pub type ScriptOutput = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Runs `node <script> <args>` (killed when dropped), its stdout read as lines.
+pub fn node_script<A: AsRef<std::ffi::OsStr>>(
+    script: &Path,
+    args: &[A],
+) -> (tokio::process::Child, ScriptOutput) {
+    use tokio::io::AsyncBufReadExt;
+    let mut node = tokio::process::Command::new("node")
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed");
+    let lines = tokio::io::BufReader::new(node.stdout.take().unwrap()).lines();
+    (node, lines)
+}
+
+/// Reads `lines` up to the one that starts with `prefix` and returns the JSON
+/// after it; panics when a line takes longer than `deadline`, when the output
+/// ends first, or at a line starting with `FAIL`.
+pub async fn next_phase(lines: &mut ScriptOutput, prefix: &str, deadline: Duration) -> Value {
+    loop {
+        let line = tokio::time::timeout(deadline, lines.next_line())
+            .await
+            .expect("the browser script answered in time")
+            .unwrap()
+            .unwrap_or_else(|| panic!("the browser script ended before {prefix}"));
+        if let Some(json) = line.strip_prefix(prefix) {
+            return serde_json::from_str(json.trim()).unwrap();
+        }
+        assert!(!line.starts_with("FAIL"), "browser: {line}");
+    }
 }

@@ -2,6 +2,7 @@
 //! one type: the fault tests of issue 3 run unchanged on both.
 
 use chat_shared::redis::Conn;
+use redis::AsyncCommands;
 use serde_json::Value;
 
 use super::cluster::RedisCluster;
@@ -31,14 +32,6 @@ impl Store {
         }
     }
 
-    /// The single server, to stop or restart it.
-    pub fn single_mut(&mut self) -> &mut Redis {
-        match self {
-            Self::Single(r) => r,
-            Self::Cluster(_) => panic!("this test needs a single Redis"),
-        }
-    }
-
     /// The services' `REDIS_URL`.
     pub fn url(&self) -> String {
         match self {
@@ -63,6 +56,18 @@ impl Store {
             Self::Cluster(_) => chat_shared::cluster::spread_tag(shard, shards),
         };
         format!("chat:lease:{{{tag}}}")
+    }
+
+    /// The owner of each stream shard's lease (`None`: not held) when the
+    /// services run with `shards` shards, read over a new connection.
+    pub async fn lease_owners(&self, shards: u32) -> redis::RedisResult<Vec<Option<String>>> {
+        let mut c = self.conn().await;
+        let mut owners = Vec::new();
+        for shard in 0..shards {
+            let key = self.lease_key(shard, shards);
+            owners.push(c.get::<_, Option<String>>(key).await?);
+        }
+        Ok(owners)
     }
 
     /// The records of `messages:<room>`, parsed, oldest first.
