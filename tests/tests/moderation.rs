@@ -87,7 +87,7 @@ async fn a_ban_closes_the_users_connections_everywhere_refuses_rejoin_and_expire
     // Rejoining is refused on any gateway, and survives a gateway restart
     // (the ban lives in Redis).
     for gw in [&gw1, &gw2] {
-        let (status, body) = open(&url(gw, "troll"), &[]).await.err().expect("refused");
+        let (status, body) = open(&url(gw, "troll"), &[]).await.expect_err("refused");
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (403, Some("banned"))
@@ -95,11 +95,7 @@ async fn a_ban_closes_the_users_connections_everywhere_refuses_rejoin_and_expire
     }
     let gw3 = start_gateway(&redis.url(), "gw3", &env()).await;
     assert_eq!(
-        open(&url(&gw3, "troll"), &[])
-            .await
-            .err()
-            .expect("refused")
-            .0,
+        open(&url(&gw3, "troll"), &[]).await.expect_err("refused").0,
         403
     );
 
@@ -112,11 +108,7 @@ async fn a_ban_closes_the_users_connections_everywhere_refuses_rejoin_and_expire
     let short = json!({"user":"brief","seconds":1}).to_string();
     assert_eq!(call(&gw1, "POST", &path, API_KEY, &short).await.0, 201);
     assert_eq!(
-        open(&url(&gw1, "brief"), &[])
-            .await
-            .err()
-            .expect("refused")
-            .0,
+        open(&url(&gw1, "brief"), &[]).await.expect_err("refused").0,
         403
     );
     eventually("the ban expired", Duration::from_secs(10), || async {
