@@ -123,7 +123,7 @@ fn decode(stream: &str, entries: Vec<StreamId>, hold: &mut Hold, origin: Origin)
                 ids.push(e.id.clone());
                 items.push(Item {
                     entry_id: e.id,
-                    entry: *entry,
+                    entry,
                     room,
                 });
             }
@@ -164,50 +164,101 @@ async fn persist_and_look_up(
     if items.is_empty() {
         return Ok(Stored::default());
     }
-    let (pipe, rooms) = persist_pipeline(script, config, items, &new_epoch());
-    let replies: Vec<redis::Value> = pipe.query_async(c).await?;
-    let (persisted, gateways) = split_replies(replies, items.len(), config.redis.replica_ack())?;
+    let cluster = c.is_cluster();
+    let plan = persist_pipeline(script, config, items, &new_epoch(), cluster);
+    let replies: Vec<redis::Value> = plan.pipe.query_async(c).await?;
+    let (in_pipeline_order, gateways) =
+        split_replies(replies, &plan.wait_groups, config.redis.replica_ack())?;
+    // Back into stream order.
+    let mut persisted: Vec<Option<Persisted>> = (0..items.len()).map(|_| None).collect();
+    for (answer, &i) in in_pipeline_order.into_iter().zip(&plan.order) {
+        persisted[i] = Some(answer);
+    }
+    let persisted: Vec<Persisted> = persisted.into_iter().flatten().collect();
+    if persisted.len() != items.len() {
+        return Err(RedisError::Command(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "persist pipeline answered fewer items than it was given",
+        ))));
+    }
     Ok(Stored {
         persisted,
-        rooms,
+        rooms: plan.rooms,
         gateways,
     })
 }
 
-/// The persist stage's pipeline and the batch's rooms: one script call per
-/// item, one `SADD rooms:active` per room, then one `HKEYS` of the room's
-/// gateways per room. Redis runs a pipeline in order, so the lookups see the
-/// writes: a gateway that registers after the lookup finds the message in
-/// history.
+/// The persist stage's pipeline and how to read its replies.
+struct PersistPlan {
+    pipe: redis::Pipeline,
+    /// The batch's rooms, in order of first appearance.
+    rooms: Vec<RoomId>,
+    /// The item index of each script call, in pipeline order.
+    order: Vec<usize>,
+    /// The script calls in groups, each followed by a `WAIT` with
+    /// `ACK_AFTER_REPLICAS`: one group on one Redis, one per room on a cluster.
+    wait_groups: Vec<usize>,
+}
+
+/// The persist stage's pipeline: one script call per item, grouped by room
+/// (stream order kept within a room; `seq` and history are per room), one
+/// `SADD rooms:active` per room, then one `HKEYS` of the room's gateways per
+/// room. Redis runs a pipeline in order, so the lookups see the writes: a
+/// gateway that registers after the lookup finds the message in history.
+///
+/// Grouped, a room's calls are one slot run on a cluster (one round trip per
+/// room rather than per change of room). With `ACK_AFTER_REPLICAS`, one
+/// `WAIT` follows the writes it confirms: after all of them on one Redis,
+/// after each room's on a cluster (`WAIT` goes to the node that took them).
 fn persist_pipeline(
     script: &redis::Script,
     config: &WorkerConfig,
     items: &[Item],
     epoch: &str,
-) -> (redis::Pipeline, Vec<RoomId>) {
-    let mut pipe = redis::pipe();
+    cluster: bool,
+) -> PersistPlan {
     let mut rooms: Vec<RoomId> = Vec::new();
-    for item in items {
-        persist::add_to_pipeline(
-            &mut pipe,
-            script,
-            &item.room,
-            &item.entry_id,
-            &item.entry,
-            persist::HistoryBounds {
-                limit: config.history_limit,
-                max_bytes: config.history_max_bytes,
-                ttl_secs: config.history_ttl,
-            },
-            epoch,
-            2 * config.batch_size,
-        );
-        if let Some(ack) = config.redis.replica_ack() {
-            // On a cluster this runs on the node that took the write.
-            ack.add_wait(&mut pipe);
+    let mut by_room: Vec<Vec<usize>> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match rooms.iter().position(|r| *r == item.room) {
+            Some(r) => by_room[r].push(i),
+            None => {
+                rooms.push(item.room.clone());
+                by_room.push(vec![i]);
+            }
         }
-        if !rooms.contains(&item.room) {
-            rooms.push(item.room.clone());
+    }
+    let replica_ack = config.redis.replica_ack();
+    let mut pipe = redis::pipe();
+    let mut wait_groups = Vec::new();
+    for group in &by_room {
+        for &i in group {
+            let item = &items[i];
+            persist::add_to_pipeline(
+                &mut pipe,
+                script,
+                &item.room,
+                &item.entry_id,
+                &item.entry,
+                persist::HistoryBounds {
+                    limit: config.history_limit,
+                    max_bytes: config.history_max_bytes,
+                },
+                epoch,
+                2 * config.batch_size,
+            );
+        }
+        if cluster {
+            wait_groups.push(group.len());
+            if let Some(ack) = replica_ack {
+                ack.add_wait(&mut pipe);
+            }
+        }
+    }
+    if !cluster {
+        wait_groups.push(items.len());
+        if let Some(ack) = replica_ack {
+            ack.add_wait(&mut pipe);
         }
     }
     // Grouped by key, so that on a cluster each room's expiries are one
@@ -219,33 +270,47 @@ fn persist_pipeline(
         pipe.sadd(keys::ROOMS_ACTIVE, room.as_str()).ignore();
     }
     publish::add_gateway_lookups(&mut pipe, &rooms);
-    (pipe, rooms)
+    PersistPlan {
+        pipe,
+        rooms,
+        order: by_room.concat(),
+        wait_groups,
+    }
 }
 
 /// Splits the persist pipeline's replies (`SADD`s are ignored) into the
-/// script answers of the `items` items and the gateway lists that follow.
-/// With `ACK_AFTER_REPLICAS`, each answer is followed by `WAIT`'s count, and
-/// a write that too few replicas confirmed fails the batch: its entries stay
-/// pending and are persisted again (idempotently) by the next attempt.
+/// script answers, in pipeline order, and the gateway lists that follow.
+/// With `ACK_AFTER_REPLICAS`, `WAIT`'s count follows each group of
+/// `wait_groups` answers, and a write that too few replicas confirmed fails
+/// the batch: its entries stay pending and are persisted again
+/// (idempotently) by the next attempt.
 fn split_replies(
     replies: Vec<redis::Value>,
-    items: usize,
+    wait_groups: &[usize],
     replica_ack: Option<ReplicaAck>,
 ) -> Result<(Vec<Persisted>, Vec<Vec<String>>), RedisError> {
     let parse_error = |e: redis::ParsingError| RedisError::Command(e.into());
-    let per_item = if replica_ack.is_some() { 2 } else { 1 };
-    if replies.len() < items * per_item {
+    let answers: usize = wait_groups.iter().sum();
+    let waits = if replica_ack.is_some() {
+        wait_groups.len()
+    } else {
+        0
+    };
+    if replies.len() < answers + waits {
         return Err(parse_error(
             "persist pipeline returned too few replies".into(),
         ));
     }
     let mut replies = replies.into_iter();
-    let mut persisted = Vec::with_capacity(items);
-    for _ in 0..items {
-        let answer = replies.next().unwrap_or(redis::Value::Nil);
-        persisted.push(
-            <Persisted as redis::FromRedisValue>::from_redis_value(answer).map_err(parse_error)?,
-        );
+    let mut persisted = Vec::with_capacity(answers);
+    for &group in wait_groups {
+        for _ in 0..group {
+            let answer = replies.next().unwrap_or(redis::Value::Nil);
+            persisted.push(
+                <Persisted as redis::FromRedisValue>::from_redis_value(answer)
+                    .map_err(parse_error)?,
+            );
+        }
         if let Some(ack) = replica_ack {
             let count = replies.next().unwrap_or(redis::Value::Nil);
             let confirmed: u32 =
@@ -486,7 +551,8 @@ mod tests {
     fn persist_pipeline_writes_before_it_looks_up_each_room_once() {
         let config = WorkerConfig::try_parse_from(["worker"]).unwrap();
         let items = [item("1-0", "a"), item("2-0", "b"), item("3-0", "a")];
-        let (pipe, rooms) = persist_pipeline(&persist::script(), &config, &items, "e1");
+        let plan = persist_pipeline(&persist::script(), &config, &items, "e1", false);
+        let (pipe, rooms) = (plan.pipe, plan.rooms);
         assert_eq!(
             rooms,
             [RoomId::parse("a").unwrap(), RoomId::parse("b").unwrap()]
@@ -508,6 +574,34 @@ mod tests {
     }
 
     #[test]
+    fn persist_pipeline_groups_rooms_and_waits_once_per_group() {
+        let config = WorkerConfig::try_parse_from(["worker", "--ack-after-replicas", "1"]).unwrap();
+        let items = [item("1-0", "a"), item("2-0", "b"), item("3-0", "a")];
+        let names = |pipe: &redis::Pipeline| -> Vec<String> {
+            commands(pipe)
+                .iter()
+                .map(|c| c.split(' ').next().unwrap().to_owned())
+                .take_while(|n| n != "EXPIRE")
+                .collect()
+        };
+        // One Redis: every write, then one WAIT.
+        let single = persist_pipeline(&persist::script(), &config, &items, "e1", false);
+        assert_eq!(single.order, [0, 2, 1], "room a's items, then room b's");
+        assert_eq!(
+            names(&single.pipe),
+            ["EVALSHA", "EVALSHA", "EVALSHA", "WAIT"]
+        );
+        assert_eq!(single.wait_groups, [3]);
+        // A cluster: one WAIT after each room's writes, on their node.
+        let cluster = persist_pipeline(&persist::script(), &config, &items, "e1", true);
+        assert_eq!(
+            names(&cluster.pipe),
+            ["EVALSHA", "EVALSHA", "WAIT", "EVALSHA", "WAIT"]
+        );
+        assert_eq!(cluster.wait_groups, [2, 1]);
+    }
+
+    #[test]
     fn replies_split_into_script_answers_and_gateway_lists() {
         let answer = |seq, record: Option<&str>| {
             Value::Array(vec![
@@ -519,7 +613,7 @@ mod tests {
         let gateways = Value::Array(vec![Value::BulkString(b"g1".to_vec())]);
         let (persisted, lookups) = split_replies(
             vec![answer(4, Some("{}")), answer(0, None), gateways.clone()],
-            2,
+            &[2],
             None,
         )
         .unwrap();
@@ -538,7 +632,7 @@ mod tests {
             ]
         );
         assert_eq!(lookups, [vec!["g1".to_owned()]]);
-        assert!(split_replies(vec![answer(1, Some("{}"))], 2, None).is_err());
+        assert!(split_replies(vec![answer(1, Some("{}"))], &[2], None).is_err());
 
         // With ACK_AFTER_REPLICAS each answer is followed by WAIT's count.
         let ack = Some(ReplicaAck {
@@ -547,13 +641,17 @@ mod tests {
         });
         let (persisted, lookups) = split_replies(
             vec![answer(5, Some("{}")), Value::Int(1), gateways.clone()],
-            1,
+            &[1],
             ack,
         )
         .unwrap();
         assert_eq!(persisted.len(), 1);
         assert_eq!(lookups.len(), 1);
-        let short = split_replies(vec![answer(5, Some("{}")), Value::Int(0), gateways], 1, ack);
+        let short = split_replies(
+            vec![answer(5, Some("{}")), Value::Int(0), gateways],
+            &[1],
+            ack,
+        );
         assert!(
             short.is_err(),
             "a write no replica confirmed fails the batch"

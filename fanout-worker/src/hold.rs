@@ -38,9 +38,12 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What to do with one entry.
 #[derive(Debug)]
+// Returned and taken apart at once: boxing the large variant would cost an
+// allocation per entry for nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Verdict {
     /// Process it: a valid entry of this version.
-    Process(Box<StreamEntry>, RoomId),
+    Process(StreamEntry, RoomId),
     /// Leave it pending for a newer worker; `newer` when the entry itself is
     /// of a newer version (else it waits behind one of its room).
     Hold { newer: bool },
@@ -69,7 +72,7 @@ impl Hold {
                 Ok(_) if self.whole_shard || self.rooms.contains(&entry.room) => {
                     Verdict::Hold { newer: false }
                 }
-                Ok(room) => Verdict::Process(Box::new(entry), room),
+                Ok(room) => Verdict::Process(entry, room),
                 Err(_) => Verdict::Drop,
             },
             Err(_) => match NewerEntry::peek(bytes) {

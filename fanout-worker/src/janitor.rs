@@ -148,12 +148,14 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
             redis.pipe(&pipe).await?
         };
         for (room, gws) in rooms.iter().zip(owners) {
+            // Users whose last connection went: announced once per room.
+            let mut left = Vec::new();
             for gw in &gws {
                 if liveness.is_dead(ctx, gw).await? {
                     evicted.insert(gw.clone());
                     let removed = remove_gateway_from_room(&ctx.redis, room, gw).await?;
                     removed_conns += removed.members;
-                    presence_sweep::announce_leaves(ctx, room, &removed.left).await;
+                    left.extend(removed.left);
                 }
             }
             // Members of dead gateways without a count entry (a crash between
@@ -164,16 +166,18 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
                 if let Some((gw, _)) = m.split_once('/') {
                     if liveness.is_dead(ctx, gw).await? {
                         evicted.insert(gw.to_owned());
-                        stale.push(m);
+                        stale.push(m.as_str());
                     }
                 }
             }
             if !stale.is_empty() {
-                let stale: Vec<&str> = stale.iter().map(|m| m.as_str()).collect();
                 let removed = remove_members(redis, room, CountMode::Stale, "", &stale).await?;
                 removed_conns += removed.members;
-                presence_sweep::announce_leaves(ctx, room, &removed.left).await;
+                left.extend(removed.left);
             }
+            left.sort_unstable();
+            left.dedup();
+            presence_sweep::announce_leaves(ctx, room, &left).await;
             if retire_if_unused(redis, room).await? {
                 removed_rooms += 1;
             }

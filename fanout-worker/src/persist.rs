@@ -37,7 +37,7 @@ use redis::Script;
 /// KEYS: `messages:<room>`, `chat:room:{messages:<room>}`, the room's
 /// message index, the room's reactions.
 /// ARGV: stream entry id, record prefix (JSON without `,"seq":N}`), history
-/// limit, ttl seconds (unused: the expiry is set per batch, [`add_expiry`]), epoch candidate, the entry's id (a message's `id`, an
+/// limit, epoch candidate, the entry's id (a message's `id`, an
 /// event's `event_id`), how many of the newest records to search for a
 /// re-processed entry (a takeover re-processes at most a batch or two, so the
 /// whole list never needs scanning), history byte cap (0 = none), mode
@@ -57,13 +57,13 @@ use redis::Script;
 const PERSIST_LUA: &str = r#"
 local function seq_of(rec) return tonumber(string.match(rec, '"seq":(%d+)}$')) end
 local function is_event(rec) return string.sub(rec, 1, 9) == '{"type":"' end
-local mode = ARGV[9]
+local mode = ARGV[8]
 local last = redis.call('HGET', KEYS[2], 'last_entry')
 if last and id_cmp(ARGV[1], last) <= 0 then
-  local epoch = redis.call('HGET', KEYS[2], 'epoch') or ARGV[5]
-  local needle = '"id":"' .. ARGV[6] .. '"'
-  if mode ~= 'msg' then needle = '"event_id":"' .. ARGV[6] .. '"' end
-  local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[7]), -1)
+  local epoch = redis.call('HGET', KEYS[2], 'epoch') or ARGV[4]
+  local needle = '"id":"' .. ARGV[5] .. '"'
+  if mode ~= 'msg' then needle = '"event_id":"' .. ARGV[5] .. '"' end
+  local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[6]), -1)
   for i = #items, 1, -1 do
     if (mode ~= 'msg') == is_event(items[i]) and string.find(items[i], needle, 1, true) then
       return {0, items[i], epoch}
@@ -99,16 +99,16 @@ local function apply(target)
     if pos then
       local t = cjson.decode(old)
       if t.deleted then return ',"count":0' end
-      local emoji, user = ARGV[12], ARGV[11]
+      local emoji, user = ARGV[11], ARGV[10]
       local raw = redis.call('HGET', KEYS[4], target)
       local reactors = raw and cjson.decode(raw) or {}
       local users = reactors[emoji] or {}
       local counts = t.reactions or {}
       count = tonumber(counts[emoji] or 0)
       local changed = false
-      if ARGV[13] == 'add' and not users[user] then
+      if ARGV[12] == 'add' and not users[user] then
         users[user] = 1; count = count + 1; changed = true
-      elseif ARGV[13] == 'remove' and users[user] then
+      elseif ARGV[12] == 'remove' and users[user] then
         users[user] = nil; count = count - 1; changed = true
       end
       if changed then
@@ -129,8 +129,8 @@ local function apply(target)
   local t = cjson.decode(old)
   if t.deleted then return '' end
   if mode == 'edit' then
-    t.message = ARGV[12]
-    t.edited_at = ARGV[13]
+    t.message = ARGV[11]
+    t.edited_at = ARGV[12]
     replace(pos, old, encode(t, tseq))
   elseif mode == 'delete' then
     replace(pos, old, encode({id = t.id, room = t.room, deleted = true}, tseq))
@@ -140,19 +140,19 @@ local function apply(target)
   return ''
 end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-redis.call('HSETNX', KEYS[2], 'epoch', ARGV[5])
+redis.call('HSETNX', KEYS[2], 'epoch', ARGV[4])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 redis.call('HSET', KEYS[2], 'last_entry', ARGV[1])
 local record
 if mode == 'msg' then
   record = ARGV[2] .. ',"seq":' .. seq .. '}'
-  redis.call('HSET', KEYS[3], ARGV[6], seq .. ':' .. ARGV[11])
+  redis.call('HSET', KEYS[3], ARGV[5], seq .. ':' .. ARGV[10])
 else
-  record = ARGV[2] .. apply(ARGV[10]) .. ',"seq":' .. seq .. '}'
+  record = ARGV[2] .. apply(ARGV[9]) .. ',"seq":' .. seq .. '}'
 end
 local len = redis.call('RPUSH', KEYS[1], record)
 local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #record)
-local limit, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[8])
+local limit, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[7])
 while len > limit or (max_bytes > 0 and bytes > max_bytes and len > 1) do
   local old = redis.call('LPOP', KEYS[1])
   bytes = redis.call('HINCRBY', KEYS[2], 'bytes', -#old)
@@ -174,15 +174,13 @@ pub(crate) fn script() -> Script {
     Script::new(&lua::with_prelude(lua::STREAM_ID_CMP, PERSIST_LUA))
 }
 
-/// How far a room's history may grow, and how long it lives.
+/// How far a room's history may grow (how long it lives is [`add_expiry`]'s).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HistoryBounds {
     /// Most records (`HISTORY_LIMIT`).
     pub(crate) limit: u64,
     /// Most bytes of record JSON (`HISTORY_MAX_BYTES`, 0 = none).
     pub(crate) max_bytes: u64,
-    /// Expiry after the last message (`HISTORY_TTL`).
-    pub(crate) ttl_secs: u64,
 }
 
 /// Adds the expiry of one room's history keys (history list, sequence
@@ -218,7 +216,6 @@ pub(crate) fn add_to_pipeline(
         .arg(entry_id)
         .arg(entry.record_prefix())
         .arg(bounds.limit)
-        .arg(bounds.ttl_secs)
         .arg(epoch)
         .arg(&entry.id)
         .arg(search_window)

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use chat_shared::envelope::{now_us, Delivery, DeliveryBatch, VERSION};
+use chat_shared::envelope::{now_us, Delivery, DeliveryBatch};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 
@@ -34,14 +34,7 @@ impl Routing {
         let n = self.batches.len();
         let published_us = now_us();
         for (gateway, deliveries) in self.batches {
-            let batch = DeliveryBatch {
-                v: VERSION,
-                deliveries,
-                published_us,
-                probe: None,
-                events: Vec::new(),
-                bans: Vec::new(),
-            };
+            let batch = DeliveryBatch::new(deliveries, published_us);
             pipe.cmd(command)
                 .arg(keys::gateway_channel(&gateway))
                 .arg(batch.encode())

@@ -33,16 +33,10 @@ use crate::batch::{self, BatchScripts, Origin};
 use crate::hold::Hold;
 use crate::lease::LeaseClock;
 use crate::persist;
-use crate::stream::{self, Fenced, Read, Scripts, Target};
+use crate::stream::{self, Fenced, Read, Scripts, Target, CLAIM_START, MAX_BACKOFF};
 use crate::webhook::outbox::{self, Outbox};
 use crate::webhook::sender;
 use crate::Context;
-
-/// Longest pause between attempts after a Redis failure.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// Where a claim pass starts: the oldest pending entry.
-const CLAIM_START: &str = "0-0";
 
 /// What one step of the loop got.
 enum Step {
@@ -61,7 +55,6 @@ pub(crate) async fn run(
     lease: LeaseClock,
     cancel: CancellationToken,
 ) {
-    let stream = keys::stream(shard);
     let target = Target::shard(shard);
     let consumer = ctx.worker_id.clone();
     let persist_script = persist::script();
@@ -99,7 +92,7 @@ pub(crate) async fn run(
     while !cancel.is_cancelled() && lease.is_valid() {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match open(&ctx, &stream, &scripts).await {
+            None => match open(&ctx, &target, &scripts).await {
                 Ok(c) => {
                     backoff = Duration::from_millis(50);
                     claim = Some(CLAIM_START.into());
@@ -128,8 +121,14 @@ pub(crate) async fn run(
             }
             // Waiting delivers nothing to the group, so a cancel may drop it.
             Ok(Step::Idle(newest)) => {
-                stream::wait_for_entries(c, &stream, &newest, ctx.config.read_block(), &cancel)
-                    .await
+                stream::wait_for_entries(
+                    c,
+                    &target.stream,
+                    &newest,
+                    ctx.config.read_block(),
+                    &cancel,
+                )
+                .await
             }
             Ok(Step::Entries(entries, _)) if entries.is_empty() => Ok(()),
             // The lease may have lapsed meanwhile: never process then. The
@@ -140,7 +139,14 @@ pub(crate) async fn run(
             Ok(Step::Entries(entries, origin)) => match tokio::time::timeout(
                 lease.remaining(),
                 batch::process(
-                    c, &scripts, &stream, &ctx, &lease, &mut hold, entries, origin,
+                    c,
+                    &scripts,
+                    &target.stream,
+                    &ctx,
+                    &lease,
+                    &mut hold,
+                    entries,
+                    origin,
                 ),
             )
             .await
@@ -158,8 +164,7 @@ pub(crate) async fn run(
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            let nogroup = matches!(&e, RedisError::Command(re) if re.code() == Some("NOGROUP"));
-            if !nogroup {
+            if !stream::is_nogroup(&e) {
                 metrics::counter!(m::WK_REDIS_ERRORS, "op" => "shard").increment(1);
                 tracing::warn!(shard, error = %e, "Shard batch failed; will reconnect and retry pending entries");
             } else {
@@ -218,24 +223,16 @@ async fn next_step(
     )
 }
 
-/// Opens the shard's connection, makes sure the consumer group exists and
-/// loads the scripts. Every failure reopens the connection, so a Redis that
-/// restarted (or flushed its scripts) gets the scripts again; batches then
-/// only send `EVALSHA`.
-async fn open(ctx: &Context, stream: &str, scripts: &BatchScripts<'_>) -> Result<Conn, RedisError> {
-    let mut c = ctx.redis.dedicated(ctx.config.read_block()).await?;
-    scripts.persist.load_async(&mut c).await?;
-    scripts.stream.load(&mut c).await?;
+/// Opens the shard's connection with the batch scripts loaded (batches then
+/// only send `EVALSHA`).
+async fn open(
+    ctx: &Context,
+    target: &Target,
+    scripts: &BatchScripts<'_>,
+) -> Result<Conn, RedisError> {
+    let mut extra = vec![scripts.persist];
     if let Some(outbox) = &scripts.outbox {
-        outbox.script.load_async(&mut c).await?;
+        extra.push(outbox.script);
     }
-    let created: Result<(), redis::RedisError> =
-        redis::AsyncCommands::xgroup_create_mkstream(&mut c, stream, keys::CONSUMER_GROUP, "0")
-            .await;
-    match created {
-        Ok(()) => {}
-        Err(e) if e.code() == Some("BUSYGROUP") => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(c)
+    stream::open_group(ctx, target, scripts.stream, &extra).await
 }

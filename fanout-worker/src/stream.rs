@@ -94,6 +94,45 @@ impl Scripts {
     }
 }
 
+/// Longest pause between attempts after a Redis failure (shard loop and
+/// webhook sender).
+pub(crate) const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Where a claim pass starts: the oldest pending entry.
+pub(crate) const CLAIM_START: &str = "0-0";
+
+/// Whether Redis answered `NOGROUP`: the consumer group is gone (Redis
+/// restarted or was flushed); reopening recreates it.
+pub(crate) fn is_nogroup(e: &RedisError) -> bool {
+    matches!(e, RedisError::Command(re) if re.code() == Some("NOGROUP"))
+}
+
+/// Opens a dedicated connection for reading `target`: loads the stream
+/// scripts and `extra` ones (so that pipelines can use `EVALSHA`), and
+/// makes sure the consumer group exists. Every failure reopens the
+/// connection, so a Redis that restarted (or flushed its scripts) gets the
+/// scripts again.
+pub(crate) async fn open_group(
+    ctx: &crate::Context,
+    target: &Target,
+    scripts: &Scripts,
+    extra: &[&Script],
+) -> Result<Conn, RedisError> {
+    let mut c = ctx.redis.dedicated(ctx.config.read_block()).await?;
+    scripts.load(&mut c).await?;
+    for script in extra {
+        script.load_async(&mut c).await?;
+    }
+    let created: Result<(), redis::RedisError> = c
+        .xgroup_create_mkstream(&target.stream, target.group, "0")
+        .await;
+    match created {
+        Ok(()) => Ok(c),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(c),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A stream, its consumer group, and the lease that fences reads of it
 /// (same hash tag, so one script can check the lease and read).
 #[derive(Debug, Clone)]

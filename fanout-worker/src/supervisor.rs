@@ -143,10 +143,11 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                 let pending: u64 = per_shard.iter().map(|b| b.pending).sum();
                 metrics::gauge!(m::WK_STREAM_LAG).set(lag as f64);
                 metrics::gauge!(m::WK_STREAM_PENDING).set(pending as f64);
-                for gone in reported.difference(&shards.iter().copied().collect()) {
+                let now: std::collections::BTreeSet<u32> = shards.iter().copied().collect();
+                for gone in reported.difference(&now) {
                     metrics::gauge!(m::WK_SHARD_LAG, "shard" => gone.to_string()).set(0.0);
                 }
-                reported = shards.iter().copied().collect();
+                reported = now;
                 for b in &per_shard {
                     metrics::gauge!(m::WK_SHARD_LAG, "shard" => b.shard.to_string())
                         .set(b.lag as f64);
@@ -228,8 +229,6 @@ async fn live_workers(ctx: &Context, ttl: Duration) -> Result<u32, chat_shared::
     Ok(live)
 }
 
-/// Sums the consumer group's `lag` (not yet read) and `pending` (read, not
-/// acked) over `shards`, from `XINFO GROUPS`.
 /// One shard's backlog in the consumer group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Backlog {
@@ -240,6 +239,8 @@ struct Backlog {
     pending: u64,
 }
 
+/// Each of `shards`' backlog in the consumer group: `lag` (not yet read) and
+/// `pending` (read, not acked), from `XINFO GROUPS`, in one pipeline.
 async fn backlog(
     ctx: &Context,
     shards: &[u32],

@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chat_shared::envelope::{BanNotice, DeliveryBatch, VERSION};
+use chat_shared::envelope::{BanNotice, DeliveryBatch};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
@@ -24,7 +24,7 @@ use chat_shared::protocol::ErrorCode;
 use chat_shared::redis::{RedisError, RedisHandle};
 use serde::Deserialize;
 
-use crate::api_error::ApiError;
+use crate::api_error::{parse_room, ApiError};
 use crate::publish_api::bearer;
 use crate::state::AppState;
 
@@ -84,16 +84,6 @@ fn authorize(state: &AppState, headers: &HeaderMap, room: &RoomId) -> Result<Str
         ));
     }
     Ok(identity.user_id)
-}
-
-fn parse_room(room: &str) -> Result<RoomId, ApiError> {
-    RoomId::parse(room).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRoom,
-            "room must be 1-64 characters of [A-Za-z0-9_.:-]",
-        )
-    })
 }
 
 fn check_user(user: &str) -> Result<(), ApiError> {
@@ -192,15 +182,11 @@ pub(crate) async fn lift(
 /// Tells every gateway with connections in `room` to close `user`'s.
 async fn notify_gateways(redis: &RedisHandle, room: &RoomId, user: &str) -> Result<(), RedisError> {
     let notice = DeliveryBatch {
-        v: VERSION,
-        deliveries: Vec::new(),
-        published_us: chat_shared::envelope::now_us(),
-        probe: None,
-        events: Vec::new(),
         bans: vec![BanNotice {
             room: room.to_string(),
             user: user.to_owned(),
         }],
+        ..DeliveryBatch::new(Vec::new(), chat_shared::envelope::now_us())
     };
     chat_shared::ephemeral::publish_to_room_gateways(redis, room, &notice)
         .await

@@ -14,6 +14,7 @@ use chat_shared::protocol::{ErrorCode, HistoryData};
 
 pub use crate::api_error::ApiError;
 
+use crate::api_error::parse_room;
 use crate::history;
 use crate::search;
 use crate::state::AppState;
@@ -117,13 +118,7 @@ async fn messages(
     Path(room): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let room = RoomId::parse(&room).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRoom,
-            "room must be 1-64 characters of [A-Za-z0-9_.:-]",
-        )
-    })?;
+    let room = parse_room(&room)?;
     let max = state.config.history_page_max as usize;
     let limit = match params.get("limit") {
         None => 50.min(max),
@@ -185,21 +180,14 @@ async fn search_page(
             format!("q must be 1-{} characters", search::MAX_QUERY_CHARS),
         ));
     }
-    let unavailable = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "search is unavailable: Redis unreachable",
-        )
-    };
     let _permit = state
         .search_permits
         .acquire()
         .await
-        .map_err(|_| unavailable())?;
+        .map_err(|_| ApiError::unavailable("search"))?;
     let found = search::search(&state.redis, room, q, before, limit)
         .await
-        .map_err(|_| unavailable())?;
+        .map_err(|_| ApiError::unavailable("search"))?;
     metrics::counter!(m::GW_SEARCHES).increment(1);
     let mut meta = found.snapshot.meta(room);
     meta.more = found.more;

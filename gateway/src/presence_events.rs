@@ -11,17 +11,15 @@
 //! state.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chat_shared::ephemeral::{self, PresenceKind};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::presence::Presence;
-use chat_shared::protocol::ErrorCode;
 use chat_shared::redis::{RedisError, RedisHandle};
 
-use crate::api_error::ApiError;
+use crate::api_error::{parse_room, ApiError};
 use crate::state::AppState;
 
 /// Reads the room's presence: every connection's user, grouped by user key.
@@ -79,26 +77,6 @@ pub async fn http_presence(
     let room = parse_room(&room)?;
     let presence = snapshot(&state.redis, &room)
         .await
-        .map_err(|_| unavailable("presence"))?;
+        .map_err(|_| ApiError::unavailable("presence"))?;
     Ok(([("content-type", "application/json")], presence.to_json()).into_response())
-}
-
-/// A room id from a path, or the usual 400.
-pub(crate) fn parse_room(room: &str) -> Result<RoomId, ApiError> {
-    RoomId::parse(room).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRoom,
-            "room must be 1-64 characters of [A-Za-z0-9_.:-]",
-        )
-    })
-}
-
-/// The 503 of a room-state read without Redis.
-pub(crate) fn unavailable(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Unavailable,
-        format!("{what} is unavailable: Redis unreachable"),
-    )
 }

@@ -13,18 +13,18 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chat_shared::ids::{RoomId, Username, MAX_CLIENT_ID_CHARS};
+use chat_shared::ids::{Username, MAX_CLIENT_ID_CHARS};
 use chat_shared::metrics as m;
 use chat_shared::protocol::ErrorCode;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api_error::ApiError;
+use crate::api_error::{parse_room, ApiError};
 use crate::append::{self, Draft};
 use crate::config::AccessArgs;
 use crate::rate_limit::TokenBucket;
-use crate::room_events::{self, Change};
+use crate::room_events;
 use crate::state::AppState;
 
 /// The configured API keys (as digests) and each key's budget.
@@ -148,12 +148,7 @@ pub(crate) async fn publish(
             "this API key sends faster than API_RATE_LIMIT_PER_SEC allows",
         ));
     }
-    let room = RoomId::parse(&room).map_err(|_| {
-        bad(
-            ErrorCode::InvalidRoom,
-            "room must be 1-64 characters of [A-Za-z0-9_.:-]",
-        )
-    })?;
+    let room = parse_room(&room)?;
     let body: PublishBody = serde_json::from_slice(&body).map_err(|_| {
         bad(
             ErrorCode::BadJson,
@@ -189,8 +184,7 @@ pub(crate) async fn publish(
         ));
     }
     if let Some(reply_to) = &body.reply_to {
-        let exists =
-            room_events::check(&state.redis, &room, reply_to, "", false, Change::Any).await;
+        let exists = room_events::exists(&state.redis, &room, reply_to).await;
         if let Err(e) = exists {
             metrics::counter!(m::GW_API_REQUESTS, "result" => e.code.as_str()).increment(1);
             let status = match e.code {

@@ -16,8 +16,7 @@ use chat_shared::redis::{RedisError, RedisHandle};
 use redis::Script;
 use serde::Serialize;
 
-use crate::api_error::ApiError;
-use crate::presence_events::{parse_room, unavailable};
+use crate::api_error::{parse_room, ApiError};
 use crate::state::AppState;
 
 /// KEYS: reads hash, room state. ARGV: user key, seq.
@@ -88,7 +87,7 @@ pub async fn http_reads(
         .redis
         .query(redis::cmd("HGETALL").arg(keys::reads(&room)))
         .await
-        .map_err(|_| unavailable("reads"))?;
+        .map_err(|_| ApiError::unavailable("reads"))?;
     let reads = all
         .into_iter()
         .filter_map(|(user, seq)| Some((user, seq.parse().ok()?)))

@@ -42,6 +42,14 @@ pub enum Change {
     Any,
 }
 
+/// Checks that message `id` exists in `room` (a `reply_to` target).
+///
+/// # Errors
+/// `not_found`, or `unavailable` when Redis does not answer.
+pub async fn exists(redis: &RedisHandle, room: &RoomId, id: &str) -> Result<(), ProtocolError> {
+    check(redis, room, id, "", false, Change::Any).await
+}
+
 /// Checks that message `id` exists in `room` and that `sender` (a user key)
 /// may make `change` to it.
 ///

@@ -77,7 +77,15 @@ pub async fn search(
     before: Option<u64>,
     limit: usize,
 ) -> Result<Matches, RedisError> {
-    let snapshot = history::read(redis, room, Range::Tail(WHOLE_HISTORY)).await?;
+    // A page with `before` reads only what lies below it.
+    let range = match before {
+        Some(before) => Range::Before {
+            before,
+            limit: WHOLE_HISTORY,
+        },
+        None => Range::Tail(WHOLE_HISTORY),
+    };
+    let snapshot = history::read(redis, room, range).await?;
     let needle = query.to_lowercase();
     let mut hits = Vec::new();
     let mut more = false;

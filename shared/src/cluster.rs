@@ -53,15 +53,17 @@ pub fn command_slot(cmd: &redis::Cmd) -> Option<u16> {
     }
 }
 
-/// Which tags the shard keys use; decided once per process.
-static SPREAD: OnceLock<u32> = OnceLock::new();
+/// The slot-spread tags of the shards, when in cluster mode; decided once
+/// per process.
+static SPREAD: OnceLock<Vec<String>> = OnceLock::new();
 
 /// Makes every later [`shard_tag`] a slot-spread tag for `shards` shards.
 /// Called once at startup in cluster mode, before any key is built; every
 /// process of a deployment must agree (they share `REDIS_CLUSTER` and
-/// `STREAM_SHARDS`).
+/// `STREAM_SHARDS`). The tags are computed here, once, not per key.
 pub fn spread_shard_tags(shards: u32) {
-    let _ = SPREAD.set(shards.max(1));
+    let shards = shards.max(1);
+    let _ = SPREAD.set((0..shards).map(|n| spread_tag(n, shards)).collect());
 }
 
 /// The hash tag of stream shard `n` (without braces): `shard-<n>` on a
@@ -71,7 +73,10 @@ pub fn spread_shard_tags(shards: u32) {
 pub fn shard_tag(shard: u32) -> String {
     match SPREAD.get() {
         None => format!("shard-{shard}"),
-        Some(&shards) => spread_tag(shard, shards),
+        Some(tags) => match tags.get(shard as usize) {
+            Some(tag) => tag.clone(),
+            None => spread_tag(shard, tags.len() as u32),
+        },
     }
 }
 

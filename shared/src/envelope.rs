@@ -94,6 +94,18 @@ pub struct RoomEvent {
     pub op: Option<ReactOp>,
 }
 
+impl RoomEvent {
+    /// An event of `kind` aimed at message `target`, without a reaction.
+    pub fn new(kind: EventKind, target: String) -> Self {
+        Self {
+            kind,
+            target,
+            emoji: None,
+            op: None,
+        }
+    }
+}
+
 /// The JSON record of a message without its closing `}` and `seq`: the worker's
 /// persistence script appends `,"seq":N}` once it has assigned the sequence.
 #[derive(Serialize)]
@@ -269,7 +281,7 @@ pub struct DeliveryBatch {
     pub probe: Option<i64>,
     /// Ephemeral room events (join, leave, typing, read): outside the
     /// rooms' `seq` sequence, never stored (see [`crate::ephemeral`]).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<crate::ephemeral::EphemeralEvent>,
     /// Users banned from rooms: the gateway closes their connections there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -286,15 +298,24 @@ pub struct BanNotice {
 }
 
 impl DeliveryBatch {
+    /// A batch of `deliveries` published at `published_us`, with no probe,
+    /// events or bans.
+    pub fn new(deliveries: Vec<Delivery>, published_us: i64) -> Self {
+        Self {
+            v: VERSION,
+            deliveries,
+            published_us,
+            probe: None,
+            events: Vec::new(),
+            bans: Vec::new(),
+        }
+    }
+
     /// A liveness probe a gateway publishes to its own channel.
     pub fn probe(now_us: i64) -> Self {
         Self {
-            v: VERSION,
-            deliveries: Vec::new(),
-            published_us: now_us,
             probe: Some(now_us),
-            events: Vec::new(),
-            bans: Vec::new(),
+            ..Self::new(Vec::new(), now_us)
         }
     }
 

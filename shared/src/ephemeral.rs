@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{now_us, DeliveryBatch, VERSION};
+use crate::envelope::{now_us, DeliveryBatch};
 use crate::ids::RoomId;
 use crate::keys;
 use crate::presence::PresenceUser;
@@ -112,12 +112,8 @@ pub fn read_frame(room: &str, user: &PresenceUser, seq: u64) -> String {
 /// A delivery batch that carries only `events`.
 pub fn event_batch(events: Vec<EphemeralEvent>) -> DeliveryBatch {
     DeliveryBatch {
-        v: VERSION,
-        deliveries: Vec::new(),
-        published_us: now_us(),
-        probe: None,
         events,
-        bans: Vec::new(),
+        ..DeliveryBatch::new(Vec::new(), now_us())
     }
 }
 

@@ -106,17 +106,7 @@ impl Presence {
 
     /// The WS answer `{"type":"presence","data":{..}}`.
     pub fn frame(&self) -> String {
-        #[derive(Serialize)]
-        struct Frame<'a> {
-            #[serde(rename = "type")]
-            kind: &'a str,
-            data: &'a Presence,
-        }
-        serde_json::to_string(&Frame {
-            kind: "presence",
-            data: self,
-        })
-        .unwrap_or_default()
+        crate::protocol::outbound::frame("presence", self)
     }
 }
 

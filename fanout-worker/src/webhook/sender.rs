@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::redis::Conn;
 use chat_shared::redis::RedisError;
@@ -26,14 +25,8 @@ use tokio_util::sync::CancellationToken;
 use super::deliver::{self, Outcome};
 use super::{body, outbox, Webhook};
 use crate::lease::LeaseClock;
-use crate::stream::{self, Fenced, Read, Scripts, Target};
+use crate::stream::{self, Fenced, Read, Scripts, Target, CLAIM_START, MAX_BACKOFF};
 use crate::Context;
-
-/// Longest pause between attempts after a Redis failure.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// Where a claim pass starts: the oldest pending entry.
-const CLAIM_START: &str = "0-0";
 
 /// Runs until `cancel` fires or the lease lapses.
 pub(crate) async fn run(
@@ -53,7 +46,7 @@ pub(crate) async fn run(
     while !cancel.is_cancelled() && lease.is_valid() {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match open(&ctx, &target, &scripts).await {
+            None => match stream::open_group(&ctx, &target, &scripts, &[]).await {
                 Ok(c) => {
                     backoff = Duration::from_millis(50);
                     claim = Some(CLAIM_START.into());
@@ -96,8 +89,7 @@ pub(crate) async fn run(
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            let nogroup = matches!(&e, RedisError::Command(re) if re.code() == Some("NOGROUP"));
-            if !nogroup {
+            if !stream::is_nogroup(&e) {
                 metrics::counter!(m::WK_REDIS_ERRORS, "op" => "webhook").increment(1);
                 tracing::warn!(shard, error = %e, "Webhook outbox command failed; reconnecting");
             }
@@ -139,22 +131,4 @@ async fn done(c: &mut Conn, outbox: &str, ids: &[String]) -> Result<(), RedisErr
     let mut pipe = redis::pipe();
     outbox::add_done(&mut pipe, outbox, ids);
     pipe.query_async::<()>(c).await.map_err(RedisError::from)
-}
-
-/// Opens the sender's connection, creates the group and loads the scripts.
-async fn open(ctx: &Context, target: &Target, scripts: &Scripts) -> Result<Conn, RedisError> {
-    let mut c = ctx.redis.dedicated(ctx.config.read_block()).await?;
-    scripts.load(&mut c).await?;
-    let created: Result<(), redis::RedisError> = redis::AsyncCommands::xgroup_create_mkstream(
-        &mut c,
-        &target.stream,
-        keys::WEBHOOK_GROUP,
-        "0",
-    )
-    .await;
-    match created {
-        Ok(()) => Ok(c),
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(c),
-        Err(e) => Err(e.into()),
-    }
 }

@@ -221,29 +221,18 @@ impl Reader {
             Ok(ClientFrame::Typing(active)) => self.on_typing(active).await,
             Ok(ClientFrame::Read(seq)) => self.on_read(seq).await,
             Ok(ClientFrame::Edit(req)) => {
-                let event = RoomEvent {
-                    kind: EventKind::Edit,
-                    target: req.id,
-                    emoji: None,
-                    op: None,
-                };
+                let event = RoomEvent::new(EventKind::Edit, req.id);
                 self.on_event(event, req.message, req.client_id).await
             }
             Ok(ClientFrame::Delete(req)) => {
-                let event = RoomEvent {
-                    kind: EventKind::Delete,
-                    target: req.id,
-                    emoji: None,
-                    op: None,
-                };
+                let event = RoomEvent::new(EventKind::Delete, req.id);
                 self.on_event(event, String::new(), req.client_id).await
             }
             Ok(ClientFrame::React(req)) => {
                 let event = RoomEvent {
-                    kind: EventKind::React,
-                    target: req.id,
                     emoji: Some(req.emoji),
                     op: Some(req.op),
+                    ..RoomEvent::new(EventKind::React, req.id)
                 };
                 self.on_event(event, String::new(), req.client_id).await
             }
@@ -289,15 +278,7 @@ impl Reader {
             return self.reply_error(&limited, client_id).await;
         }
         if let Some(reply_to) = &msg.reply_to {
-            let exists = room_events::check(
-                &self.state.redis,
-                &self.room,
-                reply_to,
-                "",
-                false,
-                Change::Any,
-            )
-            .await;
+            let exists = room_events::exists(&self.state.redis, &self.room, reply_to).await;
             if let Err(e) = exists {
                 return self.reply_error(&e, client_id).await;
             }

@@ -60,19 +60,10 @@ pub fn publish_command(cluster: bool) -> &'static str {
     }
 }
 
-/// Sends `pipeline`'s commands `offset..offset + count` to the cluster in
-/// runs of one slot each, in order; returns every reply, in order.
-async fn split_by_slot(
-    conn: &mut ClusterConnection,
-    pipeline: &Pipeline,
-    offset: usize,
-    count: usize,
-) -> redis::RedisResult<Vec<Value>> {
-    if pipeline.is_transaction() {
-        return conn.req_packed_commands(pipeline, offset, count).await;
-    }
-    let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
-    let mut replies = Vec::with_capacity(cmds.len());
+/// The `start..end` ranges of consecutive commands of one slot (a keyless
+/// command joins the run it is in).
+fn slot_runs(cmds: &[&Cmd]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
     let mut start = 0;
     while start < cmds.len() {
         let mut slot = command_slot(cmds[start]);
@@ -86,12 +77,36 @@ async fn split_by_slot(
             }
             end += 1;
         }
+        runs.push((start, end));
+        start = end;
+    }
+    runs
+}
+
+/// Sends `pipeline`'s commands `offset..offset + count` to the cluster in
+/// runs of one slot each, in order; returns every reply, in order.
+async fn split_by_slot(
+    conn: &mut ClusterConnection,
+    pipeline: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> redis::RedisResult<Vec<Value>> {
+    if pipeline.is_transaction() {
+        return conn.req_packed_commands(pipeline, offset, count).await;
+    }
+    let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
+    let runs = slot_runs(&cmds);
+    if runs.len() <= 1 {
+        // One slot (the common case): the pipeline as it is, uncopied.
+        return conn.req_packed_commands(pipeline, offset, count).await;
+    }
+    let mut replies = Vec::with_capacity(cmds.len());
+    for (start, end) in runs {
         let mut run = redis::pipe();
         for cmd in &cmds[start..end] {
             run.add_command((*cmd).clone());
         }
         replies.extend(conn.req_packed_commands(&run, 0, end - start).await?);
-        start = end;
     }
     Ok(replies.into_iter().skip(offset).take(count).collect())
 }

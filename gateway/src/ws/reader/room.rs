@@ -9,7 +9,7 @@ use chat_shared::ephemeral::{self, EphemeralEvent};
 use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::presence::PresenceUser;
-use chat_shared::protocol::{error_frame, ErrorCode, ProtocolError};
+use chat_shared::protocol::{ErrorCode, ProtocolError};
 
 use super::{Reader, WriterGone};
 use crate::presence_events;
@@ -104,9 +104,7 @@ impl Reader {
                     ErrorCode::Unavailable,
                     "read receipt not stored: Redis unavailable; retry",
                 );
-                metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => err.code.as_str())
-                    .increment(1);
-                self.reply(error_frame(&err, None)).await
+                self.reply_error(&err, None).await
             }
         }
     }
