@@ -169,15 +169,15 @@ pub struct Draft {
 impl Draft {
     /// A plain message.
     pub fn message(
-        username: &Username,
-        user_id: Option<&str>,
-        client_id: Option<&str>,
+        username: Username,
+        user_id: Option<String>,
+        client_id: Option<String>,
         message: String,
     ) -> Self {
         Self {
-            username: username.clone(),
-            user_id: user_id.map(str::to_owned),
-            client_id: client_id.map(str::to_owned),
+            username,
+            user_id,
+            client_id,
             message,
             reply_to: None,
             attachments: Vec::new(),
@@ -208,7 +208,7 @@ impl Stamped {
             v: 0,
             id: uuid::Uuid::now_v7().to_string(),
             room: room.to_string(),
-            username: username.as_str().to_owned(),
+            username: username.into_string(),
             message,
             timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             stamped_us: now_us(),

@@ -196,7 +196,7 @@ pub(crate) async fn publish(
     }
     let draft = Draft {
         reply_to: body.reply_to,
-        ..Draft::message(&username, None, body.client_id.as_deref(), message)
+        ..Draft::message(username, None, body.client_id.clone(), message)
     };
     let appended = append::append(&state.redis, state.config.append_limits(), &room, draft)
         .await

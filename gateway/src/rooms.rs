@@ -43,8 +43,9 @@ pub enum Outbound {
     /// The reader has ended: everything it queued is ahead of this.
     ReaderDone,
     /// An ephemeral frame (join, leave, typing, read), written as-is: it
-    /// has no `seq` and bypasses the cursor. Boxed like a reply.
-    Ephemeral(Box<Utf8Bytes>),
+    /// has no `seq` and bypasses the cursor. Built once per event and
+    /// shared by every member (one allocation per event, not per member).
+    Ephemeral(Arc<Utf8Bytes>),
     /// The connection's user was banned from the room: close with 4003.
     Banned,
 }
@@ -247,15 +248,12 @@ impl LocalRooms {
                 continue;
             };
             let except = ev.except_conn.as_deref().and_then(&local_conn);
-            let frame = Utf8Bytes::from(ev.frame.as_str());
+            let frame = Arc::new(Utf8Bytes::from(ev.frame.as_str()));
             for (id, member) in members {
                 if Some(*id) == except || member.kicked.load(Ordering::Relaxed) {
                     continue;
                 }
-                match member
-                    .tx
-                    .try_send(Outbound::Ephemeral(Box::new(frame.clone())))
-                {
+                match member.tx.try_send(Outbound::Ephemeral(Arc::clone(&frame))) {
                     Ok(()) => queued += 1,
                     Err(queue::error::TrySendError::Full(_)) => dropped += 1,
                     Err(queue::error::TrySendError::Closed(_)) => {}

@@ -79,6 +79,11 @@ impl Username {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name as an owned string, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 /// The name used when a client gives none: `anonymous`.

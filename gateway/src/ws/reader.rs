@@ -286,7 +286,7 @@ impl Reader {
         let draft = Draft {
             reply_to: msg.reply_to,
             attachments: msg.attachments,
-            ..Draft::message(&username, user_id.as_deref(), client_id, msg.message)
+            ..Draft::message(username, user_id, msg.client_id, msg.message)
         };
         self.append(draft).await
     }
@@ -297,9 +297,9 @@ impl Reader {
         &mut self,
         event: RoomEvent,
         message: String,
-        client_id: Option<String>,
+        owned_client_id: Option<String>,
     ) -> Result<(), WriterGone> {
-        let client_id = client_id.as_deref();
+        let client_id = owned_client_id.as_deref();
         let (username, user_id, moderator) = match &self.identity {
             Some(i) => (i.name.clone(), Some(i.user_id.clone()), i.moderator),
             None => (self.username.clone(), None, false),
@@ -328,7 +328,7 @@ impl Reader {
         }
         let draft = Draft {
             event: Some(event),
-            ..Draft::message(&username, user_id.as_deref(), client_id, message)
+            ..Draft::message(username, user_id, owned_client_id, message)
         };
         self.append(draft).await
     }

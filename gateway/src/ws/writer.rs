@@ -132,7 +132,10 @@ impl<H: HistorySource> Writer<H> {
             Outbound::Resync => Box::pin(self.fill_gap(sink, u64::MAX)).await?,
             Outbound::Reply(frame) => self.feed(sink, Message::Text(*frame)).await?,
             // No `seq`: written as-is, outside the cursor.
-            Outbound::Ephemeral(frame) => self.feed(sink, Message::Text(*frame)).await?,
+            Outbound::Ephemeral(frame) => {
+                let text = Arc::unwrap_or_clone(frame);
+                self.feed(sink, Message::Text(text)).await?
+            }
             Outbound::ReaderDone => return Ok(true),
             Outbound::Banned => return Err(CloseReason::Banned),
         }
