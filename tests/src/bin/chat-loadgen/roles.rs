@@ -142,6 +142,11 @@ pub(crate) struct PublisherSpec {
     pub(crate) pad: usize,
     pub(crate) source: Option<IpAddr>,
     pub(crate) mix: Mix,
+    /// Where in the send period this publisher's sends fall, as a fraction
+    /// (0..1): publishers at a fixed rate are spread over the period, so
+    /// that P publishers at R msg/s are a steady P·R msg/s, not one burst
+    /// of P messages every 1/R s.
+    pub(crate) phase: f64,
 }
 
 /// Joins `room` and, once `start` is set, sends for `duration`, then waits
@@ -159,6 +164,7 @@ pub(crate) async fn publisher(
         pad,
         source,
         mix,
+        phase,
     } = spec;
     let mut last_id: Option<String> = None;
     let mut ws = client::connect(&url, source).await?;
@@ -176,7 +182,11 @@ pub(crate) async fn publisher(
         Pace::Rate(rate) => Duration::from_secs_f64(1.0 / rate.max(0.001)),
         Pace::Window(_) => Duration::from_millis(1),
     };
-    let mut tick = tokio::time::interval(period);
+    let offset = match pace {
+        Pace::Rate(_) => period.mul_f64(phase.clamp(0.0, 1.0)),
+        Pace::Window(_) => Duration::ZERO,
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let drain_end = stop_at + Duration::from_secs(10);
     loop {

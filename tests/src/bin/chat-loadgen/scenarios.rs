@@ -102,6 +102,7 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
                         pad: load.pad,
                         source: src,
                         mix: load.mix,
+                        phase: id as f64 / (load.rooms * load.pubs) as f64,
                     },
                     start_rx.clone(),
                 )),
