@@ -243,6 +243,7 @@ fn persist_pipeline(
                 persist::HistoryBounds {
                     limit: config.history_limit,
                     max_bytes: config.history_max_bytes,
+                    ttl_secs: config.history_ttl,
                 },
                 epoch,
                 2 * config.batch_size,

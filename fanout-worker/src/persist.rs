@@ -43,7 +43,15 @@ use redis::Script;
 /// whole list never needs scanning), history byte cap (0 = none), mode
 /// (`msg`, `edit`, `delete`, `react`), target message id, user key (the
 /// author of a message, the reactor of a reaction), then for an edit the new
-/// text and `edited_at`, for a reaction the emoji and `add` or `remove`.
+/// text and `edited_at`, for a reaction the emoji, `add` or `remove`, and
+/// the history TTL in seconds.
+///
+/// Reactions cost the same whatever the number of reactors: the record holds
+/// the counts (`{"<emoji>":n}`, at most 20 emoji), the reactions hash holds
+/// the same counts per message (what the gateway checks the 20-emoji bound
+/// against), and who reacted is one set per message
+/// (`<reactions key>:<message id>`, members `<emoji>\n<user>`), so an add or
+/// remove is one `SADD`/`SREM`, never a decode of every reactor.
 /// Returns `{seq, record, epoch}` when applied, `{0, record or false, epoch}`
 /// when it was applied before.
 ///
@@ -55,6 +63,7 @@ use redis::Script;
 /// a scan.
 /// (Prefixed with [`crate::lua::STREAM_ID_CMP`].)
 const PERSIST_LUA: &str = r#"
+local MAX_EMOJI = 20
 local function seq_of(rec) return tonumber(string.match(rec, '"seq":(%d+)}$')) end
 local function is_event(rec) return string.sub(rec, 1, 9) == '{"type":"' end
 local mode = ARGV[8]
@@ -100,24 +109,30 @@ local function apply(target)
       local t = cjson.decode(old)
       if t.deleted then return ',"count":0' end
       local emoji, user = ARGV[11], ARGV[10]
-      local raw = redis.call('HGET', KEYS[4], target)
-      local reactors = raw and cjson.decode(raw) or {}
-      local users = reactors[emoji] or {}
       local counts = t.reactions or {}
       count = tonumber(counts[emoji] or 0)
+      local reactors = KEYS[4] .. ':' .. target
+      local member = emoji .. '\n' .. user
       local changed = false
-      if ARGV[12] == 'add' and not users[user] then
-        users[user] = 1; count = count + 1; changed = true
-      elseif ARGV[12] == 'remove' and users[user] then
-        users[user] = nil; count = count - 1; changed = true
+      if ARGV[12] == 'add' then
+        local distinct = 0
+        for _ in pairs(counts) do distinct = distinct + 1 end
+        -- A 21st distinct emoji that won a race past the gateway's check
+        -- changes nothing (it keeps its seq, like an event on a deleted target).
+        if (count > 0 or distinct < MAX_EMOJI) and redis.call('SADD', reactors, member) == 1 then
+          count = count + 1; changed = true
+          redis.call('EXPIRE', reactors, ARGV[13])
+        end
+      elseif redis.call('SREM', reactors, member) == 1 then
+        count = count - 1; changed = true
       end
       if changed then
-        if next(users) then reactors[emoji] = users else reactors[emoji] = nil end
         if count > 0 then counts[emoji] = count else counts[emoji] = nil end
-        if next(counts) then t.reactions = counts else t.reactions = nil end
-        if next(reactors) then
-          redis.call('HSET', KEYS[4], target, cjson.encode(reactors))
+        if next(counts) then
+          t.reactions = counts
+          redis.call('HSET', KEYS[4], target, cjson.encode(counts))
         else
+          t.reactions = nil
           redis.call('HDEL', KEYS[4], target)
         end
         replace(pos, old, encode(t, tseq))
@@ -136,6 +151,7 @@ local function apply(target)
     replace(pos, old, encode({id = t.id, room = t.room, deleted = true}, tseq))
     redis.call('HDEL', KEYS[3], target)
     redis.call('HDEL', KEYS[4], target)
+    redis.call('UNLINK', KEYS[4] .. ':' .. target)
   end
   return ''
 end
@@ -162,6 +178,7 @@ while len > limit or (max_bytes > 0 and bytes > max_bytes and len > 1) do
     if id then
       redis.call('HDEL', KEYS[3], id)
       redis.call('HDEL', KEYS[4], id)
+      redis.call('UNLINK', KEYS[4] .. ':' .. id)
     end
   end
 end
@@ -181,6 +198,8 @@ pub(crate) struct HistoryBounds {
     pub(crate) limit: u64,
     /// Most bytes of record JSON (`HISTORY_MAX_BYTES`, 0 = none).
     pub(crate) max_bytes: u64,
+    /// How long history lives (`HISTORY_TTL`), for keys made per message.
+    pub(crate) ttl_secs: u64,
 }
 
 /// Adds the expiry of one room's history keys (history list, sequence
@@ -237,7 +256,8 @@ pub(crate) fn add_to_pipeline(
                 }
                 EventKind::React => {
                     inv.arg(event.emoji.as_deref().unwrap_or_default())
-                        .arg(event.op.map_or("add", ReactOp::as_str));
+                        .arg(event.op.map_or("add", ReactOp::as_str))
+                        .arg(bounds.ttl_secs.max(1));
                 }
                 EventKind::Delete => {}
             }

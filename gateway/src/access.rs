@@ -1,9 +1,15 @@
 //! Who may open a WebSocket, apart from the token: the browser Origin
 //! policy, the client IP behind trusted proxies, and the per-IP connection
 //! cap.
+//!
+//! Every per-IP budget (the connection cap, the anonymous message and read
+//! budgets) counts an IPv6 client by its /64: one host usually holds a whole
+//! /64, so counting single addresses would let it take 2^64 budgets.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use axum::http::HeaderMap;
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
@@ -69,8 +75,19 @@ impl AccessPolicy {
         }
     }
 
+    /// [`Self::client_ip`] with the `X-Forwarded-For` headers of `headers`.
+    pub fn client_ip_of(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let forwarded: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        self.client_ip(peer, &forwarded)
+    }
+
     /// The client's IP: the peer, or — when the peer is a trusted proxy —
     /// the first untrusted hop of `X-Forwarded-For`, read from the right.
+    /// Hops may carry ports (`1.2.3.4:5555`, `[2001:db8::1]:443`).
     pub fn client_ip(&self, peer: IpAddr, forwarded_for: &[&str]) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
@@ -83,7 +100,7 @@ impl AccessPolicy {
             .collect();
         let mut client = peer;
         for hop in hops.iter().rev() {
-            let Ok(ip) = hop.parse::<IpAddr>() else {
+            let Some(ip) = parse_hop(hop) else {
                 // Garbage in the chain: believe nothing further left.
                 return client;
             };
@@ -104,6 +121,7 @@ impl AccessPolicy {
     /// `MAX_CONNECTIONS_PER_IP` already. The slot is given back on drop.
     #[must_use = "the slot is released when dropped"]
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let ip = budget_ip(ip);
         if self.max_per_ip == 0 {
             return Some(IpSlot { policy: None, ip });
         }
@@ -117,6 +135,33 @@ impl AccessPolicy {
             policy: Some(Arc::clone(self)),
             ip,
         })
+    }
+}
+
+/// One `X-Forwarded-For` hop: an address, with or without a port
+/// (`[v6]:port` brackets the IPv6 form).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<Ipv6Addr>()
+                .ok()
+                .map(IpAddr::V6)
+        })
+}
+
+/// The address a client's per-IP budgets count under: IPv4 as it is (also
+/// when mapped into IPv6), IPv6 by its /64 network.
+pub fn budget_ip(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
     }
 }
 
@@ -196,6 +241,19 @@ mod tests {
             ip("5.5.5.5")
         );
         assert!(AccessPolicy::from_args(&args("*", "nope", 0)).is_err());
+        // Hops with ports, as some proxies write them.
+        assert_eq!(
+            p.client_ip(ip("10.0.0.1"), &["5.5.5.5:5555"]),
+            ip("5.5.5.5")
+        );
+        assert_eq!(
+            p.client_ip(ip("10.0.0.1"), &["[2001:db8::1]:443, 10.0.0.9:80"]),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            p.client_ip(ip("10.0.0.1"), &["[2001:db8::2]"]),
+            ip("2001:db8::2")
+        );
         assert!(AccessPolicy::from_args(&args("", "", 0)).is_err());
     }
 
@@ -208,5 +266,19 @@ mod tests {
         assert!(p.admit(ip("2.2.2.2")).is_some());
         drop(a);
         assert!(p.admit(ip("1.1.1.1")).is_some());
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let p = policy("*", "", 2);
+        let _a = p.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _b = p.admit(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(
+            p.admit(ip("2001:db8:1:2:abcd::1")).is_none(),
+            "a third address of the same /64 is the same client"
+        );
+        assert!(p.admit(ip("2001:db8:1:3::1")).is_some(), "another /64");
+        assert_eq!(budget_ip(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
+        assert_eq!(budget_ip(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
     }
 }

@@ -22,6 +22,11 @@ impl ApiError {
         }
     }
 
+    /// The error code of the body.
+    pub fn code(&self) -> ErrorCode {
+        self.error.code
+    }
+
     /// The 503 of a room-state read without Redis: "`what` is unavailable".
     pub fn unavailable(what: &str) -> Self {
         Self::new(

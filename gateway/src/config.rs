@@ -153,6 +153,22 @@ pub struct GatewayConfig {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub demo_page: bool,
 
+    /// HTTP room reads (history pages, searches, presence, read receipts)
+    /// running at once on this gateway; one that cannot start within 1 s
+    /// gets 503 `overloaded` with `Retry-After: 1`.
+    #[arg(long, env = "HTTP_READ_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub http_read_concurrency: u64,
+
+    /// Key that signs anonymous sessions (auth off), shared by every gateway.
+    /// Unset: a random key is generated once into Redis and shared from there.
+    #[arg(long, env = "SESSION_SECRET", hide_env_values = true)]
+    pub session_secret: Option<String>,
+
+    /// Gateways the demo page may be pointed at with `?gateways=` besides its
+    /// own origin: a comma list of `ws://` / `wss://` / `http(s)://` origins.
+    #[arg(long, env = "DEMO_GATEWAYS", default_value = "")]
+    pub demo_gateways: String,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub access: AccessArgs,

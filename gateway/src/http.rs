@@ -16,6 +16,7 @@ pub use crate::api_error::ApiError;
 
 use crate::api_error::parse_room;
 use crate::history;
+use crate::room_access;
 use crate::search;
 use crate::state::AppState;
 use crate::ws;
@@ -29,17 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route(
-            "/rooms/{room}/messages",
-            get(messages).post(crate::publish_api::publish),
-        )
-        .route(
-            "/rooms/{room}/presence",
-            get(crate::presence_events::http_presence),
-        )
-        .route("/rooms/{room}/reads", get(crate::receipts::http_reads))
-        .route("/rooms/{room}/bans", post(crate::bans::place))
-        .route("/rooms/{room}/bans/{user}", delete(crate::bans::lift))
+        .nest("/rooms/{room}", room_routes(state.clone()))
         .merge(if demo {
             crate::demo::routes::<AppState>()
         } else {
@@ -49,6 +40,32 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
         })
         .with_state(state)
+}
+
+/// Every route under `/rooms/{room}`: the paths and methods, relative to it.
+/// The access middleware ([`room_access::guard`]) sits in front of all of
+/// them; a route added here gets it too. Tests walk this list.
+pub const ROOM_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/messages"),
+    ("POST", "/messages"),
+    ("GET", "/presence"),
+    ("GET", "/reads"),
+    ("POST", "/bans"),
+    ("DELETE", "/bans/{user}"),
+];
+
+/// The room-scoped routes behind the access middleware.
+fn room_routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/messages", get(messages).post(crate::publish_api::publish))
+        .route("/presence", get(crate::presence_events::http_presence))
+        .route("/reads", get(crate::receipts::http_reads))
+        .route("/bans", post(crate::bans::place))
+        .route("/bans/{user}", delete(crate::bans::lift))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            room_access::guard,
+        ))
 }
 
 /// `GET /health`: 200 when Redis answers PING, else 503. `warnings` lists

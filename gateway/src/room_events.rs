@@ -8,6 +8,8 @@
 //! was deleted or trimmed in between) still takes its `seq` but changes
 //! nothing.
 
+use std::collections::HashMap;
+
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::protocol::{ErrorCode, ProtocolError};
@@ -80,4 +82,57 @@ pub async fn check(
         }
         Ok(Some(_)) => Ok(()),
     }
+}
+
+/// Most distinct emoji (each with a count above 0) on one message.
+pub const MAX_DISTINCT_EMOJI: usize = 20;
+
+/// Checks a reaction: message `id` exists in `room`, and an `add` of an
+/// emoji the message does not carry yet finds fewer than
+/// [`MAX_DISTINCT_EMOJI`] there. One round trip (the index and the counts
+/// share a slot). The worker enforces the bound again when it applies the
+/// event, for adds that raced past this check.
+///
+/// # Errors
+/// `not_found`, `too_many_reactions`, or `unavailable` when Redis does not
+/// answer.
+pub async fn check_reaction(
+    redis: &RedisHandle,
+    room: &RoomId,
+    id: &str,
+    emoji: &str,
+    adding: bool,
+) -> Result<(), ProtocolError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("HEXISTS")
+        .arg(keys::message_index(room))
+        .arg(id)
+        .cmd("HGET")
+        .arg(keys::reactions(room))
+        .arg(id);
+    let (exists, counts): (bool, Option<String>) = redis.pipe(&pipe).await.map_err(|_| {
+        ProtocolError::new(
+            ErrorCode::Unavailable,
+            "not stored: Redis unavailable; retry",
+        )
+    })?;
+    if !exists {
+        return Err(ProtocolError::new(
+            ErrorCode::NotFound,
+            "no such message in this room's history (unknown, trimmed or deleted)",
+        ));
+    }
+    if !adding {
+        return Ok(());
+    }
+    let counts: HashMap<String, serde_json::Value> = counts
+        .and_then(|c| serde_json::from_str(&c).ok())
+        .unwrap_or_default();
+    if !counts.contains_key(emoji) && counts.len() >= MAX_DISTINCT_EMOJI {
+        return Err(ProtocolError::new(
+            ErrorCode::TooManyReactions,
+            format!("a message carries at most {MAX_DISTINCT_EMOJI} distinct emoji"),
+        ));
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
 use crate::publish_api::ApiKeys;
 use crate::rooms::LocalRooms;
+use crate::session::Sessions;
 use crate::subscriber::SubscriptionState;
 use crate::user_limit::UserLimit;
 
@@ -69,6 +70,10 @@ pub struct Inner {
     pub user_limit: Option<UserLimit>,
     /// The per-user budget of new rooms; `None` when off.
     pub room_creation: Option<UserLimit>,
+    /// Issues anonymous identities; `None` when authentication is on.
+    pub sessions: Option<Sessions>,
+    /// Bounds the HTTP room reads in flight (`HTTP_READ_CONCURRENCY`).
+    pub read_permits: Arc<Semaphore>,
 }
 
 /// Connection history reads in flight at once, per gateway.
@@ -112,6 +117,12 @@ impl AppState {
             config.access.room_creation_per_min / 60.0,
             config.access.room_creation_burst,
         );
+        let sessions = auth
+            .is_none()
+            .then(|| Sessions::new(config.session_secret.as_deref()));
+        let read_permits = Arc::new(Semaphore::new(
+            usize::try_from(config.http_read_concurrency).unwrap_or(usize::MAX),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 conn_permits: Arc::new(Semaphore::new(config.max_connections)),
@@ -134,6 +145,8 @@ impl AppState {
                 api_keys,
                 user_limit,
                 room_creation,
+                sessions,
+                read_permits,
             }),
         })
     }

@@ -46,6 +46,9 @@ pub const WORKERS: &str = "chat:workers";
 pub const STREAM_SHARDS: &str = "chat:config:stream-shards";
 /// Lease of the janitor: one worker at a time sweeps.
 pub const JANITOR_LEASE: &str = "chat:lease:{janitor}";
+/// The key that signs anonymous sessions when `SESSION_SECRET` is unset:
+/// generated once by the first gateway (`SET NX`) and read by every other.
+pub const SESSION_KEY: &str = "chat:session-key";
 
 /// History list of a room (spec key).
 pub fn messages(room: &RoomId) -> String {

@@ -45,6 +45,10 @@ pub const GW_DELIVERY_OVERFLOWS: &str = "chat_gateway_delivery_overflows_total";
 pub const GW_API_REQUESTS: &str = "chat_gateway_api_publish_requests_total";
 /// Counter: history searches answered (`GET /rooms/{room}/messages?q=`).
 pub const GW_SEARCHES: &str = "chat_gateway_searches_total";
+/// Counter: room-scoped HTTP requests refused before their route ran, by
+/// `route` (`read`, `write`) and `code` (`unauthorized`, `forbidden`,
+/// `banned`, `rate_limited`, `overloaded`, `unavailable`).
+pub const GW_HTTP_REFUSED: &str = "chat_gateway_http_refused_total";
 /// Counter: bans placed and lifted through this gateway, by `op`
 /// (`placed`, `lifted`).
 pub const GW_BANS: &str = "chat_gateway_bans_total";
@@ -305,6 +309,11 @@ fn describe_all() {
         "HTTP publish requests, by result"
     );
     describe_counter!(GW_SEARCHES, Unit::Count, "History searches answered");
+    describe_counter!(
+        GW_HTTP_REFUSED,
+        Unit::Count,
+        "Room-scoped HTTP requests refused by the access checks, by route and code"
+    );
     describe_counter!(GW_BANS, Unit::Count, "Bans placed and lifted, by op");
     describe_counter!(
         GW_ROOMS_REFUSED,

@@ -39,6 +39,44 @@ fn count(frames: &[Value], kind: &str, username: &str) -> usize {
     frames.iter().filter(|v| is(v, kind, username)).count()
 }
 
+/// Another tab of `first`'s user: a connection to `url` with `first`'s
+/// anonymous session, so it keeps the same `user_id`.
+async fn second_tab(url: &str, first: &mut Client) -> Client {
+    let session = first.session_value().await;
+    let (mut tab, _) = Client::join_ephemeral(&format!("{url}&session={session}")).await;
+    assert_eq!(tab.anon_user_id().await, first.anon_user_id().await);
+    tab
+}
+
+/// The users of a presence answer as `(username, connections)`, by name,
+/// after checking that each carries a server-issued anonymous `user_id`.
+fn users_by_name(p: &Value) -> Vec<(String, u64)> {
+    let mut users: Vec<(String, u64)> = p["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            assert!(u["user_id"].as_str().unwrap().starts_with("anon-"), "{u}");
+            (
+                u["username"].as_str().unwrap().to_owned(),
+                u["connections"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    users.sort();
+    users
+}
+
+/// The connections of user `name` in a presence answer (0 when absent).
+fn connections_of(p: &Value, name: &str) -> u64 {
+    p["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u["username"] == name)
+        .map_or(0, |u| u["connections"].as_u64().unwrap())
+}
+
 /// `GET /rooms/{room}/presence` as JSON.
 async fn presence(gw: &Gateway, room: &str) -> Value {
     let (status, body) = http_get(&gw.addr(), &format!("/rooms/{room}/presence"))
@@ -99,22 +137,22 @@ async fn presence_and_join_leave_across_gateways_with_two_tabs() {
     );
     let join = seen.last().unwrap().clone();
     assert_eq!(join["data"]["room"], "p");
-    assert_eq!(join["data"]["user_id"], Value::Null);
+    assert_eq!(join["data"]["user_id"], ana1.anon_user_id().await);
     assert_timestamp(&join["data"]["timestamp"]);
 
-    // A second tab (on the other gateway) is the same user: no join.
-    let (ana2, _) = Client::join_ephemeral(&gw2.ws_url("room=p&username=ana")).await;
+    // A second tab (on the other gateway, with the first tab's session) is
+    // the same user: no join.
+    let ana2 = second_tab(&gw2.ws_url("room=p&username=ana"), &mut ana1).await;
     let p = eventually("ana with two connections", DEADLINE, || async {
         let p = presence(&gw1, "p").await;
-        (p["users"][0]["connections"] == 2).then_some(p)
+        (connections_of(&p, "ana") == 2).then_some(p)
     })
     .await;
+    assert_eq!(p["room"], "p");
+    assert_eq!(p["count"], 2);
     assert_eq!(
-        p,
-        json!({"room":"p","count":2,"users":[
-            {"username":"ana","user_id":null,"connections":2},
-            {"username":"bo","user_id":null,"connections":1}
-        ]})
+        users_by_name(&p),
+        [("ana".to_owned(), 2), ("bo".to_owned(), 1)]
     );
     // The WS request answers the requester with the same state.
     bo.send_text(r#"{"type":"presence"}"#).await;
@@ -133,7 +171,7 @@ async fn presence_and_join_leave_across_gateways_with_two_tabs() {
         "second tab joined: {seen:?}"
     );
     assert_eq!(count(&seen, "leave", "ana"), 0, "first tab left: {seen:?}");
-    assert_eq!(presence(&gw2, "p").await["users"][0]["connections"], 1);
+    assert_eq!(connections_of(&presence(&gw2, "p").await, "ana"), 1);
 
     ana1.close().await;
     let leave = until(&mut bo, |v| is(v, "leave", "ana"))
@@ -144,6 +182,14 @@ async fn presence_and_join_leave_across_gateways_with_two_tabs() {
     assert_timestamp(&leave["data"]["timestamp"]);
     let p = wait_users(&gw2, "p", 1).await;
     assert_eq!(p["users"][0]["username"], "bo");
+
+    // The same display name without the session is another user.
+    let (_other_ana, _) = Client::join_ephemeral(&gw1.ws_url("room=p&username=ana")).await;
+    let p = wait_users(&gw1, "p", 2).await;
+    assert_eq!(
+        users_by_name(&p),
+        [("ana".to_owned(), 1), ("bo".to_owned(), 1)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -155,20 +201,18 @@ async fn a_killed_gateways_users_leave_within_the_janitors_bound() {
 
     let (mut bo, _) = Client::join_ephemeral(&gw2.ws_url("room=k&username=bo")).await;
     // ana has one tab on each gateway, cy only one on the gateway that dies.
-    let (_ana1, _) = Client::join_ephemeral(&gw1.ws_url("room=k&username=ana")).await;
+    let (mut ana1, _) = Client::join_ephemeral(&gw1.ws_url("room=k&username=ana")).await;
     let (_cy, _) = Client::join_ephemeral(&gw1.ws_url("room=k&username=cy")).await;
-    let (_ana2, _) = Client::join_ephemeral(&gw2.ws_url("room=k&username=ana")).await;
+    let _ana2 = second_tab(&gw2.ws_url("room=k&username=ana"), &mut ana1).await;
+    let ana_id = ana1.anon_user_id().await;
     wait_users(&gw2, "k", 3).await;
 
     gw1.proc.kill9();
     let seen = until(&mut bo, |v| is(v, "leave", "cy")).await;
     let p = wait_users(&gw2, "k", 2).await;
     assert_eq!(
-        p["users"],
-        json!([
-            {"username":"ana","user_id":null,"connections":1},
-            {"username":"bo","user_id":null,"connections":1}
-        ])
+        users_by_name(&p),
+        [("ana".to_owned(), 1), ("bo".to_owned(), 1)]
     );
     // ana still has a tab: no leave for her, before or after cy's.
     let seen_after = marker(&mut bo, "k", "after-kill").await;
@@ -187,7 +231,7 @@ async fn a_killed_gateways_users_leave_within_the_janitors_bound() {
         .await
         .unwrap();
     assert_eq!(users.len(), 2, "{users:?}");
-    assert_eq!(users["ana"], 1);
+    assert_eq!(users[&ana_id], 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,7 +242,8 @@ async fn typing_reaches_the_others_only_and_a_flood_is_thinned() {
     let gw2 = start_gateway(&redis.url(), "g2", GW).await;
 
     let (mut ana, _) = Client::join_ephemeral(&gw1.ws_url("room=t&username=ana")).await;
-    let (mut ana_tab, _) = Client::join_ephemeral(&gw1.ws_url("room=t&username=ana")).await;
+    let mut ana_tab = second_tab(&gw1.ws_url("room=t&username=ana"), &mut ana).await;
+    let ana_id = ana.anon_user_id().await;
     let (mut bo, _) = Client::join_ephemeral(&gw2.ws_url("room=t&username=bo")).await;
     wait_users(&gw1, "t", 2).await;
 
@@ -221,7 +266,7 @@ async fn typing_reaches_the_others_only_and_a_flood_is_thinned() {
         );
         assert_eq!(
             typing[0],
-            &json!({"type":"typing","data":{"room":"t","username":"ana","user_id":null,"active":true}})
+            &json!({"type":"typing","data":{"room":"t","username":"ana","user_id":ana_id,"active":true}})
         );
     }
     let dropped = metric(&gw1.addr(), "chat_gateway_typing_throttled_total")
@@ -239,6 +284,8 @@ async fn read_receipts_never_go_down_and_survive_reconnects() {
 
     let (mut ana, _) = Client::join_ephemeral(&gw1.ws_url("room=rr&username=ana")).await;
     let (mut bo, _) = Client::join_ephemeral(&gw2.ws_url("room=rr&username=bo")).await;
+    let ana_session = ana.session_value().await;
+    let (ana_id, bo_id) = (ana.anon_user_id().await, bo.anon_user_id().await);
     for i in 1..=5 {
         ana.say("rr", &format!("m{i}"), &format!("c{i}")).await;
     }
@@ -261,13 +308,15 @@ async fn read_receipts_never_go_down_and_survive_reconnects() {
         assert_eq!(seqs, [3, 5]);
         assert_eq!(
             seen.last().unwrap()["data"],
-            json!({"room":"rr","username":"ana","user_id":null,"seq":5})
+            json!({"room":"rr","username":"ana","user_id":ana_id,"seq":5})
         );
     }
 
     // A new connection cannot lower it either.
     ana.close().await;
-    let (mut ana, _) = Client::join_ephemeral(&gw2.ws_url("room=rr&username=ana")).await;
+    let (mut ana, _) =
+        Client::join_ephemeral(&gw2.ws_url(&format!("room=rr&username=ana&session={ana_session}")))
+            .await;
     ana.send_text(&read(4)).await;
     bo.send_text(&read(1)).await;
     let seen = until(&mut bo, |v| is(v, "read", "bo")).await;
@@ -275,7 +324,8 @@ async fn read_receipts_never_go_down_and_survive_reconnects() {
     let (status, body) = http_get(&gw1.addr(), "/rooms/rr/reads").await.unwrap();
     assert_eq!(status, 200);
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body, json!({"room":"rr","reads":{"ana":5,"bo":1}}));
+    assert_eq!(body["room"], "rr");
+    assert_eq!(body["reads"], json!({ana_id: 5, bo_id: 1}));
 
     // Nothing ephemeral is stored in history.
     assert_eq!(stored_records(&redis, "rr").await.len(), 5);
@@ -349,7 +399,7 @@ async fn presence_events_off_sends_no_join_or_leave() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_auth_the_user_key_is_the_token_subject() {
-    const SECRET: &str = "presence-secret";
+    const SECRET: &str = "presence-secret-of-at-least-32-bytes";
     let token = |sub: &str, name: &str| {
         let exp = jsonwebtoken::get_current_timestamp() + 600;
         sign_token(SECRET, &json!({"sub": sub, "name": name, "exp": exp}))
@@ -364,8 +414,15 @@ async fn with_auth_the_user_key_is_the_token_subject() {
     // Same display name, other subject: another user.
     let (_b, _) = Client::join_ephemeral(&url("u2", "Ana")).await;
     let (_a2, _) = Client::join_ephemeral(&url("u1", "Ana")).await;
+    // With auth on, the HTTP doors want a token too.
+    let (status, _) = http_get(&gw.addr(), "/rooms/au/presence").await.unwrap();
+    assert_eq!(status, 401);
+    let bearer = format!("token={}", token("u2", "Ana"));
     let p = eventually("u1 with two connections", DEADLINE, || async {
-        let p = presence(&gw, "au").await;
+        let (_, body) = http_get(&gw.addr(), &format!("/rooms/au/presence?{bearer}"))
+            .await
+            .unwrap();
+        let p: Value = serde_json::from_str(&body).unwrap();
         (p["users"][0]["connections"] == 2).then_some(p)
     })
     .await;
@@ -382,7 +439,9 @@ async fn with_auth_the_user_key_is_the_token_subject() {
     a.send_text(r#"{"type":"read","data":{"seq":1}}"#).await;
     let r = a.next_of_type("read").await;
     assert_eq!(r["data"]["user_id"], "u1");
-    let (_, body) = http_get(&gw.addr(), "/rooms/au/reads").await.unwrap();
+    let (_, body) = http_get(&gw.addr(), &format!("/rooms/au/reads?{bearer}"))
+        .await
+        .unwrap();
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["reads"],
         json!({"u1":1})
@@ -395,11 +454,12 @@ async fn presence_lost_in_redis_is_restored_with_the_connections() {
     let _w = start_worker(&redis.url(), "w1", WORKER).await;
     let gw = start_gateway(&redis.url(), "g1", GW).await;
     let (mut bo, _) = Client::join_ephemeral(&gw.ws_url("room=re&username=bo")).await;
-    let (_ana, _) = Client::join_ephemeral(&gw.ws_url("room=re&username=ana")).await;
-    let (_ana2, _) = Client::join_ephemeral(&gw.ws_url("room=re&username=ana")).await;
+    let (mut ana, _) = Client::join_ephemeral(&gw.ws_url("room=re&username=ana")).await;
+    let _ana2 = second_tab(&gw.ws_url("room=re&username=ana"), &mut ana).await;
+    let (ana_id, bo_id) = (ana.anon_user_id().await, bo.anon_user_id().await);
     let before = eventually("ana with two connections", DEADLINE, || async {
         let p = presence(&gw, "re").await;
-        (p["users"][0]["connections"] == 2).then_some(p)
+        (connections_of(&p, "ana") == 2).then_some(p)
     })
     .await;
     until(&mut bo, |v| is(v, "join", "ana")).await;
@@ -418,7 +478,7 @@ async fn presence_lost_in_redis_is_restored_with_the_connections() {
         .unwrap();
     let after = eventually("presence restored", DEADLINE, || async {
         let p = presence(&gw, "re").await;
-        (p["count"] == 2 && p["users"][0]["connections"] == 2).then_some(p)
+        (p["count"] == 2 && connections_of(&p, "ana") == 2).then_some(p)
     })
     .await;
     assert_eq!(after, before);
@@ -426,7 +486,7 @@ async fn presence_lost_in_redis_is_restored_with_the_connections() {
         .hgetall("chat:presence-users:{connections:re}")
         .await
         .unwrap();
-    assert_eq!(users, [("ana".into(), 2), ("bo".into(), 1)].into());
+    assert_eq!(users, [(ana_id, 2), (bo_id, 1)].into());
     // Users Redis had lost are announced again (once each).
     let seen = until(&mut bo, |v| is(v, "join", "ana")).await;
     assert_eq!(count(&seen, "join", "ana"), 1);
@@ -453,6 +513,7 @@ async fn on_a_cluster_presence_typing_and_receipts_cross_gateways() {
         let typing = until(&mut bo, |v| is(v, "typing", "ana")).await;
         assert_eq!(typing.last().unwrap()["data"]["room"], room);
 
+        let ana_id = ana.anon_user_id().await;
         marker(&mut ana, room, "m1").await;
         ana.send_text(r#"{"type":"read","data":{"seq":1}}"#).await;
         until(&mut bo, |v| is(v, "read", "ana")).await;
@@ -461,7 +522,7 @@ async fn on_a_cluster_presence_typing_and_receipts_cross_gateways() {
             .unwrap();
         assert_eq!(
             serde_json::from_str::<Value>(&body).unwrap()["reads"],
-            json!({"ana":1})
+            json!({ana_id: 1})
         );
 
         ana.close().await;

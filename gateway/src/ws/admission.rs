@@ -46,12 +46,7 @@ pub(crate) fn admit(
     username: Username,
     username_given: bool,
 ) -> Result<Admitted, Refused> {
-    let forwarded: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let ip = state.access.client_ip(peer.addr.ip(), &forwarded);
+    let ip = state.access.client_ip_of(peer.addr.ip(), headers);
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !state.access.origin_allowed(origin) {
         tracing::info!(%ip, origin, reason = "forbidden_origin", "WebSocket refused");

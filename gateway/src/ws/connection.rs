@@ -31,6 +31,7 @@ use crate::listener::AbortSwitch;
 use crate::presence;
 use crate::presence_events;
 use crate::queue;
+use crate::session::AnonSession;
 use crate::state::AppState;
 
 /// How long the close frame may take before the socket is reset instead.
@@ -55,6 +56,8 @@ pub(crate) struct Connection {
     pub(crate) resume: Option<Resume>,
     /// The verified user, when authentication is on.
     pub(crate) identity: Option<Identity>,
+    /// The server-issued identity, when authentication is off.
+    pub(crate) anon: Option<AnonSession>,
     /// The client IP's connection slot; released when the connection ends.
     pub(crate) slot: IpSlot,
     /// The gateway-wide connection permit; released when the connection ends.
@@ -79,6 +82,7 @@ impl Connection {
             conn_id,
             resume,
             identity,
+            anon,
             slot,
             permit,
             abort,
@@ -88,7 +92,7 @@ impl Connection {
         let (tx, deliveries) = queue::channel(state.config.outbound_queue as usize);
         let user = match &identity {
             Some(i) => PresenceUser::new(i.name.as_str(), Some(&i.user_id)),
-            None => PresenceUser::new(username.as_str(), None),
+            None => PresenceUser::new(username.as_str(), anon.as_ref().map(|a| a.user_id.as_str())),
         };
         let membership = state.rooms.join(
             room.as_str(),
@@ -104,6 +108,7 @@ impl Connection {
                 room.clone(),
                 username,
                 identity,
+                anon.as_ref().map(|a| a.user_id.clone()),
                 slot.ip(),
                 tx,
             )
@@ -116,8 +121,9 @@ impl Connection {
             ping_interval: cfg.ping_interval(),
             reset_tail: cfg.history_on_join,
         };
+        let session = anon.map(|a| session_frame(&a.user_id, &a.session));
         let opening = open(
-            &state, &room, &conn_key, &user, resume, &mut sink, &kick, limits,
+            &state, &room, &conn_key, &user, resume, session, &mut sink, &kick, limits,
         );
         let reason = match Box::pin(opening).await {
             Err(reason) => reason,
@@ -206,6 +212,7 @@ async fn open<S>(
     conn_key: &str,
     user: &PresenceUser,
     resume: Option<Resume>,
+    session: Option<String>,
     sink: &mut S,
     kick: &CancellationToken,
     limits: WriterLimits,
@@ -246,12 +253,20 @@ where
             return Err(CloseReason::Unavailable);
         }
     };
-    for frame in joined.frames {
+    // The anonymous session goes right after the join's last history frame.
+    for frame in joined.frames.into_iter().chain(session) {
         let fed = sink.feed(Message::Text(frame.into()));
         bounded_write(limits.write_timeout, kick, fed).await?;
     }
     bounded_write(limits.write_timeout, kick, sink.flush()).await?;
     Ok(joined.cursor)
+}
+
+/// `{"type":"session","data":{"user_id","session"}}`: the anonymous
+/// identity of this connection and the value that keeps it on reconnect.
+fn session_frame(user_id: &str, session: &str) -> String {
+    serde_json::json!({"type": "session", "data": {"user_id": user_id, "session": session}})
+        .to_string()
 }
 
 /// Moves a value out of its box and frees the box at once (a box moved out
@@ -345,6 +360,7 @@ mod tests {
             state.clone(),
             room.clone(),
             Username::default(),
+            None,
             None,
             "127.0.0.1".parse().unwrap(),
             tx,

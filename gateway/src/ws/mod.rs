@@ -106,10 +106,29 @@ pub(crate) async fn upgrade(
         Ok(a) => a,
         Err(admission::Refused(status, code, message)) => return reject(status, code, &message),
     };
+    // Authentication off: the client's anonymous identity, kept from its
+    // `session` when that proves one, else fresh.
+    let anon = match (&admitted.identity, &state.sessions) {
+        (None, Some(sessions)) => {
+            let presented = params.get("session").map(String::as_str);
+            match sessions.resolve(&state.redis, presented).await {
+                Ok(anon) => Some(anon),
+                Err(_) => {
+                    return reject(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::Unavailable,
+                        "Redis unreachable; retry",
+                    )
+                }
+            }
+        }
+        _ => None,
+    };
     if crate::bans::enabled(&state) {
-        let user = match &admitted.identity {
-            Some(i) => i.user_id.as_str(),
-            None => admitted.username.as_str(),
+        let user = match (&admitted.identity, &anon) {
+            (Some(i), _) => i.user_id.as_str(),
+            (None, Some(a)) => a.user_id.as_str(),
+            (None, None) => admitted.username.as_str(),
         };
         match crate::bans::is_banned(&state.redis, &room, user).await {
             Ok(false) => {}
@@ -152,6 +171,7 @@ pub(crate) async fn upgrade(
         room,
         username: admitted.username,
         identity: admitted.identity,
+        anon,
         conn_id,
         resume,
         slot: admitted.slot,

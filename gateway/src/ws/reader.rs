@@ -49,6 +49,8 @@ pub(super) struct Reader {
     username: Username,
     /// The verified user; replaced by a `refresh`.
     identity: Option<Identity>,
+    /// The server-issued `anon-…` id when authentication is off.
+    anon_id: Option<String>,
     client_ip: IpAddr,
     replies: queue::Sender<Outbound>,
     bucket: TokenBucket,
@@ -67,6 +69,7 @@ impl Reader {
         room: RoomId,
         username: Username,
         identity: Option<Identity>,
+        anon_id: Option<String>,
         client_ip: IpAddr,
         replies: queue::Sender<Outbound>,
     ) -> Self {
@@ -80,6 +83,7 @@ impl Reader {
             room,
             username,
             identity,
+            anon_id,
             client_ip,
             replies,
             bucket,
@@ -97,6 +101,15 @@ impl Reader {
     /// The sender name of the connection's messages.
     pub(super) fn username(&self) -> &str {
         self.username.as_str()
+    }
+
+    /// The user key of everything this connection does: the token's `sub`,
+    /// else the server-issued anonymous id.
+    fn user_id(&self) -> Option<&str> {
+        match &self.identity {
+            Some(i) => Some(&i.user_id),
+            None => self.anon_id.as_deref(),
+        }
     }
 
     /// When the connection's token expires (far in the future without one).
@@ -255,7 +268,7 @@ impl Reader {
     /// Appends a message and acks it, or tells the sender it was not stored.
     async fn on_message(&mut self, msg: InboundMessage) -> Result<(), WriterGone> {
         let client_id = msg.client_id.as_deref();
-        let user_id = self.identity.as_ref().map(|i| i.user_id.clone());
+        let user_id = self.user_id().map(str::to_owned);
         let username = match (&self.identity, msg.username) {
             // With a token, the name is the token's: another one is forged.
             (Some(identity), Some(claimed)) if claimed != identity.name => {
@@ -300,29 +313,41 @@ impl Reader {
         owned_client_id: Option<String>,
     ) -> Result<(), WriterGone> {
         let client_id = owned_client_id.as_deref();
-        let (username, user_id, moderator) = match &self.identity {
-            Some(i) => (i.name.clone(), Some(i.user_id.clone()), i.moderator),
-            None => (self.username.clone(), None, false),
+        let (username, moderator) = match &self.identity {
+            Some(i) => (i.name.clone(), i.moderator),
+            None => (self.username.clone(), false),
         };
+        let user_id = self.user_id().map(str::to_owned);
         let sender = user_id
             .clone()
             .unwrap_or_else(|| username.as_str().to_owned());
         if let Some(limited) = self.spend_user_budget(&self.budget_key()).await {
             return self.reply_error(&limited, client_id).await;
         }
-        let change = match event.kind {
-            EventKind::React => Change::Any,
-            EventKind::Edit | EventKind::Delete => Change::Own,
+        let allowed = match (event.kind, &event.emoji) {
+            (EventKind::React, Some(emoji)) => {
+                let adding = event.op != Some(chat_shared::protocol::ReactOp::Remove);
+                room_events::check_reaction(
+                    &self.state.redis,
+                    &self.room,
+                    &event.target,
+                    emoji,
+                    adding,
+                )
+                .await
+            }
+            _ => {
+                room_events::check(
+                    &self.state.redis,
+                    &self.room,
+                    &event.target,
+                    &sender,
+                    moderator,
+                    Change::Own,
+                )
+                .await
+            }
         };
-        let allowed = room_events::check(
-            &self.state.redis,
-            &self.room,
-            &event.target,
-            &sender,
-            moderator,
-            change,
-        )
-        .await;
         if let Err(e) = allowed {
             return self.reply_error(&e, client_id).await;
         }
@@ -337,7 +362,7 @@ impl Reader {
     fn budget_key(&self) -> String {
         match &self.identity {
             Some(i) => i.user_id.clone(),
-            None => format!("ip:{}", self.client_ip),
+            None => format!("ip:{}", crate::access::budget_ip(self.client_ip)),
         }
     }
 

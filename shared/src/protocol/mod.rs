@@ -80,6 +80,11 @@ pub enum ErrorCode {
     ForbiddenOrigin,
     /// The user is banned from the room (HTTP 403 before the upgrade).
     Banned,
+    /// The gateway has no room for the request right now (HTTP 503 with
+    /// `Retry-After`): e.g. `HTTP_READ_CONCURRENCY` reads are running.
+    Overloaded,
+    /// The message already has 20 distinct reactions; another emoji is refused.
+    TooManyReactions,
 }
 
 impl ErrorCode {
@@ -107,11 +112,13 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::ForbiddenOrigin => "forbidden_origin",
             Self::Banned => "banned",
+            Self::Overloaded => "overloaded",
+            Self::TooManyReactions => "too_many_reactions",
         }
     }
 
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::BadJson,
         Self::BadFrame,
         Self::UnknownType,
@@ -133,6 +140,8 @@ impl ErrorCode {
         Self::Forbidden,
         Self::ForbiddenOrigin,
         Self::Banned,
+        Self::Overloaded,
+        Self::TooManyReactions,
     ];
 }
 

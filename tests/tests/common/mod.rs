@@ -755,6 +755,14 @@ pub struct Client {
     pub local_port: Option<u16>,
     /// Whether ephemeral frames ([`EPHEMERAL_TYPES`]) are returned (else skipped).
     pub ephemeral: bool,
+    /// The `data` of the anonymous `session` frame, once received. Session
+    /// frames are kept here, not returned, so tests of other features see
+    /// the frame sequences they assert on.
+    pub session: Option<Value>,
+    /// How many `session` frames arrived (the contract: exactly one).
+    pub sessions_seen: usize,
+    /// Return `session` frames from the readers instead of keeping them aside.
+    want_session: bool,
     /// `message` frames that [`Self::next_of_type`] passed over while
     /// waiting for another type: a delivery may overtake the sender's own
     /// ack (they travel different paths), and [`Self::messages`] still owes
@@ -770,6 +778,9 @@ impl Client {
             closed: None,
             local_port,
             ephemeral: false,
+            session: None,
+            sessions_seen: 0,
+            want_session: false,
             passed_over: Default::default(),
         }
     }
@@ -866,6 +877,13 @@ impl Client {
                     if !self.ephemeral && EPHEMERAL_TYPES.contains(&kind) {
                         continue;
                     }
+                    if kind == "session" {
+                        self.sessions_seen += 1;
+                        self.session = Some(v["data"].clone());
+                        if !self.want_session {
+                            continue;
+                        }
+                    }
                     return Some(v);
                 }
                 Ok(Message::Close(f)) => {
@@ -902,6 +920,29 @@ impl Client {
                 self.passed_over.push_back(v);
             }
         }
+    }
+
+    /// The anonymous session of this connection (`data.session` of its
+    /// `session` frame), waiting for the frame if it has not come yet.
+    pub async fn session_value(&mut self) -> String {
+        if self.session.is_none() {
+            self.want_session = true;
+            self.next_of_type("session").await;
+            self.want_session = false;
+        }
+        self.session.as_ref().unwrap()["session"]
+            .as_str()
+            .expect("session frame has data.session")
+            .to_owned()
+    }
+
+    /// The anonymous `user_id` of this connection (from its `session` frame).
+    pub async fn anon_user_id(&mut self) -> String {
+        self.session_value().await;
+        self.session.as_ref().unwrap()["user_id"]
+            .as_str()
+            .expect("session frame has data.user_id")
+            .to_owned()
     }
 
     /// Collects `n` message frames' `data`, keeping other frames aside.

@@ -37,7 +37,7 @@ impl Reader {
     fn presence_user(&self) -> PresenceUser {
         match &self.identity {
             Some(i) => PresenceUser::new(i.name.as_str(), Some(&i.user_id)),
-            None => PresenceUser::new(self.username.as_str(), None),
+            None => PresenceUser::new(self.username.as_str(), self.anon_id.as_deref()),
         }
     }
 
