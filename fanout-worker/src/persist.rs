@@ -48,10 +48,12 @@ use redis::Script;
 ///
 /// Reactions cost the same whatever the number of reactors: the record holds
 /// the counts (`{"<emoji>":n}`, at most 20 emoji), the reactions hash holds
-/// the same counts per message (what the gateway checks the 20-emoji bound
-/// against), and who reacted is one set per message
+/// the same counts per message, who reacted is one set per message
 /// (`<reactions key>:<message id>`, members `<emoji>\n<user>`), so an add or
-/// remove is one `SADD`/`SREM`, never a decode of every reactor.
+/// remove is one `SADD`/`SREM`, never a decode of every reactor; and the
+/// emoji in use are one more set (`…:<message id>:emoji`, at most 20): the
+/// gateway reserves a new emoji there atomically before it acks an add, and
+/// the worker takes it out when its count drops to 0.
 /// Returns `{seq, record, epoch}` when applied, `{0, record or false, epoch}`
 /// when it was applied before.
 ///
@@ -112,19 +114,25 @@ local function apply(target)
       local counts = t.reactions or {}
       count = tonumber(counts[emoji] or 0)
       local reactors = KEYS[4] .. ':' .. target
+      local emojis = reactors .. ':emoji'
       local member = emoji .. '\n' .. user
       local changed = false
       if ARGV[12] == 'add' then
-        local distinct = 0
-        for _ in pairs(counts) do distinct = distinct + 1 end
-        -- A 21st distinct emoji that won a race past the gateway's check
-        -- changes nothing (it keeps its seq, like an event on a deleted target).
-        if (count > 0 or distinct < MAX_EMOJI) and redis.call('SADD', reactors, member) == 1 then
+        -- The gateway reserved the emoji in the message's emoji set (at most
+        -- 20); an add whose emoji is not there (a stale check) and finds the
+        -- set full changes nothing (it keeps its seq, like an event on a
+        -- deleted target).
+        local room_for_it = count > 0 or redis.call('SISMEMBER', emojis, emoji) == 1
+          or redis.call('SCARD', emojis) < MAX_EMOJI
+        if room_for_it and redis.call('SADD', reactors, member) == 1 then
           count = count + 1; changed = true
           redis.call('EXPIRE', reactors, ARGV[13])
+          redis.call('SADD', emojis, emoji)
+          redis.call('EXPIRE', emojis, ARGV[13])
         end
       elseif redis.call('SREM', reactors, member) == 1 then
         count = count - 1; changed = true
+        if count <= 0 then redis.call('SREM', emojis, emoji) end
       end
       if changed then
         if count > 0 then counts[emoji] = count else counts[emoji] = nil end
@@ -151,7 +159,7 @@ local function apply(target)
     replace(pos, old, encode({id = t.id, room = t.room, deleted = true}, tseq))
     redis.call('HDEL', KEYS[3], target)
     redis.call('HDEL', KEYS[4], target)
-    redis.call('UNLINK', KEYS[4] .. ':' .. target)
+    redis.call('UNLINK', KEYS[4] .. ':' .. target, KEYS[4] .. ':' .. target .. ':emoji')
   end
   return ''
 end
@@ -178,7 +186,7 @@ while len > limit or (max_bytes > 0 and bytes > max_bytes and len > 1) do
     if id then
       redis.call('HDEL', KEYS[3], id)
       redis.call('HDEL', KEYS[4], id)
-      redis.call('UNLINK', KEYS[4] .. ':' .. id)
+      redis.call('UNLINK', KEYS[4] .. ':' .. id, KEYS[4] .. ':' .. id .. ':emoji')
     end
   end
 end

@@ -211,3 +211,59 @@ async fn search_page(
     let body = HistoryData::new(&meta, found.records()).to_json();
     Ok(([("content-type", "application/json")], body).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listener::Peer;
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+    use clap::Parser;
+    use tower::ServiceExt;
+
+    /// Walks every room-scoped route of the router with authentication on
+    /// and no credentials: each must answer 401 before its handler runs
+    /// (no Redis is reachable here, so a route that skipped the checks would
+    /// answer something else).
+    #[tokio::test]
+    async fn every_room_route_wants_credentials_when_auth_is_on() {
+        let cfg = crate::config::GatewayConfig::parse_from([
+            "chat-gateway",
+            "--jwt-secret",
+            "a-secret-of-at-least-thirty-two-bytes!",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ]);
+        let redis = chat_shared::redis::RedisHandle::new(&cfg.redis).unwrap();
+        let state = AppState::new(
+            cfg,
+            "g".into(),
+            redis,
+            None,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap();
+        let app = router(state);
+        assert!(ROOM_ROUTES.len() >= 6);
+        for (method, path) in ROOM_ROUTES {
+            let uri = format!("/rooms/secret{}", path.replace("{user}", "someone"));
+            let mut request = Request::builder()
+                .method(*method)
+                .uri(&uri)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap();
+            request.extensions_mut().insert(ConnectInfo(Peer {
+                addr: "127.0.0.1:9".parse().unwrap(),
+                abort: Default::default(),
+            }));
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} answered without credentials"
+            );
+        }
+    }
+}

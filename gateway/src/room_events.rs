@@ -8,12 +8,13 @@
 //! was deleted or trimmed in between) still takes its `seq` but changes
 //! nothing.
 
-use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::protocol::{ErrorCode, ProtocolError};
 use chat_shared::redis::{RedisError, RedisHandle};
+use redis::Script;
 
 /// The author of message `id` in `room` (their user key: user id with
 /// authentication, else display name), or `None` when the room's history
@@ -87,11 +88,28 @@ pub async fn check(
 /// Most distinct emoji (each with a count above 0) on one message.
 pub const MAX_DISTINCT_EMOJI: usize = 20;
 
+/// KEYS: the room's message index, the message's emoji set, the room's
+/// history list. ARGV: message id, emoji, `add` or `remove`, the bound.
+/// Returns `ok`, `not_found` or `too_many`.
+static RESERVE_EMOJI: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'not_found' end
+if ARGV[3] ~= 'add' or redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then return 'ok' end
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then return 'too_many' end
+redis.call('SADD', KEYS[2], ARGV[2])
+local ttl = redis.call('PTTL', KEYS[3])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) else redis.call('EXPIRE', KEYS[2], 86400) end
+return 'ok'
+"#,
+    )
+});
+
 /// Checks a reaction: message `id` exists in `room`, and an `add` of an
-/// emoji the message does not carry yet finds fewer than
-/// [`MAX_DISTINCT_EMOJI`] there. One round trip (the index and the counts
-/// share a slot). The worker enforces the bound again when it applies the
-/// event, for adds that raced past this check.
+/// emoji the message does not carry yet finds room for it: fewer than
+/// [`MAX_DISTINCT_EMOJI`] emoji in use. The emoji is then reserved in the
+/// message's emoji set, atomically, so two racing adds of a 21st and a 22nd
+/// cannot both pass; the worker keeps the set in step with the counts.
 ///
 /// # Errors
 /// `not_found`, `too_many_reactions`, or `unavailable` when Redis does not
@@ -103,36 +121,28 @@ pub async fn check_reaction(
     emoji: &str,
     adding: bool,
 ) -> Result<(), ProtocolError> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("HEXISTS")
-        .arg(keys::message_index(room))
+    let mut inv = RESERVE_EMOJI.key(keys::message_index(room));
+    inv.key(keys::reaction_emoji(room, id))
+        .key(keys::messages(room))
         .arg(id)
-        .cmd("HGET")
-        .arg(keys::reactions(room))
-        .arg(id);
-    let (exists, counts): (bool, Option<String>) = redis.pipe(&pipe).await.map_err(|_| {
+        .arg(emoji)
+        .arg(if adding { "add" } else { "remove" })
+        .arg(MAX_DISTINCT_EMOJI);
+    let answer: String = redis.script(&inv).await.map_err(|_| {
         ProtocolError::new(
             ErrorCode::Unavailable,
             "not stored: Redis unavailable; retry",
         )
     })?;
-    if !exists {
-        return Err(ProtocolError::new(
-            ErrorCode::NotFound,
-            "no such message in this room's history (unknown, trimmed or deleted)",
-        ));
-    }
-    if !adding {
-        return Ok(());
-    }
-    let counts: HashMap<String, serde_json::Value> = counts
-        .and_then(|c| serde_json::from_str(&c).ok())
-        .unwrap_or_default();
-    if !counts.contains_key(emoji) && counts.len() >= MAX_DISTINCT_EMOJI {
-        return Err(ProtocolError::new(
+    match answer.as_str() {
+        "ok" => Ok(()),
+        "too_many" => Err(ProtocolError::new(
             ErrorCode::TooManyReactions,
             format!("a message carries at most {MAX_DISTINCT_EMOJI} distinct emoji"),
-        ));
+        )),
+        _ => Err(ProtocolError::new(
+            ErrorCode::NotFound,
+            "no such message in this room's history (unknown, trimmed or deleted)",
+        )),
     }
-    Ok(())
 }

@@ -17,17 +17,18 @@ use chat_shared::redis::{RedisError, RedisHandle};
 /// Longest accepted query, in characters.
 pub const MAX_QUERY_CHARS: usize = 256;
 
-/// More records than any room can hold (`HISTORY_LIMIT` is at most 1,000,000):
-/// reads the whole history.
-const WHOLE_HISTORY: usize = 1_000_000;
+/// Records read per round trip: a search walks the history newest first in
+/// pages of this many, so no reply is larger than a page, commands of other
+/// connections interleave between pages, and a search that finds its page
+/// of matches early stops reading.
+const SEARCH_PAGE: usize = 256;
 
 /// One page of matches.
 #[derive(Debug)]
 pub struct Matches {
-    /// The room's history state, for the page's metadata.
+    /// The room's history state when the search began (page metadata), with
+    /// the matching records, newest first, as its `records`.
     pub snapshot: Snapshot,
-    /// Indexes into `snapshot.records` of the matches, newest first.
-    pub hits: Vec<usize>,
     /// More matches exist below the page's smallest `seq`.
     pub more: bool,
 }
@@ -35,9 +36,7 @@ pub struct Matches {
 impl Matches {
     /// The matching records, newest first.
     pub fn records(&self) -> impl Iterator<Item = &str> {
-        self.hits
-            .iter()
-            .map(|&i| self.snapshot.records[i].1.as_str())
+        self.snapshot.records.iter().map(|(_, r)| r.as_str())
     }
 }
 
@@ -77,31 +76,47 @@ pub async fn search(
     before: Option<u64>,
     limit: usize,
 ) -> Result<Matches, RedisError> {
-    // A page with `before` reads only what lies below it.
-    let range = match before {
+    let needle = query.to_lowercase();
+    let first = match before {
         Some(before) => Range::Before {
             before,
-            limit: WHOLE_HISTORY,
+            limit: SEARCH_PAGE,
         },
-        None => Range::Tail(WHOLE_HISTORY),
+        None => Range::Tail(SEARCH_PAGE),
     };
-    let snapshot = history::read(redis, room, range).await?;
-    let needle = query.to_lowercase();
-    let mut hits = Vec::new();
+    let mut page = history::read(redis, room, first).await?;
+    let mut found = Snapshot {
+        records: Vec::new(),
+        ..page.clone()
+    };
+    let oldest = page.oldest_seq().unwrap_or(1);
     let mut more = false;
-    for (i, (seq, record)) in snapshot.records.iter().enumerate().rev() {
-        if before.is_some_and(|b| *seq >= b) || !matches(record, &needle) {
-            continue;
+    loop {
+        let full = page.records.len() == SEARCH_PAGE;
+        let lowest = page.records.first().map(|(seq, _)| *seq);
+        for (seq, record) in page.records.into_iter().rev() {
+            if before.is_some_and(|b| seq >= b) || !matches(&record, &needle) {
+                continue;
+            }
+            if found.records.len() == limit {
+                more = true;
+                break;
+            }
+            found.records.push((seq, record));
         }
-        if hits.len() == limit {
-            more = true;
-            break;
+        match lowest {
+            Some(lowest) if !more && full && lowest > oldest => {
+                let next = Range::Before {
+                    before: lowest,
+                    limit: SEARCH_PAGE,
+                };
+                page = history::read(redis, room, next).await?;
+            }
+            _ => break,
         }
-        hits.push(i);
     }
     Ok(Matches {
-        snapshot,
-        hits,
+        snapshot: found,
         more,
     })
 }

@@ -80,6 +80,14 @@ pub fn reactions(room: &RoomId) -> String {
     format!("chat:reactions:{{messages:{room}}}")
 }
 
+/// The emoji in use on message `id` of `room` (a set, at most 20): the
+/// gateway reserves a new emoji here before it acks an add; the worker's
+/// persist script builds the same name (`<reactions>:<id>:emoji`, beside
+/// the reactors set `<reactions>:<id>`), in the slot of [`reactions`].
+pub fn reaction_emoji(room: &RoomId, id: &str) -> String {
+    format!("{}:{id}:emoji", reactions(room))
+}
+
 /// A ban of `user` from `room`: a string with the ban's TTL, in the slot of
 /// [`connections`]. The user comes last, so no user name can collide with
 /// another room's key.

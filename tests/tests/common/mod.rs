@@ -495,6 +495,11 @@ impl Redis {
     }
 
     /// Stops the server (SIGKILL: data is gone, as after a crash).
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the server process.
+    pub fn signal(&self, signal: &str) {
+        self.proc.as_ref().expect("redis is running").signal(signal);
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill9();
