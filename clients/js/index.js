@@ -23,6 +23,11 @@ export { backoffDelay } from "./backoff.js";
  * @property {string} room
  * @property {string} [username] Display name (auth off; with auth on the token's name is used).
  * @property {string} [token] A JWT for auth-on deployments.
+ * @property {string} [session] An anonymous session (auth off) to resume: keeps the
+ *   server-issued `user_id`. Default: the one kept in `sessionStorage` (browsers), if any.
+ * @property {{getItem: Function, setItem: Function}|null} [sessionStore] Where the
+ *   anonymous session is kept between page loads (default: `sessionStorage` when present;
+ *   `null` keeps it in memory only).
  * @property {() => Promise<string>|string} [getToken] Returns a fresh JWT: called before
  *   the token expires (then sent as a `refresh` frame) and after a 4001 close.
  * @property {number} [refreshLeadMs=30000] How long before `exp` to refresh.
@@ -64,6 +69,11 @@ export class ChatClient {
     this.username = opts.username;
     this.token = opts.token;
     this.opts = opts;
+    this.sessionStore = opts.sessionStore !== undefined ? opts.sessionStore : defaultSessionStore();
+    /** The anonymous session (auth off): sent as `session=` on every (re)connect. */
+    this.session = opts.session ?? readSession(this.sessionStore);
+    /** This client's `user_id` once the server said it (auth off: `anon-…`). */
+    this.userId = undefined;
     this.store = new MessageStore();
     /** @type {ConnState} */
     this.state = "idle";
@@ -195,7 +205,10 @@ export class ChatClient {
     const url = new URL(this.urls[this.urlIndex % this.urls.length]);
     url.searchParams.set("room", this.room);
     if (this.token) url.searchParams.set("token", this.token);
-    else if (this.username) url.searchParams.set("username", this.username);
+    else {
+      if (this.username) url.searchParams.set("username", this.username);
+      if (this.session) url.searchParams.set("session", this.session);
+    }
     if (this.store.lastSeq > 0) {
       url.searchParams.set("since", String(this.store.lastSeq));
       if (this.store.epoch !== undefined) url.searchParams.set("epoch", this.store.epoch);
@@ -301,6 +314,13 @@ export class ChatClient {
         if (data?.client_id && this.pending.has(data.client_id)) return this.settle(data, err);
         return this.emit("error", err);
       }
+      case "session":
+        // Auth off: the server-issued identity; kept so a reconnect (or a
+        // reload, via sessionStorage) stays the same user.
+        this.session = data?.session;
+        this.userId = data?.user_id;
+        writeSession(this.sessionStore, this.session);
+        return this.emit("session", data);
       case "presence":
         this.presenceWaiters.shift()?.resolve(data);
         return this.emit("presence", data);
@@ -486,4 +506,21 @@ export function jwtExp(token) {
   } catch {
     return undefined;
   }
+}
+
+/** Key of the anonymous session in `sessionStorage`. */
+const SESSION_KEY = "chat-session";
+
+function defaultSessionStore() {
+  try { return globalThis.sessionStorage || null; } catch { return null; }
+}
+
+/** @param {{getItem: Function}|null} store */
+function readSession(store) {
+  try { return store?.getItem(SESSION_KEY) || undefined; } catch { return undefined; }
+}
+
+/** @param {{setItem: Function}|null} store @param {string|undefined} session */
+function writeSession(store, session) {
+  try { if (store && session) store.setItem(SESSION_KEY, session); } catch { /* private mode */ }
 }

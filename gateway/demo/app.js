@@ -106,7 +106,8 @@ function renderMessage(m) {
   }
   queueMicrotask(followNewest);
   if (li.dataset.editing) return; // refreshed when the edit form closes
-  const mine = m.username === me;
+  // The server's user id when it said one (sessions, tokens); the name otherwise.
+  const mine = client?.userId && m.user_id ? m.user_id === client.userId : m.username === me;
   li.classList.toggle("mine", mine);
   li.classList.toggle("deleted", Boolean(m.deleted));
   li.querySelector(".author").textContent = m.deleted ? "" : m.username || "anonymous";

@@ -319,3 +319,30 @@ test("a handshake that errors without a close, or never opens, is retried", asyn
   assert.equal(c.state, "open");
   assert.equal(FakeSocket.all.length, 3);
 });
+
+test("keeps the anonymous session and sends it on every reconnect", async () => {
+  const kept = new Map();
+  const store = { getItem: (k) => kept.get(k), setItem: (k, v) => kept.set(k, v) };
+  const { c } = await joined({ sessionStore: store });
+  assert.equal(FakeSocket.last.url.searchParams.get("session"), null, "none yet");
+  const seen = [];
+  c.on("session", (s) => seen.push(s));
+  FakeSocket.last.frame("session", { user_id: "anon-1", session: "anon-1.sig" });
+  assert.equal(c.userId, "anon-1");
+  assert.deepEqual(seen, [{ user_id: "anon-1", session: "anon-1.sig" }]);
+  assert.equal(kept.get("chat-session"), "anon-1.sig", "kept for a reload");
+  FakeSocket.last.drop(1006, "gone");
+  timers.fireAll();
+  await tick();
+  assert.equal(FakeSocket.last.url.searchParams.get("session"), "anon-1.sig");
+  // A new client (a reloaded page) starts with the stored session.
+  const again = client({ sessionStore: store });
+  again.connect();
+  await tick();
+  assert.equal(FakeSocket.last.url.searchParams.get("session"), "anon-1.sig");
+  // With a token, no session is sent.
+  const authed = client({ sessionStore: store, token: token(600) });
+  authed.connect();
+  await tick();
+  assert.equal(FakeSocket.last.url.searchParams.get("session"), null);
+});
