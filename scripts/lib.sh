@@ -46,6 +46,30 @@ ensure_python_venv() {
   apt_install "venvs for scripts/check-manifests and scripts/test-image" python3 python3-venv
 }
 
+# ensure_standardwebhooks: the Python `standardwebhooks` package (PyPI, pinned)
+# in the project's venv (.run/venv, shared with scripts/check-manifests), for the
+# webhook test that verifies the worker's requests with it
+# (tests/tests/standard_webhooks.rs calls this). Prints nothing on stdout; the
+# venv's python is .run/venv/bin/python. Needs PyPI once, then works offline.
+STANDARDWEBHOOKS_REQUIREMENT="standardwebhooks==1.1.0"
+ensure_standardwebhooks() {
+  local venv="${CHECK_MANIFESTS_VENV:-.run/venv}"
+  local stamp="$venv/.standardwebhooks"
+  mkdir -p "$(dirname "$venv")"
+  (
+    # One installer at a time (tests may run in parallel).
+    flock 9
+    if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$STANDARDWEBHOOKS_REQUIREMENT" ]; then
+      exit 0
+    fi
+    ensure_python_venv >&2
+    echo "==> Installing $STANDARDWEBHOOKS_REQUIREMENT into $venv (PyPI)" >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "$STANDARDWEBHOOKS_REQUIREMENT" >&2
+    echo "$STANDARDWEBHOOKS_REQUIREMENT" >"$stamp"
+  ) 9>"$(dirname "$venv")/.venv.lock"
+}
+
 # Headless Chromium (Debian's package), node, an emoji font, and playwright-core
 # (npm, pinned by tests/browser/package-lock.json) for the browser tests. Playwright never
 # downloads a browser here: the test points it at /usr/bin/chromium.

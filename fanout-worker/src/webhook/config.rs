@@ -1,10 +1,12 @@
 //! Webhook options (`WEBHOOK_*`), flattened into the worker's configuration,
-//! and the secret that signs each request.
+//! and the secret that signs each request (its keys are `sign`'s).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+
+use super::sign::Keys;
 
 /// Default timeout of one webhook request, in milliseconds.
 pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -22,7 +24,8 @@ pub(crate) const DEFAULT_BATCH_MAX: u64 = 100;
 pub struct Secret(String);
 
 impl Secret {
-    /// The secret's bytes, the HMAC key.
+    /// The secret's bytes as given: the key of `X-Chat-Signature`, and of
+    /// `webhook-signature` unless it is a `whsec_<base64>` secret.
     pub fn expose(&self) -> &[u8] {
         self.0.as_bytes()
     }
@@ -50,7 +53,10 @@ pub struct WebhookArgs {
     #[arg(long, env = "WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
-    /// Key of the `X-Chat-Signature` HMAC-SHA256; required with `WEBHOOK_URL`.
+    /// Signing secret; required with `WEBHOOK_URL`. `X-Chat-Signature` is
+    /// keyed with it as given; `webhook-signature` (Standard Webhooks) with
+    /// the base64-decoded rest of a `whsec_<base64>` secret, else with it as
+    /// given.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<Secret>,
 
@@ -85,7 +91,8 @@ pub struct WebhookArgs {
 
 impl WebhookArgs {
     /// Checks that a URL comes with an HTTP scheme and a usable secret (a
-    /// secret file is read here, so a bad one stops start-up with 64).
+    /// secret file is read and a `whsec_` secret decoded here, so a bad one
+    /// stops start-up with 64).
     ///
     /// # Errors
     /// A message naming the option at fault.
@@ -99,7 +106,7 @@ impl WebhookArgs {
             ));
         }
         match self.secret()? {
-            Some(_) => Ok(()),
+            Some(secret) => Keys::new(&secret).map(drop),
             None => Err("WEBHOOK_URL needs WEBHOOK_SECRET or WEBHOOK_SECRET_FILE".into()),
         }
     }
@@ -132,5 +139,48 @@ impl WebhookArgs {
     /// Longest pause between attempts.
     pub fn backoff_max(&self) -> Duration {
         Duration::from_millis(self.webhook_backoff_max_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        webhook: WebhookArgs,
+    }
+
+    fn validate(secret: &str) -> Result<(), String> {
+        let args = [
+            "w",
+            "--webhook-url",
+            "http://h/",
+            "--webhook-secret",
+            secret,
+        ];
+        Cli::try_parse_from(args).unwrap().webhook.validate()
+    }
+
+    #[test]
+    fn a_whsec_secret_must_be_base64() {
+        assert_eq!(validate("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), Ok(()));
+        assert_eq!(validate("plain secret, any bytes"), Ok(()));
+        let e = validate("whsec_???").unwrap_err();
+        assert!(e.contains("not base64"), "{e}");
+    }
+
+    #[test]
+    fn a_whsec_secret_file_is_checked_too() {
+        let path = std::env::temp_dir().join(format!("whsec-{}", std::process::id()));
+        std::fs::write(&path, "whsec_???\n").unwrap();
+        let args = ["w", "--webhook-url", "http://h/", "--webhook-secret-file"];
+        let cli = Cli::try_parse_from(args.iter().copied().chain([path.to_str().unwrap()]));
+        let e = cli.unwrap().webhook.validate().unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("not base64"), "{e}");
     }
 }

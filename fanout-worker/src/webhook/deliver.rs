@@ -10,6 +10,10 @@
 //! timeouts. Every wait also ends when the sender must stop (shutdown, or
 //! the shard's lease lapses): the batch then stays in the outbox for the
 //! next holder.
+//!
+//! Every attempt carries the batch's `webhook-id` and is signed anew with
+//! its own `webhook-timestamp` (`sign`); `X-Chat-Signature` depends on the
+//! body only and is computed once.
 
 use std::time::Duration;
 
@@ -17,7 +21,8 @@ use chat_shared::envelope::now_us;
 use chat_shared::metrics as m;
 use tokio_util::sync::CancellationToken;
 
-use super::body::{self, Batch, SIGNATURE_HEADER};
+use super::body::Batch;
+use super::sign::{self, CHAT_SIGNATURE_HEADER, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use super::Webhook;
 use crate::lease::LeaseClock;
 
@@ -48,10 +53,10 @@ pub(crate) async fn deliver(
     lease: &LeaseClock,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let signature = body::signature(hook.secret.expose(), &batch.body);
+    let chat_signature = hook.keys.chat_signature(&batch.body);
     let mut failures = 0;
     loop {
-        let attempt = post(hook, batch, &signature);
+        let attempt = post(hook, batch, &chat_signature);
         let result = tokio::select! {
             r = attempt => r,
             _ = cancel.cancelled() => return Outcome::Stopped,
@@ -100,13 +105,21 @@ async fn lapsed(lease: &LeaseClock) {
     }
 }
 
-/// One attempt; `Err` holds the failure's metric label.
-async fn post(hook: &Webhook, batch: &Batch, signature: &str) -> Result<(), &'static str> {
+/// One attempt, stamped and signed now; `Err` holds the failure's metric label.
+async fn post(hook: &Webhook, batch: &Batch, chat_signature: &str) -> Result<(), &'static str> {
+    let timestamp = sign::unix_now();
     let answer = hook
         .client
         .post(&hook.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(SIGNATURE_HEADER, signature)
+        .header(CHAT_SIGNATURE_HEADER, chat_signature)
+        .header(ID_HEADER, &batch.id)
+        .header(TIMESTAMP_HEADER, timestamp.to_string())
+        .header(
+            SIGNATURE_HEADER,
+            hook.keys
+                .standard_signature(&batch.id, timestamp, &batch.body),
+        )
         .body(batch.body.clone())
         .send()
         .await;

@@ -11,7 +11,10 @@
 //!   task and fenced by the same lease: reads the outbox in order, one batch
 //!   in flight at a time, and deletes what was delivered.
 //! - `deliver`: one batch's attempts, backoff and bound.
-//! - `body`: the JSON body and its `X-Chat-Signature`.
+//! - `body`: the JSON body and the batch's `webhook-id`.
+//! - `sign`: the keys of `WEBHOOK_SECRET` and the two signatures every
+//!   request carries: `X-Chat-Signature`, and the Standard Webhooks headers
+//!   (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
 //!
 //! A room maps to one shard and a shard to one lease holder, so per-room
 //! order is per-shard order, kept by sending each shard's outbox in order
@@ -25,16 +28,18 @@ mod body;
 mod deliver;
 pub(crate) mod outbox;
 pub(crate) mod sender;
+mod sign;
 
 use std::sync::Arc;
 
-use config::{Secret, WebhookArgs};
+use config::WebhookArgs;
+use sign::Keys;
 
 /// A configured webhook: where to POST, how to sign, with one shared client.
 #[derive(Debug)]
 pub(crate) struct Webhook {
     pub(crate) url: String,
-    pub(crate) secret: Secret,
+    pub(crate) keys: Keys,
     pub(crate) args: WebhookArgs,
     pub(crate) client: reqwest::Client,
 }
@@ -43,7 +48,8 @@ impl Webhook {
     /// The webhook of `args`, or `None` when `WEBHOOK_URL` is unset.
     ///
     /// # Errors
-    /// When the secret file cannot be read or the HTTP client cannot be built.
+    /// When the secret file cannot be read, a `whsec_` secret is not base64,
+    /// or the HTTP client cannot be built.
     pub(crate) fn from_args(args: &WebhookArgs) -> anyhow::Result<Option<Arc<Self>>> {
         let Some(url) = args.webhook_url.clone() else {
             return Ok(None);
@@ -52,6 +58,7 @@ impl Webhook {
             .secret()
             .map_err(anyhow::Error::msg)?
             .ok_or_else(|| anyhow::anyhow!("WEBHOOK_URL needs WEBHOOK_SECRET"))?;
+        let keys = Keys::new(&secret).map_err(anyhow::Error::msg)?;
         chat_shared::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(args.timeout())
@@ -61,7 +68,7 @@ impl Webhook {
             .build()?;
         Ok(Some(Arc::new(Self {
             url,
-            secret,
+            keys,
             args: args.clone(),
             client,
         })))

@@ -79,7 +79,7 @@ pub(crate) async fn run(
             }
             Ok(Fenced::Held(Read::Entries(entries))) if entries.is_empty() => Ok(()),
             Ok(Fenced::Held(Read::Entries(entries))) => {
-                let batch = body::build(&entries);
+                let batch = body::build(shard, &entries);
                 match deliver::deliver(&hook, &batch, &lease, &cancel).await {
                     Outcome::Sent | Outcome::GaveUp => done(c, &target.stream, &batch.ids).await,
                     // Left pending for the next holder (or our next claim pass).
