@@ -12,8 +12,22 @@ const els = {
 };
 const EMOJI = ["👍", "❤️", "😂", "🎉"];
 const params = new URLSearchParams(location.search);
-const gateways = (params.get("gateways") || "").split(",").map((s) => s.trim()).filter(Boolean);
-if (!gateways.length) gateways.push(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`);
+const ownGateway = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`;
+// `?gateways=` may name only this page's own origin or the ones the operator
+// lists in DEMO_GATEWAYS (served in the chat-gateways meta tag): a link
+// cannot point the page, and the session it holds, at someone else's server.
+// Entries are origins, or `scheme://host:*` for any port of a host (as in CSP).
+const allowedOrigins = [new URL(ownGateway).origin,
+  ...(document.querySelector('meta[name="chat-gateways"]')?.content || "").split(",").map((s) => s.trim()).filter(Boolean)];
+const allowed = (g) => {
+  let u;
+  try { u = new URL(g); } catch { return false; }
+  return allowedOrigins.some((o) => o === u.origin || (o.endsWith(":*") && o.slice(0, -2) === `${u.protocol}//${u.hostname}`));
+};
+const asked = (params.get("gateways") || "").split(",").map((s) => s.trim()).filter(Boolean);
+const gateways = asked.filter(allowed);
+const refusedGateways = asked.filter((g) => !gateways.includes(g));
+if (!gateways.length) gateways.push(ownGateway);
 
 /** @type {ChatClient|null} */
 let client = null;
@@ -262,3 +276,5 @@ function renderPeople() {
     return li;
   }));
 }
+
+if (refusedGateways.length) showError(`Ignored gateways outside this origin and DEMO_GATEWAYS: ${refusedGateways.join(", ")}`);

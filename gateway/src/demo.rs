@@ -35,17 +35,60 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The page may only load its own files; its WebSockets may go to any gateway
-/// (the page takes a list of them for failover).
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-                   img-src 'self' data:; connect-src 'self' ws: wss:; \
-                   base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The page may only load its own files, and open WebSockets only to its own
+/// origin and the gateways listed in `DEMO_GATEWAYS` (`?gateways=` is
+/// filtered the same way by the page itself).
+fn csp(gateways: &[String]) -> String {
+    let mut connect = String::from("'self'");
+    for g in gateways {
+        connect.push(' ');
+        connect.push_str(g);
+    }
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; \
+         img-src 'self' data:; connect-src {connect}; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
 
-/// The demo routes, merged into the gateway's router when `DEMO_PAGE` is on.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+/// The origins of `DEMO_GATEWAYS` (a comma list of `ws(s)://` or
+/// `http(s)://` origins), as CSP sources; malformed entries are dropped.
+fn gateway_origins(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|g| {
+            ["ws://", "wss://", "http://", "https://"]
+                .iter()
+                .any(|scheme| g.starts_with(scheme))
+                && !g.contains([' ', ';', '\'', '"', '<', '>'])
+        })
+        .map(|g| {
+            let scheme_end = g.find("://").map_or(0, |i| i + 3);
+            match g[scheme_end..].find('/') {
+                Some(i) => g[..scheme_end + i].to_owned(),
+                None => g.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// The demo routes, merged into the gateway's router when `DEMO_PAGE` is on;
+/// `demo_gateways` is `DEMO_GATEWAYS`.
+pub fn routes<S: Clone + Send + Sync + 'static>(demo_gateways: &str) -> Router<S> {
+    let gateways = gateway_origins(demo_gateways);
+    let policy: &'static str = Box::leak(csp(&gateways).into_boxed_str());
+    let meta = format!(
+        "<meta name=\"chat-gateways\" content=\"{}\">\n</head>",
+        gateways.join(",")
+    );
     ASSETS
         .iter()
         .fold(Router::new(), |router, &(path, content_type, body)| {
+            let body: &'static str = if path == "/" {
+                Box::leak(body.replacen("</head>", &meta, 1).into_boxed_str())
+            } else {
+                body
+            };
             router.route(
                 path,
                 get(move || async move {
@@ -55,7 +98,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
                             // Revalidate: a new gateway version serves new files.
                             (CACHE_CONTROL, "no-cache"),
                             (X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                            (HeaderName::from_static("content-security-policy"), CSP),
+                            (HeaderName::from_static("content-security-policy"), policy),
                         ],
                         body,
                     )
@@ -67,6 +110,22 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_listed_gateways_are_allowed() {
+        assert_eq!(
+            gateway_origins(
+                "wss://a.example/ws, https://b.example, ftp://x, ws://e;vil, junk, ws://127.0.0.1:*"
+            ),
+            ["wss://a.example", "https://b.example", "ws://127.0.0.1:*"]
+        );
+        let policy = csp(&gateway_origins(""));
+        assert!(policy.contains("connect-src 'self';"), "{policy}");
+        assert!(
+            !policy.contains("ws:;") && !policy.contains(" wss:"),
+            "{policy}"
+        );
+    }
 
     #[test]
     fn every_relative_import_of_a_served_module_is_served() {

@@ -24,6 +24,7 @@ use crate::ws;
 /// All routes of the gateway.
 pub fn router(state: AppState) -> Router {
     let demo = state.config.demo_page;
+    let demo_gateways = state.config.demo_gateways.clone();
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/health", get(health))
@@ -32,7 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .nest("/rooms/{room}", room_routes(state.clone()))
         .merge(if demo {
-            crate::demo::routes::<AppState>()
+            crate::demo::routes::<AppState>(&demo_gateways)
         } else {
             Router::new()
         })

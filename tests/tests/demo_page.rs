@@ -52,8 +52,11 @@ async fn two_demo_pages_chat_recover_and_survive_a_drain() {
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/demo-screenshots");
     let redis = Redis::start().await;
     let _w = start_worker(&redis.url(), "w1", &[]).await;
-    let gw1 = start_gateway(&redis.url(), "gw1", &[]).await;
-    let gw2 = start_gateway(&redis.url(), "gw2", &[]).await;
+    // The pages fail over between the two gateways: each lets its page
+    // connect to the other (any port of this host).
+    let env = [("DEMO_GATEWAYS", "ws://127.0.0.1:*")];
+    let gw1 = start_gateway(&redis.url(), "gw1", &env).await;
+    let gw2 = start_gateway(&redis.url(), "gw2", &env).await;
     let (mut node, mut lines) = node_script(
         &dir.join("demo-chat.mjs"),
         &[
