@@ -349,7 +349,7 @@ async fn presence_events_off_sends_no_join_or_leave() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_auth_the_user_key_is_the_token_subject() {
-    const SECRET: &str = "presence-secret";
+    const SECRET: &str = "presence-secret-presence-secret!";
     let token = |sub: &str, name: &str| {
         let exp = jsonwebtoken::get_current_timestamp() + 600;
         sign_token(SECRET, &json!({"sub": sub, "name": name, "exp": exp}))
