@@ -73,7 +73,7 @@ pub enum FetchError {
     /// A status other than 200.
     #[error("status {0}")]
     Status(reqwest::StatusCode),
-    /// Larger than [`MAX_DOCUMENT_BYTES`].
+    /// Larger than 1 MiB (real documents are a few KiB).
     #[error("document larger than {MAX_DOCUMENT_BYTES} bytes")]
     TooLarge,
     /// Not a JWKS document.

@@ -59,10 +59,13 @@ async fn next_json(ws: &mut Ws) -> Value {
     }
 }
 
+/// Environment variables of a process.
+type Env = &'static [(&'static str, &'static str)];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_secret_or_two_key_settings_exit_64() {
     let redis = Redis::start().await;
-    let cases: [(&str, &[(&str, &str)], &str); 4] = [
+    let cases: [(&str, Env, &str); 4] = [
         (
             "a 31-byte JWT_SECRET",
             &[("JWT_SECRET", "0123456789abcdef0123456789abcde")],
