@@ -50,7 +50,11 @@ pub async fn is_banned(redis: &RedisHandle, room: &RoomId, user: &str) -> Result
 }
 
 /// Who may place or lift bans: checked from `Authorization: Bearer`.
-fn authorize(state: &AppState, headers: &HeaderMap, room: &RoomId) -> Result<String, ApiError> {
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: &RoomId,
+) -> Result<String, ApiError> {
     if !enabled(state) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -59,12 +63,8 @@ fn authorize(state: &AppState, headers: &HeaderMap, room: &RoomId) -> Result<Str
         ));
     }
     let presented = bearer(headers).unwrap_or_default();
-    if state
-        .api_keys
-        .as_ref()
-        .is_some_and(|k| k.find(presented).is_some())
-    {
-        return Ok("api-key".to_owned());
+    if let Some(key) = state.api_keys.as_ref().and_then(|k| k.find(presented)) {
+        return Ok(key.user_id());
     }
     let unauthorized = || {
         ApiError::new(
@@ -74,7 +74,10 @@ fn authorize(state: &AppState, headers: &HeaderMap, room: &RoomId) -> Result<Str
         )
     };
     let auth = state.auth.as_ref().ok_or_else(unauthorized)?;
-    let identity = auth.verify(presented).map_err(|_| unauthorized())?;
+    let identity = auth
+        .verify_async(presented)
+        .await
+        .map_err(|_| unauthorized())?;
     if !identity.moderator || !identity.may_join(room) {
         tracing::info!(user = identity.user_id, room = %room, "Ban refused: not a moderator of the room");
         return Err(ApiError::new(
@@ -121,7 +124,7 @@ pub(crate) async fn place(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
-    let by = authorize(&state, &headers, &room)?;
+    let by = authorize(&state, &headers, &room).await?;
     let body: BanBody = serde_json::from_slice(&body).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -166,7 +169,7 @@ pub(crate) async fn lift(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
-    let by = authorize(&state, &headers, &room)?;
+    let by = authorize(&state, &headers, &room).await?;
     check_user(&user)?;
     let removed: u64 = state
         .redis

@@ -8,6 +8,9 @@ use clap::Parser;
 /// The spec's default port.
 pub const DEFAULT_PORT: u16 = 8084;
 
+/// Default seconds between two fetches of `JWT_JWKS_URL`.
+pub const DEFAULT_JWKS_REFRESH_S: u64 = 300;
+
 /// `chat-gateway`: terminates chat WebSockets, validates and stamps messages,
 /// appends them to Redis streams, and delivers what workers publish back.
 #[derive(Debug, Clone, Parser)]
@@ -226,6 +229,8 @@ impl AccessArgs {
         Self {
             jwt_secret: None,
             jwt_public_key_file: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_s: DEFAULT_JWKS_REFRESH_S,
             jwt_issuer: None,
             jwt_audience: None,
             allowed_origins: "*".into(),
@@ -248,14 +253,25 @@ impl AccessArgs {
 /// default, so spec clients keep working.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AccessArgs {
-    /// HS256 secret for client tokens; setting it (or JWT_PUBLIC_KEY_FILE)
-    /// turns authentication on.
+    /// HS256 secret for client tokens, at least 32 bytes; setting it (or
+    /// JWT_PUBLIC_KEY_FILE, or JWT_JWKS_URL: exactly one of the three) turns
+    /// authentication on.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
     /// PEM public key (RSA for RS256, EC P-256 for ES256) for client tokens.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// URL (http:// or https://) of a JWKS document whose RS256 / ES256 keys
+    /// verify client tokens, chosen by the token's `kid`.
+    #[arg(long, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// Seconds between two fetches of JWT_JWKS_URL (a token with an unknown
+    /// `kid` also triggers one, at most once per 30 s).
+    #[arg(long, env = "JWT_JWKS_REFRESH_S", default_value_t = DEFAULT_JWKS_REFRESH_S, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub jwt_jwks_refresh_s: u64,
 
     /// Required `iss` of client tokens (checked when set).
     #[arg(long, env = "JWT_ISSUER")]
@@ -297,12 +313,15 @@ pub struct AccessArgs {
     #[arg(long, env = "ROOM_CREATION_BURST", default_value_t = 60.0)]
     pub room_creation_burst: f64,
 
-    /// Keys of the HTTP publish API (comma list); without any key configured
-    /// the API does not exist (404).
+    /// Keys of the HTTP publish API: a comma list of `name:key` or bare `key`
+    /// entries (a bare one is named `key<N>`, N its 1-based position); its
+    /// messages carry `user_id` `api:<name>`. Without any key configured the
+    /// API does not exist (404).
     #[arg(long, env = "API_KEYS", hide_env_values = true, default_value = "")]
     pub api_keys: String,
 
-    /// File with more API keys, one per line (`#` starts a comment).
+    /// File with more API keys, one `name:key` or bare `key` per line (`#`
+    /// starts a comment); its lines are numbered after the API_KEYS entries.
     #[arg(long, env = "API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
 

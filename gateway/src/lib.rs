@@ -19,6 +19,10 @@
 //!   limit. Their frames travel as ephemeral events through the same
 //!   gateway channels, outside the rooms' `seq` sequence.
 //! - [`history`]: consistent history snapshots for join, recovery and pages.
+//! - [`auth`]: client tokens (JWT) to identities, with keys from
+//!   `JWT_SECRET`, `JWT_PUBLIC_KEY_FILE` or a JWKS document ([`jwks`],
+//!   fetched at start and refreshed in the background);
+//!   [`publish_api`]: named API keys and the HTTP publish route.
 //! - [`rate_limit`]: the per-connection token bucket.
 //! - [`server`]: the accept loop and each connection's HTTP phase, bounded
 //!   in time (`HANDSHAKE_TIMEOUT_MS`) and number (`MAX_PENDING_HANDSHAKES`),
@@ -35,6 +39,7 @@ pub mod config;
 pub mod demo;
 pub mod history;
 pub mod http;
+pub mod jwks;
 pub mod listener;
 pub mod presence;
 pub mod presence_events;
@@ -108,6 +113,12 @@ pub async fn run(
         },
         background.clone(),
     ));
+    // JWKS keys: the first fetch is awaited (a failure only warns: tokens
+    // are refused until keys arrive), then refreshed in the background.
+    let jwks_refresh = match &state.auth {
+        Some(auth) => auth.start_refresh(background.clone()).await,
+        None => None,
+    };
     // A fixed GATEWAY_ID (e.g. a StatefulSet pod) may belong to a process
     // that is still alive, or to a killed one whose entries are left behind:
     // wait out the first, clear the second, before heartbeating or serving.
@@ -213,6 +224,9 @@ pub async fn run(
     let _ = subscriber.await;
     let _ = heartbeat.await;
     let _ = keepalive.await;
+    if let Some(refresh) = jwks_refresh {
+        let _ = refresh.await;
+    }
     if let Some(upkeep) = upkeep {
         let _ = upkeep.await;
     }

@@ -138,9 +138,9 @@ async fn admit(
         }
     }
     let token = query.get("token").map(String::as_str).or(presented);
-    let identity = match token.map(|t| auth.verify(t)) {
+    let identity = match token {
         None => Err(AuthError::Missing),
-        Some(r) => r,
+        Some(t) => auth.verify_async(t).await,
     }
     .map_err(|e| {
         ApiError::new(

@@ -9,7 +9,8 @@ use chat_gateway::GatewayConfig;
 use clap::Parser;
 use proptest::prelude::*;
 
-const SECRET: &str = "fuzz-secret";
+/// At least 32 bytes, the shortest `JWT_SECRET` the gateway accepts.
+const SECRET: &str = "fuzz-secret-fuzz-secret-fuzz-secret";
 
 fn authenticator() -> Authenticator {
     let config = GatewayConfig::try_parse_from([
@@ -113,6 +114,7 @@ fn check(result: Result<chat_gateway::auth::Identity, AuthError>) -> Result<(), 
             let chars = id.user_id.chars().count();
             prop_assert!((1..=128).contains(&chars));
             prop_assert!(!id.user_id.chars().any(char::is_control));
+            prop_assert!(!id.user_id.starts_with("anon-") && !id.user_id.starts_with("api:"));
         }
         Err(AuthError::Expired | AuthError::Invalid(_)) => {}
         Err(AuthError::Missing) => prop_assert!(false, "a given token is never `Missing`"),

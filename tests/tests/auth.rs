@@ -15,7 +15,8 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "test-secret";
+/// 32 bytes or more: the shortest `JWT_SECRET` the gateway accepts.
+const SECRET: &str = "test-secret-of-at-least-32-bytes!";
 
 fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
@@ -397,7 +398,8 @@ async fn http_publish_shares_one_order_with_websocket_senders() {
     let redis = Redis::start().await;
     let _w = start_worker(&redis.url(), "w1", &[]).await;
     let env = [
-        ("API_KEYS", "k-one, k-two"),
+        // A named key and a bare one (named after its position: key2).
+        ("API_KEYS", "bot:k-one, k-two"),
         ("RATE_LIMIT_PER_SEC", "10000"),
         ("RATE_LIMIT_BURST", "10000"),
     ];
@@ -444,6 +446,30 @@ async fn http_publish_shares_one_order_with_websocket_senders() {
     let got_ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(got_ids, ids, "one order: the order of acks and 201s");
     assert_eq!(got[1]["username"], "bot");
+    // Each key's messages (every second one) carry its user id, delivered
+    // and stored; the WebSocket sender's never claim an API key's.
+    let user_ids = |msgs: &[Value]| -> Vec<String> {
+        msgs.iter()
+            .map(|m| m["user_id"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let want: Vec<&str> = (0..10)
+        .map(|i| if i % 2 == 0 { "api:bot" } else { "api:key2" })
+        .collect();
+    let stored = eventually("the 20 messages are stored", DEADLINE, || async {
+        let records = stored_records(&redis, "mixed").await;
+        (records.len() == 20).then_some(records)
+    })
+    .await;
+    for (what, msgs) in [("delivered", &got), ("stored", &stored)] {
+        let ids = user_ids(msgs);
+        let api: Vec<&str> = ids.iter().skip(1).step_by(2).map(String::as_str).collect();
+        assert_eq!(api, want, "{what} user ids of API messages");
+        assert!(
+            ids.iter().step_by(2).all(|id| !id.starts_with("api:")),
+            "{what}: {ids:?}"
+        );
+    }
 
     // A resend with the same client_id is the same message.
     let (status, body) = post(

@@ -11,7 +11,7 @@ use chat_tests::http_request;
 use common::*;
 use serde_json::{json, Value};
 
-const SECRET: &str = "moderation-secret";
+const SECRET: &str = "moderation-secret-moderation-secret";
 const API_KEY: &str = "mod-key";
 
 fn env() -> Vec<(&'static str, &'static str)> {

@@ -294,7 +294,7 @@ async fn replies_and_attachments_are_validated_stored_and_delivered() {
     assert_eq!(stored[2]["message"], "still here");
 }
 
-const SECRET: &str = "room-events-secret";
+const SECRET: &str = "room-events-secret-room-events-secret";
 
 fn token(sub: &str, role: Option<&str>) -> String {
     user_token(SECRET, sub, role)

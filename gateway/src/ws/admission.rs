@@ -37,7 +37,7 @@ pub(crate) struct Admitted {
 /// Runs the checks in order: Origin (403 `forbidden_origin`), per-IP cap
 /// (429 `too_many_connections`), token (401 `unauthorized`), room and name
 /// against the token (403 `forbidden`).
-pub(crate) fn admit(
+pub(crate) async fn admit(
     state: &AppState,
     peer: &Peer,
     params: &HashMap<String, String>,
@@ -75,9 +75,9 @@ pub(crate) fn admit(
         .get("token")
         .map(String::as_str)
         .or_else(|| bearer(headers));
-    let identity = match token.map(|t| auth.verify(t)) {
+    let identity = match token {
         None => Err(AuthError::Missing),
-        Some(r) => r,
+        Some(t) => auth.verify_async(t).await,
     };
     let identity = match identity {
         Ok(id) => id,

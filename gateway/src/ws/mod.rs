@@ -102,7 +102,9 @@ pub(crate) async fn upgrade(
         &room,
         username,
         params.contains_key("username"),
-    ) {
+    )
+    .await
+    {
         Ok(a) => a,
         Err(admission::Refused(status, code, message)) => return reject(status, code, &message),
     };

@@ -431,7 +431,7 @@ impl Reader {
             let err = ProtocolError::new(ErrorCode::Forbidden, "authentication is not enabled");
             return self.reply_error(&err, None).await;
         };
-        match auth.verify(token) {
+        match auth.verify_async(token).await {
             Err(e) => {
                 let err = ProtocolError::new(ErrorCode::Unauthorized, e.to_string());
                 self.reply_error(&err, None).await
