@@ -99,16 +99,24 @@ local function replace(pos, old, new)
   redis.call('LSET', KEYS[1], pos, new)
   redis.call('HINCRBY', KEYS[2], 'bytes', #new - #old)
 end
+-- cjson keeps 14 significant digits: an attachment `size` up to 2^53 - 1
+-- would come back as 1.1258999068426e+15 after a decode and re-encode. Sizes
+-- travel through cjson as strings and are put back as they were. (`"size":`
+-- cannot occur unescaped inside a JSON string, so only the field matches.)
+local function decode(rec)
+  return cjson.decode((string.gsub(rec, '"size":(%d+)', '"size":"~n~%1"')))
+end
 local function encode(t, tseq)
   t.seq = nil
-  return string.sub(cjson.encode(t), 1, -2) .. ',"seq":' .. tseq .. '}'
+  local json = string.gsub(cjson.encode(t), '"size":"~n~(%d+)"', '"size":%1')
+  return string.sub(json, 1, -2) .. ',"seq":' .. tseq .. '}'
 end
 local function apply(target)
   local pos, old, tseq = locate(target)
   if mode == 'react' then
     local count = 0
     if pos then
-      local t = cjson.decode(old)
+      local t = decode(old)
       if t.deleted then return ',"count":0' end
       local emoji, user = ARGV[11], ARGV[10]
       local counts = t.reactions or {}
@@ -149,7 +157,7 @@ local function apply(target)
     return ',"count":' .. count
   end
   if not pos then return '' end
-  local t = cjson.decode(old)
+  local t = decode(old)
   if t.deleted then return '' end
   if mode == 'edit' then
     t.message = ARGV[11]

@@ -423,3 +423,66 @@ async fn a_worker_killed_during_a_burst_of_reactions_leaves_exact_counts() {
     assert!(by_w2 > 0.0, "the second worker persisted none of the burst");
     drop(clients);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachment_sizes_up_to_2_pow_53_survive_edits_and_reactions() {
+    let redis = Redis::start().await;
+    let _w = start_worker(&redis.url(), "w1", WORKER).await;
+    let gw = start_gateway(&redis.url(), "g1", GW).await;
+    let room = "sizes";
+    let (mut ana, _) = Member::join(&gw.ws_url(&format!("room={room}&username=ana"))).await;
+    let sizes: [u64; 3] = [(1 << 53) - 1, 1 << 50, 1_125_899_906_842_623];
+    let attachments: Vec<Value> = sizes
+        .iter()
+        .map(|s| json!({"url":"https://files.example/a","name":"a","mime":"image/png","size":s}))
+        .collect();
+    let sent = acked(
+        &mut ana,
+        json!({"type":"message","data":{"room":room,"message":"big files","client_id":"m1","attachments":attachments}}),
+    )
+    .await;
+    let id = sent["id"].as_str().unwrap().to_owned();
+    acked(
+        &mut ana,
+        json!({"type":"edit","data":{"room":room,"id":id,"message":"still big","client_id":"e1"}}),
+    )
+    .await;
+    acked(
+        &mut ana,
+        json!({"type":"react","data":{"room":room,"id":id,"emoji":"👍","op":"add","client_id":"r1"}}),
+    )
+    .await;
+    // Once both events are applied, the stored record keeps every size
+    // exactly, as an integer (not 1.1258999068426e+15).
+    let conn = redis.conn().await;
+    let raw = eventually("edit and reaction applied", DEADLINE, || {
+        let mut conn = conn.clone();
+        async move {
+            let raw: Vec<String> = redis::cmd("LRANGE")
+                .arg(format!("messages:{room}"))
+                .arg(0)
+                .arg(0)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let rec: Value = serde_json::from_str(raw.first()?).ok()?;
+            (rec["message"] == "still big" && rec["reactions"]["👍"] == 1).then(|| raw[0].clone())
+        }
+    })
+    .await;
+    for s in sizes {
+        assert!(raw.contains(&format!("\"size\":{s}")), "{s} lost in {raw}");
+    }
+    let rec: Value = serde_json::from_str(&raw).unwrap();
+    let stored: Vec<u64> = rec["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(stored, sizes);
+    // A new member's history shows them the same way.
+    let (_, history) = Member::join(&gw.ws_url(&format!("room={room}"))).await;
+    let first = &history["data"]["messages"][0];
+    assert_eq!(first["attachments"][0]["size"].as_u64(), Some(sizes[0]));
+}

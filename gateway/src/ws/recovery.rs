@@ -159,13 +159,31 @@ pub(super) fn join_frame(
         ));
     }
     let wanted = snap.records.iter().filter(|(s, _)| *s > resume.since);
-    meta.truncated = snap.oldest_seq().is_some_and(|o| o > resume.since + 1)
-        || (snap.held == 0 && snap.latest_seq > resume.since);
+    meta.truncated = gap_trimmed(snap, resume.since);
     Some(history_frames(
         &meta,
         wanted.map(|(_, r)| r.as_str()),
         HISTORY_FRAME_BYTES,
     ))
+}
+
+/// Whether the messages after `from` reach below what `snap`'s history
+/// still holds (some were trimmed), the same rule `since` recovery uses for
+/// `truncated`.
+pub(super) fn gap_trimmed(snap: &Snapshot, from: u64) -> bool {
+    snap.oldest_seq().is_some_and(|o| o > from + 1) || (snap.held == 0 && snap.latest_seq > from)
+}
+
+/// The `history` frames (`truncated: true`) that give a live connection what
+/// is left after a trimmed gap.
+pub(super) fn truncated_frames<'a>(
+    snap: &Snapshot,
+    room: &RoomId,
+    records: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut meta = snap.meta(room);
+    meta.truncated = true;
+    history_frames(&meta, records, HISTORY_FRAME_BYTES)
 }
 
 /// The `history` frames of a reset (`reset: "epoch_changed"`): the new

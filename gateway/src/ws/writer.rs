@@ -196,6 +196,29 @@ impl<H: HistorySource> Writer<H> {
         if !self.cursor.same_epoch(snap.epoch.as_deref()) {
             return Box::pin(self.reset(sink)).await;
         }
+        if recovery::gap_trimmed(&snap, from) {
+            // The gap reaches below what history still holds: the client
+            // gets what is left after it in a `history` frame marked
+            // `truncated`, as `since` recovery would say, never a silent
+            // jump in `seq`.
+            tracing::warn!(from, upto, "Missed messages were trimmed from history; sending what is left as a truncated history");
+            metrics::counter!(m::GW_GAPS_TRIMMED).increment(1);
+            let left: Vec<&(u64, String)> = snap
+                .records
+                .iter()
+                .filter(|(seq, _)| *seq > from && *seq < upto)
+                .collect();
+            let newest = left.last().map_or(0, |(seq, _)| *seq);
+            let frames =
+                recovery::truncated_frames(&snap, &self.room, left.iter().map(|(_, r)| r.as_str()));
+            // Everything below `upto` is now either sent or gone.
+            self.cursor
+                .skip_to(newest.max(upto.saturating_sub(1).min(snap.latest_seq)));
+            for f in frames {
+                self.feed(sink, Message::Text(f.into())).await?;
+            }
+            return Ok(());
+        }
         tracing::debug!(from, upto, "Filling delivery gap from history");
         for (seq, record) in &snap.records {
             if !self.cursor.fill(*seq, upto) {

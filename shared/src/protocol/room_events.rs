@@ -21,8 +21,9 @@ pub const MAX_ATTACHMENT_URL_BYTES: usize = 2048;
 pub const MAX_ATTACHMENT_NAME_CHARS: usize = 256;
 /// Longest attachment MIME type, in bytes.
 pub const MAX_ATTACHMENT_MIME_BYTES: usize = 128;
-/// Largest attachment `size` accepted (exactly representable everywhere).
-pub const MAX_ATTACHMENT_SIZE: u64 = 1 << 50;
+/// Largest attachment `size` accepted: 2^53 − 1, the largest integer a
+/// JavaScript number (and any IEEE double) holds exactly.
+pub const MAX_ATTACHMENT_SIZE: u64 = (1 << 53) - 1;
 /// Longest reaction emoji, in characters.
 pub const MAX_EMOJI_CHARS: usize = 32;
 /// Longest message id accepted as a target (ids are UUIDs: 36).
@@ -390,7 +391,7 @@ mod tests {
             r#"[{"url":"https://"}]"#,
             r#"[{"url":"https://x.io/a","mime":"png"}]"#,
             r#"[{"url":"https://x.io/a","name":""}]"#,
-            r#"[{"url":"https://x.io/a","size":1125899906842625}]"#,
+            r#"[{"url":"https://x.io/a","size":9007199254740992}]"#,
             // Byte 8 inside a two-byte character: refused, not a panic.
             r#"[{"url":"https:/éx.io/a"}]"#,
         ] {

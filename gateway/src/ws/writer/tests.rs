@@ -165,13 +165,35 @@ async fn a_resync_that_cannot_read_history_closes() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn trimmed_messages_are_skipped_once_history_is_read() {
+async fn a_trimmed_gap_is_a_truncated_history_never_a_silent_jump() {
     let history = Scripted::default();
     // Seqs 2..=3 were trimmed: history holds only 4.
     history.answer(Ok(snap(4..=4, "e")));
     let (ended, out) = run(history, vec![live(5, "e")]).await;
     assert_eq!(ended, None);
-    assert_eq!(seqs(&out), [4, 5]);
+    assert_eq!(out[0]["type"], "history");
+    assert_eq!(out[0]["data"]["truncated"], true);
+    assert_eq!(seqs_of_history(&out[0]), [4]);
+    assert_eq!(seqs(&out[1..]), [5]);
+
+    // Everything in the gap trimmed (history holds 5 and later only): an
+    // empty truncated history, then the live message.
+    let history = Scripted::default();
+    history.answer(Ok(snap(5..=6, "e")));
+    let (ended, out) = run(history, vec![live(5, "e"), live(6, "e")]).await;
+    assert_eq!(ended, None);
+    assert_eq!(out[0]["data"]["truncated"], true);
+    assert_eq!(seqs_of_history(&out[0]), Vec::<u64>::new());
+    assert_eq!(seqs(&out[1..]), [5, 6]);
+}
+
+fn seqs_of_history(frame: &serde_json::Value) -> Vec<u64> {
+    frame["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
