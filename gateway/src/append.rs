@@ -20,7 +20,12 @@
 //!
 //! The batch is one script call, so it is stored entirely (up to a refusal)
 //! or not at all: after a Redis error or timeout, resending its messages with
-//! the same `client_id`s stores each exactly once.
+//! the same `client_id`s stores each exactly once. The script is sent once:
+//! neither we nor the Redis client library re-send it after a lost reply
+//! ([`RedisHandle::pipe_once`]). On a cluster the pipeline is cut into slot
+//! runs (the index, then the script with its `WAIT`); an error in any run,
+//! or replies of an unexpected shape, fail the whole batch as
+//! [`AppendError::Redis`]: maybe stored, never acked.
 //!
 //! The ids of a batch's messages are also written to their room's message
 //! index, in the same pipeline just before the script (one round trip on a
@@ -227,21 +232,32 @@ impl Stamped {
     }
 }
 
-/// The script's answers and, with `ACK_AFTER_REPLICAS`, `WAIT`'s count of
-/// confirming replicas (`u32::MAX` without: nothing to wait for).
+/// The script's answers (exactly one per message) and, with
+/// `ACK_AFTER_REPLICAS`, `WAIT`'s count of confirming replicas (`u32::MAX`
+/// without: nothing to wait for). Replies of any other shape are an error:
+/// nothing is acked on a guess (on a cluster the pipeline is cut into slot
+/// runs, and a reply missing from one of them must not pass for a success).
 fn parse_replies(
     replies: Vec<redis::Value>,
+    messages: usize,
     replica_ack: Option<ReplicaAck>,
 ) -> Result<(Vec<redis::Value>, u32), RedisError> {
     let bad = |e: redis::ParsingError| RedisError::Command(e.into());
+    let wanted = if replica_ack.is_some() { 2 } else { 1 };
+    if replies.len() != wanted {
+        return Err(bad(
+            "the append pipeline returned an unexpected number of replies".into(),
+        ));
+    }
     let mut replies = replies.into_iter();
-    let script = replies
-        .next()
-        .ok_or_else(|| bad("the append pipeline returned nothing".into()))?;
-    let answers = redis::FromRedisValue::from_redis_value(script).map_err(bad)?;
-    let confirmed = match (replica_ack, replies.next()) {
-        (Some(_), Some(count)) => redis::FromRedisValue::from_redis_value(count).map_err(bad)?,
-        _ => u32::MAX,
+    let script = replies.next().unwrap_or(redis::Value::Nil);
+    let answers: Vec<redis::Value> = match script {
+        redis::Value::Array(answers) if answers.len() == messages => answers,
+        _ => return Err(bad("the append script returned an unexpected reply".into())),
+    };
+    let confirmed = match replies.next() {
+        Some(count) => redis::FromRedisValue::from_redis_value(count).map_err(bad)?,
+        None => u32::MAX,
     };
     Ok((answers, confirmed))
 }
@@ -341,9 +357,10 @@ pub async fn append_batch(
         ack.add_wait(&mut pipe);
     }
     let started = Instant::now();
-    // Not retried: without a client_id, an append repeated after a lost
-    // reply would be stored twice. A NOSCRIPT answer means the script did
-    // not run: load it and send again.
+    // Not retried, by us or by the client library (`pipe_once`): without a
+    // client_id, an append repeated after a lost reply would be stored
+    // twice, and with one its repeat would be taken for a resend. A NOSCRIPT
+    // answer means the script did not run: load it and send again.
     let result = match redis.pipe_once::<Vec<redis::Value>>(&pipe).await {
         Err(e) if e.is_no_script() => {
             let loaded = redis
@@ -359,7 +376,7 @@ pub async fn append_batch(
     metrics::histogram!(m::GW_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::histogram!(m::GW_APPEND_BATCH).record(batch.len() as f64);
     let results: Vec<Result<Appended, AppendError>> =
-        match result.and_then(|replies| parse_replies(replies, limits.replica_ack)) {
+        match result.and_then(|replies| parse_replies(replies, batch.len(), limits.replica_ack)) {
             Ok((answers, confirmed)) => {
                 let wanted = limits.replica_ack.map_or(0, |a| a.replicas);
                 let results = batch
@@ -386,12 +403,14 @@ pub async fn append_batch(
     // Ids surely not stored (refused, not tried, or a repeat's fresh id) come
     // out of the index again, off the answer's path: the sender never
     // learns those ids. After a Redis error the batch may have been stored
-    // and persisted already, so its ids stay.
+    // and persisted already, so its ids stay. A repeat that names this very
+    // id is this message stored by an earlier run of the same script: its
+    // entry stays (it is the stored message's).
     let unstored: Vec<String> = batch
         .iter()
         .zip(&results)
         .filter(|(s, r)| match r {
-            Ok(a) => s.indexed() && a.repeat,
+            Ok(a) => s.indexed() && a.repeat && a.id != s.entry.id,
             Err(AppendError::BacklogFull | AppendError::AfterFailure) => s.indexed(),
             Err(AppendError::Redis | AppendError::NotReplicated) => false,
         })

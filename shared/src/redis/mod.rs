@@ -18,6 +18,18 @@
 //! follows `MOVED`/`ASK` redirections), dedicated connections are cluster
 //! connections of their own, delivery channels use sharded pub/sub
 //! (`SPUBLISH`/`SSUBSCRIBE`), and pipelines are cut per slot ([`conn`]).
+//!
+//! **No library re-sends what must not run twice.** redis-rs's cluster
+//! client re-sends a request after a dropped connection, and a whole slot
+//! run after a redirect in any of its replies; an append that already ran
+//! would run again (stored twice, or its dedupe marker found and its own
+//! index entry removed). So the `*_once` requests go over a second cluster
+//! connection built with `retries(0)`, and [`conn`] re-sends only a single
+//! command a node refused to run. On a single Redis, redis-rs's
+//! `ConnectionManager` never re-sends a command: after a dropped connection
+//! it reconnects and returns the error (its `number_of_retries` counts
+//! reconnection attempts), and [`RedisHandle::with_retry`] repeats only
+//! idempotent requests.
 
 pub mod conn;
 
@@ -40,6 +52,9 @@ pub struct RedisHandle {
     /// Swappable so that a connection stuck on a refused handshake can be
     /// replaced (see [`RedisHandle::replace_if_stuck`]).
     shared: Arc<[ArcSwap<Conn>]>,
+    /// On a cluster, the connection of the `*_once` requests: redis-rs
+    /// retries off (see the module docs). `None` on a single Redis.
+    once: Option<Arc<Conn>>,
     next: Arc<AtomicUsize>,
     backend: Arc<Backend>,
     timeout: Duration,
@@ -193,6 +208,7 @@ impl RedisHandle {
             .map_err(RedisError::Url)?;
         Ok(Self {
             shared: shared.into(),
+            once: None,
             next: Arc::new(AtomicUsize::new(0)),
             backend: Arc::new(Backend::Single {
                 client,
@@ -213,13 +229,16 @@ impl RedisHandle {
         crate::tls::install_crypto_provider();
         let certs = crate::tls::certificates(args).map_err(|e| RedisError::Tls(e.to_string()))?;
         let backend = Backend::Cluster { nodes, certs };
-        let client = backend.cluster_client(redis::ProtocolVersion::RESP2, timeout)?;
+        let client = backend.cluster_client(redis::ProtocolVersion::RESP2, timeout, true)?;
         let config = redis::cluster::ClusterConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout);
-        let conn = client.get_pending_async_connection_with_config(config);
+        let conn = client.get_pending_async_connection_with_config(config.clone());
+        let once_client = backend.cluster_client(redis::ProtocolVersion::RESP2, timeout, false)?;
+        let once = once_client.get_pending_async_connection_with_config(config);
         Ok(Self {
             shared: vec![ArcSwap::from_pointee(Conn::Cluster(conn))].into(),
+            once: Some(Arc::new(Conn::Cluster(once))),
             next: Arc::new(AtomicUsize::new(0)),
             backend: Arc::new(backend),
             timeout,
@@ -255,7 +274,7 @@ impl RedisHandle {
     /// reconnects after I/O errors only, so it would otherwise return that
     /// error forever, even once Redis accepts the credentials again.
     fn replace_if_stuck(&self, i: usize, used: &Arc<Conn>, e: &redis::RedisError) {
-        if e.kind() != redis::ErrorKind::AuthenticationFailed {
+        if e.kind() != redis::ErrorKind::AuthenticationFailed || i >= self.shared.len() {
             return;
         }
         let Backend::Single {
@@ -357,7 +376,10 @@ impl RedisHandle {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let (i, used) = self.next_shared();
+        let (i, used) = match &self.once {
+            Some(once) => (usize::MAX, once.clone()),
+            None => self.next_shared(),
+        };
         let result = tokio::time::timeout(self.timeout, op(Conn::clone(&used)))
             .await
             .map_err(|_| RedisError::Timeout)?;
@@ -526,8 +548,11 @@ impl RedisHandle {
                 ))
             }
             backend @ Backend::Cluster { .. } => {
-                let client =
-                    backend.cluster_client(redis::ProtocolVersion::RESP2, block + self.timeout)?;
+                let client = backend.cluster_client(
+                    redis::ProtocolVersion::RESP2,
+                    block + self.timeout,
+                    true,
+                )?;
                 let config = redis::cluster::ClusterConfig::new()
                     .set_connection_timeout(self.timeout)
                     .set_response_timeout(block + self.timeout);
@@ -567,8 +592,11 @@ impl RedisHandle {
                         .map_err(RedisError::from)
                 }
                 backend @ Backend::Cluster { .. } => {
-                    let client =
-                        backend.cluster_client(redis::ProtocolVersion::RESP3, self.timeout)?;
+                    let client = backend.cluster_client(
+                        redis::ProtocolVersion::RESP3,
+                        self.timeout,
+                        true,
+                    )?;
                     let config = redis::cluster::ClusterConfig::new()
                         .set_connection_timeout(self.timeout)
                         .set_response_timeout(self.timeout)
@@ -622,11 +650,14 @@ impl PushConn {
 }
 
 impl Backend {
-    /// A cluster client speaking `protocol` with `response_timeout`.
+    /// A cluster client speaking `protocol` with `response_timeout`;
+    /// without `library_retries` redis-rs never re-sends a request (see the
+    /// module docs).
     fn cluster_client(
         &self,
         protocol: redis::ProtocolVersion,
         response_timeout: Duration,
+        library_retries: bool,
     ) -> Result<ClusterClient, RedisError> {
         let Self::Cluster { nodes, certs } = self else {
             return Err(RedisError::Connection("not a cluster".into()));
@@ -635,6 +666,9 @@ impl Backend {
             .use_protocol(protocol)
             .connection_timeout(response_timeout.min(Duration::from_secs(5)))
             .response_timeout(response_timeout);
+        if !library_retries {
+            builder = builder.retries(0);
+        }
         if let Some(certs) = certs {
             builder = builder.certs(certs.clone());
         }
