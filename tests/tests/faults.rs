@@ -101,8 +101,9 @@ async fn chatter(
                     "history" => seen.received.extend(v["data"]["messages"].as_array().unwrap().iter().map(|m| {
                         (m["seq"].as_u64().unwrap(), m["id"].as_str().unwrap().to_owned())
                     })),
-                    // Presence announcements of the chatting clients.
-                    "join" | "leave" => {}
+                    // Presence announcements of the chatting clients, and
+                    // each connection's anonymous session.
+                    "join" | "leave" | "session" => {}
                     other => panic!("unexpected frame {other}: {v}"),
                 }
             }

@@ -119,7 +119,15 @@ async fn members_on_two_gateways_see_one_order_and_other_rooms_see_nothing() {
         keys.sort_unstable();
         assert_eq!(
             keys,
-            ["id", "message", "room", "seq", "timestamp", "username"]
+            [
+                "id",
+                "message",
+                "room",
+                "seq",
+                "timestamp",
+                "user_id",
+                "username"
+            ]
         );
     }
 

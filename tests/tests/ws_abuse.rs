@@ -61,6 +61,10 @@ impl RawWs {
         let mut ws = Self::connect(addr, &format!("room={room}")).await;
         let first = ws.read_frame().await.expect("history frame");
         assert_eq!(first.opcode, TEXT);
+        // Auth is off: the anonymous session frame follows the history.
+        let session = ws.read_frame().await.expect("session frame");
+        let session: Value = serde_json::from_slice(&session.payload).unwrap();
+        assert_eq!(session["type"], "session");
         ws
     }
 
