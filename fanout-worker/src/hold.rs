@@ -8,10 +8,9 @@
 //! claims every pending entry in id order before it reads anything new.
 //!
 //! Order decides the rest. A room's later entries must not be processed
-//! before its held entry: they would take the lower `seq`s, and the
-//! persistence script, which takes an entry at or below the room's
-//! `last_entry` for one applied before, would then drop the held entry when
-//! the newer worker gets to it. So a held entry holds its **room** for the
+//! before its held entry: they would take the lower `seq`s, and the held
+//! entry, when the newer worker gets to it, would be persisted after them,
+//! out of send order. So a held entry holds its **room** for the
 //! rest of the shard task: that room's later entries stay pending behind it
 //! (plain entries of this version included), while other rooms of the shard
 //! keep flowing. An entry whose room cannot be read holds the whole shard.
