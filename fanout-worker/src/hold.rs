@@ -17,6 +17,14 @@
 //! Claim passes meet held entries again in id order, so a task that starts
 //! later (after a takeover) holds the same rooms before it reads new entries.
 //!
+//! Held entries are claimed when a task (re)connects, not by the periodic
+//! claim passes (those take only other consumers' entries, idle for a lease
+//! TTL), so a shard that holds many does not read them all again every
+//! lease period. `chat_worker_held_entries{shard}` counts them; when no newer
+//! worker is coming (a rolled-back upgrade), `chat-fanout-worker release-held
+//! --shard <n>` (`release`) drops the newer entries and makes the holder
+//! reconnect, which lets its rooms flow again.
+//!
 //! Held entries stop the stream from being trimmed below them (see
 //! `stream`), so a shard with held entries grows until the workers are
 //! upgraded, up to the gateways' `STREAM_BACKLOG_MAX`; they are counted by
@@ -53,6 +61,10 @@ pub(crate) enum Verdict {
 /// The rooms (or the whole shard) a shard task holds back.
 #[derive(Debug, Default)]
 pub(crate) struct Hold {
+    /// The shard, for the held-entries gauge.
+    shard: u32,
+    /// Ids of the entries held, for the gauge.
+    held: HashSet<String>,
     rooms: HashSet<String>,
     whole_shard: bool,
     /// Newer entries first read since the last warning.
@@ -61,8 +73,39 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
+    /// Nothing held yet, on `shard`. A shard task starts afresh at every
+    /// (re)connection: its claim pass meets every held entry again in id
+    /// order, so entries released meanwhile (`release-held`) hold nothing.
+    pub(crate) fn new(shard: u32) -> Self {
+        let hold = Self {
+            shard,
+            ..Self::default()
+        };
+        hold.set_gauge();
+        hold
+    }
+
+    /// Sets the held-entries gauge of the shard to what this task holds.
+    fn set_gauge(&self) {
+        metrics::gauge!(m::WK_HELD_ENTRIES, "shard" => self.shard.to_string())
+            .set(self.held.len() as f64);
+    }
+
+    /// Sets the shard's gauge to 0: the task stops holding anything.
+    pub(crate) fn clear_gauge(&self) {
+        metrics::gauge!(m::WK_HELD_ENTRIES, "shard" => self.shard.to_string()).set(0.0);
+    }
+
     /// Judges one entry, in stream order, and remembers what it holds.
     pub(crate) fn judge(&mut self, e: &StreamId) -> Verdict {
+        let verdict = self.verdict(e);
+        if matches!(verdict, Verdict::Hold { .. }) {
+            self.held.insert(e.id.clone());
+        }
+        verdict
+    }
+
+    fn verdict(&mut self, e: &StreamId) -> Verdict {
         let Some(redis::Value::BulkString(bytes)) = e.map.get(STREAM_FIELD) else {
             return Verdict::Drop;
         };
@@ -97,6 +140,7 @@ impl Hold {
             metrics::counter!(m::WK_UNKNOWN_VERSION).increment(newer);
             self.unreported += newer;
         }
+        self.set_gauge();
         if held == 0 {
             return;
         }

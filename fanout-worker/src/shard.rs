@@ -15,8 +15,11 @@
 //!
 //! Claim passes also run every lease TTL, not only after a (re)connect: an
 //! entry that reached another consumer's pending list anyway (a worker of an
-//! older version during an upgrade, a tool reading the group) is picked up
-//! by the current holder.
+//! older version during an upgrade, a tool reading the group) and has been
+//! idle for a lease TTL is picked up by the current holder. These periodic
+//! passes leave this worker's own pending entries alone: they are entries
+//! it holds for a newer worker (`hold`), which only a (re)connection claims
+//! and judges again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +35,9 @@ use crate::batch::{self, BatchScripts, Origin};
 use crate::hold::Hold;
 use crate::lease::LeaseClock;
 use crate::persist;
-use crate::stream::{self, Fenced, Read, Reader, Scripts, Target, CLAIM_START, MAX_BACKOFF};
+use crate::stream::{
+    self, ClaimMode, Fenced, Read, Reader, Scripts, Target, CLAIM_START, MAX_BACKOFF,
+};
 use crate::webhook::outbox::{self, Outbox};
 use crate::webhook::sender;
 use crate::Context;
@@ -84,10 +89,11 @@ pub(crate) async fn run(
     });
     let reclaim_every = ctx.config.lease_ttl();
     let mut conn: Option<Reader> = None;
-    // `Some(cursor)` while a claim pass is under way.
+    // `Some(cursor)` while a claim pass is under way, of `claim_mode`.
     let mut claim: Option<String> = Some(CLAIM_START.into());
+    let mut claim_mode = ClaimMode::All;
     let mut next_claim = Instant::now() + reclaim_every;
-    let mut hold = Hold::default();
+    let mut hold = Hold::new(shard);
     let mut backoff = Duration::from_millis(50);
     tracing::info!(shard, "Shard processing started");
     while !cancel.is_cancelled() && lease.is_valid() {
@@ -97,6 +103,9 @@ pub(crate) async fn run(
                 Ok(Fenced::Held(r)) => {
                     backoff = Duration::from_millis(50);
                     claim = Some(CLAIM_START.into());
+                    // The full claim pass meets every held entry again.
+                    claim_mode = ClaimMode::All;
+                    hold = Hold::new(shard);
                     conn.insert(r)
                 }
                 Ok(Fenced::NotHolder) => {
@@ -116,8 +125,18 @@ pub(crate) async fn run(
         };
         if claim.is_none() && Instant::now() >= next_claim {
             claim = Some(CLAIM_START.into());
+            claim_mode = ClaimMode::Others(reclaim_every);
         }
-        let step = next_step(c, &stream_scripts, &target, &consumer, &ctx, &mut claim).await;
+        let step = next_step(
+            c,
+            &stream_scripts,
+            &target,
+            &consumer,
+            &ctx,
+            &mut claim,
+            claim_mode,
+        )
+        .await;
         if claim.is_none() && matches!(step, Ok(Step::Entries(_, Origin::Claimed))) {
             next_claim = Instant::now() + reclaim_every;
         }
@@ -193,6 +212,7 @@ pub(crate) async fn run(
             sleep_or_cancel(&cancel, &mut backoff, MAX_BACKOFF).await;
         }
     }
+    hold.clear_gauge();
     sender_stop.cancel();
     if let Some(sender) = sender {
         let _ = sender.await;
@@ -213,10 +233,12 @@ async fn next_step(
     consumer: &str,
     ctx: &Context,
     claim: &mut Option<String>,
+    mode: ClaimMode,
 ) -> Result<Step, RedisError> {
     let count = ctx.config.batch_size as usize;
     if let Some(cursor) = claim.as_deref() {
-        let claimed = match stream::claim(c, scripts, target, consumer, cursor, count).await? {
+        let claimed = match stream::claim(c, scripts, target, consumer, cursor, count, mode).await?
+        {
             Fenced::NotHolder => return Ok(Step::NotHolder),
             Fenced::Superseded => return Ok(Step::Superseded),
             Fenced::Held(claimed) => claimed,

@@ -49,8 +49,11 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadRe
 use redis::{AsyncCommands, Script, Value};
 use tokio_util::sync::CancellationToken;
 
-/// KEYS: lease, stream, fence. ARGV: worker id, group, count, `claim` or
-/// `read`, claim cursor, the connection's fencing token. Returns `{0}` when
+/// KEYS: lease, stream, fence. ARGV: worker id, group, count, `claim`,
+/// `reclaim` or `read`, claim cursor, the connection's fencing token, and
+/// for `reclaim` the least idle time (ms). `claim` takes every pending
+/// entry; `reclaim` only other consumers' entries idle that long (this
+/// worker's own, such as held entries, are not read again). Returns `{0}` when
 /// the lease is not this worker's, `{2}` when the token is not the
 /// current one (a newer connection took over); else
 /// `{1, next claim cursor, entries}` for a claim and
@@ -58,6 +61,19 @@ use tokio_util::sync::CancellationToken;
 const FENCED_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
 if redis.call('GET', KEYS[3]) ~= ARGV[6] then return {2} end
+if ARGV[4] == 'reclaim' then
+  local start = ARGV[5]
+  if start == '0-0' then start = '-' end
+  local rows = redis.call('XPENDING', KEYS[2], ARGV[2], 'IDLE', ARGV[7], start, '+', ARGV[3])
+  local ids = {}
+  for _, row in ipairs(rows) do
+    if row[2] ~= ARGV[1] then ids[#ids + 1] = row[1] end
+  end
+  local nxt = '0-0'
+  if #rows >= tonumber(ARGV[3]) then nxt = '(' .. rows[#rows][1] end
+  if #ids == 0 then return {1, nxt, {}} end
+  return {1, nxt, redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[1], ARGV[7], unpack(ids))}
+end
 if ARGV[4] == 'claim' then
   local r = redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[1], 0, ARGV[5], 'COUNT', ARGV[3])
   return {1, r[1], r[2]}
@@ -251,8 +267,18 @@ pub(crate) enum Read {
     Idle(String),
 }
 
-/// Claims up to `count` pending entries of any consumer of `target`'s
-/// group, from `cursor`.
+/// Which pending entries a claim pass takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimMode {
+    /// Every pending entry, of any consumer (after a (re)connection).
+    All,
+    /// Only other consumers' entries idle for at least this long (the
+    /// periodic pass: entries stranded elsewhere).
+    Others(std::time::Duration),
+}
+
+/// Claims up to `count` pending entries of `target`'s group, from
+/// `cursor`, as `mode` says.
 pub(crate) async fn claim(
     r: &mut Reader,
     scripts: &Scripts,
@@ -260,8 +286,13 @@ pub(crate) async fn claim(
     consumer: &str,
     cursor: &str,
     count: usize,
+    mode: ClaimMode,
 ) -> Result<Fenced<Claimed>, RedisError> {
-    let reply = fenced(r, scripts, target, consumer, count, "claim", cursor).await?;
+    let (name, idle) = match mode {
+        ClaimMode::All => ("claim", 0),
+        ClaimMode::Others(idle) => ("reclaim", idle.as_millis() as u64),
+    };
+    let reply = fenced(r, scripts, target, consumer, count, name, cursor, idle).await?;
     Ok(match reply {
         Fenced::NotHolder => Fenced::NotHolder,
         Fenced::Superseded => Fenced::Superseded,
@@ -280,7 +311,7 @@ pub(crate) async fn read(
     consumer: &str,
     count: usize,
 ) -> Result<Fenced<Read>, RedisError> {
-    let reply = fenced(r, scripts, target, consumer, count, "read", "").await?;
+    let reply = fenced(r, scripts, target, consumer, count, "read", "", 0).await?;
     Ok(match reply {
         Fenced::NotHolder => Fenced::NotHolder,
         Fenced::Superseded => Fenced::Superseded,
@@ -290,6 +321,7 @@ pub(crate) async fn read(
 }
 
 /// Runs the fenced script with `r`'s token.
+#[allow(clippy::too_many_arguments)]
 async fn fenced(
     r: &mut Reader,
     scripts: &Scripts,
@@ -298,6 +330,7 @@ async fn fenced(
     count: usize,
     mode: &str,
     cursor: &str,
+    min_idle_ms: u64,
 ) -> Result<Fenced<(String, Vec<StreamId>)>, RedisError> {
     let mut inv = scripts.fenced.key(&target.lease);
     inv.key(&target.stream)
@@ -307,7 +340,8 @@ async fn fenced(
         .arg(count)
         .arg(mode)
         .arg(cursor)
-        .arg(&r.token);
+        .arg(&r.token)
+        .arg(min_idle_ms);
     let reply: Vec<Value> = inv.invoke_async(&mut r.conn).await?;
     parse_fenced(reply).map_err(|e| RedisError::Command(e.into()))
 }

@@ -220,3 +220,106 @@ async fn an_entry_older_than_its_rooms_last_persisted_one_is_not_taken_for_a_dup
         .unwrap();
     assert_eq!(applied, 0, "acked entries stay in the applied record");
 }
+
+/// A stream entry of envelope version `v`.
+fn envelope_v(v: u8, room: &str, text: &str) -> Vec<u8> {
+    let mut e = chat_shared::envelope::StreamEntry::decode(&envelope(room, text)).unwrap();
+    e.v = v;
+    e.encode()
+}
+
+/// How many times the entry `id` of `stream` was delivered (read or
+/// claimed) in the fan-out group.
+async fn times_delivered(c: &mut redis::aio::MultiplexedConnection, stream: &str, id: &str) -> u64 {
+    let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(keys::CONSUMER_GROUP)
+        .arg(id)
+        .arg(id)
+        .arg(1)
+        .query_async(c)
+        .await
+        .unwrap();
+    rows.first().map_or(0, |r| r.3)
+}
+
+/// Path 9: entries of a newer envelope version with no newer worker coming
+/// (a rolled-back upgrade). They are counted per shard
+/// (`chat_worker_held_entries`), not claimed again every lease period, and
+/// `chat-fanout-worker release-held --shard 0` drops them and lets their
+/// room's held messages through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_entries_are_counted_left_alone_and_released_by_a_command() {
+    let redis = Redis::start().await;
+    let lease = Duration::from_millis(1000);
+    let env = [("STREAM_SHARDS", "1"), ("LEASE_TTL_MS", "1000")];
+    let w = start_worker(&redis.url(), "w1", &env).await;
+    let gw = start_gateway(&redis.url(), "gw1", &[("STREAM_SHARDS", "1")]).await;
+    let room = "future";
+    let (mut client, _) = Client::join(&gw.ws_url(&format!("room={room}"))).await;
+    let mut c = redis.conn().await;
+    let stream = keys::stream(0);
+    let newer: String = c
+        .xadd(
+            &stream,
+            "*",
+            &[(
+                chat_shared::envelope::STREAM_FIELD,
+                envelope_v(
+                    chat_shared::envelope::NEWEST_ENTRY_VERSION + 1,
+                    room,
+                    "from a newer version",
+                ),
+            )],
+        )
+        .await
+        .unwrap();
+    send_acked(&mut client, room, "behind").await;
+    let series = r#"chat_worker_held_entries{shard="0"}"#;
+    wait_metric(&w.addr(), series, 2.0).await;
+
+    // Four lease periods: periodic claim passes leave the held entries alone
+    // (each claim would count as a delivery).
+    tokio::time::sleep(lease * 4).await;
+    assert_eq!(
+        times_delivered(&mut c, &stream, &newer).await,
+        1,
+        "the held entry was claimed again by periodic claim passes"
+    );
+
+    let out = tokio::process::Command::new(bin_path("chat-fanout-worker"))
+        .arg("release-held")
+        .arg("--shard")
+        .arg("0")
+        .env_clear()
+        .env("REDIS_URL", redis.url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), newer, "the released ids");
+
+    // The holder reconnects, holds nothing, and lets the room flow.
+    assert_eq!(client.messages(1).await[0]["message"], "behind");
+    assert_eq!(history_texts(&mut c, room).await, ["behind"]);
+    wait_metric(&w.addr(), series, 0.0).await;
+    eventually("nothing left pending", DEADLINE, || {
+        let mut c = c.clone();
+        let stream = &stream;
+        async move { (pending_count(&mut c, stream).await == 0).then_some(()) }
+    })
+    .await;
+    let left: Vec<redis::Value> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg(&newer)
+        .arg(&newer)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "the released entry is deleted");
+}

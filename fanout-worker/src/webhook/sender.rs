@@ -122,7 +122,17 @@ async fn next_entries(
     let count = hook.args.webhook_batch_max as usize;
     if let Some(cursor) = claim.as_deref() {
         return Ok(
-            match stream::claim(c, scripts, target, &ctx.worker_id, cursor, count).await? {
+            match stream::claim(
+                c,
+                scripts,
+                target,
+                &ctx.worker_id,
+                cursor,
+                count,
+                stream::ClaimMode::All,
+            )
+            .await?
+            {
                 Fenced::NotHolder => Fenced::NotHolder,
                 Fenced::Superseded => Fenced::Superseded,
                 Fenced::Held(claimed) => {
