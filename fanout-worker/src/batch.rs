@@ -85,7 +85,21 @@ pub(crate) async fn process(
         // Persisted (idempotently) but not acked: the next holder publishes.
         return Ok(());
     }
-    acknowledge(c, scripts, stream, &batch.ids, routed, now).await
+    let applied = applied_by_room(&batch.items);
+    acknowledge(c, scripts, stream, &batch.ids, &applied, routed, now).await
+}
+
+/// The batch's entry ids per room, for the rooms' records of applied
+/// entries (forgotten once acked).
+fn applied_by_room(items: &[Item]) -> Vec<(&RoomId, Vec<&str>)> {
+    let mut by_room: Vec<(&RoomId, Vec<&str>)> = Vec::new();
+    for item in items {
+        match by_room.iter_mut().find(|(r, _)| **r == item.room) {
+            Some((_, ids)) => ids.push(&item.entry_id),
+            None => by_room.push((&item.room, vec![&item.entry_id])),
+        }
+    }
+    by_room
 }
 
 /// One decoded entry of a batch.
@@ -402,13 +416,15 @@ fn route(items: &[Item], stored: Stored, now_us: i64, webhooks: bool) -> Routed 
 }
 
 /// Stage 4: publishes the delivery batches, queues the records for the
-/// webhook, acks every entry of the batch and trims the stream, in one round
-/// trip.
+/// webhook, acks every entry of the batch, trims the stream and takes the
+/// acked entries out of their rooms' records of applied entries, in one
+/// round trip.
 async fn acknowledge(
     c: &mut Conn,
     scripts: &BatchScripts<'_>,
     stream: &str,
     ids: &[String],
+    applied: &[(&RoomId, Vec<&str>)],
     routed: Routed,
     now_us: i64,
 ) -> Result<(), RedisError> {
@@ -423,6 +439,9 @@ async fn acknowledge(
         None => false,
     };
     add_ack_and_trim(&mut pipe, scripts.stream, stream, ids, !queued);
+    for (room, entry_ids) in applied {
+        persist::add_forget_applied(&mut pipe, room, entry_ids);
+    }
     let started = Instant::now();
     let replies: Vec<u64> = pipe.query_async(c).await?;
     metrics::counter!(m::WK_PUBLISHES).increment(published as u64);
@@ -561,8 +580,8 @@ mod tests {
         let cmds = commands(&pipe);
         let names: Vec<&str> = cmds.iter().map(|c| c.split(' ').next().unwrap()).collect();
         let mut want = vec!["EVALSHA"; 3];
-        // Each room's four history keys get their TTL once per batch.
-        want.extend(["EXPIRE"; 8]);
+        // Each room's five history keys get their TTL once per batch.
+        want.extend(["EXPIRE"; 10]);
         want.extend(["SADD", "SADD", "HKEYS", "HKEYS"]);
         assert_eq!(names, want);
         let room_a = RoomId::parse("a").unwrap();
@@ -570,8 +589,8 @@ mod tests {
             cmds[3],
             format!("EXPIRE {} {}", keys::messages(&room_a), config.history_ttl)
         );
-        assert_eq!(cmds[11], format!("SADD {} a", keys::ROOMS_ACTIVE));
-        assert_eq!(cmds[13], format!("HKEYS {}", keys::room_gateways(&room_a)));
+        assert_eq!(cmds[13], format!("SADD {} a", keys::ROOMS_ACTIVE));
+        assert_eq!(cmds[15], format!("HKEYS {}", keys::room_gateways(&room_a)));
     }
 
     #[test]

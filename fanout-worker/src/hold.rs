@@ -8,15 +8,22 @@
 //! claims every pending entry in id order before it reads anything new.
 //!
 //! Order decides the rest. A room's later entries must not be processed
-//! before its held entry: they would take the lower `seq`s, and the
-//! persistence script, which takes an entry at or below the room's
-//! `last_entry` for one applied before, would then drop the held entry when
-//! the newer worker gets to it. So a held entry holds its **room** for the
+//! before its held entry: they would take the lower `seq`s, and the held
+//! entry, when the newer worker gets to it, would be persisted after them,
+//! out of send order. So a held entry holds its **room** for the
 //! rest of the shard task: that room's later entries stay pending behind it
 //! (plain entries of this version included), while other rooms of the shard
 //! keep flowing. An entry whose room cannot be read holds the whole shard.
 //! Claim passes meet held entries again in id order, so a task that starts
 //! later (after a takeover) holds the same rooms before it reads new entries.
+//!
+//! Held entries are claimed when a task (re)connects, not by the periodic
+//! claim passes (those take only other consumers' entries, idle for a lease
+//! TTL), so a shard that holds many does not read them all again every
+//! lease period. `chat_worker_held_entries{shard}` counts them; when no newer
+//! worker is coming (a rolled-back upgrade), `chat-fanout-worker release-held
+//! --shard <n>` (`release`) drops the newer entries and makes the holder
+//! reconnect, which lets its rooms flow again.
 //!
 //! Held entries stop the stream from being trimmed below them (see
 //! `stream`), so a shard with held entries grows until the workers are
@@ -54,6 +61,10 @@ pub(crate) enum Verdict {
 /// The rooms (or the whole shard) a shard task holds back.
 #[derive(Debug, Default)]
 pub(crate) struct Hold {
+    /// The shard, for the held-entries gauge.
+    shard: u32,
+    /// Ids of the entries held, for the gauge.
+    held: HashSet<String>,
     rooms: HashSet<String>,
     whole_shard: bool,
     /// Newer entries first read since the last warning.
@@ -62,8 +73,39 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
+    /// Nothing held yet, on `shard`. A shard task starts afresh at every
+    /// (re)connection: its claim pass meets every held entry again in id
+    /// order, so entries released meanwhile (`release-held`) hold nothing.
+    pub(crate) fn new(shard: u32) -> Self {
+        let hold = Self {
+            shard,
+            ..Self::default()
+        };
+        hold.set_gauge();
+        hold
+    }
+
+    /// Sets the held-entries gauge of the shard to what this task holds.
+    fn set_gauge(&self) {
+        metrics::gauge!(m::WK_HELD_ENTRIES, "shard" => self.shard.to_string())
+            .set(self.held.len() as f64);
+    }
+
+    /// Sets the shard's gauge to 0: the task stops holding anything.
+    pub(crate) fn clear_gauge(&self) {
+        metrics::gauge!(m::WK_HELD_ENTRIES, "shard" => self.shard.to_string()).set(0.0);
+    }
+
     /// Judges one entry, in stream order, and remembers what it holds.
     pub(crate) fn judge(&mut self, e: &StreamId) -> Verdict {
+        let verdict = self.verdict(e);
+        if matches!(verdict, Verdict::Hold { .. }) {
+            self.held.insert(e.id.clone());
+        }
+        verdict
+    }
+
+    fn verdict(&mut self, e: &StreamId) -> Verdict {
         let Some(redis::Value::BulkString(bytes)) = e.map.get(STREAM_FIELD) else {
             return Verdict::Drop;
         };
@@ -98,6 +140,7 @@ impl Hold {
             metrics::counter!(m::WK_UNKNOWN_VERSION).increment(newer);
             self.unreported += newer;
         }
+        self.set_gauge();
         if held == 0 {
             return;
         }

@@ -20,6 +20,9 @@
 //!   `presence_sweep` announces the `leave` of users it left with no
 //!   connection.
 //! - `http`: `/metrics`, `/livez`, `/readyz`.
+//! - [`release`]: the `release-held --shard <n>` operator command, which
+//!   drops a shard's entries of a newer envelope version when no newer
+//!   worker is coming.
 //!
 //! [`run`] is what `main` calls and what tests start: the binary is a thin shell.
 
@@ -33,6 +36,7 @@ mod lua;
 mod persist;
 mod presence_sweep;
 mod publish;
+pub mod release;
 mod shard;
 mod stream;
 mod supervisor;

@@ -6,6 +6,11 @@ use chat_shared::startup::{start, StartSpec};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `release-held --shard <n>`: an operator's command, not the service.
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("release-held") {
+        std::process::exit(chat_fanout_worker::release::main(args).await);
+    }
     let config: WorkerConfig = parse_or_exit();
     config.validate().unwrap_or_else(|e| exit_usage(e));
     let s = start(StartSpec {

@@ -1,10 +1,21 @@
 //! Idempotent persistence of one message to its room's history.
 //!
 //! One Lua call per message touches only keys in the slot of `messages:<room>`:
-//! the history list and the room state hash (`seq`, `last_entry`, `epoch`). An
-//! entry whose stream id is not above `last_entry` was applied before (a
-//! takeover re-processing it): the script then returns the stored record so it
-//! can be delivered again, and neither adds a copy nor burns a `seq`.
+//! the history list, the room state hash (`seq`, `last_entry`, `epoch`) and
+//! the room's record of applied entries (`chat:applied:{messages:<room>}`).
+//! An entry applied before (a takeover or a retry re-processing it) is
+//! recognised exactly: it is in the record of applied entries (every entry
+//! persisted and not yet acked: each batch's ack empties it of that batch's
+//! entries, and it keeps at most the search window's newest), or, below
+//! `last_entry` and absent from the record, its own record is among the
+//! newest of history (applied by a worker that kept no record). The script
+//! then returns the stored record so it can be delivered again, and neither
+//! adds a copy nor burns a `seq`. An entry below `last_entry` that is in
+//! neither was **never** applied (it reached the worker after later entries
+//! of its room: a stray late read of an older connection, an entry stranded
+//! in another consumer's pending list) and is applied now, out of stream
+//! order, rather than acked away as a duplicate (issue 23, path 1). The
+//! older rule, "at or below `last_entry` means applied", lost such entries.
 //!
 //! The stored record is JSON built in two steps: serde writes every field but
 //! `seq` ([`chat_shared::envelope::StreamEntry::record_prefix`]), and the
@@ -35,12 +46,12 @@ use redis::Script;
 /// The persistence script.
 ///
 /// KEYS: `messages:<room>`, `chat:room:{messages:<room>}`, the room's
-/// message index, the room's reactions.
+/// message index, the room's reactions, the room's applied entries.
 /// ARGV: stream entry id, record prefix (JSON without `,"seq":N}`), history
 /// limit, epoch candidate, the entry's id (a message's `id`, an
 /// event's `event_id`), how many of the newest records to search for a
 /// re-processed entry (a takeover re-processes at most a batch or two, so the
-/// whole list never needs scanning), history byte cap (0 = none), mode
+/// whole list never needs scanning; also the cap of the applied record), history byte cap (0 = none), mode
 /// (`msg`, `edit`, `delete`, `react`), target message id, user key (the
 /// author of a message, the reactor of a reaction), then for an edit the new
 /// text and `edited_at`, for a reaction the emoji, `add` or `remove`, and
@@ -69,30 +80,46 @@ local MAX_EMOJI = 20
 local function seq_of(rec) return tonumber(string.match(rec, '"seq":(%d+)}$')) end
 local function is_event(rec) return string.sub(rec, 1, 9) == '{"type":"' end
 local mode = ARGV[8]
-local last = redis.call('HGET', KEYS[2], 'last_entry')
-if last and id_cmp(ARGV[1], last) <= 0 then
-  local epoch = redis.call('HGET', KEYS[2], 'epoch') or ARGV[4]
-  local needle = '"id":"' .. ARGV[5] .. '"'
-  if mode ~= 'msg' then needle = '"event_id":"' .. ARGV[5] .. '"' end
-  local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[6]), -1)
-  for i = #items, 1, -1 do
-    if (mode ~= 'msg') == is_event(items[i]) and string.find(items[i], needle, 1, true) then
-      return {0, items[i], epoch}
-    end
-  end
-  return {0, false, epoch}
-end
--- The target's position, record and seq, if it is still in history.
-local function locate(target)
-  local v = redis.call('HGET', KEYS[3], target)
-  local tseq = v and tonumber(string.match(v, '^(%d+):'))
-  if not tseq then return nil end
+local window = tonumber(ARGV[6])
+-- The position and record of the record with `seq` tseq, if still in history.
+local function at_seq(tseq)
   local first = redis.call('LINDEX', KEYS[1], 0)
   if not first then return nil end
   local pos = tseq - (seq_of(first) or tseq + 1)
   if pos < 0 then return nil end
   local rec = redis.call('LINDEX', KEYS[1], pos)
   if not rec or seq_of(rec) ~= tseq then return nil end
+  return pos, rec
+end
+local last = redis.call('HGET', KEYS[2], 'last_entry')
+local applied = redis.call('ZSCORE', KEYS[5], ARGV[1])
+if applied then
+  local epoch = redis.call('HGET', KEYS[2], 'epoch') or ARGV[4]
+  local _, rec = at_seq(tonumber(applied))
+  return {0, rec or false, epoch}
+end
+if last and id_cmp(ARGV[1], last) <= 0 then
+  -- Not in the exact record: applied before that record existed (an
+  -- older worker), or never applied (an entry that reached this worker
+  -- after later entries of its room). The newest records tell which.
+  local epoch = redis.call('HGET', KEYS[2], 'epoch') or ARGV[4]
+  local needle = '"id":"' .. ARGV[5] .. '"'
+  if mode ~= 'msg' then needle = '"event_id":"' .. ARGV[5] .. '"' end
+  local items = redis.call('LRANGE', KEYS[1], -window, -1)
+  for i = #items, 1, -1 do
+    if (mode ~= 'msg') == is_event(items[i]) and string.find(items[i], needle, 1, true) then
+      return {0, items[i], epoch}
+    end
+  end
+  -- Never applied: applied now, out of stream order but never lost.
+end
+-- The target's position, record and seq, if it is still in history.
+local function locate(target)
+  local v = redis.call('HGET', KEYS[3], target)
+  local tseq = v and tonumber(string.match(v, '^(%d+):'))
+  if not tseq then return nil end
+  local pos, rec = at_seq(tseq)
+  if not pos then return nil end
   return pos, rec, tseq
 end
 local function replace(pos, old, new)
@@ -174,7 +201,11 @@ end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('HSETNX', KEYS[2], 'epoch', ARGV[4])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
-redis.call('HSET', KEYS[2], 'last_entry', ARGV[1])
+if not last or id_cmp(ARGV[1], last) > 0 then
+  redis.call('HSET', KEYS[2], 'last_entry', ARGV[1])
+end
+redis.call('ZADD', KEYS[5], seq, ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -(window + 1))
 local record
 if mode == 'msg' then
   record = ARGV[2] .. ',"seq":' .. seq .. '}'
@@ -219,7 +250,7 @@ pub(crate) struct HistoryBounds {
 }
 
 /// Adds the expiry of one room's history keys (history list, sequence
-/// state, message index, reactions) to `pipe`: `HISTORY_TTL` from now, once
+/// state, message index, reactions, applied entries) to `pipe`: `HISTORY_TTL` from now, once
 /// per batch and room after that batch's script calls.
 pub(crate) fn add_expiry(pipe: &mut redis::Pipeline, room: &RoomId, ttl_secs: u64) {
     for key in [
@@ -227,6 +258,7 @@ pub(crate) fn add_expiry(pipe: &mut redis::Pipeline, room: &RoomId, ttl_secs: u6
         keys::room_state(room),
         keys::message_index(room),
         keys::reactions(room),
+        keys::applied(room),
     ] {
         pipe.expire(key, ttl_secs as i64).ignore();
     }
@@ -248,6 +280,7 @@ pub(crate) fn add_to_pipeline(
     inv.key(keys::room_state(room))
         .key(keys::message_index(room))
         .key(keys::reactions(room))
+        .key(keys::applied(room))
         .arg(entry_id)
         .arg(entry.record_prefix())
         .arg(bounds.limit)
@@ -280,6 +313,16 @@ pub(crate) fn add_to_pipeline(
         }
     }
     pipe.invoke_script(&inv);
+}
+
+/// Adds the removal of a batch's acked entries of `room` from the room's
+/// record of applied entries: acked, they can no longer be re-processed.
+/// Sent after the batch's `XACK`, so an entry never leaves the record
+/// while it may still be claimed.
+pub(crate) fn add_forget_applied(pipe: &mut redis::Pipeline, room: &RoomId, entry_ids: &[&str]) {
+    if !entry_ids.is_empty() {
+        pipe.zrem(keys::applied(room), entry_ids).ignore();
+    }
 }
 
 /// What the script answered for one entry.

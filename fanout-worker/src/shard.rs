@@ -15,15 +15,17 @@
 //!
 //! Claim passes also run every lease TTL, not only after a (re)connect: an
 //! entry that reached another consumer's pending list anyway (a worker of an
-//! older version during an upgrade, a tool reading the group) is picked up
-//! by the current holder.
+//! older version during an upgrade, a tool reading the group) and has been
+//! idle for a lease TTL is picked up by the current holder. These periodic
+//! passes leave this worker's own pending entries alone: they are entries
+//! it holds for a newer worker (`hold`), which only a (re)connection claims
+//! and judges again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_shared::keys;
 use chat_shared::metrics as m;
-use chat_shared::redis::Conn;
 use chat_shared::redis::RedisError;
 use chat_shared::shutdown::sleep_or_cancel;
 use redis::streams::StreamId;
@@ -33,7 +35,9 @@ use crate::batch::{self, BatchScripts, Origin};
 use crate::hold::Hold;
 use crate::lease::LeaseClock;
 use crate::persist;
-use crate::stream::{self, Fenced, Read, Scripts, Target, CLAIM_START, MAX_BACKOFF};
+use crate::stream::{
+    self, ClaimMode, Fenced, Read, Reader, Scripts, Target, CLAIM_START, MAX_BACKOFF,
+};
 use crate::webhook::outbox::{self, Outbox};
 use crate::webhook::sender;
 use crate::Context;
@@ -46,6 +50,8 @@ enum Step {
     Idle(String),
     /// The lease is not ours in Redis.
     NotHolder,
+    /// A newer connection of ours took the fencing token: reconnect.
+    Superseded,
 }
 
 /// Runs the shard loop until `cancel` fires or the lease lapses.
@@ -82,22 +88,33 @@ pub(crate) async fn run(
         ))
     });
     let reclaim_every = ctx.config.lease_ttl();
-    let mut conn: Option<Conn> = None;
-    // `Some(cursor)` while a claim pass is under way.
+    let mut conn: Option<Reader> = None;
+    // `Some(cursor)` while a claim pass is under way, of `claim_mode`.
     let mut claim: Option<String> = Some(CLAIM_START.into());
+    let mut claim_mode = ClaimMode::All;
     let mut next_claim = Instant::now() + reclaim_every;
-    let mut hold = Hold::default();
+    let mut hold = Hold::new(shard);
     let mut backoff = Duration::from_millis(50);
     tracing::info!(shard, "Shard processing started");
     while !cancel.is_cancelled() && lease.is_valid() {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match open(&ctx, &target, &scripts).await {
-                Ok(c) => {
+            None => match open(&ctx, &target, &consumer, &scripts).await {
+                Ok(Fenced::Held(r)) => {
                     backoff = Duration::from_millis(50);
                     claim = Some(CLAIM_START.into());
-                    conn.insert(c)
+                    // The full claim pass meets every held entry again.
+                    claim_mode = ClaimMode::All;
+                    hold = Hold::new(shard);
+                    conn.insert(r)
                 }
+                Ok(Fenced::NotHolder) => {
+                    tracing::warn!(shard, "Lease no longer ours in Redis; stopping the shard");
+                    lease.expire();
+                    break;
+                }
+                // Only the fenced calls answer this.
+                Ok(Fenced::Superseded) => continue,
                 Err(e) => {
                     metrics::counter!(m::WK_REDIS_ERRORS, "op" => "connect").increment(1);
                     tracing::warn!(shard, error = %e, "Cannot open shard connection; retrying");
@@ -108,8 +125,18 @@ pub(crate) async fn run(
         };
         if claim.is_none() && Instant::now() >= next_claim {
             claim = Some(CLAIM_START.into());
+            claim_mode = ClaimMode::Others(reclaim_every);
         }
-        let step = next_step(c, &stream_scripts, &target, &consumer, &ctx, &mut claim).await;
+        let step = next_step(
+            c,
+            &stream_scripts,
+            &target,
+            &consumer,
+            &ctx,
+            &mut claim,
+            claim_mode,
+        )
+        .await;
         if claim.is_none() && matches!(step, Ok(Step::Entries(_, Origin::Claimed))) {
             next_claim = Instant::now() + reclaim_every;
         }
@@ -119,10 +146,18 @@ pub(crate) async fn run(
                 lease.expire();
                 break;
             }
+            Ok(Step::Superseded) => {
+                tracing::warn!(
+                    shard,
+                    "Shard connection superseded by a late request; reconnecting"
+                );
+                conn = None;
+                continue;
+            }
             // Waiting delivers nothing to the group, so a cancel may drop it.
             Ok(Step::Idle(newest)) => {
                 stream::wait_for_entries(
-                    c,
+                    &mut c.conn,
                     &target.stream,
                     &newest,
                     ctx.config.read_block(),
@@ -139,7 +174,7 @@ pub(crate) async fn run(
             Ok(Step::Entries(entries, origin)) => match tokio::time::timeout(
                 lease.remaining(),
                 batch::process(
-                    c,
+                    &mut c.conn,
                     &scripts,
                     &target.stream,
                     &ctx,
@@ -177,6 +212,7 @@ pub(crate) async fn run(
             sleep_or_cancel(&cancel, &mut backoff, MAX_BACKOFF).await;
         }
     }
+    hold.clear_gauge();
     sender_stop.cancel();
     if let Some(sender) = sender {
         let _ = sender.await;
@@ -191,17 +227,20 @@ pub(crate) async fn run(
 /// Claims the next pending entries while a claim pass is under way (moving
 /// `claim` on, to `None` at its end), else reads new ones.
 async fn next_step(
-    c: &mut Conn,
+    c: &mut Reader,
     scripts: &Scripts,
     target: &Target,
     consumer: &str,
     ctx: &Context,
     claim: &mut Option<String>,
+    mode: ClaimMode,
 ) -> Result<Step, RedisError> {
     let count = ctx.config.batch_size as usize;
     if let Some(cursor) = claim.as_deref() {
-        let claimed = match stream::claim(c, scripts, target, consumer, cursor, count).await? {
+        let claimed = match stream::claim(c, scripts, target, consumer, cursor, count, mode).await?
+        {
             Fenced::NotHolder => return Ok(Step::NotHolder),
+            Fenced::Superseded => return Ok(Step::Superseded),
             Fenced::Held(claimed) => claimed,
         };
         if !claimed.entries.is_empty() {
@@ -217,6 +256,7 @@ async fn next_step(
     Ok(
         match stream::read(c, scripts, target, consumer, count).await? {
             Fenced::NotHolder => Step::NotHolder,
+            Fenced::Superseded => Step::Superseded,
             Fenced::Held(Read::Entries(entries)) => Step::Entries(entries, Origin::New),
             Fenced::Held(Read::Idle(newest)) => Step::Idle(newest),
         },
@@ -224,15 +264,16 @@ async fn next_step(
 }
 
 /// Opens the shard's connection with the batch scripts loaded (batches then
-/// only send `EVALSHA`).
+/// only send `EVALSHA`) and a fresh fencing token.
 async fn open(
     ctx: &Context,
     target: &Target,
+    consumer: &str,
     scripts: &BatchScripts<'_>,
-) -> Result<Conn, RedisError> {
+) -> Result<Fenced<Reader>, RedisError> {
     let mut extra = vec![scripts.persist];
     if let Some(outbox) = &scripts.outbox {
         extra.push(outbox.script);
     }
-    stream::open_group(ctx, target, scripts.stream, &extra).await
+    stream::open_group(ctx, target, consumer, scripts.stream, &extra).await
 }

@@ -22,6 +22,8 @@
 //! | `rooms:active` | set | gateway adds, worker adds, janitor removes |
 //! | `chat:stream:{shard-<n>}` (cluster: `{shard-<n>-<k>}`, see [`crate::cluster`]) | stream of [`crate::envelope::StreamEntry`] | gateway appends, worker consumes |
 //! | `chat:lease:{shard-<n>}` | string worker id, with TTL | worker |
+//! | `chat:fence:{shard-<n>}:<group>` | integer, the fencing token of the group's current reading connection (one per shard and group, no TTL) | worker |
+//! | `chat:applied:{messages:<room>}` | sorted set stream entry id → `seq`, entries persisted but not yet acked | worker |
 //! | `chat:gateways` | hash gateway id → last heartbeat (Redis time, ms) | gateway, janitor |
 //! | `chat:config:stream-shards` | string, the deployment's `STREAM_SHARDS` | first process to start |
 //! | `chat:workers` | hash worker id → last heartbeat (ms) | worker supervisors |
@@ -72,6 +74,15 @@ pub fn room_state(room: &RoomId) -> String {
 /// message is trimmed or deleted.
 pub fn message_index(room: &RoomId) -> String {
     format!("chat:msg-index:{{messages:{room}}}")
+}
+
+/// Stream entries of a room that the worker persisted and has not yet
+/// acked (entry id, scored by the `seq` it got), in the slot of
+/// [`messages`]: the exact record the persistence script checks before it
+/// takes an entry for one applied before. Emptied by each batch's ack,
+/// capped in size, and expiring with the room's history.
+pub fn applied(room: &RoomId) -> String {
+    format!("chat:applied:{{messages:{room}}}")
 }
 
 /// Who reacted with what to each message of a room still in history, in the
@@ -155,6 +166,13 @@ pub fn room_creation_budget(user: &str) -> String {
 /// Lease of shard `n`, in the slot of its stream.
 pub fn lease(shard: u32) -> String {
     format!("chat:lease:{{{}}}", shard_tag(shard))
+}
+
+/// The fencing token of the connection that reads `group` on shard
+/// `shard`, in the slot of [`lease`]: each (re)connection takes a new one,
+/// so a request of an older connection that reaches Redis late does nothing.
+pub fn read_fence(shard: u32, group: &str) -> String {
+    format!("chat:fence:{{{}}}:{group}", shard_tag(shard))
 }
 
 /// Pub/sub channel of one gateway.

@@ -95,6 +95,10 @@ pub const WK_UNDECODABLE: &str = "chat_worker_entries_undecodable_total";
 /// Counter: stream entries of a newer envelope version, left pending for a
 /// newer worker (counted when first read).
 pub const WK_UNKNOWN_VERSION: &str = "chat_worker_entries_unknown_version_total";
+/// Gauge: entries a shard task leaves pending for a newer worker (entries
+/// of a newer envelope version and their rooms' later entries), by `shard`.
+/// Released with `chat-fanout-worker release-held --shard <n>`.
+pub const WK_HELD_ENTRIES: &str = "chat_worker_held_entries";
 /// Histogram: entries per processed batch.
 pub const WK_BATCH_SIZE: &str = "chat_worker_batch_size_messages";
 /// Histogram: gateway stamp → worker publish.
@@ -369,6 +373,11 @@ fn describe_all() {
         WK_UNDECODABLE,
         Unit::Count,
         "Stream entries that could not be decoded"
+    );
+    describe_gauge!(
+        WK_HELD_ENTRIES,
+        Unit::Count,
+        "Entries left pending for a newer worker, by shard"
     );
     describe_counter!(
         WK_UNKNOWN_VERSION,

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::deliver::{self, Outcome};
 use super::{body, outbox, Webhook};
 use crate::lease::LeaseClock;
-use crate::stream::{self, Fenced, Read, Scripts, Target, CLAIM_START, MAX_BACKOFF};
+use crate::stream::{self, Fenced, Read, Reader, Scripts, Target, CLAIM_START, MAX_BACKOFF};
 use crate::Context;
 
 /// Runs until `cancel` fires or the lease lapses.
@@ -39,19 +39,21 @@ pub(crate) async fn run(
     let target = Target::webhooks(shard);
     let scripts = Scripts::new();
     let reclaim_every = ctx.config.lease_ttl();
-    let mut conn: Option<Conn> = None;
+    let mut conn: Option<Reader> = None;
     let mut claim: Option<String> = Some(CLAIM_START.into());
     let mut next_claim = Instant::now() + reclaim_every;
     let mut backoff = Duration::from_millis(50);
     while !cancel.is_cancelled() && lease.is_valid() {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match stream::open_group(&ctx, &target, &scripts, &[]).await {
-                Ok(c) => {
+            None => match stream::open_group(&ctx, &target, &ctx.worker_id, &scripts, &[]).await {
+                Ok(Fenced::Held(r)) => {
                     backoff = Duration::from_millis(50);
                     claim = Some(CLAIM_START.into());
-                    conn.insert(c)
+                    conn.insert(r)
                 }
+                Ok(Fenced::NotHolder) => break,
+                Ok(Fenced::Superseded) => continue,
                 Err(e) => {
                     metrics::counter!(m::WK_REDIS_ERRORS, "op" => "webhook").increment(1);
                     tracing::warn!(shard, error = %e, "Cannot open webhook outbox connection; retrying");
@@ -67,9 +69,13 @@ pub(crate) async fn run(
         let step = next_entries(c, &scripts, &target, &ctx, &hook, &mut claim).await;
         let result = match step {
             Ok(Fenced::NotHolder) => break,
+            Ok(Fenced::Superseded) => {
+                conn = None;
+                continue;
+            }
             Ok(Fenced::Held(Read::Idle(newest))) => {
                 stream::wait_for_entries(
-                    c,
+                    &mut c.conn,
                     &target.stream,
                     &newest,
                     ctx.config.read_block(),
@@ -81,7 +87,9 @@ pub(crate) async fn run(
             Ok(Fenced::Held(Read::Entries(entries))) => {
                 let batch = body::build(shard, &entries);
                 match deliver::deliver(&hook, &batch, &lease, &cancel).await {
-                    Outcome::Sent | Outcome::GaveUp => done(c, &target.stream, &batch.ids).await,
+                    Outcome::Sent | Outcome::GaveUp => {
+                        done(&mut c.conn, &target.stream, &batch.ids).await
+                    }
                     // Left pending for the next holder (or our next claim pass).
                     Outcome::Stopped => break,
                 }
@@ -104,7 +112,7 @@ pub(crate) async fn run(
 
 /// The next entries: claimed while a claim pass is under way, else read.
 async fn next_entries(
-    c: &mut Conn,
+    c: &mut Reader,
     scripts: &Scripts,
     target: &Target,
     ctx: &Context,
@@ -114,8 +122,19 @@ async fn next_entries(
     let count = hook.args.webhook_batch_max as usize;
     if let Some(cursor) = claim.as_deref() {
         return Ok(
-            match stream::claim(c, scripts, target, &ctx.worker_id, cursor, count).await? {
+            match stream::claim(
+                c,
+                scripts,
+                target,
+                &ctx.worker_id,
+                cursor,
+                count,
+                stream::ClaimMode::All,
+            )
+            .await?
+            {
                 Fenced::NotHolder => Fenced::NotHolder,
+                Fenced::Superseded => Fenced::Superseded,
                 Fenced::Held(claimed) => {
                     *claim = claimed.next;
                     Fenced::Held(Read::Entries(claimed.entries))
