@@ -284,7 +284,8 @@ return -1
     )
 });
 
-/// Every worker process joins each shard's consumer group under its own id,
+/// Every worker process joins each shard's consumer groups (the stream's
+/// `chat-fanout` and the webhook outbox's `chat-webhooks`) under its own id,
 /// so ids of past workers pile up. A consumer with nothing pending can go
 /// (deleting one with pending entries would drop them from the pending list,
 /// so those are left for `XAUTOCLAIM`).
@@ -296,15 +297,20 @@ async fn prune_consumers(ctx: &Context) -> Result<usize, RedisError> {
         .redis
         .query(redis::cmd("HKEYS").arg(keys::WORKERS))
         .await?;
-    for shard in 0..ctx.config.stream_shards {
-        let stream = keys::stream(shard);
+    let groups = (0..ctx.config.stream_shards).flat_map(|shard| {
+        [
+            (keys::stream(shard), keys::CONSUMER_GROUP),
+            (keys::webhook_outbox(shard), keys::WEBHOOK_GROUP),
+        ]
+    });
+    for (stream, group) in groups {
         let consumers: Result<Vec<HashMap<String, redis::Value>>, _> = ctx
             .redis
             .query(
                 redis::cmd("XINFO")
                     .arg("CONSUMERS")
                     .arg(&stream)
-                    .arg(keys::CONSUMER_GROUP),
+                    .arg(group),
             )
             .await;
         // No stream or group yet: nothing to prune.
@@ -327,7 +333,7 @@ async fn prune_consumers(ctx: &Context) -> Result<usize, RedisError> {
             // Check and delete in one step: a consumer that just claimed
             // entries must never be deleted with them still pending.
             let mut inv = DELETE_IF_IDLE.key(&stream);
-            inv.arg(keys::CONSUMER_GROUP).arg(name.as_ref());
+            inv.arg(group).arg(name.as_ref());
             if ctx.redis.script::<i64>(&inv).await? < 0 {
                 continue;
             }

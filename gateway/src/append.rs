@@ -304,6 +304,10 @@ pub async fn append(
         .unwrap_or(Err(AppendError::Redis))
 }
 
+/// Lifetime of a message index no worker has persisted to (so none has given
+/// it the history's TTL): a day, far beyond any dedupe window or backlog.
+pub const ORPHAN_INDEX_TTL_SECS: u64 = 86_400;
+
 /// Stamps the drafts (all of `room`) and appends them in order in one round
 /// trip; returns one result per draft, in order.
 ///
@@ -350,6 +354,14 @@ pub async fn append_batch(
     let mut pipe = redis::pipe();
     if !index.is_empty() {
         pipe.hset_multiple(keys::message_index(room), &index)
+            .ignore();
+        // A room no worker ever persisted (workers down, the batch never
+        // stored) must not keep its index forever: it gets a TTL unless it
+        // has one (the worker's persist then sets `HISTORY_TTL`).
+        pipe.cmd("EXPIRE")
+            .arg(keys::message_index(room))
+            .arg(ORPHAN_INDEX_TTL_SECS)
+            .arg("NX")
             .ignore();
     }
     pipe.invoke_script(&inv);

@@ -1,0 +1,97 @@
+//! Keys and consumers that must not outlive their use (issue 23, path 11):
+//! a room's message index gets a TTL even when no worker ever persists to
+//! it, and the webhook outbox's consumer group forgets workers that are gone.
+
+mod common;
+
+use axum::http::StatusCode;
+use axum::routing::post;
+use common::*;
+use redis::AsyncCommands;
+use std::collections::HashMap;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_no_worker_persisted_to_still_expires() {
+    let redis = Redis::start().await;
+    // No worker: the messages stay in the stream, nothing persists them.
+    let gw = start_gateway(&redis.url(), "g1", FAST_GW).await;
+    let (mut c, _) = Client::join(&gw.ws_url("room=orphan&username=ana")).await;
+    c.send_text(&message_frame("orphan", "hello", "c1").to_string())
+        .await;
+    c.next_of_type("ack").await;
+    let mut conn = redis.conn().await;
+    let ttl: i64 = conn.ttl("chat:msg-index:{messages:orphan}").await.unwrap();
+    assert!(
+        ttl > 0 && ttl <= 86_400,
+        "the index of a room no worker persisted has TTL {ttl}"
+    );
+    // A worker's persist then gives it the history's TTL.
+    let _w = start_worker(&redis.url(), "w1", &[("HISTORY_TTL", "600"), ("STREAM_SHARDS", "4")]).await;
+    eventually("the worker's TTL", DEADLINE, || {
+        let mut conn = conn.clone();
+        async move {
+            let ttl: i64 = conn.ttl("chat:msg-index:{messages:orphan}").await.ok()?;
+            (ttl > 0 && ttl <= 600).then_some(())
+        }
+    })
+    .await;
+}
+
+/// The consumers of every webhook outbox's `chat-webhooks` group.
+async fn webhook_consumers(redis: &Redis, shards: u32) -> Vec<String> {
+    let mut conn = redis.conn().await;
+    let mut names = Vec::new();
+    for shard in 0..shards {
+        let info: Result<Vec<HashMap<String, redis::Value>>, _> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(format!("chat:webhooks:{{shard-{shard}}}"))
+            .arg("chat-webhooks")
+            .query_async(&mut conn)
+            .await;
+        for c in info.unwrap_or_default() {
+            if let Some(redis::Value::BulkString(n)) = c.get("name") {
+                names.push(String::from_utf8_lossy(n).into_owned());
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_consumers_of_workers_that_are_gone_are_pruned() {
+    let app = axum::Router::new().route("/hook", post(|| async { StatusCode::NO_CONTENT }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let redis = Redis::start().await;
+    let env = [
+        FAST_WORKER,
+        &[
+            ("WEBHOOK_URL", url.as_str()),
+            ("READ_BLOCK_MS", "200"),
+            ("WEBHOOK_SECRET", "leak-test-secret"),
+            // Consumers idle for 10 lease periods (10 s) may go.
+            ("LEASE_TTL_MS", "1000"),
+        ],
+    ]
+    .concat();
+    let mut old = start_worker(&redis.url(), "old", &env).await;
+    eventually("the old worker's webhook consumers", DEADLINE, || async {
+        webhook_consumers(&redis, 4)
+            .await
+            .contains(&"old".to_owned())
+            .then_some(())
+    })
+    .await;
+    old.proc.sigterm();
+    old.proc.wait_exit(DEADLINE).await.expect("the old worker exits");
+    let _new = start_worker(&redis.url(), "new", &env).await;
+    eventually("the old worker's consumers pruned", DEADLINE * 2, || async {
+        let names = webhook_consumers(&redis, 4).await;
+        (!names.contains(&"old".to_owned()) && names.contains(&"new".to_owned())).then_some(())
+    })
+    .await;
+    server.abort();
+}
