@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests (`tests/common`) and the load
 //! generator (`chat-loadgen`): a minimal HTTP client for health and metrics
-//! endpoints, and a process's resident memory.
+//! endpoints, a process's resident memory, and the fault-injecting Redis
+//! proxy of the network-fault tests ([`fault_proxy`]).
+
+pub mod fault_proxy;
 
 use std::time::Duration;
 
