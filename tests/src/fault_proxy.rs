@@ -272,6 +272,19 @@ impl FaultProxy {
     }
 }
 
+impl FaultProxy {
+    /// The forwarded commands that contained `pattern`, oldest first.
+    pub fn seen_commands(&self, pattern: &[u8]) -> Vec<Vec<u8>> {
+        self.shared
+            .lock()
+            .seen
+            .iter()
+            .filter(|c| contains(c, pattern))
+            .cloned()
+            .collect()
+    }
+}
+
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.accept.abort();
@@ -350,7 +363,10 @@ async fn serve(shared: &Shared, id: u64, client: TcpStream, mut kill: watch::Rec
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
+    // The upstream write half outlives the forwarder: dropping it would
+    // send Redis a FIN, and Redis may then close the connection before it
+    // has answered what was forwarded last.
+    let (ur, mut uw) = upstream.into_split();
     let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
     let (slots_tx, slots_rx) = mpsc::unbounded_channel();
     let inbound = async {
@@ -358,7 +374,7 @@ async fn serve(shared: &Shared, id: u64, client: TcpStream, mut kill: watch::Rec
         std::future::pending::<()>().await
     };
     let forward = async {
-        forward(shared, id, cmds_rx, uw, slots_tx).await;
+        forward(shared, id, cmds_rx, &mut uw, slots_tx).await;
         std::future::pending::<()>().await
     };
     let kill_wait = async {
@@ -418,7 +434,7 @@ async fn forward(
     shared: &Shared,
     id: u64,
     mut cmds: mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
-    mut uw: OwnedWriteHalf,
+    uw: &mut OwnedWriteHalf,
     slots: mpsc::UnboundedSender<Slot>,
 ) {
     while let Some((arrived, cmd)) = cmds.recv().await {
@@ -443,10 +459,25 @@ async fn forward(
                 Action::Reset(reply) => reset_after = Some((reply, rule.fired)),
             }
         }
+        let name = command_name(&cmd);
+        let raw = matches!(
+            name.as_slice(),
+            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"PSYNC" | b"SYNC" | b"MONITOR"
+        );
+        let stop = reset_after.is_some();
+        let slot = if raw {
+            Slot::Raw
+        } else {
+            Slot::Upstream(reset_after)
+        };
+        // The reply's slot is queued before the command leaves: a fast
+        // reply must find it.
+        if slots.send(slot).is_err() {
+            return;
+        }
         if uw.write_all(&cmd).await.is_err() {
             return;
         }
-        let name = command_name(&cmd);
         {
             let mut state = shared.lock();
             if state.seen.len() >= SEEN_CAP {
@@ -461,19 +492,6 @@ async fn forward(
                     ctl.subscribed = true;
                 }
             }
-        }
-        let raw = matches!(
-            name.as_slice(),
-            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"PSYNC" | b"SYNC" | b"MONITOR"
-        );
-        let stop = reset_after.is_some();
-        let slot = if raw {
-            Slot::Raw
-        } else {
-            Slot::Upstream(reset_after)
-        };
-        if slots.send(slot).is_err() {
-            return;
         }
         if stop {
             // Nothing after the reset command reaches Redis.
@@ -541,14 +559,7 @@ async fn pump(
                         return;
                     }
                 }
-                Some(Slot::Upstream(Some((Reply::Drop, fired)))) => {
-                    // Reset the client now; keep reading until Redis answered.
-                    if let Some(c) = client.take() {
-                        reset(c.as_ref());
-                    }
-                    pending.push_back(Slot::Upstream(Some((Reply::Drop, fired))));
-                }
-                Some(s) => pending.push_back(s),
+                Some(s) => take_slot(s, &mut pending, &mut client),
             },
             read = ur.read(&mut chunk) => {
                 let n = match read {
@@ -564,6 +575,12 @@ async fn pump(
                 buf.extend_from_slice(&chunk[..n]);
                 if raw {
                     continue;
+                }
+                // A command's slot is queued before the command is written,
+                // so every reply read here has its slot in the channel by
+                // now, even when `select!` picked this branch first.
+                while let Ok(s) = slots.try_recv() {
+                    take_slot(s, &mut pending, &mut client);
                 }
                 let mut start = 0;
                 while let Some(end) = value_end(&buf, start) {
@@ -605,6 +622,18 @@ async fn pump(
             }
         }
     }
+}
+
+/// Queues the slot of a forwarded (or answered) command; a reset that drops
+/// the reply happens now.
+fn take_slot(slot: Slot, pending: &mut VecDeque<Slot>, client: &mut Option<OwnedWriteHalf>) {
+    if let Slot::Upstream(Some((Reply::Drop, _))) = &slot {
+        // Reset the client now; the reply is still awaited (and dropped).
+        if let Some(c) = client.take() {
+            reset(c.as_ref());
+        }
+    }
+    pending.push_back(slot);
 }
 
 /// Writes to the client if it is still there.

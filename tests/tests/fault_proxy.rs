@@ -99,8 +99,11 @@ async fn a_reset_after_a_command_drops_its_reply_but_the_command_ran() {
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
     s.write_all(&resp(&["PING"])).await.unwrap();
     assert_eq!(read_some(&mut s, 7, DEADLINE).await.unwrap(), b"+PONG\r\n");
-    s.write_all(&resp(&["INCR", "once"])).await.unwrap();
-    let after = read_some(&mut s, 1, DEADLINE).await;
+    // Pipelined behind another command, in one write.
+    let mut batch = resp(&["SET", "before", "1"]);
+    batch.extend(resp(&["INCR", "once"]));
+    s.write_all(&batch).await.unwrap();
+    let after = read_some(&mut s, 100, DEADLINE).await;
     assert!(after.is_err(), "the client is reset, no reply: {after:?}");
     fired.wait(DEADLINE).await;
     assert_eq!(get(&mut direct, "once").await, Some(1));

@@ -1,10 +1,13 @@
 //! A real Redis Cluster on loopback for tests: `redis-server --cluster-enabled
 //! yes` processes joined by `redis-cli --cluster create`, with or without one
-//! replica per master.
+//! replica per master, optionally each behind a fault proxy
+//! ([`RedisCluster::start_proxied`]).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use chat_tests::fault_proxy::FaultProxy;
 
 use super::{free_port, scratch_dir, Proc, DEADLINE};
 
@@ -13,6 +16,10 @@ pub struct Node {
     pub port: u16,
     dir: PathBuf,
     proc: Option<Proc>,
+    /// The fault proxy in front of this node: the node announces the
+    /// proxy's port (`cluster-announce-port`), so every cluster client
+    /// (and replica) reaches the node through it.
+    pub proxy: Option<FaultProxy>,
 }
 
 /// A cluster of `masters` masters and `replicas` replicas per master.
@@ -52,6 +59,13 @@ impl Node {
             ])
             .args(["--cluster-node-timeout", "1500"])
             .args(["--dir", self.dir.to_str().unwrap()]);
+        if let Some(proxy) = &self.proxy {
+            cmd.args(["--cluster-announce-port", &proxy.port().to_string()])
+                .args([
+                    "--cluster-announce-bus-port",
+                    &(self.port + 10_000).to_string(),
+                ]);
+        }
         self.proc = Some(Proc::spawn("redis-node", cmd, &self.dir));
     }
 
@@ -75,6 +89,11 @@ impl Node {
         self.boot();
     }
 
+    /// The port clients use: the proxy's when there is one.
+    pub fn client_port(&self) -> u16 {
+        self.proxy.as_ref().map_or(self.port, FaultProxy::port)
+    }
+
     /// Whether this node answers and calls itself a master.
     pub fn is_master(&self) -> bool {
         self.proc.is_some() && self.cli(&["role"]).starts_with("master")
@@ -85,14 +104,38 @@ impl RedisCluster {
     /// Starts the nodes, creates the cluster and waits until every node
     /// reports `cluster_state:ok` (and every replica is in sync).
     pub async fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_inner(masters, replicas, false).await
+    }
+
+    /// Like [`Self::start`], with a pass-through [`FaultProxy`] in front of
+    /// every node ([`Node::proxy`]): clients that discover the cluster
+    /// from any node talk to every node through its proxy.
+    pub async fn start_proxied(masters: usize, replicas: usize) -> Self {
+        Self::start_inner(masters, replicas, true).await
+    }
+
+    async fn start_inner(masters: usize, replicas: usize, proxied: bool) -> Self {
         let total = masters * (1 + replicas);
-        let mut nodes: Vec<Node> = (0..total)
-            .map(|i| Node {
-                port: free_cluster_port(),
+        let mut nodes: Vec<Node> = Vec::new();
+        for i in 0..total {
+            let port = free_cluster_port();
+            let proxy = if proxied {
+                let upstream = format!("127.0.0.1:{port}").parse().unwrap();
+                Some(
+                    FaultProxy::start(upstream)
+                        .await
+                        .expect("start a fault proxy"),
+                )
+            } else {
+                None
+            };
+            nodes.push(Node {
+                port,
                 dir: scratch_dir(&format!("cluster-node-{i}")),
                 proc: None,
-            })
-            .collect();
+                proxy,
+            });
+        }
         for n in &mut nodes {
             n.boot();
         }
@@ -153,7 +196,7 @@ impl RedisCluster {
         let hosts: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
+            .map(|n| format!("127.0.0.1:{}", n.client_port()))
             .collect();
         format!("redis+cluster://{}", hosts.join(","))
     }
@@ -164,7 +207,7 @@ impl RedisCluster {
             .nodes
             .iter()
             .filter(|n| n.proc.is_some())
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| format!("redis://127.0.0.1:{}", n.client_port()))
             .collect();
         redis::cluster::ClusterClient::new(nodes)
             .unwrap()
@@ -188,11 +231,12 @@ impl RedisCluster {
             if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
                 continue;
             }
-            let port: u16 = f[1]
+            let announced: u16 = f[1]
                 .split(['@', ':'])
                 .nth(1)
                 .and_then(|p| p.parse().ok())
                 .unwrap();
+            let port = self.node_port(announced);
             for range in &f[8..] {
                 if range.starts_with('[') {
                     continue;
@@ -210,6 +254,23 @@ impl RedisCluster {
             }
         }
         None
+    }
+
+    /// The node's own port for a port it announces (its proxy's, if any).
+    fn node_port(&self, announced: u16) -> u16 {
+        self.nodes
+            .iter()
+            .find(|n| n.proxy.as_ref().is_some_and(|p| p.port() == announced))
+            .map_or(announced, |n| n.port)
+    }
+
+    /// The fault proxy in front of the node on `port`.
+    pub fn proxy(&self, port: u16) -> &FaultProxy {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| n.proxy.as_ref())
+            .expect("a proxied node")
     }
 
     /// The node on `port`.
