@@ -49,7 +49,8 @@ async fn a_ban_whose_notice_is_lost_still_closes_the_users_connection_within_10_
     let upstream: SocketAddr = format!("127.0.0.1:{}", redis.port).parse().unwrap();
     let proxy = FaultProxy::start(upstream).await.unwrap();
     let _w = start_worker(&redis.url(), "w1", &[("STREAM_SHARDS", "4")]).await;
-    let behind_proxy = start_gateway(&format!("redis://{}", proxy.addr()), "gwp", &held_env()).await;
+    let behind_proxy =
+        start_gateway(&format!("redis://{}", proxy.addr()), "gwp", &held_env()).await;
     let direct = start_gateway(&redis.url(), "gwd", &env()).await;
     let room = "banroom";
     let url = |sub: &str, room: &str| {
@@ -99,12 +100,19 @@ async fn a_ban_whose_notice_is_lost_still_closes_the_users_connection_within_10_
         Some((4003, "banned")),
         "the banned socket closes with 4003 (after {took:?})"
     );
-    assert!(took <= BAN_BOUND, "closed after {took:?}, bound {BAN_BOUND:?}");
+    assert!(
+        took <= BAN_BOUND,
+        "closed after {took:?}, bound {BAN_BOUND:?}"
+    );
     held.wait(DEADLINE).await;
 
     // The others stay: the bystander chats and hears, the user's socket in
     // another room is not banned.
     acked(&mut bystander, message_frame(room, "still here", "n1")).await;
-    acked(&mut elsewhere, message_frame("otherroom", "other room", "e1")).await;
+    acked(
+        &mut elsewhere,
+        message_frame("otherroom", "other room", "e1"),
+    )
+    .await;
     while bystander.next_of_type("message").await["data"]["message"] != "still here" {}
 }
