@@ -7,13 +7,22 @@
 //!   workers stop publishing to them (a wrongly judged live gateway notices on its
 //!   next heartbeat and re-registers); their presence records go with them, and
 //!   users left with no connection get a `leave` (`presence_sweep`);
+//! - marks such a gateway in `{chat:gateways}:evicting` before removing the
+//!   first of its entries, and clears the mark only after the last one. A
+//!   sweep cut off in between (the worker SIGKILLed, a Redis error) leaves
+//!   the mark behind, and while it stays the gateway re-registers all its
+//!   connections on every heartbeat: without it, a frozen gateway that
+//!   resumed before any janitor finished the sweep found its heartbeat record
+//!   fresh, never re-registered, and its sockets in the rooms already swept
+//!   heard nothing while `/readyz` stayed green (issue 23 path 4). The next
+//!   sweep, by any worker, finishes the marks it finds;
 //! - removes from `rooms:active` rooms with no connection and no history;
 //! - deletes stream consumers of past workers that have nothing pending.
 //!
 //! History itself expires by TTL (`HISTORY_TTL`, refreshed per message) and is
 //! trimmed on every write, so there is nothing else to delete.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,22 +79,44 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
-/// Ends the janitor's dealings with a gateway it judged dead. KEYS: the
-/// gateway registry. ARGV: gateway, cutoff, whether its entries were removed.
+/// Judges one gateway and, when it is dead, marks it as being evicted before
+/// any of its entries goes. KEYS: the gateway registry, the evictions hash
+/// (same slot). ARGV: gateway, cutoff, this worker's id.
+///
+/// The mark is what makes a sweep cut off half-way (a SIGKILLed worker, a
+/// Redis error) harmless: while it stays, every heartbeat of the gateway
+/// re-registers all its connections, so a gateway that resumes after some of
+/// its rooms were swept cannot go on with its record looking fresh and those
+/// rooms silent. Judging and marking in one script also means a heartbeat
+/// cannot land between the two.
+///
+/// Returns 1 when the gateway is dead (and now marked), 0 when it is alive.
+const JUDGE_LUA: &str = r#"
+local t = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if t ~= nil and t >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"#;
+
+/// Ends the janitor's dealings with a gateway it judged dead (this sweep or
+/// a sweep that was cut off). KEYS: the gateway registry, the evictions
+/// hash. ARGV: gateway, cutoff, whether this sweep removed its entries.
+/// - Its eviction mark goes.
 /// - Still stale: its heartbeat is deleted (when it comes back, its first
 ///   heartbeat finds none and it re-registers).
-/// - Beating again (it was only paused) and entries were removed: the
-///   heartbeat is marked evicted (-1), so its next heartbeat re-registers. A
-///   heartbeat between the judgment and this step would otherwise have found
-///   its record present and skipped re-registration, leaving the gateway
-///   serving clients nothing while `/readyz` stays green.
+/// - Beating again (it was only paused) and entries were removed, by this
+///   sweep or by a cut-off one (the mark was there): the heartbeat is marked
+///   evicted (-1), so its next heartbeat re-registers once more, after the
+///   last removal. It may have re-registered while the removals went on
+///   (the mark told it to), and some of those removals came after that.
 ///
 /// Returns 1 when deleted, 2 when marked evicted, 0 otherwise.
-const EVICT_LUA: &str = r#"
+const FINISH_LUA: &str = r#"
+local marked = redis.call('HDEL', KEYS[2], ARGV[1])
 local t = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 if t == nil then return 0 end
 if t < tonumber(ARGV[2]) then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-if ARGV[3] == '1' and t >= 0 then
+if (ARGV[3] == '1' or marked == 1) and t >= 0 then
   redis.call('HSET', KEYS[1], ARGV[1], -1)
   return 2
 end
@@ -93,11 +124,13 @@ return 0
 "#;
 
 /// Which gateways are dead, judged on Redis's clock (heartbeats are stamped
-/// with Redis `TIME` too) and re-read just before acting, so neither clock
-/// skew nor a heartbeat during the sweep removes a live gateway's entries.
+/// with Redis `TIME` too) once per sweep and gateway, and marked as being
+/// evicted at that moment (see [`JUDGE_LUA`]), so neither clock skew nor a
+/// heartbeat during the sweep leaves a live gateway without its entries.
 struct Liveness {
     cutoff_ms: i64,
     known: HashMap<String, bool>,
+    judge: redis::Script,
 }
 
 impl Liveness {
@@ -106,18 +139,23 @@ impl Liveness {
         Ok(Self {
             cutoff_ms: secs * 1000 + micros / 1000 - ctx.config.gateway_timeout_ms as i64,
             known: HashMap::new(),
+            judge: redis::Script::new(JUDGE_LUA),
         })
     }
 
+    /// Whether `gateway` is dead; the first time it is found dead in this
+    /// sweep, it is marked as being evicted before the caller removes
+    /// anything of it.
     async fn is_dead(&mut self, ctx: &Context, gateway: &str) -> Result<bool, RedisError> {
         if let Some(&dead) = self.known.get(gateway) {
             return Ok(dead);
         }
-        let beat: Option<i64> = ctx
-            .redis
-            .query(redis::cmd("HGET").arg(keys::GATEWAYS).arg(gateway))
-            .await?;
-        let dead = beat.is_none_or(|t| t < self.cutoff_ms);
+        let mut inv = self.judge.key(keys::GATEWAYS);
+        inv.key(keys::GATEWAY_EVICTIONS)
+            .arg(gateway)
+            .arg(self.cutoff_ms)
+            .arg(&ctx.worker_id);
+        let dead = ctx.redis.script::<i64>(&inv).await? == 1;
         self.known.insert(gateway.to_owned(), dead);
         Ok(dead)
     }
@@ -130,7 +168,7 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     let mut removed_conns = 0usize;
     let mut removed_rooms = 0usize;
     // Gateways whose entries this sweep removed (or tried to).
-    let mut evicted: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut evicted: HashSet<String> = HashSet::new();
     // Walk rooms:active page by page: no single command blocks Redis, and a
     // room seen twice (SSCAN may repeat) is only checked twice.
     loop {
@@ -187,21 +225,47 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
         }
         cursor = next;
     }
+    finish_evictions(ctx, &liveness, &evicted).await?;
+    let pruned = prune_consumers(ctx).await?;
+    if pruned > 0 {
+        tracing::info!(pruned, "Removed idle stream consumers of past workers");
+    }
+    if removed_conns > 0 || removed_rooms > 0 {
+        tracing::info!(removed_conns, removed_rooms, "Janitor sweep cleaned up");
+    }
+    Ok(())
+}
+
+/// Closes every eviction: of the gateways this sweep evicted, of those a
+/// cut-off sweep left marked, and of stale ones without entries (see
+/// [`FINISH_LUA`]).
+async fn finish_evictions(
+    ctx: &Context,
+    liveness: &Liveness,
+    evicted: &HashSet<String>,
+) -> Result<(), RedisError> {
+    let redis = &ctx.redis;
     let beats: HashMap<String, i64> = redis
         .query(redis::cmd("HGETALL").arg(keys::GATEWAYS))
         .await?;
-    let script = redis::Script::new(EVICT_LUA);
-    let mut forgotten = Vec::new();
-    let mut marked = Vec::new();
+    let marks: Vec<String> = redis
+        .query(redis::cmd("HKEYS").arg(keys::GATEWAY_EVICTIONS))
+        .await?;
     let stale = beats
         .iter()
         .filter(|(_, &t)| t < liveness.cutoff_ms)
         .map(|(gw, _)| gw.as_str());
-    let candidates: std::collections::BTreeSet<&str> =
-        stale.chain(evicted.iter().map(String::as_str)).collect();
+    let candidates: BTreeSet<&str> = stale
+        .chain(evicted.iter().map(String::as_str))
+        .chain(marks.iter().map(String::as_str))
+        .collect();
+    let script = redis::Script::new(FINISH_LUA);
+    let mut forgotten = Vec::new();
+    let mut marked = Vec::new();
     for gw in candidates {
         let mut inv = script.key(keys::GATEWAYS);
-        inv.arg(gw)
+        inv.key(keys::GATEWAY_EVICTIONS)
+            .arg(gw)
             .arg(liveness.cutoff_ms)
             .arg(if evicted.contains(gw) { "1" } else { "0" });
         match redis.script::<i64>(&inv).await? {
@@ -216,15 +280,8 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     if !marked.is_empty() {
         tracing::warn!(
             gateways = ?marked,
-            "Gateways judged dead beat again during the sweep; marked for re-registration"
+            "Gateways judged dead beat again during (or after a cut-off) sweep; marked for re-registration"
         );
-    }
-    let pruned = prune_consumers(ctx).await?;
-    if pruned > 0 {
-        tracing::info!(pruned, "Removed idle stream consumers of past workers");
-    }
-    if removed_conns > 0 || removed_rooms > 0 {
-        tracing::info!(removed_conns, removed_rooms, "Janitor sweep cleaned up");
     }
     Ok(())
 }

@@ -141,6 +141,13 @@ pub struct GatewayConfig {
     #[arg(long, env = "PROBE_INTERVAL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub probe_interval_ms: u64,
 
+    /// Interval of the re-check of every local room, in ms: one round trip
+    /// per room finds bans whose pub/sub notice was lost and rooms whose
+    /// registration of this gateway is gone. At most 9000, so a ban reaches
+    /// every connection within 10 s even without its notice.
+    #[arg(long, env = "RECHECK_INTERVAL_MS", default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(10..=9_000))]
+    pub recheck_interval_ms: u64,
+
     /// Seconds to close connections and deregister after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -219,6 +226,10 @@ impl GatewayConfig {
     /// Heartbeat interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+    /// Interval of the per-room re-check (bans, registration).
+    pub fn recheck_interval(&self) -> Duration {
+        Duration::from_millis(self.recheck_interval_ms)
     }
 }
 

@@ -23,6 +23,9 @@
 //!   `JWT_SECRET`, `JWT_PUBLIC_KEY_FILE` or a JWKS document ([`jwks`],
 //!   fetched at start and refreshed in the background);
 //!   [`publish_api`]: named API keys and the HTTP publish route.
+//! - [`recheck`]: every few seconds, one round trip per room re-checks the
+//!   bans of the room's local users (a lost ban notice is healed) and this
+//!   gateway's registration (a late eviction is undone).
 //! - [`rate_limit`]: the per-connection token bucket.
 //! - [`server`]: the accept loop and each connection's HTTP phase, bounded
 //!   in time (`HANDSHAKE_TIMEOUT_MS`) and number (`MAX_PENDING_HANDSHAKES`),
@@ -47,6 +50,7 @@ pub mod publish_api;
 pub mod queue;
 pub mod rate_limit;
 pub mod receipts;
+pub mod recheck;
 pub mod room_access;
 pub mod room_events;
 pub mod rooms;
@@ -195,6 +199,12 @@ pub async fn run(
         })
     };
 
+    let recheck = tokio::spawn(recheck::run(
+        state.clone(),
+        state.config.recheck_interval(),
+        background.clone(),
+    ));
+
     let app = http::router(state.clone());
     let drain_state = state.clone();
     let listener = listener::ChatListener::new(listener, state.config.socket_send_buffer_bytes);
@@ -223,6 +233,7 @@ pub async fn run(
     background.cancel();
     let _ = subscriber.await;
     let _ = heartbeat.await;
+    let _ = recheck.await;
     let _ = keepalive.await;
     if let Some(refresh) = jwks_refresh {
         let _ = refresh.await;

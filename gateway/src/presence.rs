@@ -46,10 +46,19 @@ return joined
     )
 });
 
-/// Heartbeat at Redis's time. Returns 1 when the gateway must (re-)register
-/// its connections: Redis did not know it, or the janitor marked it evicted
-/// (a negative value: it removed the gateway's entries while the gateway was
-/// beating again, see the janitor's eviction step).
+/// Heartbeat at Redis's time. KEYS: the gateway registry, the janitor's
+/// evictions hash (same slot). Returns 1 when the gateway must
+/// (re-)register its connections:
+/// - Redis did not know it (restarted empty, flushed, or the janitor
+///   deleted a stale record);
+/// - the janitor marked it evicted (a negative value: it removed the
+///   gateway's entries while the gateway was beating again);
+/// - a janitor sweep is removing its entries, or was cut off while doing so
+///   (the gateway is in the evictions hash). Then every heartbeat says so
+///   until the janitor clears the mark: some of the gateway's rooms may have
+///   lost its entries, and only a re-registration after the last removal
+///   brings them back. Re-registering is idempotent, so repeating it costs
+///   round trips, never duplicates.
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -58,6 +67,7 @@ local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 redis.call('HSET', KEYS[1], ARGV[1], ms)
 if old == nil or old < 0 then return 1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
 return 0
 "#,
     )
@@ -163,7 +173,8 @@ pub async fn remove_connection(
 }
 
 /// Records that this gateway is alive now. Returns `true` when Redis did not
-/// know this gateway yet or the janitor evicted it: on any heartbeat but the
+/// know this gateway yet or the janitor evicted it (or is evicting it, or
+/// was cut off while evicting it): on any heartbeat but the
 /// first, that means Redis lost our registrations (restarted empty, flushed,
 /// or the janitor judged us dead) and [`restore_connections`] must restore
 /// them.
@@ -172,7 +183,7 @@ pub async fn remove_connection(
 /// Fails when Redis does not answer.
 pub async fn heartbeat(redis: &RedisHandle, gateway: &str) -> Result<bool, RedisError> {
     let mut inv = HEARTBEAT.key(keys::GATEWAYS);
-    inv.arg(gateway);
+    inv.key(keys::GATEWAY_EVICTIONS).arg(gateway);
     Ok(redis.script::<i64>(&inv).await? == 1)
 }
 

@@ -139,6 +139,27 @@ impl LocalRooms {
         }
     }
 
+    /// Asks the local connections of `room` to catch up from history (the
+    /// room's deliveries were missed). A full queue kicks the member.
+    pub fn resync_room(&self, room: &str) {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        for member in rooms.get(room).into_iter().flat_map(|m| m.values()) {
+            if let Err(queue::error::TrySendError::Full(_)) = member.tx.try_send(Outbound::Resync) {
+                metrics::counter!(m::GW_SLOW_CONSUMERS).increment(1);
+                member.kick();
+            }
+        }
+    }
+
+    /// Ids of the local connections in `room` now.
+    pub fn conn_ids(&self, room: &str) -> Vec<u64> {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .get(room)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Closes `user`'s connections in `room` with 4003 `banned` (a member
     /// whose queue is full is kicked instead). Returns how many.
     pub fn ban(&self, room: &str, user: &str) -> usize {

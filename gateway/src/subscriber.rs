@@ -13,7 +13,10 @@
 //!
 //! While down, [`SubscriptionState::is_up`] is false, so `/readyz` is 503 and
 //! `/health` says `delivery: down`. After every re-subscription each local
-//! connection catches up from history, so nothing published meanwhile is lost.
+//! connection catches up from history, so no message published meanwhile is
+//! lost; a ban notice published meanwhile is, and the room re-check
+//! ([`crate::recheck`]), woken by [`SubscriptionState::resubscribed`], finds
+//! the ban in Redis instead.
 //!
 //! Messages arrive as RESP3 pushes on a connection of its own. redis-rs hands
 //! them to a sender we supply, and ours is a bounded queue
@@ -34,7 +37,7 @@ use chat_shared::metrics as m;
 use chat_shared::redis::RedisHandle;
 use chat_shared::shutdown::sleep_or_cancel;
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::rooms::LocalRooms;
@@ -51,9 +54,18 @@ pub struct SubscriptionState {
     up: AtomicBool,
     /// When the last probe came back (Unix µs).
     last_probe_us: AtomicI64,
+    /// Signalled at every (re-)subscription: notices published while the
+    /// subscription was down (a ban's) are lost, so the room re-check
+    /// (`recheck`) runs at once.
+    resubscribed: Notify,
 }
 
 impl SubscriptionState {
+    /// Completes at the next (re-)subscription (or at once if one happened
+    /// since the last call). For one waiter: the room re-check.
+    pub async fn resubscribed(&self) {
+        self.resubscribed.notified().await;
+    }
     /// True while subscribed and probes come back.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
@@ -127,8 +139,9 @@ pub async fn run(
         tracing::info!(channel, "Delivery subscription established");
         // Whatever was published while we were not subscribed (including
         // before the first subscription, for connections accepted meanwhile)
-        // is in history.
+        // is in history; a ban's notice is not, and the re-check finds it.
         rooms.resync_all();
+        state.resubscribed.notify_one();
 
         let mut probe = tokio::time::interval(config.probe_interval);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -24,7 +24,8 @@
 //! | `chat:lease:{shard-<n>}` | string worker id, with TTL | worker |
 //! | `chat:fence:{shard-<n>}:<group>` | integer, the fencing token of the group's current reading connection (one per shard and group, no TTL) | worker |
 //! | `chat:applied:{messages:<room>}` | sorted set stream entry id → `seq`, entries persisted but not yet acked | worker |
-//! | `chat:gateways` | hash gateway id → last heartbeat (Redis time, ms) | gateway, janitor |
+//! | `chat:gateways` | hash gateway id → last heartbeat (Redis time, ms; -1: evicted, re-register) | gateway, janitor |
+//! | `{chat:gateways}:evicting` | hash gateway id → janitor worker id, while (or since) a sweep removes its entries | janitor |
 //! | `chat:config:stream-shards` | string, the deployment's `STREAM_SHARDS` | first process to start |
 //! | `chat:workers` | hash worker id → last heartbeat (ms) | worker supervisors |
 //! | `chat:lease:{janitor}` | string worker id, with TTL | the worker running the janitor |
@@ -42,6 +43,12 @@ pub const CONSUMER_GROUP: &str = "chat-fanout";
 pub const WEBHOOK_GROUP: &str = "chat-webhooks";
 /// Registry of live gateways with their last heartbeat time.
 pub const GATEWAYS: &str = "chat:gateways";
+/// Gateways whose entries a janitor sweep is removing, written before the
+/// first removal and deleted after the last. A sweep cut off in between
+/// leaves the mark, and the gateway re-registers on every heartbeat while it
+/// stays. Its hash tag is the whole name of [`GATEWAYS`], so both keys share
+/// a cluster slot and one script reads them together.
+pub const GATEWAY_EVICTIONS: &str = "{chat:gateways}:evicting";
 /// Registry of live workers with their last heartbeat time (fair shard share).
 pub const WORKERS: &str = "chat:workers";
 /// The `STREAM_SHARDS` every process of this deployment must use.
@@ -201,6 +208,15 @@ pub fn shard_of(room: &RoomId, shards: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_evictions_share_the_slot_of_the_gateway_registry() {
+        use crate::cluster::slot_of;
+        assert_eq!(
+            slot_of(GATEWAY_EVICTIONS.as_bytes()),
+            slot_of(GATEWAYS.as_bytes())
+        );
+    }
 
     #[test]
     fn spec_keys_keep_their_names() {

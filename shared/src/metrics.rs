@@ -50,7 +50,8 @@ pub const GW_SEARCHES: &str = "chat_gateway_searches_total";
 /// `banned`, `rate_limited`, `overloaded`, `unavailable`).
 pub const GW_HTTP_REFUSED: &str = "chat_gateway_http_refused_total";
 /// Counter: bans placed and lifted through this gateway, by `op`
-/// (`placed`, `lifted`).
+/// (`placed`, `lifted`), and connections closed for a ban found by the
+/// periodic re-check rather than by its notice (`rechecked`).
 pub const GW_BANS: &str = "chat_gateway_bans_total";
 /// Counter: messages refused because they would create a room beyond the
 /// sender's room-creation budget.
