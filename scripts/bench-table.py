@@ -1,4 +1,4 @@
-"""Turns scripts/bench results (JSON lines) into the README's benchmark table.
+"""Turns scripts/bench results (JSON lines) into the results table of docs/benchmarks.md.
 
 Replaces the text between <!-- bench:start --> and <!-- bench:end -->.
 """

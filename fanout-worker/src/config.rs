@@ -16,11 +16,13 @@ pub const DEFAULT_METRICS_PORT: u16 = 9091;
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 pub struct WorkerConfig {
-    /// Identity of this worker (default: host name plus a random suffix).
+    /// Identity of this worker, unique per process (default: host name plus a
+    /// random suffix).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,
 
-    /// Port of the HTTP server for `/metrics`, `/livez` and `/readyz`.
+    /// Port of the HTTP server for `/metrics`, `/livez` and `/readyz`. Give
+    /// each worker on one host its own.
     #[arg(long, env = "METRICS_PORT", default_value_t = DEFAULT_METRICS_PORT)]
     pub metrics_port: u16,
 
@@ -28,16 +30,18 @@ pub struct WorkerConfig {
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
     pub bind_addr: String,
 
-    /// Number of stream shards; must be the same on every gateway and worker.
+    /// Number of stream shards (1–4096); must be the same on every gateway and
+    /// worker (recorded in Redis, a process with another value exits with 64).
     #[arg(long, env = "STREAM_SHARDS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub stream_shards: u32,
 
-    /// Messages kept per room in `messages:{room}`.
+    /// Messages kept per room in `messages:{room}` (1–1000000).
     #[arg(long, env = "HISTORY_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub history_limit: u64,
 
     /// Most bytes of record JSON one room's history keeps (oldest dropped
-    /// first); bounds what a room of huge messages can cost. 0 = no cap.
+    /// first, so the list stays contiguous in `seq`); bounds what a room of
+    /// huge messages can cost. 0 = no cap.
     #[arg(long, env = "HISTORY_MAX_BYTES", default_value_t = 4_194_304)]
     pub history_max_bytes: u64,
 
@@ -45,31 +49,32 @@ pub struct WorkerConfig {
     #[arg(long, env = "HISTORY_TTL", default_value_t = 604_800, value_parser = clap::value_parser!(u64).range(1..))]
     pub history_ttl: u64,
 
-    /// Most stream entries read and processed per batch.
+    /// Most stream entries read and processed per batch (1–10000).
     #[arg(long, env = "BATCH_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub batch_size: u64,
 
     /// Longest a blocking stream read waits for new entries, in milliseconds
-    /// (10–30000, and less than half of `LEASE_TTL_MS`).
+    /// (10–30000, and less than half of `LEASE_TTL_MS`; otherwise the worker
+    /// exits with 64).
     #[arg(long, env = "READ_BLOCK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=30_000))]
     pub read_block_ms: u64,
 
-    /// Lease time-to-live of a shard, in milliseconds. A dead worker's shards are
+    /// Lease time-to-live of a shard, in milliseconds (≥ 1000). A dead worker's shards are
     /// taken over after at most this long.
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..))]
     pub lease_ttl_ms: u64,
 
-    /// Interval of the janitor's sweep, in milliseconds.
+    /// Interval of the janitor's sweep, in milliseconds (≥ 50).
     #[arg(long, env = "JANITOR_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(50..))]
     pub janitor_interval_ms: u64,
 
     /// A gateway whose heartbeat is older than this is dead; its connection
-    /// entries are removed. In milliseconds.
+    /// entries are removed. In milliseconds (≥ 100).
     #[arg(long, env = "GATEWAY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub gateway_timeout_ms: u64,
 
     /// Announce `leave` for the users of a dead gateway whose last connection
-    /// to a room the janitor removed.
+    /// to a room the janitor removed. Set it like the gateways'.
     #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub presence_events: bool,
 

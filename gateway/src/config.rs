@@ -24,23 +24,28 @@ pub struct GatewayConfig {
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
     pub bind_addr: String,
 
-    /// Identity of this gateway (default: host name plus a random suffix).
+    /// Identity of this gateway, unique per process (default: host name plus a
+    /// random suffix). A fixed id (e.g. a StatefulSet pod name) waits for a
+    /// previous process's heartbeat to go stale (about 3 × `HEARTBEAT_MS`), then
+    /// removes the entries it left; while a live gateway holds the id, the new
+    /// one exits with 64.
     #[arg(long, env = "GATEWAY_ID")]
     pub gateway_id: Option<String>,
 
-    /// Number of stream shards; must be the same on every gateway and worker.
+    /// Number of stream shards (1–4096); must be the same on every gateway and
+    /// worker (recorded in Redis, a process with another value exits with 64).
     #[arg(long, env = "STREAM_SHARDS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub stream_shards: u32,
 
-    /// Messages sent in the `history` frame on join (0 disables it).
+    /// Messages sent in the `history` frame on join (0 disables the frame).
     #[arg(long, env = "HISTORY_ON_JOIN", default_value_t = 50)]
     pub history_on_join: usize,
 
-    /// Largest history page a client or the HTTP API may ask for.
+    /// Largest history page a client or the HTTP API may ask for (1–10000).
     #[arg(long, env = "HISTORY_PAGE_MAX", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub history_page_max: u64,
 
-    /// Longest message text, in characters.
+    /// Longest message text, in characters (1–1000000).
     #[arg(long, env = "MAX_MESSAGE_LEN", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_message_len: u64,
 
@@ -54,24 +59,25 @@ pub struct GatewayConfig {
     #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
     pub ws_max_message_bytes: usize,
 
-    /// Initial read buffer per WebSocket, in bytes. It grows for larger frames;
+    /// Initial read buffer per WebSocket, in bytes (512–1048576). It grows for larger frames;
     /// tungstenite zero-fills all of it on the first read, so every idle
     /// connection holds it (its default, 128 KiB, dominated per-connection memory).
     #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 512, value_parser = clap::value_parser!(u64).range(512..=1_048_576))]
     pub ws_read_buffer_bytes: u64,
 
     /// Outbound frames queued per connection before it counts as a slow
-    /// consumer and is closed with 1013. Keep it at least the workers'
+    /// consumer and is closed with 1013 (1–65536). Keep it at least the workers'
     /// `BATCH_SIZE`: one batch can carry that many messages of one room. Slots
     /// (16 bytes each) are allocated as messages queue up and released when
     /// the queue drains, and frames are shared, so a large bound is cheap.
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub outbound_queue: u64,
 
-    /// Messages one connection may have read but not yet answered: they are
-    /// stored in batches of up to this many, one round trip per batch, while
-    /// the connection goes on reading (pipelined appends). 1 = one append at
-    /// a time.
+    /// Messages one connection may have read but not yet answered (1–1024):
+    /// they are stored in batches of up to this many, one round trip and one
+    /// script call per batch, while the connection goes on reading (pipelined
+    /// appends); beyond it the gateway stops reading that socket until answers
+    /// go out (TCP slows the sender). 1 = one append at a time.
     #[arg(long, env = "APPEND_PIPELINE_DEPTH", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub append_pipeline_depth: u64,
 
@@ -80,32 +86,37 @@ pub struct GatewayConfig {
     pub write_timeout_ms: u64,
 
     /// Most entries one stream shard may hold before appends are refused with
-    /// `unavailable` (workers down or behind); 0 disables the cap.
+    /// `unavailable` (workers down or behind) instead of filling Redis's
+    /// memory. Counts entries processed but not yet trimmed too (at most ~100
+    /// per shard). 0 disables the cap.
     #[arg(long, env = "STREAM_BACKLOG_MAX", default_value_t = 100_000)]
     pub stream_backlog_max: u64,
 
-    /// How long a message's `client_id` is remembered, in seconds: a retry
-    /// with the same `client_id` within it is acked with the original `id`
-    /// instead of being stored twice.
+    /// How long a message's `(room, user, client_id)` is remembered, in
+    /// seconds (1–86400): a retry with the same `client_id` within it is acked
+    /// with the original `id` instead of being stored twice.
     #[arg(long, env = "DEDUPE_WINDOW_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub dedupe_window_secs: u64,
 
-    /// Delivery batches buffered between Redis and this gateway's dispatch;
-    /// beyond it batches are dropped and connections catch up from history.
+    /// Delivery batches buffered between Redis and this gateway's dispatch
+    /// (1–1000000); beyond it batches are dropped
+    /// (`chat_gateway_delivery_overflows_total`) and every local connection
+    /// catches up from history, so memory stays bounded and nothing is lost.
     #[arg(long, env = "DELIVERY_BUFFER_BATCHES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub delivery_buffer_batches: u64,
 
     /// `SO_SNDBUF` of accepted sockets in bytes; 0 keeps the kernel's
-    /// auto-tuned default. Caps what a peer that stops reading can hold in
+    /// auto-tuned default (up to 4 MB on Linux). Caps what a peer that stops reading can hold in
     /// kernel memory (the kernel doubles the value for bookkeeping).
     #[arg(long, env = "SOCKET_SEND_BUFFER_BYTES", default_value_t = 0)]
     pub socket_send_buffer_bytes: usize,
 
-    /// Interval between server pings, in milliseconds.
+    /// Interval between server pings, in milliseconds (≥ 10).
     #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub ping_interval_ms: u64,
 
-    /// A connection silent (no frame, no pong) for this long is closed, in ms.
+    /// A connection silent (no frame, no pong) for this long is closed with
+    /// 1008, in ms (≥ 10).
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub idle_timeout_ms: u64,
 
@@ -114,13 +125,14 @@ pub struct GatewayConfig {
     pub max_connections: usize,
 
     /// Longest a TCP connection may stay in its HTTP phase (request headers,
-    /// the request itself, and the upgrade) before it is closed, in ms.
-    /// Covers peers that send nothing, send headers slowly, or never finish.
+    /// the request itself, and the upgrade) before it is closed, in ms
+    /// (100–600000). Covers peers that send nothing, send headers slowly, or
+    /// never finish; also ends plain HTTP keep-alive connections after this long.
     #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub handshake_timeout_ms: u64,
 
     /// Most accepted connections not yet upgraded to a WebSocket; at the cap
-    /// the oldest is closed to admit the new one.
+    /// the oldest is closed to admit the new one (1–1000000).
     #[arg(long, env = "MAX_PENDING_HANDSHAKES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_pending_handshakes: u64,
 
@@ -132,12 +144,13 @@ pub struct GatewayConfig {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 40.0)]
     pub rate_limit_burst: f64,
 
-    /// Interval of the gateway's liveness heartbeat in Redis, in ms.
+    /// Interval of the gateway's liveness heartbeat in Redis, in ms (≥ 10).
     #[arg(long, env = "HEARTBEAT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_ms: u64,
 
-    /// Interval of the delivery-subscription probe, in ms. Three missed probes
-    /// mark the subscription dead (not ready) and re-establish it.
+    /// Interval of the delivery-subscription self-probe, in ms (≥ 10). Three
+    /// missed probes mark the subscription dead (`/readyz` turns 503) and
+    /// re-establish it.
     #[arg(long, env = "PROBE_INTERVAL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub probe_interval_ms: u64,
 
@@ -153,12 +166,14 @@ pub struct GatewayConfig {
     pub shutdown_grace_secs: u64,
 
     /// Announce `join` when a user's first connection to a room opens and
-    /// `leave` when its last one closes (presence itself is always kept).
+    /// `leave` when its last one closes (`true`/`false`, also `1`/`0`;
+    /// presence itself is always kept).
     #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub presence_events: bool,
 
     /// Serve the demo page at `/` and the JavaScript client at `/client/…`
     /// (both embedded in the binary); `false` turns them off (`/` is then 404).
+    /// The production overlay sets `false`.
     #[arg(long, env = "DEMO_PAGE", default_value_t = true, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub demo_page: bool,
@@ -170,12 +185,14 @@ pub struct GatewayConfig {
     pub http_read_concurrency: u64,
 
     /// Key that signs anonymous sessions (auth off), shared by every gateway.
-    /// Unset: a random key is generated once into Redis and shared from there.
+    /// Unset: a random key is generated once into Redis (`chat:session-key`)
+    /// and shared from there.
     #[arg(long, env = "SESSION_SECRET", hide_env_values = true)]
     pub session_secret: Option<String>,
 
     /// Gateways the demo page may be pointed at with `?gateways=` besides its
-    /// own origin: a comma list of `ws://` / `wss://` / `http(s)://` origins.
+    /// own origin: a comma list of `ws://` / `wss://` / `http(s)://` origins,
+    /// or `scheme://host:*` for any port.
     #[arg(long, env = "DEMO_GATEWAYS", default_value = "")]
     pub demo_gateways: String,
 
@@ -264,23 +281,26 @@ impl AccessArgs {
 /// default, so spec clients keep working.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AccessArgs {
-    /// HS256 secret for client tokens, at least 32 bytes; setting it (or
-    /// JWT_PUBLIC_KEY_FILE, or JWT_JWKS_URL: exactly one of the three) turns
-    /// authentication on.
+    /// HS256 secret for client tokens, at least 32 bytes (a shorter one exits
+    /// with 64); setting it (or `JWT_PUBLIC_KEY_FILE`, or `JWT_JWKS_URL`: at most
+    /// one of the three, else exit 64) turns authentication on. Empty = unset.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// PEM public key (RSA for RS256, EC P-256 for ES256) for client tokens.
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) for client tokens;
+    /// turns authentication on.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<std::path::PathBuf>,
 
     /// URL (http:// or https://) of a JWKS document whose RS256 / ES256 keys
-    /// verify client tokens, chosen by the token's `kid`.
+    /// verify client tokens, chosen by the token's `kid`; turns authentication
+    /// on. Fetched at start (a failure warns and retries), every
+    /// `JWT_JWKS_REFRESH_S`, and on an unknown `kid` at most once per 30 s.
     #[arg(long, env = "JWT_JWKS_URL")]
     pub jwt_jwks_url: Option<String>,
 
-    /// Seconds between two fetches of JWT_JWKS_URL (a token with an unknown
-    /// `kid` also triggers one, at most once per 30 s).
+    /// Seconds between two fetches of `JWT_JWKS_URL` (1–86400; a token with an
+    /// unknown `kid` also triggers one, at most once per 30 s).
     #[arg(long, env = "JWT_JWKS_REFRESH_S", default_value_t = DEFAULT_JWKS_REFRESH_S, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub jwt_jwks_refresh_s: u64,
 
@@ -288,7 +308,8 @@ pub struct AccessArgs {
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// Required `aud` of client tokens (checked when set).
+    /// Required `aud` of client tokens (checked when set); unset with
+    /// authentication on logs a warning at start.
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
@@ -307,7 +328,8 @@ pub struct AccessArgs {
     pub trusted_proxies: String,
 
     /// Messages per second one user (per IP when anonymous) may send across
-    /// all gateways, kept in Redis; 0 = off.
+    /// all gateways, kept in Redis; 0 = off. Costs one Lua call per message
+    /// when on.
     #[arg(long, env = "USER_RATE_LIMIT_PER_SEC", default_value_t = 0.0)]
     pub user_rate_limit_per_sec: f64,
 
@@ -316,7 +338,9 @@ pub struct AccessArgs {
     pub user_rate_limit_burst: f64,
 
     /// New rooms (rooms without history) one user, or one IP when anonymous,
-    /// may create per minute across all gateways; 0 = no limit.
+    /// may create per minute across all gateways; beyond it the message gets
+    /// `rate_limited`. Costs one `EXISTS` on the first message of each
+    /// connection. 0 = no limit.
     #[arg(long, env = "ROOM_CREATION_PER_MIN", default_value_t = 30.0)]
     pub room_creation_per_min: f64,
 
@@ -326,8 +350,9 @@ pub struct AccessArgs {
 
     /// Keys of the HTTP publish API: a comma list of `name:key` or bare `key`
     /// entries (a bare one is named `key<N>`, N its 1-based position); its
-    /// messages carry `user_id` `api:<name>`. Without any key configured the
-    /// API does not exist (404).
+    /// messages carry `user_id` `api:<name>`. Names are unique, 1–64
+    /// characters without spaces. Without any key configured the API does not
+    /// exist (404).
     #[arg(long, env = "API_KEYS", hide_env_values = true, default_value = "")]
     pub api_keys: String,
 

@@ -54,7 +54,8 @@ pub struct RedisArgs {
     )]
     pub redis_client_key_file: Option<PathBuf>,
 
-    /// Multiplexed connections shared by short commands (blocking reads and pub/sub get their own).
+    /// Auto-reconnecting multiplexed connections shared by short commands,
+    /// round-robin (pub/sub and each worker shard's blocking reads get their own).
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: usize,
 
@@ -65,12 +66,14 @@ pub struct RedisArgs {
     /// Replicas that must hold a write before it counts: gateways ack a
     /// message, and workers ack a stream entry after persisting it, only
     /// after `WAIT <n>` confirms it reached this many replicas (0 = ack once
-    /// the master has it, Redis's asynchronous replication).
+    /// the master has it, Redis's asynchronous replication). Set the same on
+    /// gateways and workers.
     #[arg(long, env = "ACK_AFTER_REPLICAS", default_value_t = 0)]
     pub ack_after_replicas: u32,
 
     /// How long `WAIT` may take for `ACK_AFTER_REPLICAS`, in milliseconds; a
-    /// write that reaches fewer replicas in time is not acked (`unavailable`).
+    /// write that reaches fewer replicas in time is not acked (`unavailable`:
+    /// resend with the same `client_id`).
     #[arg(long, env = "ACK_REPLICAS_TIMEOUT_MS", default_value_t = 1000)]
     pub ack_replicas_timeout_ms: u64,
 }
@@ -173,7 +176,7 @@ pub enum LogFormat {
 /// Logging options; the filter itself comes from `RUST_LOG` (default `info`).
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
-    /// Log line format.
+    /// Log line format: human-readable lines, or one JSON object per line.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }

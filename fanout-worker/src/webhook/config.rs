@@ -56,7 +56,8 @@ pub struct WebhookArgs {
     /// Signing secret; required with `WEBHOOK_URL`. `X-Chat-Signature` is
     /// keyed with it as given; `webhook-signature` (Standard Webhooks) with
     /// the base64-decoded rest of a `whsec_<base64>` secret, else with it as
-    /// given.
+    /// given. Missing with `WEBHOOK_URL`, or `whsec_` followed by invalid
+    /// base64, exits with 64.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<Secret>,
 
@@ -65,26 +66,29 @@ pub struct WebhookArgs {
     #[arg(long, env = "WEBHOOK_SECRET_FILE", conflicts_with = "webhook_secret")]
     pub webhook_secret_file: Option<PathBuf>,
 
-    /// Timeout of one webhook request, in milliseconds.
+    /// Timeout of one webhook request, connecting included, in milliseconds
+    /// (1–600000).
     #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = DEFAULT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub webhook_timeout_ms: u64,
 
     /// Attempts per batch (the first included); after the last one fails the
-    /// batch is dropped and counted.
+    /// batch is dropped and counted (`reason="gave_up"`).
     #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub webhook_max_attempts: u32,
 
     /// Longest pause between two attempts, in milliseconds (pauses start at
-    /// 250 ms, or this if smaller, and double).
+    /// 250 ms, or this if smaller, and double). With the defaults a batch is
+    /// given up after about 92 s of pauses plus at most 50 s of timeouts.
     #[arg(long, env = "WEBHOOK_BACKOFF_MAX_MS", default_value_t = DEFAULT_BACKOFF_MAX_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_backoff_max_ms: u64,
 
-    /// Most records waiting per shard outbox; records persisted while it is
-    /// full are dropped and counted.
+    /// Most records waiting per shard outbox (`chat:webhooks:{shard-<n>}`);
+    /// records persisted while it is full are dropped and counted
+    /// (`reason="queue_full"`).
     #[arg(long, env = "WEBHOOK_QUEUE_MAX", default_value_t = DEFAULT_QUEUE_MAX, value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_queue_max: u64,
 
-    /// Most records per request.
+    /// Most records per request (1–10000).
     #[arg(long, env = "WEBHOOK_BATCH_MAX", default_value_t = DEFAULT_BATCH_MAX, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub webhook_batch_max: u64,
 }
