@@ -363,12 +363,7 @@ async fn prune_consumers(ctx: &Context) -> Result<usize, RedisError> {
     for (stream, group) in groups {
         let consumers: Result<Vec<HashMap<String, redis::Value>>, _> = ctx
             .redis
-            .query(
-                redis::cmd("XINFO")
-                    .arg("CONSUMERS")
-                    .arg(&stream)
-                    .arg(group),
-            )
+            .query(redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg(group))
             .await;
         // No stream or group yet: nothing to prune.
         let Ok(consumers) = consumers else { continue };

@@ -26,7 +26,12 @@ async fn an_index_no_worker_persisted_to_still_expires() {
         "the index of a room no worker persisted has TTL {ttl}"
     );
     // A worker's persist then gives it the history's TTL.
-    let _w = start_worker(&redis.url(), "w1", &[("HISTORY_TTL", "600"), ("STREAM_SHARDS", "4")]).await;
+    let _w = start_worker(
+        &redis.url(),
+        "w1",
+        &[("HISTORY_TTL", "600"), ("STREAM_SHARDS", "4")],
+    )
+    .await;
     eventually("the worker's TTL", DEADLINE, || {
         let mut conn = conn.clone();
         async move {
@@ -78,6 +83,12 @@ async fn webhook_consumers_of_workers_that_are_gone_are_pruned() {
     ]
     .concat();
     let mut old = start_worker(&redis.url(), "old", &env).await;
+    // A message, so the outboxes have entries and the senders read them.
+    let gw = start_gateway(&redis.url(), "g1", FAST_GW).await;
+    let (mut c, _) = Client::join(&gw.ws_url("room=hooked&username=ana")).await;
+    c.send_text(&message_frame("hooked", "hello", "c1").to_string())
+        .await;
+    c.next_of_type("ack").await;
     eventually("the old worker's webhook consumers", DEADLINE, || async {
         webhook_consumers(&redis, 4)
             .await
@@ -86,12 +97,39 @@ async fn webhook_consumers_of_workers_that_are_gone_are_pruned() {
     })
     .await;
     old.proc.sigterm();
-    old.proc.wait_exit(DEADLINE).await.expect("the old worker exits");
+    old.proc
+        .wait_exit(DEADLINE)
+        .await
+        .expect("the old worker exits");
     let _new = start_worker(&redis.url(), "new", &env).await;
-    eventually("the old worker's consumers pruned", DEADLINE * 2, || async {
-        let names = webhook_consumers(&redis, 4).await;
-        (!names.contains(&"old".to_owned()) && names.contains(&"new".to_owned())).then_some(())
+    let pruned = tokio::time::timeout(DEADLINE * 2, async {
+        loop {
+            let names = webhook_consumers(&redis, 4).await;
+            if !names.contains(&"old".to_owned()) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     })
     .await;
+    if pruned.is_err() {
+        let mut conn = redis.conn().await;
+        let mut info = Vec::new();
+        for shard in 0..4 {
+            let v: redis::Value = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(format!("chat:webhooks:{{shard-{shard}}}"))
+                .arg("chat-webhooks")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(redis::Value::Nil);
+            info.push(format!("{v:?}"));
+        }
+        let workers: HashMap<String, String> = conn.hgetall("chat:workers").await.unwrap();
+        panic!(
+            "old consumers not pruned: {info:?}; workers {workers:?}; new worker log: {}",
+            _new.proc.log_text()
+        );
+    }
     server.abort();
 }
