@@ -4,7 +4,7 @@
 //! process with Redis access can write).
 //!
 //! Each input either parses, and then the result satisfies the validation
-//! rules, or maps to a documented error: an error code listed in the README's
+//! rules, or maps to a documented error: an error code listed in docs/protocol.md's
 //! error table, or [`DecodeError`]. None may panic. 512 cases per property
 //! keep the whole file at a few seconds; `PROPTEST_CASES` raises it locally.
 
@@ -28,12 +28,12 @@ fn room() -> RoomId {
     RoomId::parse("lobby").unwrap()
 }
 
-/// The README, whose error-code table is the documented set.
+/// The protocol reference, whose error-code table is the documented set.
 fn readme() -> &'static str {
     static README: OnceLock<String> = OnceLock::new();
     README.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
-        std::fs::read_to_string(path).expect("read README.md")
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+        std::fs::read_to_string(path).expect("read docs/protocol.md")
     })
 }
 
@@ -45,7 +45,7 @@ fn check(result: Result<ClientFrame, Rejected>) -> Result<(), TestCaseError> {
             let code = rejected.error.code.as_str();
             prop_assert!(
                 readme().contains(&format!("| `{code}` |")),
-                "error code {} is not in the README's table",
+                "error code {} is not in the table of docs/protocol.md",
                 code
             );
             prop_assert!(!rejected.error.message.is_empty());
