@@ -265,8 +265,19 @@ struct Follow<'r, 'a> {
 }
 
 impl Follow<'_, '_> {
+    /// One seq'd item: `how` is `history` (an element of a history frame,
+    /// events carry their `type`) or the live frame's type (its `data`
+    /// has no `type`; an event's key is its `event_id`).
     fn item(&mut self, item: &Value, how: &str) {
         let Some(s) = seq(item) else { return };
+        let live_event = matches!(how, "edit" | "delete" | "reaction");
+        let item_key = if live_event {
+            item.get("event_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        } else {
+            key(item)
+        };
         let last = self.last.unwrap_or(s.saturating_sub(1));
         if s <= last {
             return; // a repeat: delivery is at least once
@@ -289,7 +300,7 @@ impl Follow<'_, '_> {
         }
         self.last = Some(s);
         if !self.reset_seen {
-            if let (Some(k), Some(want)) = (key(item), self.room.key_at.get(&s)) {
+            if let (Some(k), Some(want)) = (item_key, self.room.key_at.get(&s)) {
                 if &k != want {
                     self.out.push(Anomaly {
                         kind: Kind::DeliveryDiffers,
