@@ -109,6 +109,11 @@ fn key(item: &Value) -> Option<String> {
     k.and_then(Value::as_str).map(str::to_owned)
 }
 
+/// A `seq` for evidence: the number, or `none`.
+fn show(s: Option<u64>) -> String {
+    s.map_or_else(|| "none".to_owned(), |s| s.to_string())
+}
+
 fn seq(item: &Value) -> Option<u64> {
     item.get("seq").and_then(Value::as_u64)
 }
@@ -179,7 +184,7 @@ fn check_history(name: &str, room: &Room<'_>, out: &mut Vec<Anomaly>) {
             if !keys.insert(k.clone()) {
                 out.push(Anomaly {
                     kind: Kind::StoredTwice,
-                    evidence: format!("room {name}: key {k} stored again at seq {s:?}"),
+                    evidence: format!("room {name}: key {k} stored again at seq {}", show(s)),
                 });
             }
         }
@@ -191,7 +196,8 @@ fn check_history(name: &str, room: &Room<'_>, out: &mut Vec<Anomaly>) {
                 out.push(Anomaly {
                     kind: Kind::StoredTwice,
                     evidence: format!(
-                        "room {name}: text {t:?} stored at seq {first} and again at seq {s:?}"
+                        "room {name}: text {t:?} stored at seq {first} and again at seq {}",
+                        show(s)
                     ),
                 });
             }

@@ -100,9 +100,12 @@ fn drop_delivery(o: &mut Observations, seq: u64) {
     );
 }
 
-/// The planted anomalies: what each does to a clean history, and the kind
-/// the checker must report for it.
-fn plants() -> Vec<(&'static str, Kind, fn(&mut Observations))> {
+/// A planted anomaly: what it is, the kind the checker must report for
+/// it, and what it does to a clean history.
+type Plant = (&'static str, Kind, fn(&mut Observations));
+
+/// The planted anomalies.
+fn plants() -> Vec<Plant> {
     vec![
         (
             "an acked record deleted from history",
