@@ -1,9 +1,14 @@
-//! Helpers shared by the integration tests (`tests/common`) and the load
-//! generator (`chat-loadgen`): a minimal HTTP client for health and metrics
-//! endpoints, a process's resident memory, and the fault-injecting Redis
-//! proxy of the network-fault tests ([`fault_proxy`]).
+//! Helpers shared by the integration tests (`tests/common`), the load
+//! generator (`chat-loadgen`) and the nemesis (`chat-nemesis`): a minimal
+//! HTTP client for health and metrics endpoints, a process's resident
+//! memory, the fault-injecting Redis proxy of the network-fault tests
+//! ([`fault_proxy`]), and, for binaries that run the whole system, child
+//! processes ([`procs`]) and durable Redis servers and clusters
+//! ([`redis_procs`]).
 
 pub mod fault_proxy;
+pub mod procs;
+pub mod redis_procs;
 
 use std::time::Duration;
 
