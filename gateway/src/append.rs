@@ -38,6 +38,9 @@
 //!
 //! Concurrent appends from many connections share the multiplexed
 //! connections, which pipelines them under load with no added wait at idle.
+//! With `ACK_AFTER_REPLICAS` they share the connections kept for requests
+//! ending with `WAIT` instead ([`RedisHandle::pipe_waited`]), so a slow
+//! replica holds back appends, never heartbeats or probes.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -288,6 +291,20 @@ fn outcome(stamped: &Stamped, answer: &redis::Value) -> Result<Appended, AppendE
     }
 }
 
+/// Sends the append pipeline once: over the connections kept for `WAIT`
+/// when it ends with one, else over a shared connection.
+async fn send(
+    redis: &RedisHandle,
+    pipe: &redis::Pipeline,
+    waited: bool,
+) -> Result<Vec<redis::Value>, RedisError> {
+    if waited {
+        redis.pipe_waited(pipe).await
+    } else {
+        redis.pipe_once(pipe).await
+    }
+}
+
 /// Stamps one draft with a UUID v7 and the current time and appends it.
 ///
 /// # Errors
@@ -359,15 +376,18 @@ pub async fn append_batch(
     let started = Instant::now();
     // Not retried, by us or by the client library (`pipe_once`): without a
     // client_id, an append repeated after a lost reply would be stored
-    // twice, and with one its repeat would be taken for a resend. A NOSCRIPT
-    // answer means the script did not run: load it and send again.
-    let result = match redis.pipe_once::<Vec<redis::Value>>(&pipe).await {
+    // twice, and with one its repeat would be taken for a resend. With
+    // `WAIT`, on a connection kept for it (`pipe_waited`): it blocks its
+    // connection, and heartbeats on a shared one would stall behind it. A
+    // NOSCRIPT answer means the script did not run: load it and send again.
+    let waited = limits.replica_ack.is_some();
+    let result = match send(redis, &pipe, waited).await {
         Err(e) if e.is_no_script() => {
             let loaded = redis
                 .query::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(APPEND_LUA))
                 .await;
             match loaded {
-                Ok(_) => redis.pipe_once(&pipe).await,
+                Ok(_) => send(redis, &pipe, waited).await,
                 Err(e) => Err(e),
             }
         }
