@@ -10,6 +10,18 @@
 //!   retry with the same `client_id` (after a timeout whose append did land, or
 //!   after a reconnect) finds it and is acked with the original `id` and
 //!   `timestamp` instead of being stored twice.
+//! - **Replicas.** With `ACK_AFTER_REPLICAS` the script is followed by
+//!   `WAIT`, which waits only for the writes of its own connection. A
+//!   repeat wrote nothing, so its `WAIT` could return at once while no
+//!   replica had the original (sent on another connection, whose own
+//!   `WAIT` may still be running or have timed out): the resend was acked,
+//!   and a failover then lost it. So a repeat rewrites its marker's expiry
+//!   (the same remaining TTL, `PEXPIRE`): a write that is replicated after
+//!   the original's, so the `WAIT` behind it returns only once a replica
+//!   also holds the original. (Simpler than comparing `INFO replication`
+//!   offsets, and `WAITAOF` answers another question.) Some Redis versions
+//!   count every earlier write of the server for `WAIT`, which hid this;
+//!   the rewrite does not depend on it.
 //! - **Back-pressure.** Above `STREAM_BACKLOG_MAX` entries in the shard (workers
 //!   down or behind), the append is refused and the sender gets `unavailable`,
 //!   so a stalled pipeline cannot fill Redis's memory. The messages behind a
@@ -72,6 +84,9 @@ for i = 4, #ARGV, 4 do
     local prev = false
     if marker > 0 then prev = redis.call('GET', KEYS[marker]) end
     if prev then
+      -- A repeat writes too: see "Replicas" in the module docs.
+      local ttl = redis.call('PTTL', KEYS[marker])
+      if ttl > 0 then redis.call('PEXPIRE', KEYS[marker], ttl) end
       answer = prev
     elseif cap > 0 and redis.call('XLEN', KEYS[1]) >= cap then
       answer = -1
