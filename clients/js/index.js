@@ -81,8 +81,11 @@ export class ChatClient {
     this.timers = opts.timers || globalThis;
     this.urlIndex = 0;
     this.attempt = 0;
-    /** @type {Map<string, {frame: string, resolve: Function, reject: Function, retries?: number, timer?: any}>} in send order */
+    /** @type {Map<string, {frame: string, resolve: Function, reject: Function, retries?: number, inflight?: number}>} in send order */
     this.pending = new Map();
+    /** After an `unavailable` refusal: the client_id the resend starts from, and its timer. */
+    this.resendFrom = null;
+    this.resendTimer = null;
     /** @type {Map<string, Set<Function>>} */
     this.listeners = new Map();
     this.ws = null;
@@ -224,7 +227,11 @@ export class ChatClient {
     this.scheduleRefresh();
     // Resend everything not acknowledged, in order and with the same client_id:
     // the gateway acks a repeat of a stored message with its original id.
-    for (const p of this.pending.values()) this.ws.send(p.frame);
+    this.cancelResend();
+    for (const p of this.pending.values()) {
+      p.inflight = 0; // the old socket's answers will never come
+      this.transmit(p);
+    }
   }
 
   /** @param {number} code @param {string} reason */
@@ -258,6 +265,7 @@ export class ChatClient {
   }
 
   clearTimers() {
+    this.cancelResend();
     this.timers.clearTimeout(this.retryTimer);
     this.timers.clearTimeout(this.refreshTimer);
     this.timers.clearTimeout(this.typingTimer);
@@ -267,10 +275,8 @@ export class ChatClient {
 
   /** @param {Error} err */
   failAll(err) {
-    for (const p of this.pending.values()) {
-      this.timers.clearTimeout(p.timer);
-      p.reject(err);
-    }
+    this.cancelResend();
+    for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
     for (const w of this.presenceWaiters.splice(0)) w.reject(err);
   }
@@ -363,21 +369,78 @@ export class ChatClient {
 
   /** @param {any} data @param {ChatError|null} err */
   settle(data, err) {
-    const p = data && this.pending.get(data.client_id);
+    const id = data && data.client_id;
+    const p = this.pending.get(id);
     if (!p) return;
-    // `unavailable`: not stored (Redis down, backlog full). Resend it with the
-    // same client_id after a backoff, a few times, before giving up.
-    if (err?.code === "unavailable" && (p.retries ?? 0) < UNAVAILABLE_RETRIES) {
-      p.retries = (p.retries ?? 0) + 1;
-      const delay = backoffDelay(p.retries, { initialMs: 500, maxMs: 5000 }, this.opts.random);
-      p.timer = this.timers.setTimeout(() => {
-        if (this.pending.get(data.client_id) === p) this.sendText(p.frame);
-      }, delay);
-      return;
+    p.inflight = Math.max(0, (p.inflight ?? 1) - 1);
+    if (err) {
+      // A newer copy of this request is on its way: its answer decides.
+      if (p.inflight > 0) return;
+      if (err.code === "unavailable") return this.onUnavailable(id, p, err);
     }
-    this.pending.delete(data.client_id);
+    this.pending.delete(id);
     if (err) p.reject(err);
     else p.resolve(data);
+  }
+
+  /**
+   * `unavailable`: not stored (Redis down, backlog full, replicas slow). The
+   * gateway then refuses every later request of this connection until this
+   * client_id comes back (DESIGN.md, "Send order after a refusal"), so after
+   * one backoff everything pending from this request on is resent, in its
+   * original order and with the same client_ids: the messages are stored in
+   * sending order, each once. Gives up after a few rounds.
+   * @param {string} id @param {any} p @param {ChatError} err
+   */
+  onUnavailable(id, p, err) {
+    // Already part of a scheduled resend that starts before it.
+    if (this.resendTimer !== null && this.isBefore(this.resendFrom, id)) return;
+    if ((p.retries ?? 0) >= UNAVAILABLE_RETRIES) {
+      this.pending.delete(id);
+      p.reject(err);
+      // The gateway would wait for this client_id forever: a new connection
+      // starts with no refusal behind it (and resends the rest in order).
+      if (this.resendFrom === id || this.resendTimer === null) {
+        this.cancelResend();
+        if (this.pending.size > 0) this.reconnect();
+      }
+      return;
+    }
+    p.retries = (p.retries ?? 0) + 1;
+    this.cancelResend();
+    this.resendFrom = id;
+    const delay = backoffDelay(p.retries, { initialMs: 500, maxMs: 5000 }, this.opts.random);
+    this.resendTimer = this.timers.setTimeout(() => this.resendPending(), delay);
+  }
+
+  /** Sends every pending request from `resendFrom` on, in send order. */
+  resendPending() {
+    const from = this.resendFrom;
+    this.resendTimer = this.resendFrom = null;
+    let on = false;
+    for (const [id, p] of this.pending) {
+      on ||= id === from;
+      if (on) this.transmit(p);
+    }
+  }
+
+  cancelResend() {
+    this.timers.clearTimeout(this.resendTimer);
+    this.resendTimer = this.resendFrom = null;
+  }
+
+  /** Whether pending request `a` was sent before `b` (or is `b`). @param {string} a @param {string} b */
+  isBefore(a, b) {
+    for (const id of this.pending.keys()) {
+      if (id === a) return true;
+      if (id === b) return false;
+    }
+    return false;
+  }
+
+  /** Sends one pending request, counting the copies awaiting an answer. @param {any} p */
+  transmit(p) {
+    if (this.sendText(p.frame)) p.inflight = (p.inflight ?? 0) + 1;
   }
 
   // ---- outbound ----------------------------------------------------------
@@ -409,8 +472,11 @@ export class ChatClient {
     const client_id = newClientId();
     const frame = JSON.stringify({ type, data: { room: this.room, ...data, client_id } });
     return new Promise((resolve, reject) => {
-      this.pending.set(client_id, { frame, resolve, reject });
-      this.sendText(frame);
+      const p = { frame, resolve, reject, inflight: 0 };
+      this.pending.set(client_id, p);
+      // While a resend is scheduled the gateway would refuse it: it goes
+      // out with that resend, behind the requests sent before it.
+      if (this.resendTimer === null) this.transmit(p);
     });
   }
 

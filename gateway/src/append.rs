@@ -10,6 +10,18 @@
 //!   retry with the same `client_id` (after a timeout whose append did land, or
 //!   after a reconnect) finds it and is acked with the original `id` and
 //!   `timestamp` instead of being stored twice.
+//! - **Replicas.** With `ACK_AFTER_REPLICAS` the script is followed by
+//!   `WAIT`, which waits only for the writes of its own connection. A
+//!   repeat wrote nothing, so its `WAIT` could return at once while no
+//!   replica had the original (sent on another connection, whose own
+//!   `WAIT` may still be running or have timed out): the resend was acked,
+//!   and a failover then lost it. So a repeat rewrites its marker's expiry
+//!   (the same remaining TTL, `PEXPIRE`): a write that is replicated after
+//!   the original's, so the `WAIT` behind it returns only once a replica
+//!   also holds the original. (Simpler than comparing `INFO replication`
+//!   offsets, and `WAITAOF` answers another question.) Some Redis versions
+//!   count every earlier write of the server for `WAIT`, which hid this;
+//!   the rewrite does not depend on it.
 //! - **Back-pressure.** Above `STREAM_BACKLOG_MAX` entries in the shard (workers
 //!   down or behind), the append is refused and the sender gets `unavailable`,
 //!   so a stalled pipeline cannot fill Redis's memory. The messages behind a
@@ -38,6 +50,9 @@
 //!
 //! Concurrent appends from many connections share the multiplexed
 //! connections, which pipelines them under load with no added wait at idle.
+//! With `ACK_AFTER_REPLICAS` they share the connections kept for requests
+//! ending with `WAIT` instead ([`RedisHandle::pipe_waited`]), so a slow
+//! replica holds back appends, never heartbeats or probes.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -69,6 +84,9 @@ for i = 4, #ARGV, 4 do
     local prev = false
     if marker > 0 then prev = redis.call('GET', KEYS[marker]) end
     if prev then
+      -- A repeat writes too: see "Replicas" in the module docs.
+      local ttl = redis.call('PTTL', KEYS[marker])
+      if ttl > 0 then redis.call('PEXPIRE', KEYS[marker], ttl) end
       answer = prev
     elseif cap > 0 and redis.call('XLEN', KEYS[1]) >= cap then
       answer = -1
@@ -288,6 +306,20 @@ fn outcome(stamped: &Stamped, answer: &redis::Value) -> Result<Appended, AppendE
     }
 }
 
+/// Sends the append pipeline once: over the connections kept for `WAIT`
+/// when it ends with one, else over a shared connection.
+async fn send(
+    redis: &RedisHandle,
+    pipe: &redis::Pipeline,
+    waited: bool,
+) -> Result<Vec<redis::Value>, RedisError> {
+    if waited {
+        redis.pipe_waited(pipe).await
+    } else {
+        redis.pipe_once(pipe).await
+    }
+}
+
 /// Stamps one draft with a UUID v7 and the current time and appends it.
 ///
 /// # Errors
@@ -371,15 +403,18 @@ pub async fn append_batch(
     let started = Instant::now();
     // Not retried, by us or by the client library (`pipe_once`): without a
     // client_id, an append repeated after a lost reply would be stored
-    // twice, and with one its repeat would be taken for a resend. A NOSCRIPT
-    // answer means the script did not run: load it and send again.
-    let result = match redis.pipe_once::<Vec<redis::Value>>(&pipe).await {
+    // twice, and with one its repeat would be taken for a resend. With
+    // `WAIT`, on a connection kept for it (`pipe_waited`): it blocks its
+    // connection, and heartbeats on a shared one would stall behind it. A
+    // NOSCRIPT answer means the script did not run: load it and send again.
+    let waited = limits.replica_ack.is_some();
+    let result = match send(redis, &pipe, waited).await {
         Err(e) if e.is_no_script() => {
             let loaded = redis
                 .query::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(APPEND_LUA))
                 .await;
             match loaded {
-                Ok(_) => redis.pipe_once(&pipe).await,
+                Ok(_) => send(redis, &pipe, waited).await,
                 Err(e) => Err(e),
             }
         }

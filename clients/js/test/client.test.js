@@ -346,3 +346,52 @@ test("keeps the anonymous session and sends it on every reconnect", async () => 
   await tick();
   assert.equal(FakeSocket.last.url.searchParams.get("session"), null);
 });
+
+test("after an unavailable refusal, pending requests are resent in their order after one backoff", async () => {
+  const { c } = await joined();
+  const s = FakeSocket.last;
+  const sends = ["a", "b", "c", "d"].map((t) => c.send(t));
+  const ids = s.sentOf("message").map((f) => f.data.client_id);
+  s.frame("ack", { client_id: ids[0], id: "m3" });
+  // b is refused; the gateway then refuses c and d too (send-order rule).
+  s.frame("error", { code: "unavailable", message: "redis down", client_id: ids[1] });
+  assert.equal(timers.size, 1, "one resend is scheduled");
+  s.frame("error", { code: "unavailable", message: "after failure", client_id: ids[2] });
+  assert.equal(timers.size, 1, "refusals behind it join that resend");
+  // A send while the resend waits goes out with it, behind the others.
+  const late = c.send("e");
+  assert.equal(s.sentOf("message").length, 4, "e waits for the resend");
+  timers.fireAll();
+  // d's refusal of the first round arrives after the resend: it is stale.
+  s.frame("error", { code: "unavailable", message: "after failure", client_id: ids[3] });
+  assert.equal(timers.size, 0, "a stale refusal schedules nothing");
+  const resent = s.sentOf("message").slice(4).map((f) => f.data.message);
+  assert.deepEqual(resent, ["b", "c", "d", "e"], "resent from the refused one on, in order");
+  const resentIds = s.sentOf("message").slice(4).map((f) => f.data.client_id);
+  assert.deepEqual(resentIds.slice(0, 3), ids.slice(1), "with the same client_ids");
+  for (const [i, id] of resentIds.entries()) s.frame("ack", { client_id: id, id: `m${4 + i}` });
+  assert.deepEqual((await Promise.all([...sends, late])).map((a) => a.id), ["m3", "m4", "m5", "m6", "m7"]);
+  assert.equal(c.pending.size, 0);
+});
+
+test("giving up on a refused request reconnects, and the rest is resent in order", async () => {
+  const { c } = await joined();
+  const s = FakeSocket.last;
+  const first = c.send("a");
+  const second = c.send("b");
+  const [a, b] = s.sentOf("message").map((f) => f.data.client_id);
+  for (let i = 0; i < 3; i++) {
+    s.frame("error", { code: "unavailable", message: "redis down", client_id: a });
+    s.frame("error", { code: "unavailable", message: "after failure", client_id: b });
+    timers.fireAll();
+  }
+  s.frame("error", { code: "unavailable", message: "redis down", client_id: a });
+  await assert.rejects(first, (e) => e.code === "unavailable");
+  assert.ok(s.closed, "the refused connection is given up");
+  const s2 = FakeSocket.last;
+  assert.notEqual(s2, s);
+  s2.open();
+  assert.deepEqual(s2.sentOf("message").map((f) => f.data.client_id), [b]);
+  s2.frame("ack", { client_id: b, id: "m3" });
+  assert.equal((await second).id, "m3");
+});

@@ -5,7 +5,10 @@
 //! is full (it is busy sending) is still read. Messages are checked here and
 //! stored by the connection's [`Appender`], in batches, while reading goes
 //! on; once the connection has one, every reply goes through it too, so the
-//! client gets its answers in the order it sent the frames. A fast sender is
+//! client gets its answers in the order it sent the frames. A message that
+//! fails a check here is refused through the appender as well, since the
+//! send-order rule after an `unavailable` refusal (DESIGN.md) is decided
+//! there, in reading order. A fast sender is
 //! slowed by TCP once `APPEND_PIPELINE_DEPTH` messages are waiting, not
 //! buffered. The per-connection rate limit and the idle timeout are enforced
 //! here.
@@ -276,7 +279,7 @@ impl Reader {
                     ErrorCode::Forbidden,
                     "data.username differs from the token's name; omit it",
                 );
-                return self.reply_error(&err, client_id).await;
+                return self.refuse(err, client_id).await;
             }
             (Some(identity), _) => identity.name.clone(),
             (None, claimed) => claimed.unwrap_or_else(|| self.username.clone()),
@@ -284,16 +287,16 @@ impl Reader {
         let budget_key = self.budget_key();
         if !self.room_exists {
             if let Some(refused) = self.spend_room_creation(&budget_key).await {
-                return self.reply_error(&refused, client_id).await;
+                return self.refuse(refused, client_id).await;
             }
         }
         if let Some(limited) = self.spend_user_budget(&budget_key).await {
-            return self.reply_error(&limited, client_id).await;
+            return self.refuse(limited, client_id).await;
         }
         if let Some(reply_to) = &msg.reply_to {
             let exists = room_events::exists(&self.state.redis, &self.room, reply_to).await;
             if let Err(e) = exists {
-                return self.reply_error(&e, client_id).await;
+                return self.refuse(e, client_id).await;
             }
         }
         let draft = Draft {
@@ -322,7 +325,7 @@ impl Reader {
             .clone()
             .unwrap_or_else(|| username.as_str().to_owned());
         if let Some(limited) = self.spend_user_budget(&self.budget_key()).await {
-            return self.reply_error(&limited, client_id).await;
+            return self.refuse(limited, client_id).await;
         }
         let allowed = match (event.kind, &event.emoji) {
             (EventKind::React, Some(emoji)) => {
@@ -349,7 +352,7 @@ impl Reader {
             }
         };
         if let Err(e) = allowed {
-            return self.reply_error(&e, client_id).await;
+            return self.refuse(e, client_id).await;
         }
         let draft = Draft {
             event: Some(event),
@@ -385,10 +388,31 @@ impl Reader {
     /// Hands `draft` to the connection's appender (started on first use),
     /// which stores it and acks it, or tells the sender it was not stored.
     async fn append(&mut self, draft: Draft) -> Result<(), WriterGone> {
-        let appender = self.appender.get_or_insert_with(|| {
+        self.appender().append(draft).await.map_err(|_| WriterGone)
+    }
+
+    /// Refuses a message or room event that failed a check here. The
+    /// refusal goes through the appender, in reading order, because the
+    /// send-order rule (DESIGN.md) applies to it: inside a window opened by
+    /// an earlier refusal it becomes `unavailable`, and an `unavailable`
+    /// one (a check that could not reach Redis) opens a window.
+    async fn refuse(
+        &mut self,
+        err: ProtocolError,
+        client_id: Option<&str>,
+    ) -> Result<(), WriterGone> {
+        let client_id = client_id.map(str::to_owned);
+        self.appender()
+            .refuse(err, client_id)
+            .await
+            .map_err(|_| WriterGone)
+    }
+
+    /// The connection's appender, started on first use.
+    fn appender(&mut self) -> &Appender {
+        self.appender.get_or_insert_with(|| {
             Appender::spawn(self.state.clone(), self.room.clone(), self.replies.clone())
-        });
-        appender.append(draft).await.map_err(|_| WriterGone)
+        })
     }
 
     /// Before the first message of this connection: a room without history

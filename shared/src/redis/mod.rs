@@ -30,6 +30,18 @@
 //! it reconnects and returns the error (its `number_of_retries` counts
 //! reconnection attempts), and [`RedisHandle::with_retry`] repeats only
 //! idempotent requests.
+//!
+//! **`WAIT` gets connections of its own.** With `ACK_AFTER_REPLICAS`, an
+//! append ends with `WAIT`, which blocks its connection until the replicas
+//! confirm (up to `ACK_REPLICAS_TIMEOUT_MS`): Redis runs nothing else of that
+//! client meanwhile. On a shared multiplexed connection, heartbeats and
+//! probes queued behind it would stall with one slow replica, and the
+//! janitor would declare a live gateway dead. `WAIT` also counts only the
+//! writes of its own connection, so the write and its `WAIT` must share one:
+//! [`RedisHandle::pipe_waited`] sends both over a pool kept for such
+//! requests (on a single Redis, `REDIS_POOL_SIZE` connections opened on
+//! first use; on a cluster, the retry-free connection of the `*_once`
+//! requests, which carries nothing but appends).
 
 pub mod conn;
 
@@ -55,6 +67,9 @@ pub struct RedisHandle {
     /// On a cluster, the connection of the `*_once` requests: redis-rs
     /// retries off (see the module docs). `None` on a single Redis.
     once: Option<Arc<Conn>>,
+    /// On a single Redis with `ACK_AFTER_REPLICAS`, the connections of
+    /// [`Self::pipe_waited`] (see the module docs); empty otherwise.
+    waited: Arc<[ArcSwap<Conn>]>,
     next: Arc<AtomicUsize>,
     backend: Arc<Backend>,
     timeout: Duration,
@@ -199,16 +214,24 @@ impl RedisHandle {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(timeout);
-        let shared = (0..args.redis_pool_size.max(1))
-            .map(|_| {
-                let manager = client.get_connection_manager_lazy(config.clone())?;
-                Ok(ArcSwap::from_pointee(Conn::Managed(manager)))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(RedisError::Url)?;
+        let pool = |size: usize| {
+            (0..size)
+                .map(|_| {
+                    let manager = client.get_connection_manager_lazy(config.clone())?;
+                    Ok(ArcSwap::from_pointee(Conn::Managed(manager)))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(RedisError::Url)
+        };
+        let shared = pool(args.redis_pool_size.max(1))?;
+        let waited = match args.replica_ack() {
+            Some(_) => pool(args.redis_pool_size.max(1))?,
+            None => Vec::new(),
+        };
         Ok(Self {
             shared: shared.into(),
             once: None,
+            waited: waited.into(),
             next: Arc::new(AtomicUsize::new(0)),
             backend: Arc::new(Backend::Single {
                 client,
@@ -239,6 +262,7 @@ impl RedisHandle {
         Ok(Self {
             shared: vec![ArcSwap::from_pointee(Conn::Cluster(conn))].into(),
             once: Some(Arc::new(Conn::Cluster(once))),
+            waited: Vec::new().into(),
             next: Arc::new(AtomicUsize::new(0)),
             backend: Arc::new(backend),
             timeout,
@@ -273,8 +297,14 @@ impl RedisHandle {
     /// while a password is being rotated). redis-rs' `ConnectionManager`
     /// reconnects after I/O errors only, so it would otherwise return that
     /// error forever, even once Redis accepts the credentials again.
-    fn replace_if_stuck(&self, i: usize, used: &Arc<Conn>, e: &redis::RedisError) {
-        if e.kind() != redis::ErrorKind::AuthenticationFailed || i >= self.shared.len() {
+    fn replace_if_stuck(
+        &self,
+        pool: &[ArcSwap<Conn>],
+        i: usize,
+        used: &Arc<Conn>,
+        e: &redis::RedisError,
+    ) {
+        if e.kind() != redis::ErrorKind::AuthenticationFailed || i >= pool.len() {
             return;
         }
         let Backend::Single {
@@ -290,7 +320,7 @@ impl RedisHandle {
             .map(Conn::Managed)
         {
             // Only if no other task replaced it meanwhile.
-            self.shared[i].compare_and_swap(used, Arc::new(fresh));
+            pool[i].compare_and_swap(used, Arc::new(fresh));
         }
     }
 
@@ -329,6 +359,35 @@ impl RedisHandle {
     ) -> Result<T, RedisError> {
         self.once(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await
+    }
+
+    /// Runs a pipeline that ends with `WAIT` (`ACK_AFTER_REPLICAS`) and must
+    /// not run twice, within the timeout, never retried (see
+    /// [`Self::query_once`]), on a connection kept for such requests: the
+    /// `WAIT` blocks its connection, and must not block the shared ones
+    /// (see the module docs).
+    ///
+    /// # Errors
+    /// Fails on connection errors, command errors and timeouts.
+    pub async fn pipe_waited<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        if self.waited.is_empty() {
+            return self.pipe_once(pipe).await;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.waited.len();
+        let used = self.waited[i].load_full();
+        let result = tokio::time::timeout(self.timeout, async {
+            let mut conn = Conn::clone(&used);
+            pipe.query_async(&mut conn).await
+        })
+        .await
+        .map_err(|_| RedisError::Timeout)?;
+        if let Err(e) = &result {
+            self.replace_if_stuck(&self.waited, i, &used, e);
+        }
+        result.map_err(RedisError::from)
     }
 
     /// Runs a pipeline on a shared connection within the timeout.
@@ -384,7 +443,7 @@ impl RedisHandle {
             .await
             .map_err(|_| RedisError::Timeout)?;
         if let Err(e) = &result {
-            self.replace_if_stuck(i, &used, e);
+            self.replace_if_stuck(&self.shared, i, &used, e);
         }
         result.map_err(RedisError::from)
     }
@@ -408,7 +467,7 @@ impl RedisHandle {
                 .await
                 .map_err(|_| RedisError::Timeout)?;
             if let Err(e) = &result {
-                self.replace_if_stuck(i, &used, e);
+                self.replace_if_stuck(&self.shared, i, &used, e);
             }
             match result {
                 Err(e) if attempts < self.shared.len() + 1 && not_sent(&e) => continue,
@@ -500,9 +559,10 @@ impl RedisHandle {
         Ok(previous.filter(|p| *p != shards))
     }
 
-    /// Pings every shared connection once a second until `stop`, so that after
-    /// Redis restarts each of them notices and reconnects within a second,
-    /// instead of failing the next real request (an append is never retried).
+    /// Pings every shared connection (and those of [`Self::pipe_waited`])
+    /// once a second until `stop`, so that after Redis restarts each of them
+    /// notices and reconnects within a second, instead of failing the next
+    /// real request (an append is never retried).
     pub fn spawn_keepalive(
         &self,
         stop: tokio_util::sync::CancellationToken,
@@ -516,13 +576,17 @@ impl RedisHandle {
                     _ = tick.tick() => {}
                     _ = stop.cancelled() => break,
                 }
-                for (i, slot) in this.shared.iter().enumerate() {
-                    let used = slot.load_full();
-                    let mut conn = Conn::clone(&used);
-                    let cmd = redis::cmd("PING");
-                    let ping = cmd.query_async::<String>(&mut conn);
-                    if let Ok(Err(e)) = tokio::time::timeout(this.timeout, ping).await {
-                        this.replace_if_stuck(i, &used, &e);
+                for pool in [&this.shared, &this.waited] {
+                    for (i, slot) in pool.iter().enumerate() {
+                        let used = slot.load_full();
+                        let mut conn = Conn::clone(&used);
+                        let cmd = redis::cmd("PING");
+                        let ping = cmd.query_async::<String>(&mut conn);
+                        // A ping queued behind a `WAIT` may time out: only
+                        // a refused handshake matters here.
+                        if let Ok(Err(e)) = tokio::time::timeout(this.timeout, ping).await {
+                            this.replace_if_stuck(pool, i, &used, &e);
+                        }
                     }
                 }
             }
