@@ -89,6 +89,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let redis = RedisHandle::new(&config.redis)?;
+    // Dashboards and rate() alerts see every series from the start, at 0.
+    chat_shared::metrics::register_at_zero(chat_shared::metrics::Role::Worker);
     let webhook = webhook::Webhook::from_args(&config.webhook)?;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let ctx = Arc::new(Context {

@@ -89,6 +89,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let redis = RedisHandle::new(&config.redis)?;
+    // Dashboards and rate() alerts see every series from the start, at 0.
+    chat_shared::metrics::register_at_zero(chat_shared::metrics::Role::Gateway);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let heartbeat_every = config.heartbeat();
     // Connections close on `conn_shutdown`, which fires when the drain starts.

@@ -107,7 +107,9 @@ async fn metrics_count_what_happened_on_both_tiers() {
         for line in body.lines().filter(|l| l.starts_with("# TYPE chat_")) {
             let name = line.split_whitespace().nth(2).unwrap();
             assert!(
-                !name.contains("room") || name == "chat_gateway_rooms",
+                !name.contains("room")
+                    || name == "chat_gateway_rooms"
+                    || name == "chat_gateway_room_creations_refused_total",
                 "no room-named series: {name}"
             );
         }
@@ -246,5 +248,32 @@ fn bad_configuration_exits_with_ex_usage() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(!out.stderr.is_empty());
+    }
+}
+
+/// A fresh gateway and worker export their incident series at 0 before any
+/// incident, so dashboards show 0 and `rate()` alerts have a series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_series_exist_at_zero_on_fresh_processes() {
+    let redis = Redis::start().await;
+    let worker = start_worker(&redis.url(), "w1", FAST_WORKER).await;
+    let gw = start_gateway(&redis.url(), "g1", FAST_GW).await;
+    for series in [
+        "chat_gateway_redis_errors_total{op=\"append\"}",
+        "chat_gateway_slow_consumer_disconnects_total",
+        "chat_gateway_rate_limited_frames_total",
+        "chat_gateway_connections_closed_total{reason=\"slow_consumer\"}",
+        "chat_gateway_http_refused_total{route=\"read\",code=\"overloaded\"}",
+        "chat_gateway_accept_errors_total{kind=\"fd_limit\"}",
+        "chat_gateway_connections",
+    ] {
+        assert_eq!(metric(&gw.addr(), series).await, Some(0.0), "{series}");
+    }
+    for series in [
+        "chat_worker_redis_errors_total{op=\"lease\"}",
+        "chat_worker_messages_duplicate_total",
+        "chat_worker_webhook_events_dropped_total{reason=\"queue_full\"}",
+    ] {
+        assert_eq!(metric(&worker.addr(), series).await, Some(0.0), "{series}");
     }
 }

@@ -231,14 +231,18 @@ async fn redis_dying_under_pipelined_appends_refuses_what_follows_and_never_reor
     // Redis first). Counting records is not enough: a message refused after
     // a Redis error may have been stored too, so the count can be reached
     // while an acked one is still on its way.
-    let first_pass = eventually("every acked send persisted", Duration::from_secs(30), || async {
-        let r = stored_records(&redis, "pipefault").await;
-        let stored = stored_numbers(&r);
-        got.iter()
-            .filter(|(_, a)| matches!(a, Answer::Acked(_)))
-            .all(|(c, _)| stored.contains(c))
-            .then_some(r)
-    })
+    let first_pass = eventually(
+        "every acked send persisted",
+        Duration::from_secs(30),
+        || async {
+            let r = stored_records(&redis, "pipefault").await;
+            let stored = stored_numbers(&r);
+            got.iter()
+                .filter(|(_, a)| matches!(a, Answer::Acked(_)))
+                .all(|(c, _)| stored.contains(c))
+                .then_some(r)
+        },
+    )
     .await;
     let first = stream_order(&first_pass);
     assert!(
