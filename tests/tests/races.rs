@@ -192,7 +192,9 @@ async fn appends_are_refused_above_the_backlog_cap_and_resume_once_drained() {
     let refused = metric(&gw.addr(), "chat_gateway_backlog_refusals_total").await;
     assert_eq!(refused, Some(1.0));
 
-    // A worker drains the stream; appends are taken again.
+    // A worker drains the stream; appends are taken again. The connection
+    // refuses every later message until the refused one comes again (send
+    // order after a refusal), so the client resends it, as a client must.
     let _w = start_worker(&redis.url(), "w1", &[("STREAM_SHARDS", "1")]).await;
     let end = std::time::Instant::now() + DEADLINE;
     'retry: loop {
@@ -200,7 +202,7 @@ async fn appends_are_refused_above_the_backlog_cap_and_resume_once_drained() {
             std::time::Instant::now() < end,
             "appends still refused after the worker drained the stream"
         );
-        client.say("backlog", "again", "again").await;
+        client.say("backlog", "over", "over-1").await;
         loop {
             let v = client.next_json().await;
             match v["type"].as_str() {
