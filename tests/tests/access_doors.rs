@@ -50,19 +50,6 @@ async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// Sends `frame` and returns the `ack` data; panics on an error frame.
-async fn acked(c: &mut Client, frame: Value) -> Value {
-    c.send_text(&frame.to_string()).await;
-    loop {
-        let v = c.next_json().await;
-        match v["type"].as_str() {
-            Some("ack") => return v["data"].clone(),
-            Some("error") => panic!("{frame} refused: {v}"),
-            _ => {}
-        }
-    }
-}
-
 /// Sends `frame` and returns the code of the `error` it gets.
 async fn refused(c: &mut Client, frame: Value) -> String {
     c.send_text(&frame.to_string()).await;
@@ -88,11 +75,8 @@ async fn every_http_door_applies_the_ws_checks() {
     let gw = start_gateway(&redis.url(), "g1", &env).await;
     let (mut ana, _) =
         Client::join(&gw.ws_url(&format!("room=secret&token={}", token("ana", None)))).await;
-    acked(
-        &mut ana,
-        message_frame("secret", "the password is swordfish", "c1"),
-    )
-    .await;
+    ana.acked(message_frame("secret", "the password is swordfish", "c1"))
+        .await;
     let (status, _) = call(
         &gw,
         "POST",
@@ -193,7 +177,7 @@ async fn anonymous_identities_cannot_be_taken_by_a_display_name() {
     let session = ana.session_value().await;
     let ana_id = ana.anon_user_id().await;
     assert!(ana_id.starts_with("anon-"), "{ana_id}");
-    let sent = acked(&mut ana, message_frame(room, "mine", "a1")).await;
+    let sent = ana.acked(message_frame(room, "mine", "a1")).await;
     let id = sent["id"].as_str().unwrap().to_owned();
     let own = ana.messages(1).await;
     assert_eq!(own[0]["user_id"], ana_id.as_str());
@@ -234,7 +218,7 @@ async fn anonymous_identities_cannot_be_taken_by_a_display_name() {
     .await;
     assert_eq!(back.anon_user_id().await, ana_id);
     assert_eq!(back.session_value().await, session);
-    acked(&mut back, edit("b1")).await;
+    back.acked(edit("b1")).await;
     let edited = back.next_of_type("edit").await;
     assert_eq!(edited["data"]["user_id"], ana_id.as_str());
     assert_eq!(edited["data"]["message"], "pwned");
@@ -266,7 +250,9 @@ async fn anonymous_identities_cannot_be_taken_by_a_display_name() {
     )
     .await;
     assert_eq!(again.err().map(|e| e.0), Some(403));
-    acked(&mut impostor, message_frame(room, "still here", "i3")).await;
+    impostor
+        .acked(message_frame(room, "still here", "i3"))
+        .await;
 }
 
 /// Percent-encodes a query value.
@@ -411,11 +397,9 @@ async fn http_reads_are_bounded_and_other_rooms_keep_acking() {
     let mut slowest = Duration::ZERO;
     for i in 0..20 {
         let start = Instant::now();
-        acked(
-            &mut sender,
-            message_frame("chat", &format!("m{i}"), &format!("c{i}")),
-        )
-        .await;
+        sender
+            .acked(message_frame("chat", &format!("m{i}"), &format!("c{i}")))
+            .await;
         slowest = slowest.max(start.elapsed());
     }
     let mut answered = [0u32; 2];
@@ -444,13 +428,14 @@ async fn the_21st_distinct_reaction_is_refused() {
     let room = "react";
     let (mut ana, _) = Client::join(&gw.ws_url(&format!("room={room}&username=ana"))).await;
     let (mut bo, _) = Client::join(&gw.ws_url(&format!("room={room}&username=bo"))).await;
-    let id = acked(&mut ana, message_frame(room, "react to me", "m")).await["id"]
+    let id = ana.acked(message_frame(room, "react to me", "m")).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let react = |emoji: &str, op: &str, cid: &str| json!({"type":"react","data":{"room":room,"id":id,"emoji":emoji,"op":op,"client_id":cid}});
     for i in 1..=20 {
-        acked(&mut ana, react(&format!("e{i}"), "add", &format!("a{i}"))).await;
+        ana.acked(react(&format!("e{i}"), "add", &format!("a{i}")))
+            .await;
     }
     assert_eq!(
         refused(&mut ana, react("e21", "add", "a21")).await,
@@ -461,8 +446,8 @@ async fn the_21st_distinct_reaction_is_refused() {
         "too_many_reactions"
     );
     // An emoji already there may still be added to; a removal frees a place.
-    acked(&mut bo, react("e1", "add", "b1")).await;
-    acked(&mut ana, react("e2", "remove", "r2")).await;
+    bo.acked(react("e1", "add", "b1")).await;
+    ana.acked(react("e2", "remove", "r2")).await;
     // The removal is applied by the worker; the gateway checks the stored
     // counts, so wait until the place is free.
     let conn = redis.conn().await;
@@ -475,7 +460,7 @@ async fn the_21st_distinct_reaction_is_refused() {
         }
     })
     .await;
-    acked(&mut bo, react("e21", "add", "b21b")).await;
+    bo.acked(react("e21", "add", "b21b")).await;
     eventually("21 then 20 emoji", DEADLINE, || {
         let mut conn = conn.clone();
         async move {

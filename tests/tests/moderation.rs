@@ -69,7 +69,9 @@ async fn a_ban_closes_the_users_connections_everywhere_refuses_rejoin_and_expire
     );
     let bad = json!({"user":"troll","seconds":0}).to_string();
     assert_eq!(call(&gw1, "POST", &path, API_KEY, &bad).await.0, 400);
-    acked(&mut troll1, message_frame(room, "still allowed", "t1")).await;
+    troll1
+        .acked(message_frame(room, "still allowed", "t1"))
+        .await;
 
     // A moderator bans: both of the troll's connections in the room close
     // with 4003, on both gateways; the bystander and the other room stay.
@@ -81,8 +83,12 @@ async fn a_ban_closes_the_users_connections_everywhere_refuses_rejoin_and_expire
         let (code, reason) = c.wait_closed(DEADLINE).await.expect("a close frame");
         assert_eq!((code, reason.as_str()), (4003, "banned"));
     }
-    acked(&mut bystander, message_frame(room, "still here", "n1")).await;
-    acked(&mut elsewhere, message_frame("other", "other room", "e1")).await;
+    bystander
+        .acked(message_frame(room, "still here", "n1"))
+        .await;
+    elsewhere
+        .acked(message_frame("other", "other room", "e1"))
+        .await;
 
     // Rejoining is refused on any gateway, and survives a gateway restart
     // (the ban lives in Redis).
@@ -117,19 +123,6 @@ async fn a_ban_closes_the_users_connections_everywhere_refuses_rejoin_and_expire
     .await;
 }
 
-/// Sends `frame` and waits for its ack, keeping nothing else.
-async fn acked(c: &mut Client, frame: Value) -> Value {
-    c.send_text(&frame.to_string()).await;
-    loop {
-        let v = c.next_json().await;
-        match v["type"].as_str() {
-            Some("ack") => return v["data"].clone(),
-            Some("error") => panic!("{frame} refused: {v}"),
-            _ => {}
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_matches_current_text_ignoring_case_newest_first_in_pages() {
     let redis = Redis::start().await;
@@ -150,17 +143,14 @@ async fn search_matches_current_text_ignoring_case_newest_first_in_pages() {
     .enumerate()
     {
         let frame = message_frame(room, text, &format!("c{i}"));
-        ids.push(acked(&mut c, frame).await["id"].clone());
+        ids.push(c.acked(frame).await["id"].clone());
     }
     // Edit one into a match and one out of it; delete a match.
     let edit = |id: &Value, text: &str, cid: &str| json!({"type":"edit","data":{"room":room,"id":id,"message":text,"client_id":cid}});
-    acked(&mut c, edit(&ids[4], "typo fixed: Deploy", "e1")).await;
-    acked(&mut c, edit(&ids[0], "release at noon", "e2")).await;
-    acked(
-        &mut c,
-        json!({"type":"delete","data":{"room":room,"id":ids[3],"client_id":"d1"}}),
-    )
-    .await;
+    c.acked(edit(&ids[4], "typo fixed: Deploy", "e1")).await;
+    c.acked(edit(&ids[0], "release at noon", "e2")).await;
+    c.acked(json!({"type":"delete","data":{"room":room,"id":ids[3],"client_id":"d1"}}))
+        .await;
     eventually("every event persisted", DEADLINE, || async {
         (stored_records(&redis, room).await.len() == 9).then_some(())
     })

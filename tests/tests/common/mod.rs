@@ -950,6 +950,20 @@ impl Client {
             .to_owned()
     }
 
+    /// Sends `frame` and returns the `data` of its `ack`; panics when an
+    /// `error` frame answers first.
+    pub async fn acked(&mut self, frame: Value) -> Value {
+        self.send_text(&frame.to_string()).await;
+        loop {
+            let v = self.next_json().await;
+            match v["type"].as_str() {
+                Some("ack") => return v["data"].clone(),
+                Some("error") => panic!("{frame} refused: {v}"),
+                _ => {}
+            }
+        }
+    }
+
     /// Collects `n` message frames' `data`, keeping other frames aside.
     pub async fn messages(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);
