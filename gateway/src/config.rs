@@ -120,9 +120,14 @@ pub struct GatewayConfig {
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub idle_timeout_ms: u64,
 
-    /// Most WebSocket connections this gateway holds; more get HTTP 503.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000)]
-    pub max_connections: usize,
+    /// Most WebSocket and SSE connections this gateway holds; more get HTTP
+    /// 503. Default: what `RLIMIT_NOFILE` leaves after `MAX_PENDING_HANDSHAKES`
+    /// and 256 descriptors for the process's own use (at most an eighth of
+    /// the limit): 18,720 at 20,000 descriptors. A larger value is lowered to
+    /// that, with a warning, so the gateway answers 503 before `accept` fails
+    /// with EMFILE.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Longest a TCP connection may stay in its HTTP phase (request headers,
     /// the request itself, and the upgrade) before it is closed, in ms

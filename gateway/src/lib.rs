@@ -29,7 +29,8 @@
 //! - [`rate_limit`]: the per-connection token bucket.
 //! - [`server`]: the accept loop and each connection's HTTP phase, bounded
 //!   in time (`HANDSHAKE_TIMEOUT_MS`) and number (`MAX_PENDING_HANDSHAKES`),
-//!   with accept errors backed off; [`listener`] sets socket options.
+//!   with accept errors backed off; [`listener`] sets socket options;
+//!   [`fd_budget`] fits `MAX_CONNECTIONS` to the descriptor limit.
 //!
 //! [`run`] is what `main` calls and what tests start.
 
@@ -40,6 +41,7 @@ pub mod auth;
 pub mod bans;
 pub mod config;
 pub mod demo;
+pub mod fd_budget;
 pub mod history;
 pub mod http;
 pub mod jwks;

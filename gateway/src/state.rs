@@ -125,7 +125,10 @@ impl AppState {
         ));
         Ok(Self {
             inner: Arc::new(Inner {
-                conn_permits: Arc::new(Semaphore::new(config.max_connections)),
+                conn_permits: Arc::new(Semaphore::new(crate::fd_budget::max_connections(
+                    config.max_connections,
+                    config.max_pending_handshakes,
+                ))),
                 config,
                 gateway_id,
                 redis,
