@@ -78,6 +78,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub presence_events: bool,
 
+    /// Above this many distinct users a room gets `presence_count` instead of
+    /// per-user `leave` (see the gateway's). Set it like the gateways'.
+    #[arg(long, env = "PRESENCE_EVENTS_MAX_MEMBERS", default_value_t = 100)]
+    pub presence_events_max_members: u64,
+
     /// Seconds to finish in-flight work after SIGTERM before exiting anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

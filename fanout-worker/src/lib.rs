@@ -59,6 +59,8 @@ pub(crate) struct Context {
     pub(crate) worker_id: String,
     pub(crate) redis: RedisHandle,
     pub(crate) metrics: Option<Handle>,
+    /// `presence_count` instead of `leave` in large rooms.
+    pub(crate) presence_counts: Arc<chat_shared::presence_count::PresenceCounts>,
     /// The webhook, when `WEBHOOK_URL` is set.
     pub(crate) webhook: Option<Arc<webhook::Webhook>>,
     ready: AtomicBool,
@@ -94,6 +96,10 @@ pub async fn run(
     let webhook = webhook::Webhook::from_args(&config.webhook)?;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let ctx = Arc::new(Context {
+        presence_counts: chat_shared::presence_count::PresenceCounts::new(
+            redis.clone(),
+            config.presence_events_max_members,
+        ),
         config,
         worker_id,
         redis,

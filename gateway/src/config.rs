@@ -176,6 +176,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub presence_events: bool,
 
+    /// Above this many distinct users a room gets `presence_count` (at most
+    /// once per second, only when the count changed) instead of per-user
+    /// `join` / `leave`. Set it like the workers'.
+    #[arg(long, env = "PRESENCE_EVENTS_MAX_MEMBERS", default_value_t = 100)]
+    pub presence_events_max_members: u64,
+
     /// Serve the demo page at `/` and the JavaScript client at `/client/…`
     /// (both embedded in the binary); `false` turns them off (`/` is then 404).
     /// The production overlay sets `false`.

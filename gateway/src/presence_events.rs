@@ -6,7 +6,8 @@
 //! The state lives in Redis beside the connection registry (see
 //! [`crate::presence`] and [`chat_shared::presence`]); the registration
 //! scripts report which users joined or left, and this module publishes the
-//! announcements to the room's gateways when `PRESENCE_EVENTS` is on. They
+//! announcements to the room's gateways when `PRESENCE_EVENTS` is on (above
+//! `PRESENCE_EVENTS_MAX_MEMBERS` users, a `presence_count` instead). They
 //! are best-effort ([`chat_shared::ephemeral`]): the presence answer is the
 //! state.
 
@@ -17,6 +18,7 @@ use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
 use chat_shared::presence::Presence;
+use chat_shared::presence_count::Decision;
 use chat_shared::redis::{RedisError, RedisHandle};
 
 use crate::api_error::{parse_room, ApiError};
@@ -54,6 +56,17 @@ pub async fn announce_except(
 ) {
     if !state.config.presence_events || users.is_empty() {
         return;
+    }
+    // Large rooms get a throttled count instead (presence_count).
+    match state.presence_counts.changed(room).await {
+        Ok(Decision::PerUser) => {}
+        Ok(Decision::Counted) => return,
+        Err(e) => {
+            metrics::counter!(m::GW_EPHEMERAL_PUBLISH_ERRORS, "kind" => "presence_count")
+                .increment(1);
+            tracing::warn!(error = %e, "Cannot decide or send a presence count");
+            return;
+        }
     }
     let mut events = ephemeral::presence_events(kind, room.as_str(), users);
     for e in &mut events {

@@ -72,6 +72,8 @@ pub struct Inner {
     pub room_creation: Option<UserLimit>,
     /// Issues anonymous identities; `None` when authentication is on.
     pub sessions: Option<Sessions>,
+    /// `presence_count` instead of join / leave in large rooms.
+    pub presence_counts: Arc<chat_shared::presence_count::PresenceCounts>,
     /// Bounds the HTTP room reads in flight (`HTTP_READ_CONCURRENCY`).
     pub read_permits: Arc<Semaphore>,
 }
@@ -125,6 +127,10 @@ impl AppState {
         ));
         Ok(Self {
             inner: Arc::new(Inner {
+                presence_counts: chat_shared::presence_count::PresenceCounts::new(
+                    redis.clone(),
+                    config.presence_events_max_members,
+                ),
                 conn_permits: Arc::new(Semaphore::new(crate::fd_budget::max_connections(
                     config.max_connections,
                     config.max_pending_handshakes,

@@ -129,6 +129,18 @@ pub fn presence_users(room: &RoomId) -> String {
     format!("chat:presence-users:{{connections:{room}}}")
 }
 
+/// The last `presence_count` sent to a large room, in the slot of
+/// [`connections`] (see [`crate::presence_count`]).
+pub fn presence_count_sent(room: &RoomId) -> String {
+    format!("chat:presence-count:{{connections:{room}}}")
+}
+
+/// Present (for one second) after a `presence_count` was sent to a room, in
+/// the slot of [`connections`].
+pub fn presence_count_throttle(room: &RoomId) -> String {
+    format!("chat:presence-count-throttle:{{connections:{room}}}")
+}
+
 /// User key → last-read `seq` of a room, in the slot of [`messages`] (so
 /// the receipt script can read the room's latest `seq` and TTL).
 pub fn reads(room: &RoomId) -> String {

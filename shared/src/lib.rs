@@ -13,6 +13,8 @@
 //!   spread evenly over the slots.
 //! - [`connections`]: removing a gateway's connection entries (janitor, restart).
 //! - [`presence`]: the per-connection user records and the presence answer.
+//! - [`presence_count`]: `presence_count` instead of join / leave in rooms
+//!   above `PRESENCE_EVENTS_MAX_MEMBERS` users, throttled room-wide.
 //! - [`ephemeral`]: join, leave, typing and read frames, published to the
 //!   room's gateways outside the `seq` sequence.
 //! - [`config`]: clap pieces flattened into both binaries (Redis, logging).
@@ -39,6 +41,7 @@ pub mod ids;
 pub mod keys;
 pub mod metrics;
 pub mod presence;
+pub mod presence_count;
 pub mod protocol;
 pub mod redis;
 pub mod shutdown;

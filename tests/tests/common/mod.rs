@@ -749,7 +749,7 @@ pub fn message_frame(room: &str, text: &str, client_id: &str) -> Value {
 /// Frame types of the ephemeral room events (`PRESENCE_EVENTS`, typing,
 /// read receipts): a [`Client`] skips them unless `ephemeral` is set, so
 /// tests of other features see the frame sequences they assert on.
-pub const EPHEMERAL_TYPES: [&str; 4] = ["join", "leave", "typing", "read"];
+pub const EPHEMERAL_TYPES: [&str; 5] = ["join", "leave", "typing", "read", "presence_count"];
 
 /// A WebSocket client speaking the chat protocol.
 pub struct Client {

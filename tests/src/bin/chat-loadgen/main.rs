@@ -6,9 +6,9 @@
 //! - `fanout`: R rooms × C subscribers × P publishers at a fixed rate for D s;
 //! - `burst`: one room, C subscribers, one publisher as fast as a window of
 //!   unacked messages allows;
-//! - `conns`: N idle connections in 100 rooms, each with a `username`, over
-//!   several loopback source addresses, with connect rate and gateway RSS per
-//!   connection;
+//! - `conns`: N idle connections in 100 rooms (`--rooms`), each with a
+//!   `username` (or none: `--anonymous`), over several loopback source
+//!   addresses, with connect rate and gateway RSS per connection;
 //! - `persist`: entries appended straight to the streams, timed until the
 //!   worker has persisted and published them all.
 
@@ -108,6 +108,14 @@ enum Scenario {
         /// Gateway PIDs whose RSS to measure (comma separated).
         #[arg(long, value_delimiter = ',')]
         gateway_pids: Vec<u32>,
+        /// Rooms the connections are spread over (1 = a connect storm into
+        /// one room).
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        /// Connect without a `username` (anonymous users), like an
+        /// independent WebSocket client.
+        #[arg(long)]
+        anonymous: bool,
     },
     /// Stream → history → publish throughput of the running worker(s).
     Persist {
@@ -221,11 +229,17 @@ async fn main() -> anyhow::Result<()> {
             parallel,
             hold,
             gateway_pids,
+            rooms,
+            anonymous,
         } => {
             scenarios::conns(
                 &targets(&common)?,
-                count,
-                parallel,
+                scenarios::ConnsShape {
+                    count,
+                    parallel,
+                    rooms,
+                    anonymous,
+                },
                 Duration::from_secs(hold),
                 &gateway_pids,
             )

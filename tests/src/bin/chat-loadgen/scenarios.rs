@@ -34,6 +34,20 @@ impl Targets {
     }
 }
 
+/// The shape of a `conns` run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnsShape {
+    /// Connections to open.
+    pub(crate) count: usize,
+    /// Connection attempts in flight.
+    pub(crate) parallel: usize,
+    /// Rooms they are spread over (`idle-0` …).
+    pub(crate) rooms: usize,
+    /// No `username`: every connection is an anonymous user of its own, as
+    /// an independent client opens them.
+    pub(crate) anonymous: bool,
+}
+
 /// A room load: `subs` subscribers and `pubs` publishers per room.
 #[derive(Debug, Clone)]
 pub(crate) struct RoomLoad {
@@ -183,11 +197,16 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
 /// that differs from it is refused).
 pub(crate) async fn conns(
     t: &Targets,
-    count: usize,
-    parallel: usize,
+    shape: ConnsShape,
     hold: Duration,
     gateway_pids: &[u32],
 ) -> anyhow::Result<Report> {
+    let ConnsShape {
+        count,
+        parallel,
+        rooms,
+        anonymous,
+    } = shape;
     let rss_before: u64 = gateway_pids.iter().map(|p| rss_bytes(*p)).sum();
     let started = Instant::now();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
@@ -195,12 +214,12 @@ pub(crate) async fn conns(
     let mut handles = Vec::with_capacity(count);
     let (ok_tx, mut ok_rx) = mpsc::channel::<bool>(count.max(1));
     for i in 0..count {
-        let named = if t.urls[i % t.urls.len()].contains("token=") {
+        let named = if anonymous || t.urls[i % t.urls.len()].contains("token=") {
             String::new()
         } else {
             format!("&username=idle-user-{i}")
         };
-        let (url, src) = t.pick(i, &format!("idle-{}", i % 100), &named);
+        let (url, src) = t.pick(i, &format!("idle-{}", i % rooms.max(1)), &named);
         let permit = sem.clone().acquire_owned().await?;
         let ok_tx = ok_tx.clone();
         let mut done = done_tx.subscribe();
@@ -270,6 +289,8 @@ pub(crate) async fn conns(
             "gateway_rss_per_conn_kib".into(),
             format!("{:.2}", per / 1024.0).into(),
         );
+        r.extra
+            .insert("bytes_per_conn".into(), format!("{per:.0}").into());
     }
     Ok(r)
 }
