@@ -64,9 +64,17 @@ pub struct WorkerConfig {
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1000..))]
     pub lease_ttl_ms: u64,
 
-    /// Interval of the janitor's sweep, in milliseconds (≥ 50).
+    /// Interval of the janitor's sweep, in milliseconds (≥ 50): each evicts
+    /// the gateways found dead, visiting only their rooms (their room index).
     #[arg(long, env = "JANITOR_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(50..))]
     pub janitor_interval_ms: u64,
+
+    /// Interval of the janitor's full sweep over every active room, in
+    /// milliseconds (≥ 50): the safety net for entries no room index
+    /// covers, and where idle rooms leave `rooms:active`. Default: 10 ×
+    /// `JANITOR_INTERVAL_MS`.
+    #[arg(long, env = "JANITOR_FULL_SWEEP_MS", value_parser = clap::value_parser!(u64).range(50..))]
+    pub janitor_full_sweep_ms: Option<u64>,
 
     /// A gateway whose heartbeat is older than this is dead; its connection
     /// entries are removed. In milliseconds (≥ 100).
@@ -101,6 +109,12 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The full sweep's period: `JANITOR_FULL_SWEEP_MS`, else 10 sweeps.
+    pub fn janitor_full_sweep_ms(&self) -> u64 {
+        self.janitor_full_sweep_ms
+            .unwrap_or(self.janitor_interval_ms.saturating_mul(10))
+    }
+
     /// Checks what clap cannot: relations between options.
     ///
     /// # Errors

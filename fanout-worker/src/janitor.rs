@@ -1,6 +1,11 @@
 //! Cleanup of rooms and connections, run by one worker at a time.
 //!
-//! Holding the `chat:lease:{janitor}` lease, a worker periodically:
+//! Holding the `chat:lease:{janitor}` lease, a worker every
+//! `JANITOR_INTERVAL_MS` evicts the gateways that died since (through their
+//! room index, [`crate::evict`]: the cost of what changed), and every
+//! `JANITOR_FULL_SWEEP_MS` (and first after taking the lease) runs the full
+//! sweep below over every active room, the safety net for whatever an index
+//! missed:
 //! - treats gateways whose heartbeat in `chat:gateways` is older than
 //!   `GATEWAY_TIMEOUT_MS` (or that have none) as dead, and removes their members
 //!   from `connections:<room>` and their counts from the room's gateway hash, so
@@ -41,6 +46,8 @@ use crate::Context;
 pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let every = Duration::from_millis(ctx.config.janitor_interval_ms);
     let leases = Leases::new(ctx.redis.clone(), ctx.worker_id.clone(), every * 3);
+    let full_every = Duration::from_millis(ctx.config.janitor_full_sweep_ms());
+    let mut last_full = None;
     let mut holding = false;
     let mut tick = tokio::time::interval(every);
     loop {
@@ -57,6 +64,8 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             Ok(h) => {
                 if h && !holding {
                     tracing::info!("Janitor lease acquired");
+                    // A new holder starts with a full sweep.
+                    last_full = None;
                 }
                 holding = h;
             }
@@ -69,7 +78,14 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         if !holding {
             continue;
         }
-        if let Err(e) = sweep(&ctx).await {
+        let full = last_full.is_none_or(|at: tokio::time::Instant| at.elapsed() >= full_every);
+        let swept = if full {
+            last_full = Some(tokio::time::Instant::now());
+            sweep(&ctx).await
+        } else {
+            crate::evict::sweep(&ctx).await
+        };
+        if let Err(e) = swept {
             metrics::counter!(m::WK_REDIS_ERRORS, "op" => "janitor").increment(1);
             tracing::warn!(error = %e, "Janitor sweep failed");
         }
@@ -127,14 +143,14 @@ return 0
 /// with Redis `TIME` too) once per sweep and gateway, and marked as being
 /// evicted at that moment (see [`JUDGE_LUA`]), so neither clock skew nor a
 /// heartbeat during the sweep leaves a live gateway without its entries.
-struct Liveness {
-    cutoff_ms: i64,
+pub(crate) struct Liveness {
+    pub(crate) cutoff_ms: i64,
     known: HashMap<String, bool>,
     judge: redis::Script,
 }
 
 impl Liveness {
-    async fn new(ctx: &Context) -> Result<Self, RedisError> {
+    pub(crate) async fn new(ctx: &Context) -> Result<Self, RedisError> {
         let (secs, micros): (i64, i64) = ctx.redis.query(&redis::cmd("TIME")).await?;
         Ok(Self {
             cutoff_ms: secs * 1000 + micros / 1000 - ctx.config.gateway_timeout_ms as i64,
@@ -146,7 +162,11 @@ impl Liveness {
     /// Whether `gateway` is dead; the first time it is found dead in this
     /// sweep, it is marked as being evicted before the caller removes
     /// anything of it.
-    async fn is_dead(&mut self, ctx: &Context, gateway: &str) -> Result<bool, RedisError> {
+    pub(crate) async fn is_dead(
+        &mut self,
+        ctx: &Context,
+        gateway: &str,
+    ) -> Result<bool, RedisError> {
         if let Some(&dead) = self.known.get(gateway) {
             return Ok(dead);
         }
@@ -163,10 +183,10 @@ impl Liveness {
 
 async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     let redis = &ctx.redis;
+    let started = std::time::Instant::now();
     let mut liveness = Liveness::new(ctx).await?;
     let mut cursor = 0;
-    let mut removed_conns = 0usize;
-    let mut removed_rooms = 0usize;
+    let mut tally = Tally::default();
     // Gateways whose entries this sweep removed (or tried to).
     let mut evicted: HashSet<String> = HashSet::new();
     // Walk rooms:active page by page: no single command blocks Redis, and a
@@ -186,39 +206,7 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
             redis.pipe(&pipe).await?
         };
         for (room, gws) in rooms.iter().zip(owners) {
-            // Users whose last connection went: announced once per room.
-            let mut left = Vec::new();
-            for gw in &gws {
-                if liveness.is_dead(ctx, gw).await? {
-                    evicted.insert(gw.clone());
-                    let removed = remove_gateway_from_room(&ctx.redis, room, gw).await?;
-                    removed_conns += removed.members;
-                    left.extend(removed.left);
-                }
-            }
-            // Members of dead gateways without a count entry (a crash between
-            // the two writes) are found by scanning the set itself.
-            let members = redis.sscan_all(&keys::connections(room)).await?;
-            let mut stale = Vec::new();
-            for m in &members {
-                if let Some((gw, _)) = m.split_once('/') {
-                    if liveness.is_dead(ctx, gw).await? {
-                        evicted.insert(gw.to_owned());
-                        stale.push(m.as_str());
-                    }
-                }
-            }
-            if !stale.is_empty() {
-                let removed = remove_members(redis, room, CountMode::Stale, "", &stale).await?;
-                removed_conns += removed.members;
-                left.extend(removed.left);
-            }
-            left.sort_unstable();
-            left.dedup();
-            presence_sweep::announce_leaves(ctx, room, &left).await;
-            if retire_if_unused(redis, room).await? {
-                removed_rooms += 1;
-            }
+            clean_room(ctx, &mut liveness, room, &gws, &mut evicted, &mut tally).await?;
         }
         if next == 0 {
             break;
@@ -230,8 +218,68 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     if pruned > 0 {
         tracing::info!(pruned, "Removed idle stream consumers of past workers");
     }
-    if removed_conns > 0 || removed_rooms > 0 {
-        tracing::info!(removed_conns, removed_rooms, "Janitor sweep cleaned up");
+    if tally.conns > 0 || tally.rooms > 0 {
+        tracing::info!(
+            removed_conns = tally.conns,
+            removed_rooms = tally.rooms,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Janitor sweep cleaned up"
+        );
+    }
+    Ok(())
+}
+
+/// What sweeps removed, for their log line.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) conns: usize,
+    pub(crate) rooms: usize,
+}
+
+/// Removes the entries of dead gateways from `room` (whose gateway hash
+/// holds `gws`), announces the users left with no connection, and retires
+/// the room when nothing uses it. Gateways found dead go into `evicted`.
+pub(crate) async fn clean_room(
+    ctx: &Context,
+    liveness: &mut Liveness,
+    room: &RoomId,
+    gws: &[String],
+    evicted: &mut HashSet<String>,
+    tally: &mut Tally,
+) -> Result<(), RedisError> {
+    let redis = &ctx.redis;
+    // Users whose last connection went: announced once per room.
+    let mut left = Vec::new();
+    for gw in gws {
+        if liveness.is_dead(ctx, gw).await? {
+            evicted.insert(gw.clone());
+            let removed = remove_gateway_from_room(redis, room, gw).await?;
+            tally.conns += removed.members;
+            left.extend(removed.left);
+        }
+    }
+    // Members of dead gateways without a count entry (a crash between
+    // the two writes) are found by scanning the set itself.
+    let members = redis.sscan_all(&keys::connections(room)).await?;
+    let mut stale = Vec::new();
+    for m in &members {
+        if let Some((gw, _)) = m.split_once('/') {
+            if liveness.is_dead(ctx, gw).await? {
+                evicted.insert(gw.to_owned());
+                stale.push(m.as_str());
+            }
+        }
+    }
+    if !stale.is_empty() {
+        let removed = remove_members(redis, room, CountMode::Stale, "", &stale).await?;
+        tally.conns += removed.members;
+        left.extend(removed.left);
+    }
+    left.sort_unstable();
+    left.dedup();
+    presence_sweep::announce_leaves(ctx, room, &left).await;
+    if retire_if_unused(redis, room).await? {
+        tally.rooms += 1;
     }
     Ok(())
 }
@@ -239,7 +287,7 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
 /// Closes every eviction: of the gateways this sweep evicted, of those a
 /// cut-off sweep left marked, and of stale ones without entries (see
 /// [`FINISH_LUA`]).
-async fn finish_evictions(
+pub(crate) async fn finish_evictions(
     ctx: &Context,
     liveness: &Liveness,
     evicted: &HashSet<String>,
@@ -269,7 +317,13 @@ async fn finish_evictions(
             .arg(liveness.cutoff_ms)
             .arg(if evicted.contains(gw) { "1" } else { "0" });
         match redis.script::<i64>(&inv).await? {
-            1 => forgotten.push(gw),
+            1 => {
+                // Its rooms are clean: the index has served its purpose.
+                redis
+                    .query::<()>(redis::cmd("DEL").arg(keys::gateway_rooms(gw)))
+                    .await?;
+                forgotten.push(gw);
+            }
             2 => marked.push(gw),
             _ => {}
         }

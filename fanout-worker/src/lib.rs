@@ -18,7 +18,9 @@
 //! - `janitor`: one worker at a time removes dead gateways' connection entries
 //!   and rooms with neither connections nor history from `rooms:active`;
 //!   `presence_sweep` announces the `leave` of users it left with no
-//!   connection.
+//!   connection. Dead gateways are evicted through their room indexes
+//!   (`evict`) every sweep; the full walk of `rooms:active` runs every
+//!   `JANITOR_FULL_SWEEP_MS`.
 //! - `http`: `/metrics`, `/livez`, `/readyz`.
 //! - [`release`]: the `release-held --shard <n>` operator command, which
 //!   drops a shard's entries of a newer envelope version when no newer
@@ -28,6 +30,7 @@
 
 mod batch;
 pub mod config;
+mod evict;
 mod hold;
 mod http;
 mod janitor;

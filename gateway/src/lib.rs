@@ -13,7 +13,8 @@
 //! - [`demo`]: the demo page at `/` and the JavaScript client (`clients/js`),
 //!   embedded in the binary (`DEMO_PAGE`).
 //! - [`presence`]: connection entries (with their users' presence records)
-//!   and the gateway heartbeat in Redis.
+//!   and the gateway heartbeat in Redis; [`room_index`]: the rooms of this
+//!   gateway, for the janitor.
 //! - [`presence_events`]: the presence answer and the `join` / `leave`
 //!   announcements; [`receipts`]: read receipts; [`typing`]: the typing
 //!   limit. Their frames travel as ephemeral events through the same
@@ -55,6 +56,7 @@ pub mod receipts;
 pub mod recheck;
 pub mod room_access;
 pub mod room_events;
+pub mod room_index;
 pub mod rooms;
 pub mod search;
 pub mod server;
@@ -193,7 +195,7 @@ pub async fn run(
                         tracing::warn!(error = %e, "Gateway heartbeat failed");
                     }
                 }
-                if let Err(e) = presence::assert_rooms(&redis, &rooms.room_names()).await {
+                if let Err(e) = room_index::assert_rooms(&redis, &id, &rooms.room_names()).await {
                     metrics::counter!(chat_shared::metrics::GW_REDIS_ERRORS, "op" => "heartbeat")
                         .increment(1);
                     tracing::debug!(error = %e, "Cannot re-assert this gateway's rooms");
@@ -247,6 +249,9 @@ pub async fn run(
     }
     if let Err(e) = presence::remove_heartbeat(&redis, &gateway_id).await {
         tracing::warn!(error = %e, "Cannot remove gateway heartbeat");
+    }
+    if let Err(e) = room_index::forget(&redis, &gateway_id).await {
+        tracing::warn!(error = %e, "Cannot remove this gateway's room index");
     }
     tracing::info!("Gateway stopped");
     Ok(())

@@ -10,7 +10,8 @@
 //! Beside them, per connection, its user's presence record and count (see
 //! [`chat_shared::presence`]), written by the same scripts: a user's first
 //! connection is reported as joined, its last one as left.
-//! Per gateway: a heartbeat in `chat:gateways`, stamped with Redis's own clock
+//! Per gateway: its rooms in `chat:gateway-rooms:{<gateway>}` (see
+//! [`crate::room_index`]) and a heartbeat in `chat:gateways`, stamped with Redis's own clock
 //! so the janitor's liveness check does not depend on clock skew.
 
 use std::sync::LazyLock;
@@ -110,14 +111,18 @@ async fn join(
         }
         joined.extend(redis.script::<Vec<String>>(&inv).await?);
     }
-    // Separate slot: not part of the script, and need not be.
-    redis
-        .query::<()>(
-            redis::cmd("SADD")
-                .arg(keys::ROOMS_ACTIVE)
-                .arg(room.as_str()),
-        )
-        .await?;
+    // Separate slots: not part of the script, and need not be. The room
+    // index lets the janitor evict this gateway room by room (room_index).
+    let mut pipe = redis::pipe();
+    pipe.cmd("SADD")
+        .arg(keys::ROOMS_ACTIVE)
+        .arg(room.as_str())
+        .ignore();
+    pipe.cmd("SADD")
+        .arg(keys::gateway_rooms(gateway))
+        .arg(room.as_str())
+        .ignore();
+    redis.pipe::<()>(&pipe).await?;
     Ok(joined)
 }
 
@@ -224,21 +229,6 @@ pub async fn heartbeat_age_ms(
     let mut inv = HEARTBEAT_AGE.key(keys::GATEWAYS);
     inv.arg(gateway);
     redis.script::<Option<u64>>(&inv).await
-}
-
-/// Re-adds this gateway's rooms to `rooms:active`, so a room the janitor
-/// dropped in a race with a join (it found no connection, then removed the
-/// room) is back within one heartbeat.
-///
-/// # Errors
-/// Fails when Redis does not answer.
-pub async fn assert_rooms(redis: &RedisHandle, rooms: &[String]) -> Result<(), RedisError> {
-    for chunk in rooms.chunks(1000) {
-        redis
-            .query::<()>(redis::cmd("SADD").arg(keys::ROOMS_ACTIVE).arg(chunk))
-            .await?;
-    }
-    Ok(())
 }
 
 /// Removes the connection entries a previous process with this same

@@ -194,6 +194,14 @@ pub fn read_fence(shard: u32, group: &str) -> String {
     format!("chat:fence:{{{}}}:{group}", shard_tag(shard))
 }
 
+/// The rooms where gateway `gateway_id` has (or recently had) connections:
+/// a set kept by the gateway, so the janitor evicting a dead gateway visits
+/// its rooms, not every active room. Its own slot (hash tag: the gateway
+/// id), written beside, never inside, the per-room scripts.
+pub fn gateway_rooms(gateway_id: &str) -> String {
+    format!("chat:gateway-rooms:{{{gateway_id}}}")
+}
+
 /// Pub/sub channel of one gateway.
 pub fn gateway_channel(gateway_id: &str) -> String {
     format!("chat:deliver:{gateway_id}")
