@@ -5,7 +5,7 @@
 //! Candidates are the gateways whose heartbeat is older than the cutoff and
 //! those a cut-off sweep left marked as being evicted. Each is judged (and
 //! marked) like in the full sweep, its indexed rooms are cleaned room by room
-//! ([`crate::janitor::clean_room`], which also removes any other dead
+//! ([`crate::room_clean::clean_room`], which also removes any other dead
 //! gateway's entries it meets), and the evictions are closed as in the full
 //! sweep (which deletes the index with the heartbeat). Rooms an index missed
 //! are found by the full sweep (`JANITOR_FULL_SWEEP_MS`).
@@ -16,7 +16,8 @@ use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::redis::RedisError;
 
-use crate::janitor::{clean_room, finish_evictions, Liveness, Tally};
+use crate::janitor::{finish_evictions, Liveness};
+use crate::room_clean::{clean_room, Tally};
 use crate::Context;
 
 /// Rooms read from an index per page.

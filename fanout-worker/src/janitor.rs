@@ -22,7 +22,8 @@
 //!   heard nothing while `/readyz` stayed green (issue 23 path 4). The next
 //!   sweep, by any worker, finishes the marks it finds;
 //! - removes from `rooms:active` rooms with no connection and no history;
-//! - deletes stream consumers of past workers that have nothing pending.
+//! - deletes stream consumers of past workers that have nothing pending;
+//! - removes message-index entries of messages never stored (`index_sweep`).
 //!
 //! History itself expires by TTL (`HISTORY_TTL`, refreshed per message) and is
 //! trimmed on every write, so there is nothing else to delete.
@@ -31,15 +32,15 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_shared::connections::{remove_gateway_from_room, remove_members, CountMode};
 use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
-use chat_shared::redis::{RedisError, RedisHandle};
+use chat_shared::redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
+use crate::index_sweep;
 use crate::lease::Leases;
-use crate::presence_sweep;
+use crate::room_clean::{clean_room, Tally};
 use crate::Context;
 
 /// Runs sweeps while holding the janitor lease, until `shutdown`.
@@ -50,6 +51,7 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let mut last_full = None;
     let mut holding = false;
     let mut tick = tokio::time::interval(every);
+    let mut index_sweep = index_sweep::Schedule::new(ctx.config.index_pending_max_age_ms);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -89,6 +91,7 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             metrics::counter!(m::WK_REDIS_ERRORS, "op" => "janitor").increment(1);
             tracing::warn!(error = %e, "Janitor sweep failed");
         }
+        index_sweep.run_if_due(&ctx).await;
     }
     if holding {
         let _ = leases.release_key(keys::JANITOR_LEASE).await;
@@ -229,61 +232,6 @@ async fn sweep(ctx: &Context) -> Result<(), RedisError> {
     Ok(())
 }
 
-/// What sweeps removed, for their log line.
-#[derive(Debug, Default)]
-pub(crate) struct Tally {
-    pub(crate) conns: usize,
-    pub(crate) rooms: usize,
-}
-
-/// Removes the entries of dead gateways from `room` (whose gateway hash
-/// holds `gws`), announces the users left with no connection, and retires
-/// the room when nothing uses it. Gateways found dead go into `evicted`.
-pub(crate) async fn clean_room(
-    ctx: &Context,
-    liveness: &mut Liveness,
-    room: &RoomId,
-    gws: &[String],
-    evicted: &mut HashSet<String>,
-    tally: &mut Tally,
-) -> Result<(), RedisError> {
-    let redis = &ctx.redis;
-    // Users whose last connection went: announced once per room.
-    let mut left = Vec::new();
-    for gw in gws {
-        if liveness.is_dead(ctx, gw).await? {
-            evicted.insert(gw.clone());
-            let removed = remove_gateway_from_room(redis, room, gw).await?;
-            tally.conns += removed.members;
-            left.extend(removed.left);
-        }
-    }
-    // Members of dead gateways without a count entry (a crash between
-    // the two writes) are found by scanning the set itself.
-    let members = redis.sscan_all(&keys::connections(room)).await?;
-    let mut stale = Vec::new();
-    for m in &members {
-        if let Some((gw, _)) = m.split_once('/') {
-            if liveness.is_dead(ctx, gw).await? {
-                evicted.insert(gw.to_owned());
-                stale.push(m.as_str());
-            }
-        }
-    }
-    if !stale.is_empty() {
-        let removed = remove_members(redis, room, CountMode::Stale, "", &stale).await?;
-        tally.conns += removed.members;
-        left.extend(removed.left);
-    }
-    left.sort_unstable();
-    left.dedup();
-    presence_sweep::announce_leaves(ctx, room, &left).await;
-    if retire_if_unused(redis, room).await? {
-        tally.rooms += 1;
-    }
-    Ok(())
-}
-
 /// Closes every eviction: of the gateways this sweep evicted, of those a
 /// cut-off sweep left marked, and of stale ones without entries (see
 /// [`FINISH_LUA`]).
@@ -338,48 +286,6 @@ pub(crate) async fn finish_evictions(
         );
     }
     Ok(())
-}
-
-/// Removes `room` from `rooms:active` when it has neither connections nor
-/// history. Check, remove, check again: a join (or a persisted message)
-/// writes its room key before adding the room to `rooms:active`, so one that
-/// lands between the first check and the removal is seen by the second check
-/// and the room is put back. (The keys live in different slots, so one
-/// script cannot do this in a cluster.) Returns whether the room stays out.
-async fn retire_if_unused(redis: &RedisHandle, room: &RoomId) -> Result<bool, RedisError> {
-    let in_use = || async {
-        let (conns, history): (u64, u64) = redis
-            .pipe(
-                redis::pipe()
-                    .cmd("SCARD")
-                    .arg(keys::connections(room))
-                    .cmd("EXISTS")
-                    .arg(keys::messages(room)),
-            )
-            .await?;
-        Ok::<bool, RedisError>(conns > 0 || history > 0)
-    };
-    if in_use().await? {
-        return Ok(false);
-    }
-    redis
-        .query::<()>(
-            redis::cmd("SREM")
-                .arg(keys::ROOMS_ACTIVE)
-                .arg(room.as_str()),
-        )
-        .await?;
-    if in_use().await? {
-        redis
-            .query::<()>(
-                redis::cmd("SADD")
-                    .arg(keys::ROOMS_ACTIVE)
-                    .arg(room.as_str()),
-            )
-            .await?;
-        return Ok(false);
-    }
-    Ok(true)
 }
 
 /// Deletes a consumer only if it has nothing pending, atomically.

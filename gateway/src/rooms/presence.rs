@@ -11,7 +11,7 @@
 //! [`chat_shared::presence`]), written by the same scripts: a user's first
 //! connection is reported as joined, its last one as left.
 //! Per gateway: its rooms in `chat:gateway-rooms:{<gateway>}` (see
-//! [`crate::room_index`]) and a heartbeat in `chat:gateways`, stamped with Redis's own clock
+//! [`crate::rooms::room_index`]) and a heartbeat in `chat:gateways`, stamped with Redis's own clock
 //! so the janitor's liveness check does not depend on clock skew.
 
 use std::sync::LazyLock;
