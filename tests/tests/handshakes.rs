@@ -297,7 +297,12 @@ async fn out_of_file_descriptors_the_gateway_survives_serves_and_recovers() {
 
     // Free the descriptors: the gateway accepts again by itself.
     drop(held);
-    let (mut b, _) = Client::join(&gw.ws_url("room=fd&username=b")).await;
+    // The permits come back as the gateway sees the closes.
+    let mut b = eventually("a slot frees", DEADLINE, || {
+        let url = gw.ws_url("room=fd&username=b");
+        async move { Client::try_join(&url).await }
+    })
+    .await;
     b.say("fd", "after the flood", "b1").await;
     assert_eq!(b.next_of_type("ack").await["data"]["client_id"], "b1");
     assert_eq!(a.messages(1).await[0]["message"], "after the flood");
