@@ -3,7 +3,7 @@
 //! Holding the `chat:lease:{janitor}` lease, a worker every
 //! `JANITOR_INTERVAL_MS` evicts the gateways that died since (through their
 //! room index, [`crate::evict`]: the cost of what changed), and every
-//! `JANITOR_FULL_SWEEP_MS` (and first after taking the lease) runs the full
+//! `JANITOR_FULL_SWEEP_MS` (and first in a new process) runs the full
 //! sweep below over every active room, the safety net for whatever an index
 //! missed:
 //! - treats gateways whose heartbeat in `chat:gateways` is older than
@@ -66,8 +66,6 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             Ok(h) => {
                 if h && !holding {
                     tracing::info!("Janitor lease acquired");
-                    // A new holder starts with a full sweep.
-                    last_full = None;
                 }
                 holding = h;
             }

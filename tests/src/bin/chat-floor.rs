@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 #[derive(Debug, Parser)]
@@ -86,10 +87,19 @@ fn room_of(uri: &str) -> String {
 async fn serve(hub: Arc<Hub>, tcp: TcpStream) -> anyhow::Result<()> {
     tcp.set_nodelay(true)?;
     let mut room = String::new();
-    let ws = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, resp: Response| {
-        room = room_of(&req.uri().to_string());
-        Ok(resp)
-    })
+    // Small read buffer, no write buffering beyond a flush: what an idle
+    // connection holds is the floor's, not tungstenite's 128 KiB default.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
+        tcp,
+        |req: &Request, resp: Response| {
+            room = room_of(&req.uri().to_string());
+            Ok(resp)
+        },
+        Some(config),
+    )
     .await?;
     let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<Utf8Bytes>();
