@@ -16,7 +16,7 @@ use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::redis::RedisError;
 
-use crate::janitor::{finish_evictions, Liveness};
+use crate::eviction::{finish_evictions, Liveness};
 use crate::room_clean::{clean_room, Tally};
 use crate::Context;
 

@@ -31,6 +31,7 @@
 mod batch;
 pub mod config;
 mod evict;
+mod eviction;
 mod hold;
 mod http;
 mod index_sweep;

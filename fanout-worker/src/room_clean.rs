@@ -2,7 +2,7 @@
 //! (counted ones by the gateway hash, uncounted ones found in the set
 //! itself), announcing the users left with no connection, and retiring the
 //! room from `rooms:active` when nothing uses it. Both sweeps (the full one
-//! in [`crate::janitor`] and the index one in [`crate::evict`]) call it.
+//! in `janitor` and the index one in `evict`) call it.
 
 use std::collections::HashSet;
 
@@ -11,7 +11,7 @@ use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::redis::{RedisError, RedisHandle};
 
-use crate::janitor::Liveness;
+use crate::eviction::Liveness;
 use crate::presence_sweep;
 use crate::Context;
 
