@@ -48,6 +48,12 @@
 //! removed from the index again; after a Redis error the batch may have been
 //! stored, and its ids stay.
 //!
+//! With a pre-publish hook (`PUBLISH_HOOK_URL`, [`crate::hook`]), a batch's
+//! messages and edits are screened first, all at once, and what the hook
+//! lets through is stored in the batch's order: every door appends here, so
+//! none skips the hook, and pipelined messages keep their order whatever
+//! order the hook answers in.
+//!
 //! Concurrent appends from many connections share the multiplexed
 //! connections, which pipelines them under load with no added wait at idle.
 //! With `ACK_AFTER_REPLICAS` they share the connections kept for requests
@@ -58,13 +64,15 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use chat_shared::config::ReplicaAck;
-use chat_shared::envelope::{now_us, RoomEvent, StreamEntry, STREAM_FIELD};
+use chat_shared::envelope::{now_us, EventKind, RoomEvent, StreamEntry, STREAM_FIELD};
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::keys;
 use chat_shared::metrics as m;
-use chat_shared::protocol::Attachment;
+use chat_shared::protocol::{Attachment, ErrorCode, ProtocolError};
 use chat_shared::redis::{RedisError, RedisHandle};
 use redis::Script;
+
+use crate::hook::{self, Decision, PublishHook, Subject};
 
 /// KEYS[1]: the shard's stream; KEYS[2..]: the dedupe markers of the
 /// messages that have a `client_id`.
@@ -119,7 +127,7 @@ pub struct Appended {
 }
 
 /// Why a message was not stored (or not acknowledged).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
     /// Redis did not take the batch (unreachable, timed out, failed): it was
     /// stored entirely or not at all.
@@ -138,12 +146,35 @@ pub enum AppendError {
     /// but it is not acked.
     #[error("not confirmed by enough replicas")]
     NotReplicated,
+    /// The pre-publish hook rejected it, with this reason (error `rejected`).
+    #[error("rejected by the publish hook")]
+    Rejected(String),
+    /// The pre-publish hook failed (timeout, error status, malformed
+    /// answer) and the gateway fails closed.
+    #[error("the publish hook failed")]
+    HookFailed,
 }
 
 impl AppendError {
-    /// The `message` of the `unavailable` error the sender gets.
-    pub fn client_message(self) -> &'static str {
+    /// The code of the error the sender gets: `rejected` for a hook's
+    /// rejection, else `unavailable` (the sender resends).
+    pub fn code(&self) -> ErrorCode {
         match self {
+            Self::Rejected(_) => ErrorCode::Rejected,
+            _ => ErrorCode::Unavailable,
+        }
+    }
+
+    /// The error the sender gets.
+    pub fn to_protocol(&self) -> ProtocolError {
+        ProtocolError::new(self.code(), self.client_message())
+    }
+
+    /// The `message` of the error the sender gets.
+    pub fn client_message(&self) -> &str {
+        match self {
+            Self::Rejected(reason) => reason,
+            Self::HookFailed => hook::UNAVAILABLE_MESSAGE,
             Self::BacklogFull => "not stored: the room's stream backlog is full; retry later",
             Self::Redis => "not stored: Redis unavailable; retry with the same client_id",
             Self::AfterFailure => {
@@ -190,6 +221,27 @@ pub struct Draft {
 }
 
 impl Draft {
+    /// What the pre-publish hook is asked about this draft: messages and
+    /// edits; `None` for deletes and reactions (they carry no text).
+    fn subject<'a>(&'a self, room: &'a RoomId) -> Option<Subject<'a>> {
+        let (kind, id) = match &self.event {
+            None => (hook::Kind::Message, None),
+            Some(e) if e.kind == EventKind::Edit => (hook::Kind::Edit, Some(e.target.as_str())),
+            Some(_) => return None,
+        };
+        Some(Subject {
+            kind,
+            room: room.as_str(),
+            user_id: self.user_id.as_deref(),
+            username: self.username.as_str(),
+            message: &self.message,
+            client_id: self.client_id.as_deref(),
+            reply_to: self.reply_to.as_deref(),
+            attachments: &self.attachments,
+            id,
+        })
+    }
+
     /// A plain message.
     pub fn message(
         username: Username,
@@ -327,10 +379,11 @@ async fn send(
 pub async fn append(
     redis: &RedisHandle,
     limits: AppendLimits,
+    hook: Option<&PublishHook>,
     room: &RoomId,
     draft: Draft,
 ) -> Result<Appended, AppendError> {
-    append_batch(redis, limits, room, vec![draft])
+    append_batch(redis, limits, hook, room, vec![draft])
         .await
         .pop()
         .unwrap_or(Err(AppendError::Redis))
@@ -340,14 +393,83 @@ pub async fn append(
 /// it the history's TTL): a day, far beyond any dedupe window or backlog.
 pub const ORPHAN_INDEX_TTL_SECS: u64 = 86_400;
 
-/// Stamps the drafts (all of `room`) and appends them in order in one round
-/// trip; returns one result per draft, in order.
+/// Screens the drafts (all of `room`) with the pre-publish `hook`, if any,
+/// then stamps what it lets through and appends it in order in one round
+/// trip; returns one result per draft, in order. This is the one way
+/// messages and room events are stored.
 ///
 /// A message is stored if and only if its result is `Ok`, except after
 /// [`AppendError::Redis`] (the whole batch may or may not be stored) and
 /// [`AppendError::NotReplicated`] (stored, not confirmed by replicas): a
 /// resend with the same `client_id` is then deduplicated.
 pub async fn append_batch(
+    redis: &RedisHandle,
+    limits: AppendLimits,
+    hook: Option<&PublishHook>,
+    room: &RoomId,
+    drafts: Vec<Draft>,
+) -> Vec<Result<Appended, AppendError>> {
+    let Some(hook) = hook else {
+        return store_batch(redis, limits, room, drafts).await;
+    };
+    let (passed, refusals) = screen(hook, room, drafts).await;
+    let mut stored = store_batch(redis, limits, room, passed).await.into_iter();
+    refusals
+        .into_iter()
+        .map(|refusal| match refusal {
+            Some(e) => Err(e),
+            None => stored.next().unwrap_or(Err(AppendError::Redis)),
+        })
+        .collect()
+}
+
+/// Asks the hook about every draft at once. Returns the drafts it lets
+/// through (a modified text replacing the draft's), in order, and for each
+/// draft `None` when it is among them, else its refusal. A hook failure
+/// (failing closed) also refuses the drafts behind it, as a full backlog
+/// does: storing them would put them before its resend.
+async fn screen(
+    hook: &PublishHook,
+    room: &RoomId,
+    drafts: Vec<Draft>,
+) -> (Vec<Draft>, Vec<Option<AppendError>>) {
+    let decisions: Vec<Option<Decision>> = {
+        let subjects: Vec<Option<Subject<'_>>> = drafts.iter().map(|d| d.subject(room)).collect();
+        let asked: Vec<Subject<'_>> = subjects.iter().flatten().cloned().collect();
+        let mut answers = hook.screen_all(&asked).await.into_iter();
+        subjects
+            .iter()
+            .map(|s| s.as_ref().and_then(|_| answers.next()))
+            .collect()
+    };
+    let mut passed = Vec::with_capacity(drafts.len());
+    let mut refusals = Vec::with_capacity(drafts.len());
+    let mut stopped = false;
+    for (mut draft, decision) in drafts.into_iter().zip(decisions) {
+        let refusal = match decision {
+            _ if stopped => Some(AppendError::AfterFailure),
+            None | Some(Decision::Accept) => None,
+            Some(Decision::Modify(text)) => {
+                draft.message = text;
+                None
+            }
+            Some(Decision::Reject(reason)) => Some(AppendError::Rejected(reason)),
+            Some(Decision::Unavailable) => {
+                stopped = true;
+                Some(AppendError::HookFailed)
+            }
+        };
+        if refusal.is_none() {
+            passed.push(draft);
+        }
+        refusals.push(refusal);
+    }
+    (passed, refusals)
+}
+
+/// Stamps the drafts and appends them in order in one round trip (the
+/// script); one result per draft, in order.
+async fn store_batch(
     redis: &RedisHandle,
     limits: AppendLimits,
     room: &RoomId,
@@ -459,6 +581,8 @@ pub async fn append_batch(
         .filter(|(s, r)| match r {
             Ok(a) => s.indexed() && a.repeat && a.id != s.entry.id,
             Err(AppendError::BacklogFull | AppendError::AfterFailure) => s.indexed(),
+            // Screened out before the script: never indexed.
+            Err(AppendError::Rejected(_) | AppendError::HookFailed) => false,
             Err(AppendError::Redis | AppendError::NotReplicated) => false,
         })
         .map(|(s, _)| s.entry.id.clone())

@@ -23,6 +23,9 @@
 //!   `JWT_SECRET`, `JWT_PUBLIC_KEY_FILE` or a JWKS document ([`jwks`],
 //!   fetched at start and refreshed in the background);
 //!   [`publish_api`]: named API keys and the HTTP publish route.
+//! - [`hook`]: the pre-publish hook: every message and edit is POSTed to
+//!   the application (`PUBLISH_HOOK_URL`) inside the append, before it is
+//!   stored, and accepted, rejected or rewritten.
 //! - [`recheck`]: every few seconds, one round trip per room re-checks the
 //!   bans of the room's local users (a lost ban notice is healed) and this
 //!   gateway's registration (a late eviction is undone).
@@ -41,6 +44,7 @@ pub mod bans;
 pub mod config;
 pub mod demo;
 pub mod history;
+pub mod hook;
 pub mod http;
 pub mod jwks;
 pub mod listener;

@@ -268,15 +268,17 @@ pub(crate) async fn publish(
             message,
         )
     };
-    let appended = append::append(&state.redis, state.config.append_limits(), &room, draft)
+    let limits = state.config.append_limits();
+    let hook = state.publish_hook.as_ref();
+    let appended = append::append(&state.redis, limits, hook, &room, draft)
         .await
         .map_err(|e| {
-            metrics::counter!(m::GW_API_REQUESTS, "result" => "unavailable").increment(1);
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                e.client_message(),
-            )
+            metrics::counter!(m::GW_API_REQUESTS, "result" => e.code().as_str()).increment(1);
+            let status = match e.code() {
+                ErrorCode::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            ApiError::new(status, e.code(), e.client_message())
         })?;
     metrics::counter!(m::GW_API_REQUESTS, "result" => "accepted").increment(1);
     let body = serde_json::json!({

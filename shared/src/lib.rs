@@ -20,6 +20,8 @@
 //! - [`tls`]: rustls crypto provider and the private CA / client certificate
 //!   files for `rediss://`.
 //! - [`metrics`]: metric names, their descriptions and the Prometheus recorder.
+//! - [`signing`]: the HMAC keys of a `WEBHOOK_SECRET` or
+//!   `PUBLISH_HOOK_SECRET` and the Standard Webhooks signature headers.
 //! - [`shutdown`]: the one SIGTERM/SIGINT handler feeding a `CancellationToken`.
 //! - [`telemetry`]: tracing subscriber set-up (`RUST_LOG`, `LOG_FORMAT`).
 //! - [`startup`]: the start-up steps both binaries share (identity, shard
@@ -42,6 +44,7 @@ pub mod presence;
 pub mod protocol;
 pub mod redis;
 pub mod shutdown;
+pub mod signing;
 pub mod startup;
 pub mod telemetry;
 pub mod tls;

@@ -41,8 +41,23 @@ pub const GW_SUBSCRIPTIONS: &str = "chat_gateway_subscriptions_total";
 /// recovered from history by every local connection).
 pub const GW_DELIVERY_OVERFLOWS: &str = "chat_gateway_delivery_overflows_total";
 /// Counter: HTTP publish requests, by `result` (`accepted`, `unauthorized`,
-/// `rate_limited`, `unavailable`).
+/// `rate_limited`, `unavailable`, `rejected`).
 pub const GW_API_REQUESTS: &str = "chat_gateway_api_publish_requests_total";
+/// Histogram: time a message or edit waited for the pre-publish hook's
+/// verdict (a free slot, the request and its answer).
+pub const GW_PUBLISH_HOOK_SECONDS: &str = "chat_gateway_publish_hook_seconds";
+/// Counter: pre-publish hook calls, by `outcome` (`accept`, `reject`,
+/// `modify`, `timeout`, `error`, `fail_open`).
+pub const GW_PUBLISH_HOOK_OUTCOMES: &str = "chat_gateway_publish_hook_outcomes_total";
+/// The `outcome` labels of [`GW_PUBLISH_HOOK_OUTCOMES`].
+pub const PUBLISH_HOOK_OUTCOMES: &[&str] = &[
+    "accept",
+    "reject",
+    "modify",
+    "timeout",
+    "error",
+    "fail_open",
+];
 /// Counter: history searches answered (`GET /rooms/{room}/messages?q=`).
 pub const GW_SEARCHES: &str = "chat_gateway_searches_total";
 /// Counter: room-scoped HTTP requests refused before their route ran, by
@@ -313,6 +328,16 @@ fn describe_all() {
         Unit::Count,
         "HTTP publish requests, by result"
     );
+    describe_histogram!(
+        GW_PUBLISH_HOOK_SECONDS,
+        Unit::Seconds,
+        "Time a message or edit waited for the pre-publish hook's verdict"
+    );
+    describe_counter!(
+        GW_PUBLISH_HOOK_OUTCOMES,
+        Unit::Count,
+        "Pre-publish hook calls, by outcome"
+    );
     describe_counter!(GW_SEARCHES, Unit::Count, "History searches answered");
     describe_counter!(
         GW_HTTP_REFUSED,
@@ -573,6 +598,9 @@ pub fn register_at_zero(role: Role) {
             }
             for kind in ["fd_limit", "no_memory", "connection", "other"] {
                 metrics::counter!(GW_ACCEPT_ERRORS, "kind" => kind).increment(0);
+            }
+            for outcome in PUBLISH_HOOK_OUTCOMES {
+                metrics::counter!(GW_PUBLISH_HOOK_OUTCOMES, "outcome" => *outcome).increment(0);
             }
         }
         Role::Worker => {

@@ -190,7 +190,8 @@ async fn run(
             }
         }
         let client_ids: Vec<Option<String>> = batch.iter().map(|d| d.client_id.clone()).collect();
-        let results = append::append_batch(&state.redis, limits, &room, batch).await;
+        let hook = state.publish_hook.as_ref();
+        let results = append::append_batch(&state.redis, limits, hook, &room, batch).await;
         let mut failed = false;
         for (client_id, result) in client_ids.iter().zip(results) {
             let client_id = client_id.as_deref();
@@ -199,6 +200,9 @@ async fn run(
                     metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
                     reply(&replies, ack_frame(client_id, &done.id, &done.timestamp)).await;
                 }
+                // A hook's rejection is final for that message alone: it
+                // opens no send-order window.
+                Err(e @ AppendError::Rejected(_)) => refuse(&replies, e, client_id).await,
                 Err(e) => {
                     failed = true;
                     order.refused(client_id);
@@ -259,7 +263,7 @@ async fn answer_unstored(
 
 /// Tells the sender its message was not stored (or not acknowledged).
 async fn refuse(replies: &queue::Sender<Outbound>, e: AppendError, client_id: Option<&str>) {
-    let err = ProtocolError::new(ErrorCode::Unavailable, e.client_message());
+    let err = e.to_protocol();
     metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => err.code.as_str()).increment(1);
     reply(replies, error_frame(&err, client_id)).await;
 }

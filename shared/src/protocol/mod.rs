@@ -85,6 +85,9 @@ pub enum ErrorCode {
     Overloaded,
     /// The message already has 20 distinct reactions; another emoji is refused.
     TooManyReactions,
+    /// The application's pre-publish hook refused the message or edit; the
+    /// error's message is the hook's reason. Nothing is stored (HTTP 422).
+    Rejected,
 }
 
 impl ErrorCode {
@@ -114,11 +117,12 @@ impl ErrorCode {
             Self::Banned => "banned",
             Self::Overloaded => "overloaded",
             Self::TooManyReactions => "too_many_reactions",
+            Self::Rejected => "rejected",
         }
     }
 
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::BadJson,
         Self::BadFrame,
         Self::UnknownType,
@@ -142,6 +146,7 @@ impl ErrorCode {
         Self::Banned,
         Self::Overloaded,
         Self::TooManyReactions,
+        Self::Rejected,
     ];
 }
 

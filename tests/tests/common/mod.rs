@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod store;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
