@@ -23,6 +23,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use chat_tests::http_request;
 use common::webhooks::{check_standard_webhook, standardwebhooks_python};
 use common::*;
 use serde_json::{json, Value};
@@ -47,8 +48,9 @@ struct Seen {
 #[derive(Default)]
 struct Hook {
     seen: Mutex<Vec<Seen>>,
-    /// Texts in the order their answers were sent.
-    answered: Mutex<Vec<String>>,
+    /// Texts in the order their requests ended: answered, or dropped when
+    /// the gateway gave up on them (hyper then cancels the handler).
+    ended: Mutex<Vec<String>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
 }
@@ -57,8 +59,8 @@ impl Hook {
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
-    fn answered(&self) -> Vec<String> {
-        self.answered.lock().unwrap().clone()
+    fn ended(&self) -> Vec<String> {
+        self.ended.lock().unwrap().clone()
     }
     /// The request whose `message` is `text`.
     fn request_for(&self, text: &str) -> Seen {
@@ -100,6 +102,20 @@ impl Receiver {
     }
 }
 
+/// Records the end of a request, answered or cancelled.
+struct Ending {
+    hook: Arc<Hook>,
+    text: String,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.hook.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let text = std::mem::take(&mut self.text);
+        self.hook.ended.lock().unwrap().push(text);
+    }
+}
+
 async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> Response {
     let json: Value = serde_json::from_slice(&body).expect("the hook's body is JSON");
     let text = json["message"].as_str().unwrap_or_default().to_owned();
@@ -110,6 +126,10 @@ async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes)
     });
     let now = hook.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     hook.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _ending = Ending {
+        hook: hook.clone(),
+        text: text.clone(),
+    };
     if text.starts_with("slow") {
         tokio::time::sleep(SLOW).await;
     } else if text.starts_with("jitter") {
@@ -125,8 +145,6 @@ async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes)
     } else {
         axum::Json(json!({"action":"accept"})).into_response()
     };
-    hook.in_flight.fetch_sub(1, Ordering::SeqCst);
-    hook.answered.lock().unwrap().push(text);
     answer
 }
 
@@ -356,12 +374,12 @@ async fn a_failing_hook_fails_closed_by_default() {
     let refused = answer(&mut bob, message_frame(room, "fail hard", "b1")).await;
     assert_eq!(refused["data"]["code"], "unavailable", "{refused}");
 
-    // Once the hook has answered the slow request (too late), a later
+    // Once the slow request has ended (the gateway gave up on it), a later
     // message is stored alone: neither refused one ever was.
-    eventually("the slow request answered", DEADLINE, || async {
+    eventually("the slow request ended", DEADLINE, || async {
         rig.receiver
             .hook
-            .answered()
+            .ended()
             .iter()
             .any(|t| t == "slow one")
             .then_some(())
@@ -440,7 +458,7 @@ async fn a_pipelining_client_keeps_its_order_through_a_hook_that_answers_out_of_
         hook.max_in_flight.load(Ordering::SeqCst) > 1,
         "the hook was called concurrently"
     );
-    assert_ne!(hook.answered(), texts, "the hook answered out of order");
+    assert_ne!(hook.ended(), texts, "the hook answered out of order");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
