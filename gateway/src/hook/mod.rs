@@ -3,26 +3,14 @@
 //! rewrites it (spam filters, profanity rules, bots that rewrite commands).
 //!
 //! # Where it runs
-//! In the append itself (the batch append of the delivery path), the one
-//! function every door goes through to store a message or room event: a
-//! WebSocket connection's appender, the HTTP publish API, and any later
-//! transport. No door can store a message the hook has not seen. Deletes
-//! and reactions carry no text and are not sent.
-//!
-//! # Order
-//! A connection's messages reach the append in batches (its appender keeps
-//! one batch in flight, see `ws::appender`). The hook is called for all
-//! messages of a batch **at once**, and the batch is stored only when every
-//! verdict is in, in the batch's order. So a client that pipelines many
-//! messages sees them stored and delivered in its send order even when the
-//! hook answers them out of order, while a slow hook costs one hook latency
-//! per batch, not per message. (Calling the hook one message at a time per
-//! connection would also keep the order, but would cap a pipelining client
-//! at one message per hook round trip.) A refusal inside a batch follows
-//! the append's rules: a `rejected` message is left out and the others are
-//! stored; an `unavailable` one (the hook failed, failing closed) stops the
-//! rest of the batch like a full backlog does, so the DESIGN's send-order
-//! rule after `unavailable` holds.
+//! In the append itself (`delivery::append::append_batch`, its
+//! `delivery::screen` stage), the one function every door goes through to
+//! store a message or room event: a WebSocket connection's appender, the
+//! HTTP publish API, and any later transport. No door can store a message
+//! the hook has not seen. Deletes and reactions carry no text and are not
+//! sent. How a connection's pipelined messages keep their send order
+//! through the hook (all of a batch asked at once, the batch stored in its
+//! order once every answer is in) is explained in `delivery::screen`.
 //!
 //! # Bounds and failures
 //! At most `PUBLISH_HOOK_CONCURRENCY` requests are in flight per gateway (a

@@ -48,11 +48,10 @@
 //! removed from the index again; after a Redis error the batch may have been
 //! stored, and its ids stay.
 //!
-//! With a pre-publish hook (`PUBLISH_HOOK_URL`, [`crate::hook`]), a batch's
-//! messages and edits are screened first, all at once, and what the hook
-//! lets through is stored in the batch's order: every door appends here, so
-//! none skips the hook, and pipelined messages keep their order whatever
-//! order the hook answers in.
+//! With a pre-publish hook (`PUBLISH_HOOK_URL`), a batch's messages and
+//! edits are screened first ([`super::screen`]) and what the hook lets
+//! through is stored in the batch's order: every door appends here, so none
+//! skips the hook.
 //!
 //! Concurrent appends from many connections share the multiplexed
 //! connections, which pipelines them under load with no added wait at idle.
@@ -64,15 +63,17 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use chat_shared::config::ReplicaAck;
-use chat_shared::envelope::{now_us, EventKind, RoomEvent, StreamEntry, STREAM_FIELD};
-use chat_shared::ids::{RoomId, Username};
+use chat_shared::envelope::STREAM_FIELD;
+use chat_shared::ids::RoomId;
 use chat_shared::keys;
 use chat_shared::metrics as m;
-use chat_shared::protocol::{Attachment, ErrorCode, ProtocolError};
 use chat_shared::redis::{RedisError, RedisHandle};
 use redis::Script;
 
-use crate::hook::{self, Decision, PublishHook, Subject};
+use super::draft::Stamped;
+pub use super::draft::{AppendError, AppendLimits, Appended, Draft};
+use super::screen;
+use crate::hook::PublishHook;
 
 /// KEYS[1]: the shard's stream; KEYS[2..]: the dedupe markers of the
 /// messages that have a `client_id`.
@@ -114,193 +115,6 @@ return out
 
 /// The loaded [`APPEND_LUA`] (its SHA is computed once).
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_LUA));
-
-/// What the sender's ack needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Appended {
-    /// The UUID v7 assigned to the message (the original one for a repeat).
-    pub id: String,
-    /// The timestamp assigned to the message (the original one for a repeat).
-    pub timestamp: String,
-    /// Whether this was a repeat of a `client_id` already stored.
-    pub repeat: bool,
-}
-
-/// Why a message was not stored (or not acknowledged).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AppendError {
-    /// Redis did not take the batch (unreachable, timed out, failed): it was
-    /// stored entirely or not at all.
-    #[error("Redis unavailable")]
-    Redis,
-    /// The shard's backlog is at `STREAM_BACKLOG_MAX`: workers are down or behind.
-    #[error("stream backlog full")]
-    BacklogFull,
-    /// An earlier message of the same connection was not stored, so this
-    /// one was not tried: storing it would put it before the earlier one's
-    /// resend.
-    #[error("an earlier message was not stored")]
-    AfterFailure,
-    /// Fewer replicas than `ACK_AFTER_REPLICAS` confirmed the entry in time:
-    /// it may be stored (a resend with the same `client_id` is deduplicated),
-    /// but it is not acked.
-    #[error("not confirmed by enough replicas")]
-    NotReplicated,
-    /// The pre-publish hook rejected it, with this reason (error `rejected`).
-    #[error("rejected by the publish hook")]
-    Rejected(String),
-    /// The pre-publish hook failed (timeout, error status, malformed
-    /// answer) and the gateway fails closed.
-    #[error("the publish hook failed")]
-    HookFailed,
-}
-
-impl AppendError {
-    /// The code of the error the sender gets: `rejected` for a hook's
-    /// rejection, else `unavailable` (the sender resends).
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Self::Rejected(_) => ErrorCode::Rejected,
-            _ => ErrorCode::Unavailable,
-        }
-    }
-
-    /// The error the sender gets.
-    pub fn to_protocol(&self) -> ProtocolError {
-        ProtocolError::new(self.code(), self.client_message())
-    }
-
-    /// The `message` of the error the sender gets.
-    pub fn client_message(&self) -> &str {
-        match self {
-            Self::Rejected(reason) => reason,
-            Self::HookFailed => hook::UNAVAILABLE_MESSAGE,
-            Self::BacklogFull => "not stored: the room's stream backlog is full; retry later",
-            Self::Redis => "not stored: Redis unavailable; retry with the same client_id",
-            Self::AfterFailure => {
-                "not stored: an earlier message of this connection was not stored; resend from the first unacknowledged one"
-            }
-            Self::NotReplicated => {
-                "not acknowledged: fewer replicas than ACK_AFTER_REPLICAS confirmed it in time; resend with the same client_id"
-            }
-        }
-    }
-}
-
-/// Limits an append is subject to.
-#[derive(Debug, Clone, Copy)]
-pub struct AppendLimits {
-    /// Number of stream shards.
-    pub shards: u32,
-    /// Most entries a shard may hold before appends are refused (0 = no cap).
-    pub backlog_max: u64,
-    /// How long a `client_id` is remembered for deduplication, in seconds.
-    pub dedupe_window_secs: u64,
-    /// `ACK_AFTER_REPLICAS`: ack only once replicas hold the entry.
-    pub replica_ack: Option<ReplicaAck>,
-}
-
-/// What a connection (or the publish API) asks to append: a message, or a
-/// room event when `event` is set (an edit's new text is in `message`).
-#[derive(Debug, Clone)]
-pub struct Draft {
-    /// The sender's display name.
-    pub username: Username,
-    /// The sender's token `sub` when authentication is on.
-    pub user_id: Option<String>,
-    /// The client's nonce (deduplication).
-    pub client_id: Option<String>,
-    /// The text (empty for a delete or a reaction).
-    pub message: String,
-    /// The message answered, already checked to exist.
-    pub reply_to: Option<String>,
-    /// Validated attachments.
-    pub attachments: Vec<Attachment>,
-    /// The room event, if this is one.
-    pub event: Option<RoomEvent>,
-}
-
-impl Draft {
-    /// What the pre-publish hook is asked about this draft: messages and
-    /// edits; `None` for deletes and reactions (they carry no text).
-    fn subject<'a>(&'a self, room: &'a RoomId) -> Option<Subject<'a>> {
-        let (kind, id) = match &self.event {
-            None => (hook::Kind::Message, None),
-            Some(e) if e.kind == EventKind::Edit => (hook::Kind::Edit, Some(e.target.as_str())),
-            Some(_) => return None,
-        };
-        Some(Subject {
-            kind,
-            room: room.as_str(),
-            user_id: self.user_id.as_deref(),
-            username: self.username.as_str(),
-            message: &self.message,
-            client_id: self.client_id.as_deref(),
-            reply_to: self.reply_to.as_deref(),
-            attachments: &self.attachments,
-            id,
-        })
-    }
-
-    /// A plain message.
-    pub fn message(
-        username: Username,
-        user_id: Option<String>,
-        client_id: Option<String>,
-        message: String,
-    ) -> Self {
-        Self {
-            username,
-            user_id,
-            client_id,
-            message,
-            reply_to: None,
-            attachments: Vec::new(),
-            event: None,
-        }
-    }
-}
-
-/// One message of a batch, stamped and encoded.
-struct Stamped {
-    entry: StreamEntry,
-    client_id: Option<String>,
-}
-
-impl Stamped {
-    fn new(room: &RoomId, draft: Draft) -> Self {
-        let now = chrono::Utc::now();
-        let Draft {
-            username,
-            user_id,
-            client_id,
-            message,
-            reply_to,
-            attachments,
-            event,
-        } = draft;
-        let mut entry = StreamEntry {
-            v: 0,
-            id: uuid::Uuid::now_v7().to_string(),
-            room: room.to_string(),
-            username: username.into_string(),
-            message,
-            timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            stamped_us: now_us(),
-            user_id,
-            reply_to,
-            attachments,
-            event,
-        };
-        entry.v = entry.required_version();
-        Self { entry, client_id }
-    }
-
-    /// Messages go into the room's message index; events do not.
-    fn indexed(&self) -> bool {
-        self.entry.event.is_none()
-    }
-}
 
 /// The script's answers (exactly one per message) and, with
 /// `ACK_AFTER_REPLICAS`, `WAIT`'s count of confirming replicas (`u32::MAX`
@@ -412,63 +226,13 @@ pub async fn append_batch(
     let Some(hook) = hook else {
         return store_batch(redis, limits, room, drafts).await;
     };
-    let (passed, refusals) = screen(hook, room, drafts).await;
-    let mut stored = store_batch(redis, limits, room, passed).await.into_iter();
-    refusals
-        .into_iter()
-        .map(|refusal| match refusal {
-            Some(e) => Err(e),
-            None => stored.next().unwrap_or(Err(AppendError::Redis)),
-        })
-        .collect()
+    let screened = screen::screen(hook, room, drafts).await;
+    let stored = store_batch(redis, limits, room, screened.passed).await;
+    screen::merge(screened.refusals, stored)
 }
 
-/// Asks the hook about every draft at once. Returns the drafts it lets
-/// through (a modified text replacing the draft's), in order, and for each
-/// draft `None` when it is among them, else its refusal. A hook failure
-/// (failing closed) also refuses the drafts behind it, as a full backlog
-/// does: storing them would put them before its resend.
-async fn screen(
-    hook: &PublishHook,
-    room: &RoomId,
-    drafts: Vec<Draft>,
-) -> (Vec<Draft>, Vec<Option<AppendError>>) {
-    let decisions: Vec<Option<Decision>> = {
-        let subjects: Vec<Option<Subject<'_>>> = drafts.iter().map(|d| d.subject(room)).collect();
-        let asked: Vec<Subject<'_>> = subjects.iter().flatten().cloned().collect();
-        let mut answers = hook.screen_all(&asked).await.into_iter();
-        subjects
-            .iter()
-            .map(|s| s.as_ref().and_then(|_| answers.next()))
-            .collect()
-    };
-    let mut passed = Vec::with_capacity(drafts.len());
-    let mut refusals = Vec::with_capacity(drafts.len());
-    let mut stopped = false;
-    for (mut draft, decision) in drafts.into_iter().zip(decisions) {
-        let refusal = match decision {
-            _ if stopped => Some(AppendError::AfterFailure),
-            None | Some(Decision::Accept) => None,
-            Some(Decision::Modify(text)) => {
-                draft.message = text;
-                None
-            }
-            Some(Decision::Reject(reason)) => Some(AppendError::Rejected(reason)),
-            Some(Decision::Unavailable) => {
-                stopped = true;
-                Some(AppendError::HookFailed)
-            }
-        };
-        if refusal.is_none() {
-            passed.push(draft);
-        }
-        refusals.push(refusal);
-    }
-    (passed, refusals)
-}
-
-/// Stamps the drafts and appends them in order in one round trip (the
-/// script); one result per draft, in order.
+/// Stamps the drafts and appends them in order in one round trip (one
+/// script call); one result per draft, in order.
 async fn store_batch(
     redis: &RedisHandle,
     limits: AppendLimits,
@@ -581,7 +345,7 @@ async fn store_batch(
         .filter(|(s, r)| match r {
             Ok(a) => s.indexed() && a.repeat && a.id != s.entry.id,
             Err(AppendError::BacklogFull | AppendError::AfterFailure) => s.indexed(),
-            // Screened out before the script: never indexed.
+            // Screened out before the script (never indexed), or maybe stored.
             Err(AppendError::Rejected(_) | AppendError::HookFailed) => false,
             Err(AppendError::Redis | AppendError::NotReplicated) => false,
         })
