@@ -50,7 +50,7 @@ pub const GW_PUBLISH_HOOK_SECONDS: &str = "chat_gateway_publish_hook_seconds";
 /// `modify`, `timeout`, `error`, `fail_open`).
 pub const GW_PUBLISH_HOOK_OUTCOMES: &str = "chat_gateway_publish_hook_outcomes_total";
 /// The `outcome` labels of [`GW_PUBLISH_HOOK_OUTCOMES`].
-pub const PUBLISH_HOOK_OUTCOMES: &[&str] = &[
+const PUBLISH_HOOK_OUTCOMES: &[&str] = &[
     "accept",
     "reject",
     "modify",

@@ -142,6 +142,7 @@ fn env_vars() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for file in [
         "gateway/src/config.rs",
+        "gateway/src/hook/config.rs",
         "fanout-worker/src/config.rs",
         "shared/src/config.rs",
     ] {
