@@ -26,6 +26,9 @@
 //!   order and with the same `client_id`s, stores each message once, in its
 //!   sending order. When the refused message has no `client_id` (nothing
 //!   can close a window), what is queued behind it is refused, as before.
+//! - A message the pre-publish hook rejects (`rejected`, see
+//!   `delivery::screen`) is final for itself alone and opens no window; a
+//!   hook that fails closed refuses `unavailable` like Redis does.
 //!
 //! On close or shutdown the appender finishes what it holds before the
 //! reader's end marker is queued: a message that was stored is acked.
@@ -201,7 +204,11 @@ async fn run(
                     reply(&replies, ack_frame(client_id, &done.id, &done.timestamp)).await;
                 }
                 // A hook's rejection is final for that message alone: it
-                // opens no send-order window.
+                // opens no send-order window. Inside one (an earlier message
+                // of the batch failed) it is refused like the rest.
+                Err(AppendError::Rejected(_)) if order.is_open() => {
+                    refuse(&replies, AppendError::AfterFailure, client_id).await;
+                }
                 Err(e @ AppendError::Rejected(_)) => refuse(&replies, e, client_id).await,
                 Err(e) => {
                     failed = true;
