@@ -9,8 +9,7 @@
 //! application has a bug, and the gateway treats it like a hook that did not
 //! answer (`PUBLISH_HOOK_FAIL_OPEN` decides).
 
-use chat_shared::protocol::inbound::check_text;
-use chat_shared::protocol::Limits;
+use chat_shared::protocol::{check_text, Limits};
 use serde::Deserialize;
 
 /// Longest rejection reason passed on to the sender, in characters; a
