@@ -27,6 +27,8 @@
 //!   bans of the room's local users (a lost ban notice is healed) and this
 //!   gateway's registration (a late eviction is undone).
 //! - [`rate_limit`]: the per-connection token bucket.
+//! - `sse`: `GET /sse`, the same connection over server-sent events
+//!   (`conn` holds what both transports check and take before serving).
 //! - [`server`]: the accept loop and each connection's HTTP phase, bounded
 //!   in time (`HANDSHAKE_TIMEOUT_MS`) and number (`MAX_PENDING_HANDSHAKES`),
 //!   with accept errors backed off; [`listener`] sets socket options.
@@ -39,9 +41,11 @@ pub mod append;
 pub mod auth;
 pub mod bans;
 pub mod config;
+mod conn;
 pub mod demo;
 pub mod history;
 pub mod http;
+mod http_send;
 pub mod jwks;
 pub mod listener;
 pub mod presence;
@@ -57,6 +61,7 @@ pub mod rooms;
 pub mod search;
 pub mod server;
 pub mod session;
+mod sse;
 pub mod state;
 pub mod subscriber;
 pub mod typing;

@@ -3,8 +3,9 @@
 //! Bots and application backends post through the same append as WebSocket
 //! clients, so their messages get the same order, `seq`, deduplication by
 //! `client_id` and back-pressure. Keys come from `API_KEYS` and
-//! `API_KEYS_FILE` as `name:key` or bare `key` entries (named `key<N>`);
-//! without any, the route answers 404. A message posted with a key carries
+//! `API_KEYS_FILE` as `name:key` or bare `key` entries (named `key<N>`).
+//! The route also takes a user token or an anonymous session
+//! ([`crate::http_send`]); without any credential it answers 401. A message posted with a key carries
 //! `user_id` `api:<name>`, so its author is known and no token can claim it
 //! (tokens with an `api:` sub are refused). Keys are compared as SHA-256
 //! digests in constant time, and each key has its own rate limit.
@@ -149,7 +150,8 @@ impl ApiKeys {
         })
     }
 
-    fn spend(&self, key: usize) -> bool {
+    /// Spends one unit of key `key`'s budget; `false` when it is spent.
+    pub(crate) fn spend(&self, key: usize) -> bool {
         let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
         budgets
             .get_mut(key)

@@ -9,13 +9,16 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 pub use metrics_exporter_prometheus::PrometheusHandle;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-/// Gauge: WebSocket connections open on this gateway.
+/// Gauge: client connections open on this gateway, by `transport`.
 pub const GW_CONNECTIONS: &str = "chat_gateway_connections";
-/// Counter: connections accepted (upgraded).
+/// Counter: connections accepted (upgraded, or streaming), by `transport`.
 pub const GW_CONNECTIONS_OPENED: &str = "chat_gateway_connections_opened_total";
-/// Counter: connections closed, by `reason`.
+/// Counter: connections closed, by `reason` and `transport`.
 pub const GW_CONNECTIONS_CLOSED: &str = "chat_gateway_connections_closed_total";
-/// Counter: upgrade requests refused before the upgrade, by `code`.
+/// The `transport` label values of the connection metrics: WebSocket
+/// (`/ws`) and server-sent events (`/sse`).
+pub const GW_TRANSPORTS: &[&str] = &["ws", "sse"];
+/// Counter: connection requests refused before serving, by `code` and `transport`.
 pub const GW_CONNECTIONS_REJECTED: &str = "chat_gateway_connections_rejected_total";
 /// Counter: inbound frames by `result` (`accepted` or an error code).
 pub const GW_FRAMES_RECEIVED: &str = "chat_gateway_frames_received_total";
@@ -529,7 +532,6 @@ pub fn register_at_zero(role: Role) {
     match role {
         Role::Gateway => {
             for name in [
-                GW_CONNECTIONS_OPENED,
                 GW_RATE_LIMITED,
                 GW_MESSAGES_DELIVERED,
                 GW_SLOW_CONSUMERS,
@@ -547,17 +549,23 @@ pub fn register_at_zero(role: Role) {
             ] {
                 metrics::counter!(name).increment(0);
             }
-            for name in [GW_CONNECTIONS, GW_ROOMS, GW_PENDING_CONNECTIONS] {
+            for name in [GW_ROOMS, GW_PENDING_CONNECTIONS] {
                 metrics::gauge!(name).set(0.0);
+            }
+            for transport in GW_TRANSPORTS {
+                metrics::gauge!(GW_CONNECTIONS, "transport" => *transport).set(0.0);
+                metrics::counter!(GW_CONNECTIONS_OPENED, "transport" => *transport).increment(0);
+                for reason in GW_CLOSE_REASONS {
+                    metrics::counter!(GW_CONNECTIONS_CLOSED, "reason" => *reason, "transport" => *transport)
+                        .increment(0);
+                }
+                for code in GW_REJECT_CODES {
+                    metrics::counter!(GW_CONNECTIONS_REJECTED, "code" => *code, "transport" => *transport)
+                        .increment(0);
+                }
             }
             for op in GW_REDIS_OPS {
                 metrics::counter!(GW_REDIS_ERRORS, "op" => *op).increment(0);
-            }
-            for reason in GW_CLOSE_REASONS {
-                metrics::counter!(GW_CONNECTIONS_CLOSED, "reason" => *reason).increment(0);
-            }
-            for code in GW_REJECT_CODES {
-                metrics::counter!(GW_CONNECTIONS_REJECTED, "code" => *code).increment(0);
             }
             for route in ["read", "write"] {
                 for code in GW_HTTP_REFUSAL_CODES {
