@@ -60,7 +60,10 @@ pub const ROOM_ROUTES: &[(&str, &str)] = &[
 /// The room-scoped routes behind the access middleware.
 fn room_routes(state: AppState) -> Router<AppState> {
     Router::new()
-        .route("/messages", get(messages).post(crate::http_send::post_message))
+        .route(
+            "/messages",
+            get(messages).post(crate::http_send::post_message),
+        )
         .route("/events", post(crate::http_send::post_event))
         .route("/presence", get(crate::presence_events::http_presence))
         .route("/reads", get(crate::receipts::http_reads))

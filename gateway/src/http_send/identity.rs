@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, FromRequestParts};
+use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use chat_shared::protocol::ErrorCode;
@@ -69,7 +69,9 @@ impl FromRequestParts<AppState> for SenderIdentity {
         };
         match sessions.check(&state.redis, session).await {
             Ok(Some(user_id)) => Ok(Self::Anon(user_id)),
-            Ok(None) => Err(unauthorized("the session is not valid; reconnect to get one")),
+            Ok(None) => Err(unauthorized(
+                "the session is not valid; reconnect to get one",
+            )),
             Err(_) => Err(ApiError::unavailable("the session check")),
         }
     }

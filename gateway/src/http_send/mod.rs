@@ -187,11 +187,19 @@ pub(crate) async fn post_message(
         .or_insert_with(|| Value::String(req.room.as_str().to_owned()));
     let frame = json!({"type": "message", "data": data});
     let username = req.query.get("username");
-    let replies =
-        match run_frame(&req.state, req.room, sender, req.client_ip, username, &frame).await {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
+    let replies = match run_frame(
+        &req.state,
+        req.room,
+        sender,
+        req.client_ip,
+        username,
+        &frame,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
     let Some(first) = replies.into_iter().next() else {
         return ApiError::unavailable("the append").into_response();
     };
@@ -233,7 +241,12 @@ pub(crate) async fn post_event(
             &chat_shared::protocol::ProtocolError::new(code, message),
             None,
         );
-        (StatusCode::BAD_REQUEST, [("content-type", "application/json")], frame).into_response()
+        (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "application/json")],
+            frame,
+        )
+            .into_response()
     };
     let Ok(Value::Object(mut frame)) = serde_json::from_slice::<Value>(&body) else {
         return error(
@@ -241,7 +254,10 @@ pub(crate) async fn post_event(
             "body must be one client frame: {\"type\":..,\"data\":{..}}",
         );
     };
-    let kind = frame.get("type").and_then(Value::as_str).unwrap_or_default();
+    let kind = frame
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if !EVENT_TYPES.contains(&kind) {
         return error(
             ErrorCode::UnknownType,
@@ -255,11 +271,19 @@ pub(crate) async fn post_event(
     frame.insert("data".into(), Value::Object(data));
     let frame = Value::Object(frame);
     let username = req.query.get("username");
-    let replies =
-        match run_frame(&req.state, req.room, sender, req.client_ip, username, &frame).await {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
+    let replies = match run_frame(
+        &req.state,
+        req.room,
+        sender,
+        req.client_ip,
+        username,
+        &frame,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
     let Some(answer) = merge_history(replies) else {
         return StatusCode::NO_CONTENT.into_response();
     };

@@ -66,12 +66,7 @@ pub(crate) fn event_id(text: &str) -> Option<u64> {
     match peek.kind {
         "message" | "edit" | "delete" | "reaction" => data.seq,
         "history" => {
-            let newest = data
-                .messages
-                .iter()
-                .flatten()
-                .filter_map(|m| m.seq)
-                .max();
+            let newest = data.messages.iter().flatten().filter_map(|m| m.seq).max();
             match newest {
                 Some(seq) => Some(seq),
                 None if !data.more && !data.truncated => data.latest_seq,
@@ -125,8 +120,7 @@ mod tests {
         assert_eq!(event_id(h), Some(5));
         let empty = r#"{"type":"history","data":{"messages":[],"room":"r","latest_seq":9}}"#;
         assert_eq!(event_id(empty), Some(9));
-        let trimmed =
-            r#"{"type":"history","data":{"messages":[],"room":"r","latest_seq":9,"truncated":true}}"#;
+        let trimmed = r#"{"type":"history","data":{"messages":[],"room":"r","latest_seq":9,"truncated":true}}"#;
         assert_eq!(event_id(trimmed), None);
     }
 

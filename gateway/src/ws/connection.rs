@@ -197,7 +197,11 @@ impl Connection {
         metrics::gauge!(m::GW_CONNECTIONS, "transport" => label).decrement(1.0);
         metrics::counter!(m::GW_CONNECTIONS_CLOSED, "reason" => reason.label(), "transport" => label)
             .increment(1);
-        tracing::info!(reason = reason.label(), transport = label, "Connection closed");
+        tracing::info!(
+            reason = reason.label(),
+            transport = label,
+            "Connection closed"
+        );
         drop(permit);
         drop(slot);
         reason
@@ -214,7 +218,11 @@ fn opened(reader: Reader, transport: Transport) -> Reader {
     let label = transport.label();
     metrics::counter!(m::GW_CONNECTIONS_OPENED, "transport" => label).increment(1);
     metrics::gauge!(m::GW_CONNECTIONS, "transport" => label).increment(1.0);
-    tracing::info!(username = reader.username(), transport = label, "Connection opened");
+    tracing::info!(
+        username = reader.username(),
+        transport = label,
+        "Connection opened"
+    );
     reader
 }
 

@@ -81,7 +81,8 @@ pub(crate) async fn upgrade(
         Ok(conn) => conn,
         Err(refused) => return refused,
     };
-    let span = tracing::info_span!("conn", conn_id = conn.conn_id, room = %conn.room, peer = %peer_addr);
+    let span =
+        tracing::info_span!("conn", conn_id = conn.conn_id, room = %conn.room, peer = %peer_addr);
     let state = conn.state.clone();
     let tracker = state.tracker.clone();
     let (read_buffer, max_message) = (
