@@ -51,7 +51,7 @@ async fn live_frames_carry_ids_and_last_event_id_resumes() {
 
     let mut seen_by_ws = Vec::new();
     for i in 1..=3 {
-        ws.acked(message_frame("live", &format!("m{i}"), &format!("c{i}")))
+        ws.send_text(&message_frame("live", &format!("m{i}"), &format!("c{i}")).to_string())
             .await;
     }
     while seen_by_ws.len() < 3 {
