@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use chat_shared::metrics as m;
 use chat_shared::protocol::ErrorCode;
 
-use crate::api_error::ApiError;
-use crate::listener::Peer;
+use crate::edge::listener::Peer;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 use crate::ws::admission::{self, Refused};
 use crate::ws::query::{self, WsQuery};
@@ -62,8 +62,8 @@ pub(crate) fn reject(
 pub(crate) fn parse_query(
     params: &HashMap<String, String>,
     transport: Transport,
-) -> Result<WsQuery, Response> {
-    query::parse(params).map_err(|r| reject(transport, r.status, r.code, r.message))
+) -> Result<WsQuery, Box<Response>> {
+    query::parse(params).map_err(|r| Box::new(reject(transport, r.status, r.code, r.message)))
 }
 
 /// Runs every check a connection must pass before it is served and takes
@@ -121,13 +121,13 @@ pub(crate) async fn admit(
         }
         _ => None,
     };
-    if crate::bans::enabled(state) {
+    if crate::rooms::bans::enabled(state) {
         let user = match (&admitted.identity, &anon) {
             (Some(i), _) => i.user_id.as_str(),
             (None, Some(a)) => a.user_id.as_str(),
             (None, None) => admitted.username.as_str(),
         };
-        match crate::bans::is_banned(&state.redis, &room, user).await {
+        match crate::rooms::bans::is_banned(&state.redis, &room, user).await {
             Ok(false) => {}
             Ok(true) => {
                 tracing::info!(room = %room, user, reason = "banned", transport = transport.label(), "Connection refused");

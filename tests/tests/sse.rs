@@ -144,10 +144,9 @@ async fn a_trimmed_gap_is_a_truncated_history() {
 
 /// `(status, code)` of a refused `/ws` and a refused `/sse` with one query.
 async fn both_refusals(gw: &Gateway, query: &str) -> ((u16, Value), (u16, Value)) {
-    let ws = open(&gw.ws_url(query), &[])
-        .await
-        .err()
-        .expect("ws refused");
+    let Err(ws) = open(&gw.ws_url(query), &[]).await else {
+        panic!("/ws?{query} was not refused");
+    };
     let sse = SseClient::open(&gw.addr(), query, None)
         .await
         .err()

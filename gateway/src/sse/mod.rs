@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::conn::{self, Transport};
-use crate::listener::Peer;
-use crate::server::Streaming;
+use crate::edge::handshake::Streaming;
+use crate::edge::listener::Peer;
 use crate::state::AppState;
 use crate::ws::close::CloseReason;
 use crate::ws::Resume;
@@ -49,7 +49,7 @@ pub(crate) async fn stream(
 ) -> Response {
     let mut query = match conn::parse_query(&params, Transport::Sse) {
         Ok(q) => q,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if let Some(last) = headers.get("last-event-id") {
         let Some(since) = last.to_str().ok().and_then(|v| v.trim().parse().ok()) else {

@@ -31,7 +31,7 @@ use chat_shared::protocol::ErrorCode;
 use tracing::Instrument;
 
 use crate::conn::Transport;
-use crate::listener::Peer;
+use crate::edge::listener::Peer;
 use crate::state::AppState;
 
 pub(crate) use connection::Connection;
@@ -62,7 +62,7 @@ pub(crate) async fn upgrade(
 ) -> Response {
     let query = match crate::conn::parse_query(&params, Transport::Ws) {
         Ok(q) => q,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let ws = match ws {
         Ok(ws) => ws,

@@ -10,9 +10,9 @@ use std::net::IpAddr;
 use chat_shared::ids::{RoomId, Username};
 
 use super::Reader;
-use crate::auth::Identity;
-use crate::queue;
-use crate::rooms::Outbound;
+use crate::delivery::queue;
+use crate::delivery::registry::Outbound;
+use crate::edge::auth::Identity;
 use crate::state::AppState;
 
 /// Replies queued at once before the collector takes them (history pages

@@ -2,7 +2,7 @@
 //!
 //! - `POST /rooms/{room}/messages` with a user token or an anonymous
 //!   session posts as that user (an API key keeps the publish API's path,
-//!   [`crate::publish_api`]) → 201 `{"id","timestamp","client_id"}`.
+//!   [`crate::http::publish`]) → 201 `{"id","timestamp","client_id"}`.
 //! - `POST /rooms/{room}/events` takes one client frame
 //!   (`{"type":..,"data":..}`) → 200 with the frame `/ws` answers with, 204
 //!   when it answers nothing (`typing`, `read`), or the `error` frame with
@@ -28,9 +28,9 @@ use std::collections::HashMap;
 
 pub(crate) use identity::SenderIdentity;
 
-use crate::api_error::{parse_room, ApiError};
-use crate::listener::Peer;
-use crate::publish_api::DEFAULT_API_USERNAME;
+use crate::edge::listener::Peer;
+use crate::http::error::{parse_room, ApiError};
+use crate::http::publish::DEFAULT_API_USERNAME;
 use crate::state::AppState;
 use crate::ws::reader::{OneShot, Reader};
 
@@ -72,8 +72,8 @@ async fn run_frame(
     let (identity, user_id, username) = match sender {
         SenderIdentity::User(identity) => (Some(identity), None, display),
         SenderIdentity::Anon(user_id) => {
-            if crate::bans::enabled(state) {
-                match crate::bans::is_banned(&state.redis, &room, &user_id).await {
+            if crate::rooms::bans::enabled(state) {
+                match crate::rooms::bans::is_banned(&state.redis, &room, &user_id).await {
                     Ok(false) => {}
                     Ok(true) => {
                         return Err(ApiError::new(
@@ -119,15 +119,15 @@ async fn run_frame(
 
 /// The body as a JSON object with `room` set to the path's room when
 /// absent (a different one is the reader's `room_mismatch`).
-fn with_room(data: Option<Value>, room: &RoomId) -> Result<Map<String, Value>, Response> {
+fn with_room(data: Option<Value>, room: &RoomId) -> Option<Map<String, Value>> {
     let mut data = match data {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(o)) => o,
-        Some(_) => return Err(bad(ErrorCode::BadJson, "data must be a JSON object")),
+        Some(_) => return None,
     };
     data.entry("room")
         .or_insert_with(|| Value::String(room.as_str().to_owned()));
-    Ok(data)
+    Some(data)
 }
 
 /// Common request parts of both routes.
@@ -145,8 +145,8 @@ impl Request {
         peer: &Peer,
         headers: &HeaderMap,
         query: HashMap<String, String>,
-    ) -> Result<Self, Response> {
-        let room = parse_room(room).map_err(IntoResponse::into_response)?;
+    ) -> Result<Self, ApiError> {
+        let room = parse_room(room)?;
         let client_ip = state.access.client_ip_of(peer.addr.ip(), headers);
         Ok(Self {
             state,
@@ -169,13 +169,13 @@ pub(crate) async fn post_message(
     body: Bytes,
 ) -> Response {
     if let SenderIdentity::ApiKey { .. } = sender {
-        return crate::publish_api::publish(State(state), Path(room), headers, body)
+        return crate::http::publish::publish(State(state), Path(room), headers, body)
             .await
             .into_response();
     }
     let req = match Request::new(state, &room, &peer, &headers, query) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let Ok(Value::Object(mut data)) = serde_json::from_slice::<Value>(&body) else {
         return bad(
@@ -234,7 +234,7 @@ pub(crate) async fn post_event(
 ) -> Response {
     let req = match Request::new(state, &room, &peer, &headers, query) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let error = |code: ErrorCode, message: &str| {
         let frame = chat_shared::protocol::error_frame(
@@ -264,9 +264,8 @@ pub(crate) async fn post_event(
             "type must be one of typing, read, edit, delete, react, presence, history, message",
         );
     }
-    let data = match with_room(frame.remove("data"), &req.room) {
-        Ok(d) => d,
-        Err(_) => return error(ErrorCode::BadJson, "data must be a JSON object"),
+    let Some(data) = with_room(frame.remove("data"), &req.room) else {
+        return error(ErrorCode::BadJson, "data must be a JSON object");
     };
     frame.insert("data".into(), Value::Object(data));
     let frame = Value::Object(frame);

@@ -11,9 +11,9 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use chat_shared::protocol::ErrorCode;
 
-use crate::api_error::ApiError;
-use crate::auth::{AuthError, Identity};
-use crate::publish_api::bearer;
+use crate::edge::api_keys::bearer;
+use crate::edge::auth::{AuthError, Identity};
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// The sender of an HTTP message or event.
