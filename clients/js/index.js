@@ -206,7 +206,8 @@ export class ChatClient {
         : new this.WS(this.buildUrl());
     } catch (e) {
       this.emit("error", new ChatError("connect_failed", String(e)));
-      return this.retryLater();
+      // Counted like a socket that closed before opening (the fallback rule).
+      return this.onClose(1006, "connect failed");
     }
     this.ws = ws;
     this.hist = null;
