@@ -65,7 +65,7 @@ export class SseSocket {
 
   /** Keeps the anonymous session the stream gives, for the HTTP requests. */
   noteSession(text) {
-    if (!text.startsWith('{"type":"session"')) return;
+    if (!text.includes('"type":"session"')) return;
     try { this.session = JSON.parse(text).data.session || this.session; } catch { /* ignore */ }
   }
 

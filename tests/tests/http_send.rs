@@ -184,7 +184,7 @@ async fn events_answer_like_ws_with_their_statuses() {
     ]
     .concat();
     let gw = start_gateway(&redis.url(), "g1", &env).await;
-    let (mut other, _) = Client::join(&gw.ws_url("room=ev&username=olga")).await;
+    let (mut other, _) = Client::join_ephemeral(&gw.ws_url("room=ev&username=olga")).await;
     let theirs = other.acked(message_frame("ev", "olga's", "o1")).await;
     let theirs = theirs["id"].as_str().unwrap().to_owned();
     let mut sse = SseClient::open(&gw.addr(), "room=ev&username=sam", None)

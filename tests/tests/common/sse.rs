@@ -78,11 +78,13 @@ impl SseClient {
 
     /// The next data event (comments skipped): its id and frame.
     pub async fn next_frame(&mut self) -> (Option<String>, Value) {
+        let end = tokio::time::Instant::now() + DEADLINE;
         loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
             let e = self
-                .next_event_within(DEADLINE)
+                .next_event_within(left)
                 .await
-                .expect("no SSE event within the deadline");
+                .expect("no SSE frame within the deadline");
             if let Some(data) = e.data {
                 return (e.id, data);
             }
