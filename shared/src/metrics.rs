@@ -18,13 +18,16 @@ pub use zero::{register_at_zero, Role};
 use describe::describe_all;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-/// Gauge: WebSocket connections open on this gateway.
+/// Gauge: client connections open on this gateway, by `transport`.
 pub const GW_CONNECTIONS: &str = "chat_gateway_connections";
-/// Counter: connections accepted (upgraded).
+/// Counter: connections accepted (upgraded, or streaming), by `transport`.
 pub const GW_CONNECTIONS_OPENED: &str = "chat_gateway_connections_opened_total";
-/// Counter: connections closed, by `reason`.
+/// Counter: connections closed, by `reason` and `transport`.
 pub const GW_CONNECTIONS_CLOSED: &str = "chat_gateway_connections_closed_total";
-/// Counter: upgrade requests refused before the upgrade, by `code`.
+/// The `transport` label values of the connection metrics: WebSocket
+/// (`/ws`) and server-sent events (`/sse`).
+pub const GW_TRANSPORTS: &[&str] = &["ws", "sse"];
+/// Counter: connection requests refused before serving, by `code` and `transport`.
 pub const GW_CONNECTIONS_REJECTED: &str = "chat_gateway_connections_rejected_total";
 /// Counter: inbound frames by `result` (`accepted` or an error code).
 pub const GW_FRAMES_RECEIVED: &str = "chat_gateway_frames_received_total";

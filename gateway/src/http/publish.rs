@@ -4,7 +4,9 @@
 //! clients, so their messages get the same order, `seq`, deduplication by
 //! `client_id` and back-pressure. Keys
 //! ([`crate::edge::api_keys`]) come from `API_KEYS` and `API_KEYS_FILE`;
-//! without any, the route answers 404. A message posted with a key carries
+//! the route also takes a user token or an anonymous session
+//! ([`crate::http::send`], which hands API keys to this module), and
+//! answers 401 without any credential. A message posted with a key carries
 //! `user_id` `api:<name>`, so its author is known and no token can claim it
 //! (tokens with an `api:` sub are refused). Each key has its own rate limit.
 

@@ -90,7 +90,6 @@ pub fn register_at_zero(role: Role) {
     match role {
         Role::Gateway => {
             for name in [
-                GW_CONNECTIONS_OPENED,
                 GW_RATE_LIMITED,
                 GW_MESSAGES_DELIVERED,
                 GW_SLOW_CONSUMERS,
@@ -108,17 +107,23 @@ pub fn register_at_zero(role: Role) {
             ] {
                 metrics::counter!(name).increment(0);
             }
-            for name in [GW_CONNECTIONS, GW_ROOMS, GW_PENDING_CONNECTIONS] {
+            for name in [GW_ROOMS, GW_PENDING_CONNECTIONS] {
                 metrics::gauge!(name).set(0.0);
             }
             for op in GW_REDIS_OPS {
                 metrics::counter!(GW_REDIS_ERRORS, "op" => *op).increment(0);
             }
-            for reason in GW_CLOSE_REASONS {
-                metrics::counter!(GW_CONNECTIONS_CLOSED, "reason" => *reason).increment(0);
-            }
-            for code in GW_REJECT_CODES {
-                metrics::counter!(GW_CONNECTIONS_REJECTED, "code" => *code).increment(0);
+            for transport in GW_TRANSPORTS {
+                metrics::gauge!(GW_CONNECTIONS, "transport" => *transport).set(0.0);
+                metrics::counter!(GW_CONNECTIONS_OPENED, "transport" => *transport).increment(0);
+                for reason in GW_CLOSE_REASONS {
+                    metrics::counter!(GW_CONNECTIONS_CLOSED, "reason" => *reason, "transport" => *transport)
+                        .increment(0);
+                }
+                for code in GW_REJECT_CODES {
+                    metrics::counter!(GW_CONNECTIONS_REJECTED, "code" => *code, "transport" => *transport)
+                        .increment(0);
+                }
             }
             for route in ["read", "write"] {
                 for code in GW_HTTP_REFUSAL_CODES {
