@@ -24,10 +24,11 @@ const DURABLE: [&str; 6] = [
     "",
 ];
 
-/// The output of `redis-cli -p <port> <args>` (empty when it cannot run).
+/// The output of `redis-cli -p <port> <args>` (empty when it cannot run,
+/// or does not finish within 5 s: a SIGSTOPped server never answers).
 pub fn cli(port: u16, args: &[&str]) -> String {
-    Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
+    Command::new("timeout")
+        .args(["5", "redis-cli", "-p", &port.to_string()])
         .args(args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -82,6 +83,13 @@ impl DurableRedis {
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill9();
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server, if it runs.
+    pub fn signal(&self, signal: &str) {
+        if let Some(p) = &self.proc {
+            p.signal(signal);
         }
     }
 
@@ -144,6 +152,13 @@ impl ClusterNode {
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill9();
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the node, if it runs.
+    pub fn signal(&self, signal: &str) {
+        if let Some(p) = &self.proc {
+            p.signal(signal);
         }
     }
 
