@@ -68,6 +68,12 @@ pub struct WorkerConfig {
     #[arg(long, env = "JANITOR_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(50..))]
     pub janitor_interval_ms: u64,
 
+    /// Index entries of messages that were never stored (an append that
+    /// failed with a Redis error) are removed once their message id is older
+    /// than this, in milliseconds (≥ 1000). The janitor checks every half of it.
+    #[arg(long, env = "INDEX_PENDING_MAX_AGE_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub index_pending_max_age_ms: u64,
+
     /// A gateway whose heartbeat is older than this is dead; its connection
     /// entries are removed. In milliseconds (≥ 100).
     #[arg(long, env = "GATEWAY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]

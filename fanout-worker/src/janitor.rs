@@ -17,7 +17,8 @@
 //!   heard nothing while `/readyz` stayed green (issue 23 path 4). The next
 //!   sweep, by any worker, finishes the marks it finds;
 //! - removes from `rooms:active` rooms with no connection and no history;
-//! - deletes stream consumers of past workers that have nothing pending.
+//! - deletes stream consumers of past workers that have nothing pending;
+//! - removes message-index entries of messages never stored (`index_sweep`).
 //!
 //! History itself expires by TTL (`HISTORY_TTL`, refreshed per message) and is
 //! trimmed on every write, so there is nothing else to delete.
@@ -33,6 +34,7 @@ use chat_shared::metrics as m;
 use chat_shared::redis::{RedisError, RedisHandle};
 use tokio_util::sync::CancellationToken;
 
+use crate::index_sweep;
 use crate::lease::Leases;
 use crate::presence_sweep;
 use crate::Context;
@@ -43,6 +45,7 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let leases = Leases::new(ctx.redis.clone(), ctx.worker_id.clone(), every * 3);
     let mut holding = false;
     let mut tick = tokio::time::interval(every);
+    let mut index_sweep = index_sweep::Schedule::new(ctx.config.index_pending_max_age_ms);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -73,6 +76,7 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             metrics::counter!(m::WK_REDIS_ERRORS, "op" => "janitor").increment(1);
             tracing::warn!(error = %e, "Janitor sweep failed");
         }
+        index_sweep.run_if_due(&ctx).await;
     }
     if holding {
         let _ = leases.release_key(keys::JANITOR_LEASE).await;

@@ -30,6 +30,7 @@ mod batch;
 pub mod config;
 mod hold;
 mod http;
+mod index_sweep;
 mod janitor;
 mod lease;
 mod lua;

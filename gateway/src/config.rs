@@ -211,8 +211,8 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     /// Limits of every append.
-    pub fn append_limits(&self) -> crate::append::AppendLimits {
-        crate::append::AppendLimits {
+    pub fn append_limits(&self) -> crate::delivery::append::AppendLimits {
+        crate::delivery::append::AppendLimits {
             shards: self.stream_shards,
             backlog_max: self.stream_backlog_max,
             dedupe_window_secs: self.dedupe_window_secs,

@@ -1,66 +1,34 @@
 //! `chat-gateway`: the stateless WebSocket tier of the chat service.
 //!
 //! # Layout
-//! - [`config`]: flags and env variables.
-//! - [`http`]: routes (`/ws`, `/health`, `/livez`, `/readyz`, `/metrics`,
-//!   `/rooms/{room}/messages`) and the JSON error type.
-//! - `ws`: the upgrade (all refusals happen before it) and `ws::connection`,
-//!   one task per socket: inbound frames are validated ([`chat_shared::protocol`]),
-//!   stamped and appended to the room's stream ([`append`]), then acked.
-//! - [`subscriber`]: this gateway's delivery channel; batches published by
-//!   workers go to [`rooms`], the local registry, which queues each frame to the
-//!   members' bounded queues ([`queue`]).
-//! - [`demo`]: the demo page at `/` and the JavaScript client (`clients/js`),
-//!   embedded in the binary (`DEMO_PAGE`).
-//! - [`presence`]: connection entries (with their users' presence records)
-//!   and the gateway heartbeat in Redis.
-//! - [`presence_events`]: the presence answer and the `join` / `leave`
-//!   announcements; [`receipts`]: read receipts; [`typing`]: the typing
-//!   limit. Their frames travel as ephemeral events through the same
-//!   gateway channels, outside the rooms' `seq` sequence.
-//! - [`history`]: consistent history snapshots for join, recovery and pages.
-//! - [`auth`]: client tokens (JWT) to identities, with keys from
-//!   `JWT_SECRET`, `JWT_PUBLIC_KEY_FILE` or a JWKS document ([`jwks`],
-//!   fetched at start and refreshed in the background);
-//!   [`publish_api`]: named API keys and the HTTP publish route.
-//! - [`recheck`]: every few seconds, one round trip per room re-checks the
-//!   bans of the room's local users (a lost ban notice is healed) and this
-//!   gateway's registration (a late eviction is undone).
-//! - [`rate_limit`]: the per-connection token bucket.
-//! - [`server`]: the accept loop and each connection's HTTP phase, bounded
-//!   in time (`HANDSHAKE_TIMEOUT_MS`) and number (`MAX_PENDING_HANDSHAKES`),
-//!   with accept errors backed off; [`listener`] sets socket options.
+//! Folders by responsibility, from the connection down to the delivery
+//! path (`tests/tests/house.rs` keeps the modules free of import cycles):
+//! - `ws/`: one task per socket after the upgrade (all refusals happen
+//!   before it): inbound frames validated ([`chat_shared::protocol`]),
+//!   stamped, appended and acked; outbound frames written in order.
+//! - [`http`]: the routes (`/ws`, `/health`, `/livez`, `/readyz`, `/metrics`,
+//!   `/rooms/{room}/…`), the access guard of room routes, the publish API,
+//!   the demo page and the JSON error type.
+//! - [`rooms`]: the room features: history and search, room-event checks,
+//!   presence and `join` / `leave`, read receipts, typing, bans.
+//! - [`edge`]: accepting and admitting a connection: the accept loop and
+//!   the bounded handshake, the listener, tokens (JWT, JWKS), anonymous
+//!   sessions, API keys, origin / IP policy, rate limits, the periodic
+//!   re-check of bans and registrations.
+//! - [`delivery`]: a message's path through this gateway: the append to the
+//!   room's stream, the delivery channel, the local registry of connections
+//!   per room, each connection's bounded queue.
+//! - [`state`]: what every request and connection shares; [`config`]: flags
+//!   and env variables.
 //!
 //! [`run`] is what `main` calls and what tests start.
 
-pub mod access;
-pub mod api_error;
-pub mod append;
-pub mod auth;
-pub mod bans;
 pub mod config;
-pub mod demo;
-pub mod history;
+pub mod delivery;
+pub mod edge;
 pub mod http;
-pub mod jwks;
-pub mod listener;
-pub mod presence;
-pub mod presence_events;
-pub mod publish_api;
-pub mod queue;
-pub mod rate_limit;
-pub mod receipts;
-pub mod recheck;
-pub mod room_access;
-pub mod room_events;
 pub mod rooms;
-pub mod search;
-pub mod server;
-pub mod session;
 pub mod state;
-pub mod subscriber;
-pub mod typing;
-pub mod user_limit;
 mod ws;
 
 use std::sync::atomic::Ordering;
@@ -71,6 +39,10 @@ use chat_shared::metrics::Exporter;
 use chat_shared::redis::RedisHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::delivery::subscriber;
+use crate::edge::{accept, listener, recheck};
+use crate::rooms::{presence, presence_events};
 
 pub use config::GatewayConfig;
 pub use state::AppState;
@@ -207,10 +179,10 @@ pub async fn run(
         background.clone(),
     ));
 
-    let app = http::router(state.clone());
+    let app = http::routes::router(state.clone());
     let drain_state = state.clone();
     let listener = listener::ChatListener::new(listener, state.config.socket_send_buffer_bytes);
-    server::serve(listener, app, state.clone(), async move {
+    accept::serve(listener, app, state.clone(), async move {
         shutdown.cancelled().await;
         drain_state.draining.store(true, Ordering::Release);
         tracing::info!(

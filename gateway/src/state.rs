@@ -10,14 +10,14 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::AccessPolicy;
-use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
-use crate::publish_api::ApiKeys;
-use crate::rooms::LocalRooms;
-use crate::session::Sessions;
-use crate::subscriber::SubscriptionState;
-use crate::user_limit::UserLimit;
+use crate::delivery::registry::LocalRooms;
+use crate::delivery::subscriber::SubscriptionState;
+use crate::edge::access::AccessPolicy;
+use crate::edge::api_keys::ApiKeys;
+use crate::edge::auth::Authenticator;
+use crate::edge::session::Sessions;
+use crate::edge::user_limit::UserLimit;
 
 /// Cheap to clone: everything inside is shared.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub struct Inner {
     /// Set at the start of the drain: `/readyz` turns 503, new upgrades are refused.
     pub draining: AtomicBool,
     /// Recent accept-loop overload (descriptor limit, pending cap), for `/readyz`.
-    pub overload: crate::server::Overload,
+    pub overload: crate::edge::overload::Overload,
     /// Validation limits derived from the config.
     pub limits: Limits,
     /// Renders `/metrics`, when a recorder is installed.
@@ -135,7 +135,7 @@ impl AppState {
                 tracker: TaskTracker::new(),
                 shutdown,
                 draining: AtomicBool::new(false),
-                overload: crate::server::Overload::default(),
+                overload: crate::edge::overload::Overload::default(),
                 limits,
                 metrics,
                 catch_up_permits: Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY)),

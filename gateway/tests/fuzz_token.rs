@@ -4,7 +4,7 @@
 //! identity whose fields are valid, or `Expired` / `Invalid` (both answered
 //! 401 `unauthorized`). 512 cases per property.
 
-use chat_gateway::auth::{AuthError, Authenticator};
+use chat_gateway::edge::auth::{AuthError, Authenticator};
 use chat_gateway::GatewayConfig;
 use clap::Parser;
 use proptest::prelude::*;
@@ -108,7 +108,9 @@ fn claims() -> impl Strategy<Value = serde_json::Value> {
         })
 }
 
-fn check(result: Result<chat_gateway::auth::Identity, AuthError>) -> Result<(), TestCaseError> {
+fn check(
+    result: Result<chat_gateway::edge::auth::Identity, AuthError>,
+) -> Result<(), TestCaseError> {
     match result {
         Ok(id) => {
             let chars = id.user_id.chars().count();

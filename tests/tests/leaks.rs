@@ -1,6 +1,7 @@
 //! Keys and consumers that must not outlive their use (issue 23, path 11):
 //! a room's message index gets a TTL even when no worker ever persists to
-//! it, and the webhook outbox's consumer group forgets workers that are gone.
+//! it, the webhook outbox's consumer group forgets workers that are gone,
+//! and index entries of messages never stored are removed.
 
 mod common;
 
@@ -132,4 +133,71 @@ async fn webhook_consumers_of_workers_that_are_gone_are_pruned() {
         );
     }
     server.abort();
+}
+
+/// A message id (UUID v7) created `age` ago.
+fn id_created_ago(age: std::time::Duration) -> String {
+    let at = std::time::SystemTime::now() - age;
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+/// An append that failed with a Redis error leaves its pending index entry
+/// (`id → :<author>`): the message may have been stored. When it was not,
+/// the entry must not stay for as long as the room is active. Seeded here
+/// as such an append leaves it; the janitor removes pending entries older
+/// than `INDEX_PENDING_MAX_AGE_MS` and keeps younger ones and every
+/// persisted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_entries_of_messages_never_stored_are_removed() {
+    let redis = Redis::start().await;
+    let worker_env = [FAST_WORKER, &[("INDEX_PENDING_MAX_AGE_MS", "10000")]].concat();
+    let _w = start_worker(&redis.url(), "w1", &worker_env).await;
+    let gw = start_gateway(&redis.url(), "g1", FAST_GW).await;
+    let (mut c, _) = Client::join(&gw.ws_url("room=idx&username=ana")).await;
+    let stored = c.acked(message_frame("idx", "stored", "c1")).await;
+    let stored_id = stored["id"].as_str().unwrap().to_owned();
+    let index = "chat:msg-index:{messages:idx}";
+    let mut conn = redis.conn().await;
+    eventually("the message persisted", DEADLINE, || {
+        let mut conn = conn.clone();
+        let id = stored_id.clone();
+        async move {
+            let v: Option<String> = conn.hget(index, &id).await.ok()?;
+            v.filter(|v| !v.starts_with(':')).map(|_| ())
+        }
+    })
+    .await;
+    let old = id_created_ago(std::time::Duration::from_secs(120));
+    let young = id_created_ago(std::time::Duration::ZERO);
+    let _: () = conn
+        .hset_multiple(index, &[(&old, ":ana"), (&young, ":ana")])
+        .await
+        .unwrap();
+    // A pass runs every half of the maximum age (5 s here): the one that
+    // removes the old entry comes before the young one is 10 s old.
+    eventually(
+        "the old pending entry removed",
+        std::time::Duration::from_secs(30),
+        || {
+            let mut conn = conn.clone();
+            let old = old.clone();
+            async move {
+                let there: bool = conn.hexists(index, &old).await.ok()?;
+                (!there).then_some(())
+            }
+        },
+    )
+    .await;
+    let left: HashMap<String, String> = conn.hgetall(index).await.unwrap();
+    assert_eq!(
+        left.get(&young).map(String::as_str),
+        Some(":ana"),
+        "{left:?}"
+    );
+    assert!(
+        left.get(&stored_id).is_some_and(|v| !v.starts_with(':')),
+        "the persisted entry stays: {left:?}"
+    );
 }

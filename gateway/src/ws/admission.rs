@@ -9,10 +9,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use chat_shared::ids::{RoomId, Username};
 use chat_shared::protocol::ErrorCode;
 
-use crate::access::IpSlot;
-use crate::auth::{AuthError, Identity};
-use crate::listener::Peer;
-use crate::publish_api::bearer;
+use crate::edge::access::IpSlot;
+use crate::edge::api_keys::bearer;
+use crate::edge::auth::{AuthError, Identity};
+use crate::edge::listener::Peer;
 use crate::state::AppState;
 
 /// A refusal: HTTP status, error code and message for the JSON body.

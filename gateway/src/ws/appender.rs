@@ -36,9 +36,9 @@ use chat_shared::protocol::{ack_frame, error_frame, ErrorCode, ProtocolError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::append::{self, AppendError, Draft};
-use crate::queue;
-use crate::rooms::Outbound;
+use crate::delivery::append::{self, AppendError, Draft};
+use crate::delivery::queue;
+use crate::delivery::registry::Outbound;
 use crate::state::AppState;
 
 /// One thing the reader owes the client, in reading order.

@@ -25,13 +25,13 @@ use super::reader::Reader;
 use super::recovery::{self, RoomHistory};
 use super::writer::{bounded_write, Writer, WriterLimits};
 use super::Resume;
-use crate::access::IpSlot;
-use crate::auth::Identity;
-use crate::listener::AbortSwitch;
-use crate::presence;
-use crate::presence_events;
-use crate::queue;
-use crate::session::AnonSession;
+use crate::delivery::queue;
+use crate::edge::access::IpSlot;
+use crate::edge::auth::Identity;
+use crate::edge::listener::AbortSwitch;
+use crate::edge::session::AnonSession;
+use crate::rooms::presence;
+use crate::rooms::presence_events;
 use crate::state::AppState;
 
 /// How long the close frame may take before the socket is reset instead.
@@ -195,8 +195,8 @@ fn opened(reader: Reader) -> Reader {
 /// Whether `user` is banned from `room` now (`false` when Redis does not
 /// answer: the upgrade's check already passed).
 async fn banned_now(state: &AppState, room: &RoomId, user: &str) -> bool {
-    crate::bans::enabled(state)
-        && crate::bans::is_banned(&state.redis, room, user)
+    crate::rooms::bans::enabled(state)
+        && crate::rooms::bans::is_banned(&state.redis, room, user)
             .await
             .unwrap_or(false)
 }

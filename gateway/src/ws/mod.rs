@@ -32,8 +32,8 @@ use chat_shared::metrics as m;
 use chat_shared::protocol::ErrorCode;
 use tracing::Instrument;
 
-use crate::api_error::ApiError;
-use crate::listener::Peer;
+use crate::edge::listener::Peer;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 pub(crate) use connection::Connection;
@@ -126,13 +126,13 @@ pub(crate) async fn upgrade(
         }
         _ => None,
     };
-    if crate::bans::enabled(&state) {
+    if crate::rooms::bans::enabled(&state) {
         let user = match (&admitted.identity, &anon) {
             (Some(i), _) => i.user_id.as_str(),
             (None, Some(a)) => a.user_id.as_str(),
             (None, None) => admitted.username.as_str(),
         };
-        match crate::bans::is_banned(&state.redis, &room, user).await {
+        match crate::rooms::bans::is_banned(&state.redis, &room, user).await {
             Ok(false) => {}
             Ok(true) => {
                 tracing::info!(room = %room, user, reason = "banned", "WebSocket refused");

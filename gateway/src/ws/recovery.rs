@@ -3,7 +3,7 @@
 //!
 //! The history source is a trait so the writer's recovery logic can be
 //! unit-tested with a source that fails on cue; [`RoomHistory`] is the real
-//! one, reading Redis through [`crate::history`].
+//! one, reading Redis through [`crate::rooms::history`].
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use chat_shared::redis::RedisError;
 
 use super::cursor::Cursor;
 use super::Resume;
-use crate::history::{self, Range, Snapshot};
+use crate::rooms::history::{self, Range, Snapshot};
 use crate::state::AppState;
 
 /// Attempts at a history read that a live connection depends on (a gap fill

@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use super::close::CloseReason;
 use super::cursor::{Cursor, Step};
 use super::recovery::{self, HistorySource};
-use crate::history::Range;
-use crate::queue;
-use crate::rooms::{LiveMessage, Outbound};
+use crate::delivery::queue;
+use crate::delivery::registry::{LiveMessage, Outbound};
+use crate::rooms::history::Range;
 
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 64;

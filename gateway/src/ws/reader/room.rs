@@ -12,9 +12,9 @@ use chat_shared::presence::PresenceUser;
 use chat_shared::protocol::{ErrorCode, ProtocolError};
 
 use super::{Reader, WriterGone};
-use crate::presence_events;
-use crate::receipts::{self, Raise};
-use crate::typing::TypingThrottle;
+use crate::rooms::presence_events;
+use crate::rooms::receipts::{self, Raise};
+use crate::rooms::typing::TypingThrottle;
 
 /// What a connection's reader keeps for the room features.
 #[derive(Debug, Default)]

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::history::Snapshot;
+use crate::rooms::history::Snapshot;
 use chat_shared::redis::RedisError;
 
 /// Answers history reads from a script of results; records every range read.

@@ -10,10 +10,13 @@
 //!   several loopback source addresses, with connect rate and gateway RSS per
 //!   connection;
 //! - `persist`: entries appended straight to the streams, timed until the
-//!   worker has persisted and published them all.
+//!   worker has persisted and published them all;
+//! - `reactors`: blocks of distinct users each adding 👍 to one message,
+//!   with Redis CPU time per reaction per block.
 
 mod client;
 mod cpu;
+mod reactors;
 mod roles;
 mod scenarios;
 mod stats;
@@ -125,6 +128,23 @@ enum Scenario {
         /// Must equal the services' STREAM_SHARDS.
         #[arg(long, default_value_t = 16)]
         stream_shards: u32,
+    },
+    /// Distinct users each add 👍 to one message, in blocks; Redis µs per
+    /// reaction for each block.
+    Reactors {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        /// Reactors in all.
+        #[arg(long, default_value_t = 5000)]
+        users: usize,
+        /// Reactors per measured block.
+        #[arg(long, default_value_t = 500)]
+        block: usize,
+        /// Connection attempts in parallel.
+        #[arg(long, default_value_t = 100)]
+        parallel: usize,
     },
 }
 
@@ -259,6 +279,16 @@ async fn main() -> anyhow::Result<()> {
                 &targets(&common)?,
             )
             .await?
+        }
+        Scenario::Reactors {
+            common,
+            redis_url,
+            users,
+            block,
+            parallel,
+        } => {
+            ensure_loopback(&chat_shared::config::normalize_redis_url(&redis_url))?;
+            reactors::reactors(&targets(&common)?, &redis_url, users, block, parallel).await?
         }
     };
     report.print();

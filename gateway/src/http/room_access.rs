@@ -24,10 +24,10 @@ use chat_shared::ids::RoomId;
 use chat_shared::metrics as m;
 use chat_shared::protocol::ErrorCode;
 
-use crate::api_error::{parse_room, ApiError};
-use crate::auth::AuthError;
-use crate::listener::Peer;
-use crate::publish_api::bearer;
+use crate::edge::api_keys::bearer;
+use crate::edge::auth::AuthError;
+use crate::edge::listener::Peer;
+use crate::http::error::{parse_room, ApiError};
 use crate::state::AppState;
 
 /// How long a read may wait for one of the `HTTP_READ_CONCURRENCY` slots.
@@ -75,7 +75,7 @@ pub async fn guard(
     }
     if caller == Caller::Anonymous {
         if let Some(limit) = state.user_limit {
-            let ip = crate::access::budget_ip(
+            let ip = crate::edge::access::budget_ip(
                 state.access.client_ip_of(peer.addr.ip(), request.headers()),
             );
             if let Ok(false) = limit.allow(&state.redis, &format!("ip:{ip}")).await {
@@ -156,7 +156,7 @@ async fn admit(
             "the token does not allow this room",
         ));
     }
-    match crate::bans::is_banned(&state.redis, room, &identity.user_id).await {
+    match crate::rooms::bans::is_banned(&state.redis, room, &identity.user_id).await {
         Ok(false) => Ok(Caller::User(identity.user_id)),
         Ok(true) => Err(ApiError::new(
             StatusCode::FORBIDDEN,

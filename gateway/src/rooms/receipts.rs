@@ -16,7 +16,7 @@ use chat_shared::redis::{RedisError, RedisHandle};
 use redis::Script;
 use serde::Serialize;
 
-use crate::api_error::{parse_room, ApiError};
+use crate::http::error::{parse_room, ApiError};
 use crate::state::AppState;
 
 /// KEYS: reads hash, room state. ARGV: user key, seq.

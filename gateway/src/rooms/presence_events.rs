@@ -4,7 +4,7 @@
 //! one closes.
 //!
 //! The state lives in Redis beside the connection registry (see
-//! [`crate::presence`] and [`chat_shared::presence`]); the registration
+//! [`crate::rooms::presence`] and [`chat_shared::presence`]); the registration
 //! scripts report which users joined or left, and this module publishes the
 //! announcements to the room's gateways when `PRESENCE_EVENTS` is on. They
 //! are best-effort ([`chat_shared::ephemeral`]): the presence answer is the
@@ -19,7 +19,7 @@ use chat_shared::metrics as m;
 use chat_shared::presence::Presence;
 use chat_shared::redis::{RedisError, RedisHandle};
 
-use crate::api_error::{parse_room, ApiError};
+use crate::http::error::{parse_room, ApiError};
 use crate::state::AppState;
 
 /// Reads the room's presence: every connection's user, grouped by user key.

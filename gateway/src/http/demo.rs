@@ -15,23 +15,23 @@ const CSS: &str = "text/css; charset=utf-8";
 /// Path, content type and body of every embedded file. The client modules
 /// import each other by relative path, so they share one directory.
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("/", HTML, include_str!("../demo/index.html")),
-    ("/demo/app.js", JS, include_str!("../demo/app.js")),
-    ("/demo/style.css", CSS, include_str!("../demo/style.css")),
+    ("/", HTML, include_str!("../../demo/index.html")),
+    ("/demo/app.js", JS, include_str!("../../demo/app.js")),
+    ("/demo/style.css", CSS, include_str!("../../demo/style.css")),
     (
         "/client/index.js",
         JS,
-        include_str!("../../clients/js/index.js"),
+        include_str!("../../../clients/js/index.js"),
     ),
     (
         "/client/store.js",
         JS,
-        include_str!("../../clients/js/store.js"),
+        include_str!("../../../clients/js/store.js"),
     ),
     (
         "/client/backoff.js",
         JS,
-        include_str!("../../clients/js/backoff.js"),
+        include_str!("../../../clients/js/backoff.js"),
     ),
 ];
 

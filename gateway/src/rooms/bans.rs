@@ -24,8 +24,8 @@ use chat_shared::protocol::ErrorCode;
 use chat_shared::redis::{RedisError, RedisHandle};
 use serde::Deserialize;
 
-use crate::api_error::{parse_room, ApiError};
-use crate::publish_api::bearer;
+use crate::edge::api_keys::bearer;
+use crate::http::error::{parse_room, ApiError};
 use crate::state::AppState;
 
 /// Longest ban: one year.

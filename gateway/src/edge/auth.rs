@@ -2,7 +2,7 @@
 //!
 //! Authentication is on when exactly one of `JWT_SECRET` (HS256, at least
 //! [`MIN_SECRET_BYTES`]), `JWT_PUBLIC_KEY_FILE` (PEM, RS256 or ES256) or
-//! `JWT_JWKS_URL` (keys chosen by `kid`, see [`crate::jwks`]) is set; two of
+//! `JWT_JWKS_URL` (keys chosen by `kid`, see [`crate::edge::jwks`]) is set; two of
 //! them, or a shorter secret, is a configuration error (exit 64).
 //! A token carries `sub` (the user id, required), `exp` (required), `nbf`
 //! (enforced when present), `name` (display name, default `sub`), `rooms`
@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AccessArgs;
-use crate::jwks::{Jwks, VerifyKey};
+use crate::edge::jwks::{Jwks, VerifyKey};
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,7 +215,7 @@ impl Authenticator {
 
     /// [`Authenticator::verify`], but a token naming a `kid` not in the
     /// JWKS document first makes the document be fetched again (at most once
-    /// per [`crate::jwks::UNKNOWN_KID_REFETCH`]).
+    /// per [`crate::edge::jwks::UNKNOWN_KID_REFETCH`]).
     ///
     /// # Errors
     /// [`AuthError::Expired`] or [`AuthError::Invalid`].

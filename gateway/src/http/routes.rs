@@ -12,12 +12,12 @@ use chat_shared::ids::RoomId;
 use chat_shared::metrics as m;
 use chat_shared::protocol::{ErrorCode, HistoryData};
 
-pub use crate::api_error::ApiError;
+pub use crate::http::error::ApiError;
 
-use crate::api_error::parse_room;
-use crate::history;
-use crate::room_access;
-use crate::search;
+use crate::http::error::parse_room;
+use crate::http::room_access;
+use crate::rooms::history;
+use crate::rooms::search;
 use crate::state::AppState;
 use crate::ws;
 
@@ -33,7 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .nest("/rooms/{room}", room_routes(state.clone()))
         .merge(if demo {
-            crate::demo::routes::<AppState>(&demo_gateways)
+            crate::http::demo::routes::<AppState>(&demo_gateways)
         } else {
             Router::new()
         })
@@ -58,11 +58,17 @@ pub const ROOM_ROUTES: &[(&str, &str)] = &[
 /// The room-scoped routes behind the access middleware.
 fn room_routes(state: AppState) -> Router<AppState> {
     Router::new()
-        .route("/messages", get(messages).post(crate::publish_api::publish))
-        .route("/presence", get(crate::presence_events::http_presence))
-        .route("/reads", get(crate::receipts::http_reads))
-        .route("/bans", post(crate::bans::place))
-        .route("/bans/{user}", delete(crate::bans::lift))
+        .route(
+            "/messages",
+            get(messages).post(crate::http::publish::publish),
+        )
+        .route(
+            "/presence",
+            get(crate::rooms::presence_events::http_presence),
+        )
+        .route("/reads", get(crate::rooms::receipts::http_reads))
+        .route("/bans", post(crate::rooms::bans::place))
+        .route("/bans/{user}", delete(crate::rooms::bans::lift))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             room_access::guard,
@@ -216,7 +222,7 @@ async fn search_page(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listener::Peer;
+    use crate::edge::listener::Peer;
     use axum::body::Body;
     use axum::extract::ConnectInfo;
     use axum::http::Request;

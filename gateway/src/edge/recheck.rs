@@ -33,8 +33,8 @@ use chat_shared::presence::PresenceUser;
 use chat_shared::redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
+use crate::rooms::{bans, presence, presence_events};
 use crate::state::AppState;
-use crate::{bans, presence, presence_events};
 
 /// Rooms asked about per pipeline: one round trip stays short even for a
 /// gateway with many rooms.

@@ -285,6 +285,6 @@ mod tests {
     /// Every connection holds one queue from its start.
     #[test]
     fn an_empty_queue_is_small() {
-        assert!(std::mem::size_of::<Shared<crate::rooms::Outbound>>() <= 160);
+        assert!(std::mem::size_of::<Shared<crate::delivery::registry::Outbound>>() <= 160);
     }
 }

@@ -19,7 +19,7 @@ use chat_shared::presence::PresenceUser;
 use chat_shared::protocol::live_frame;
 use tokio_util::sync::CancellationToken;
 
-use crate::queue;
+use crate::delivery::queue;
 
 /// What a connection's writer is given, in one bounded queue: live messages
 /// and resyncs from this registry, replies from the connection's own reader.

@@ -15,7 +15,7 @@
 //! `/health` says `delivery: down`. After every re-subscription each local
 //! connection catches up from history, so no message published meanwhile is
 //! lost; a ban notice published meanwhile is, and the room re-check
-//! ([`crate::recheck`]), woken by [`SubscriptionState::resubscribed`], finds
+//! ([`crate::edge::recheck`]), woken by [`SubscriptionState::resubscribed`], finds
 //! the ban in Redis instead.
 //!
 //! Messages arrive as RESP3 pushes on a connection of its own. redis-rs hands
@@ -40,7 +40,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::rooms::LocalRooms;
+use crate::delivery::registry::LocalRooms;
 
 /// Longest pause between re-subscription attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -201,7 +201,7 @@ fn dispatch(
                 Ok(batch) => {
                     rooms.deliver(&batch);
                     rooms.deliver_events(&batch.events, |m| {
-                        crate::presence::local_conn(gateway_id, m)
+                        crate::rooms::presence::local_conn(gateway_id, m)
                     });
                 }
                 Err(_) => tracing::warn!(gateway_id, "Undecodable delivery batch dropped"),

@@ -10,7 +10,7 @@
 
 use serde::Deserialize;
 
-use crate::history::{self, Range, Snapshot};
+use crate::rooms::history::{self, Range, Snapshot};
 use chat_shared::ids::RoomId;
 use chat_shared::redis::{RedisError, RedisHandle};
 

@@ -1,0 +1,13 @@
+//! The room features: history reads ([`history`], [`search`]), the checks a
+//! room event needs ([`events`]), this gateway's registrations and presence
+//! ([`presence`], [`presence_events`]), read receipts ([`receipts`]), the
+//! typing limit ([`typing`]) and bans ([`bans`]).
+
+pub mod bans;
+pub mod events;
+pub mod history;
+pub mod presence;
+pub mod presence_events;
+pub mod receipts;
+pub mod search;
+pub mod typing;
