@@ -15,8 +15,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// Seeds of the short schedules on a single durable Redis.
-const SINGLE_SEEDS: [u64; 3] = [1, 2, 3];
+/// Seeds of the short schedules on a single durable Redis. 1003: the long
+/// run's seq gap (Redis's own AOF repair after a crash cut a transaction;
+/// its forcing test is `redis_aof.rs`, as the moment, +80 s, lies beyond a
+/// short schedule).
+const SINGLE_SEEDS: [u64; 3] = [1, 2, 1003];
 /// Seeds of the short schedules on a cluster.
 const CLUSTER_SEEDS: [u64; 1] = [1];
 /// Seconds per short schedule.
