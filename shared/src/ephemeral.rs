@@ -5,33 +5,21 @@
 //! history: whoever produces one (a gateway, or the janitor for a dead
 //! gateway's users) serializes the client frame once, looks up the room's
 //! gateways (`HKEYS chat:room-gateways:{connections:<room>}`) and publishes
-//! one [`crate::envelope::DeliveryBatch`] carrying it to each gateway's
+//! one [`crate::model::envelope::DeliveryBatch`] carrying it to each gateway's
 //! channel (`SPUBLISH` on a cluster). Delivery is best-effort: a gateway
 //! that is not subscribed at that moment, or a member whose queue is full,
 //! misses it. The state they announce stays readable (`GET
 //! /rooms/{room}/presence`, `/reads`).
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::envelope::{now_us, DeliveryBatch};
-use crate::ids::RoomId;
-use crate::keys;
-use crate::presence::PresenceUser;
+pub use crate::model::envelope::EphemeralEvent;
+use crate::model::envelope::{now_us, DeliveryBatch};
+use crate::model::ids::RoomId;
+use crate::model::presence::PresenceUser;
 use crate::protocol::outbound::frame;
+use crate::redis::keys;
 use crate::redis::{RedisError, RedisHandle};
-
-/// One ephemeral frame for the local members of a room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EphemeralEvent {
-    /// The room whose members get it.
-    pub room: String,
-    /// The complete client frame, serialized once by the producer.
-    pub frame: String,
-    /// The connection (`<gateway>/<conn>`) that must not get it: the sender
-    /// of a `typing`.
-    #[serde(default)]
-    pub except_conn: Option<String>,
-}
 
 #[derive(Serialize)]
 struct PresenceChange<'a> {

@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{exit_usage, LogFormat, RedisArgs};
-use crate::ids::ProcessId;
 use crate::metrics::Exporter;
+use crate::model::ids::ProcessId;
 use crate::redis::RedisHandle;
 
 /// What a binary needs to know to start.
@@ -74,7 +74,7 @@ async fn check_stream_shards(redis: &RedisHandle, shards: u32) {
             }
             Ok(Some(recorded)) => exit_usage(format!(
                 "STREAM_SHARDS={shards} but this deployment uses {recorded} (Redis key {}); every process must use the same value (to reshard, see the README)",
-                crate::keys::STREAM_SHARDS
+                crate::redis::keys::STREAM_SHARDS
             )),
             Err(e) if e.is_auth_failure() => exit_usage(format!(
                 "Redis refused the credentials in REDIS_URL or their permissions: {e}"
@@ -107,7 +107,7 @@ pub async fn start(spec: StartSpec<'_>) -> Started {
     };
     if spec.redis.cluster_nodes().is_some() {
         // Before any key is built: shard keys carry slot-spread tags.
-        crate::cluster::spread_shard_tags(spec.stream_shards);
+        crate::redis::cluster::spread_shard_tags(spec.stream_shards);
     }
     let redis = RedisHandle::new(spec.redis).unwrap_or_else(|e| exit_usage(e));
     check_stream_shards(&redis, spec.stream_shards).await;

@@ -1,5 +1,6 @@
 //! Webhook options (`WEBHOOK_*`), flattened into the worker's configuration,
-//! and the secret that signs each request (its keys are `sign`'s).
+//! among them the secret that signs each request ([`Secret`] and its keys
+//! are `sign`'s).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::sign::Keys;
+pub use super::sign::Secret;
 
 /// Default timeout of one webhook request, in milliseconds.
 pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -18,31 +20,6 @@ pub(crate) const DEFAULT_BACKOFF_MAX_MS: u64 = 30_000;
 pub(crate) const DEFAULT_QUEUE_MAX: u64 = 100_000;
 /// Default most records per request.
 pub(crate) const DEFAULT_BATCH_MAX: u64 = 100;
-
-/// A signing secret; its `Debug` never shows the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret's bytes as given: the key of `X-Chat-Signature`, and of
-    /// `webhook-signature` unless it is a `whsec_<base64>` secret.
-    pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
 
 /// Signed outgoing webhooks: every persisted record of every room, POSTed
 /// in batches, at least once and in order per room.

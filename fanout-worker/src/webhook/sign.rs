@@ -1,4 +1,5 @@
-//! The signatures a webhook request carries, and the keys that make them.
+//! The signatures a webhook request carries, the keys that make them and
+//! the secret (`WEBHOOK_SECRET`) they come from.
 //!
 //! Every request carries two, so that a receiver can check either:
 //! - `X-Chat-Signature: sha256=<hex>`: the HMAC-SHA256 of the exact body
@@ -28,7 +29,30 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::config::Secret;
+/// A signing secret; its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub(super) String);
+
+impl Secret {
+    /// The secret's bytes as given: the key of `X-Chat-Signature`, and of
+    /// `webhook-signature` unless it is a `whsec_<base64>` secret.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
 
 /// Our own signature header.
 pub(crate) const CHAT_SIGNATURE_HEADER: &str = "X-Chat-Signature";

@@ -7,12 +7,13 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::checks::{check_client_id, check_room, check_text, Rejected};
 use super::room_events::{
     check_attachments, check_target, parse_delete, parse_edit, parse_react, Attachment,
     DeleteRequest, EditRequest, ReactRequest,
 };
-use super::{room_inbound, ErrorCode, Limits, ProtocolError};
-use crate::ids::{RoomId, Username, MAX_CLIENT_ID_CHARS};
+use super::{room_inbound, ErrorCode, Limits};
+use crate::model::ids::{RoomId, Username};
 
 /// A validated client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,28 +92,6 @@ struct RawHistory {
     limit: Option<usize>,
     #[serde(default)]
     before_seq: Option<u64>,
-}
-
-/// What the client said before validation failed, so the error can echo it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    /// Why the frame was refused.
-    pub error: ProtocolError,
-    /// The frame's `client_id`, when it could be read.
-    pub client_id: Option<String>,
-}
-
-impl Rejected {
-    pub(crate) fn new(
-        code: ErrorCode,
-        message: impl Into<String>,
-        client_id: Option<String>,
-    ) -> Self {
-        Self {
-            error: ProtocolError::new(code, message),
-            client_id,
-        }
-    }
 }
 
 /// Parses and validates one text frame received on a connection to `room`.
@@ -194,70 +173,6 @@ fn parse_message(
         reply_to,
         attachments,
     })
-}
-
-/// Validates a `client_id`: at most [`MAX_CLIENT_ID_CHARS`] characters.
-pub(crate) fn check_client_id(client_id: Option<String>) -> Result<Option<String>, Rejected> {
-    match client_id {
-        Some(id) if id.chars().count() > MAX_CLIENT_ID_CHARS => Err(Rejected::new(
-            ErrorCode::InvalidClientId,
-            format!("client_id is longer than {MAX_CLIENT_ID_CHARS} characters"),
-            None,
-        )),
-        other => Ok(other),
-    }
-}
-
-/// Checks a frame's `data.room`: present, valid, and the connection's.
-pub(crate) fn check_room(
-    claimed: Option<&str>,
-    room: &RoomId,
-    client_id: &Option<String>,
-) -> Result<(), Rejected> {
-    let reject = |code, msg: String| Err(Rejected::new(code, msg, client_id.clone()));
-    match claimed {
-        None => reject(ErrorCode::InvalidRoom, "data.room is required".into()),
-        Some(r) if RoomId::parse(r).is_err() => reject(
-            ErrorCode::InvalidRoom,
-            "data.room must be 1-64 characters of [A-Za-z0-9_.:-]".into(),
-        ),
-        Some(r) if r != room.as_str() => reject(
-            ErrorCode::RoomMismatch,
-            format!("this connection is joined to room {:?}", room.as_str()),
-        ),
-        Some(_) => Ok(()),
-    }
-}
-
-/// Checks a message text: present, not empty, at most `max_message_chars`.
-pub(crate) fn check_text(
-    text: Option<String>,
-    limits: &Limits,
-    client_id: &Option<String>,
-) -> Result<String, Rejected> {
-    let reject = |code, msg: String| Err(Rejected::new(code, msg, client_id.clone()));
-    let Some(message) = text else {
-        return reject(ErrorCode::EmptyMessage, "data.message is required".into());
-    };
-    if message.is_empty() {
-        return reject(
-            ErrorCode::EmptyMessage,
-            "data.message must not be empty".into(),
-        );
-    }
-    // Fast path: byte length bounds char count from above.
-    if message.len() > limits.max_message_chars
-        && message.chars().count() > limits.max_message_chars
-    {
-        return reject(
-            ErrorCode::MessageTooLong,
-            format!(
-                "data.message is longer than {} characters",
-                limits.max_message_chars
-            ),
-        );
-    }
-    Ok(message)
 }
 
 fn parse_refresh(data: Option<&RawValue>) -> Result<String, Rejected> {

@@ -10,10 +10,13 @@
 //!   never re-encoded per client.
 //! - `room_inbound`: the parsers of the ephemeral room-feature frames
 //!   (`presence`, `typing`, `read`).
+//! - `checks`: the [`Rejected`] error and the field checks (`client_id`,
+//!   `data.room`, texts) every parser shares, below all of them.
 //!
 //! This module holds what both directions share: the closed set of error
 //! codes and the validation limits.
 
+mod checks;
 pub mod inbound;
 pub mod outbound;
 pub mod room_events;
@@ -21,7 +24,8 @@ mod room_inbound;
 
 use serde::Serialize;
 
-pub use inbound::{parse_client_frame, ClientFrame, HistoryRequest, InboundMessage, Rejected};
+pub use checks::Rejected;
+pub use inbound::{parse_client_frame, ClientFrame, HistoryRequest, InboundMessage};
 pub use outbound::{
     ack_frame, error_frame, history_frame, history_frames, http_error_body, live_frame, record_seq,
     HistoryData, HistoryMeta, MessageRecord, HISTORY_FRAME_BYTES,

@@ -215,7 +215,7 @@ pub fn history_frame<'a>(
 /// The stored history record: the spec's server→client `data` object plus `seq`.
 ///
 /// The worker writes it in two steps: serde serializes every field but `seq`
-/// ([`crate::envelope::StreamEntry::record_prefix`]), and the persistence
+/// ([`crate::model::envelope::StreamEntry::record_prefix`]), and the persistence
 /// script appends `,"seq":N}` once it has assigned `N` atomically with the
 /// append. Unit tests there check that the result parses as this type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

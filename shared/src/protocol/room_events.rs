@@ -9,9 +9,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::inbound::{check_client_id, check_room, check_text, Rejected};
+use super::checks::{check_client_id, check_room, check_text, Rejected};
 use super::{ErrorCode, Limits};
-use crate::ids::RoomId;
+use crate::model::ids::RoomId;
 
 /// Most attachments one message may carry.
 pub const MAX_ATTACHMENTS: usize = 10;

@@ -5,7 +5,7 @@
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::inbound::Rejected;
+use super::checks::Rejected;
 use super::ErrorCode;
 
 /// `{"type":"typing","data":{"active":true|false}}`: `data.active` must be a

@@ -3,7 +3,7 @@
 //!
 //! On a cluster, redis-rs sends a pipeline to one slot only. [`Conn`] cuts a
 //! pipeline into runs of consecutive commands of one slot
-//! ([`crate::cluster::command_slot`]) and sends the runs one after the
+//! ([`crate::redis::cluster::command_slot`]) and sends the runs one after the
 //! other: every command still runs after the ones before it, as on a single
 //! server, at the price of one round trip per run. (A pipeline is not atomic
 //! on a single server either; a `MULTI` transaction is passed through and
@@ -23,7 +23,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-use crate::cluster::command_slot;
+use crate::redis::cluster::command_slot;
 
 /// A shared or dedicated connection to a single Redis or a cluster.
 #[derive(Clone)]

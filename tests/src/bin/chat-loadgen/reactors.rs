@@ -46,9 +46,9 @@ pub(crate) async fn reactors(
         let conns = open_block(targets, &room, done, n, parallel).await?;
         let before = commandstats(&mut redis).await?;
         let mut acks = Vec::with_capacity(n);
-        for (i, (mut sink, ack)) in conns.into_iter().enumerate() {
+        for (i, mut sink, ack) in conns {
             sink.send(Message::Text(
-                client::react_frame(&room, &target, (done + i) as u64).into(),
+                client::react_frame(&room, &target, i as u64).into(),
             ))
             .await?;
             acks.push((sink, ack));
@@ -81,8 +81,10 @@ pub(crate) async fn reactors(
     Ok(report)
 }
 
-/// A connection's sending half, and the signal of its reaction's ack.
+/// A connection's number (its reaction's `client_id` is `r<number>`), its
+/// sending half, and the signal of its reaction's ack.
 type Reactor = (
+    usize,
     futures_util::stream::SplitSink<client::Ws, Message>,
     oneshot::Receiver<anyhow::Result<()>>,
 );
@@ -108,8 +110,27 @@ async fn open_block(
                 let want = format!("r{i}");
                 tokio::spawn(async move {
                     let mut tx = Some(tx);
-                    while let Some(Ok(msg)) = stream.next().await {
-                        let Message::Text(text) = msg else { continue };
+                    while let Some(msg) = stream.next().await {
+                        let text = match msg {
+                            Ok(Message::Text(text)) => text,
+                            Ok(Message::Close(frame)) => {
+                                if let Some(tx) = tx.take() {
+                                    let _ = tx.send(Err(anyhow::anyhow!(
+                                        "closed before the ack: {frame:?}"
+                                    )));
+                                }
+                                break;
+                            }
+                            Ok(_) => continue,
+                            Err(e) => {
+                                if let Some(tx) = tx.take() {
+                                    let _ = tx.send(Err(anyhow::anyhow!(
+                                        "read failed before the ack: {e}"
+                                    )));
+                                }
+                                break;
+                            }
+                        };
                         let Ok(frame) = serde_json::from_str::<Incoming>(&text) else {
                             continue;
                         };
@@ -129,7 +150,7 @@ async fn open_block(
                         }
                     }
                 });
-                anyhow::Ok((sink, rx))
+                anyhow::Ok((i, sink, rx))
             }
         })
         .buffer_unordered(parallel.max(1))

@@ -20,7 +20,7 @@
 //! | `chat:presence-users:{connections:<room>}` | hash user key → open connections | gateway, janitor |
 //! | `chat:reads:{messages:<room>}` | hash user key → last-read `seq`, expires with the room state | gateway |
 //! | `rooms:active` | set | gateway adds, worker adds, janitor removes |
-//! | `chat:stream:{shard-<n>}` (cluster: `{shard-<n>-<k>}`, see [`crate::cluster`]) | stream of [`crate::envelope::StreamEntry`] | gateway appends, worker consumes |
+//! | `chat:stream:{shard-<n>}` (cluster: `{shard-<n>-<k>}`, see [`crate::redis::cluster`]) | stream of [`crate::model::envelope::StreamEntry`] | gateway appends, worker consumes |
 //! | `chat:lease:{shard-<n>}` | string worker id, with TTL | worker |
 //! | `chat:fence:{shard-<n>}:<group>` | integer, the fencing token of the group's current reading connection (one per shard and group, no TTL) | worker |
 //! | `chat:applied:{messages:<room>}` | sorted set stream entry id → `seq`, entries persisted but not yet acked | worker |
@@ -30,10 +30,10 @@
 //! | `chat:workers` | hash worker id → last heartbeat (ms) | worker supervisors |
 //! | `chat:lease:{janitor}` | string worker id, with TTL | the worker running the janitor |
 //! | `chat:webhooks:{shard-<n>}` | stream of persisted records to POST to `WEBHOOK_URL` (group [`WEBHOOK_GROUP`]) | worker (shard task appends, webhook sender consumes) |
-//! | `chat:deliver:<gateway>` | pub/sub channel of [`crate::envelope::DeliveryBatch`] | worker → gateway |
+//! | `chat:deliver:<gateway>` | pub/sub channel of [`crate::model::envelope::DeliveryBatch`] | worker → gateway |
 
-use crate::cluster::shard_tag;
-use crate::ids::RoomId;
+use crate::model::ids::RoomId;
+use crate::redis::cluster::shard_tag;
 
 /// The set of rooms with connections or unexpired history (spec key).
 pub const ROOMS_ACTIVE: &str = "rooms:active";
@@ -118,7 +118,7 @@ pub fn room_gateways(room: &RoomId) -> String {
     format!("chat:room-gateways:{{connections:{room}}}")
 }
 
-/// Connection → user (JSON of [`crate::presence::PresenceUser`]) of a
+/// Connection → user (JSON of [`crate::model::presence::PresenceUser`]) of a
 /// room, in the slot of [`connections`].
 pub fn presence_conns(room: &RoomId) -> String {
     format!("chat:presence-conns:{{connections:{room}}}")
@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn gateway_evictions_share_the_slot_of_the_gateway_registry() {
-        use crate::cluster::slot_of;
+        use crate::redis::cluster::slot_of;
         assert_eq!(
             slot_of(GATEWAY_EVICTIONS.as_bytes()),
             slot_of(GATEWAYS.as_bytes())

@@ -11,8 +11,8 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use crate::ids::RoomId;
-use crate::keys;
+use crate::model::ids::RoomId;
+use crate::redis::keys;
 use crate::redis::{RedisError, RedisHandle};
 
 /// Most members removed per script call: a huge room never blocks Redis
@@ -66,7 +66,7 @@ return {removed, left}
 pub struct Removed {
     /// Members removed from `connections:<room>`.
     pub members: usize,
-    /// Stored user records (JSON of [`crate::presence::PresenceUser`]) of
+    /// Stored user records (JSON of [`crate::model::presence::PresenceUser`]) of
     /// the users that have no connection in the room any more.
     pub left: Vec<String>,
 }

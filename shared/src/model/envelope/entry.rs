@@ -1,27 +1,11 @@
-//! Internal records exchanged through Redis, encoded as MessagePack.
-//!
-//! They never reach clients: gateways append [`StreamEntry`] to a shard stream;
-//! workers publish [`DeliveryBatch`] to a gateway's channel. A version byte lets
-//! a rolling upgrade tell old records from new ones.
+//! What a gateway appends to a shard stream: a [`StreamEntry`] (a message,
+//! or a [`RoomEvent`] on one), its encoding and the spec record it becomes,
+//! and [`NewerEntry`] for entries of a newer version.
 
 use serde::{Deserialize, Serialize};
 
+use super::{DecodeError, NEWEST_ENTRY_VERSION, ROOM_EVENTS_VERSION, VERSION};
 use crate::protocol::{Attachment, ReactOp};
-
-/// Envelope version of delivery batches and of plain message entries.
-pub const VERSION: u8 = 1;
-
-/// Version of stream entries that use a room-events field (`reply_to`,
-/// `attachments`, `event`): a worker that only knows [`VERSION`] holds them
-/// for a newer worker instead of storing them without those fields. Plain
-/// messages keep [`VERSION`], so older workers still process them.
-pub const ROOM_EVENTS_VERSION: u8 = 2;
-
-/// The newest stream entry version this build reads.
-pub const NEWEST_ENTRY_VERSION: u8 = ROOM_EVENTS_VERSION;
-
-/// Field name of the envelope inside a stream entry.
-pub const STREAM_FIELD: &str = "e";
 
 /// One chat message as the gateway stamped it, waiting in a shard stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,102 +235,6 @@ impl NewerEntry {
     }
 }
 
-/// One message ready for delivery to a gateway's local connections.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    /// Room the message belongs to.
-    pub room: String,
-    /// Its per-room sequence number.
-    pub seq: u64,
-    /// The room's sequence epoch: `seq` only compares within one epoch.
-    pub epoch: String,
-    /// The stored JSON record, embedded verbatim in the `message` frame.
-    pub record: String,
-    /// Gateway stamp in Unix microseconds (latency metrics).
-    pub stamped_us: i64,
-}
-
-/// What a worker publishes to one gateway's channel per processed batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeliveryBatch {
-    /// Envelope version ([`VERSION`]).
-    pub v: u8,
-    /// Deliveries in stream order (so in `seq` order per room).
-    pub deliveries: Vec<Delivery>,
-    /// Worker publish time in Unix microseconds (latency metrics).
-    pub published_us: i64,
-    /// Set on a gateway's liveness probe to itself (no deliveries then): the
-    /// probe's send time in Unix microseconds.
-    #[serde(default)]
-    pub probe: Option<i64>,
-    /// Ephemeral room events (join, leave, typing, read): outside the
-    /// rooms' `seq` sequence, never stored (see [`crate::ephemeral`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub events: Vec<crate::ephemeral::EphemeralEvent>,
-    /// Users banned from rooms: the gateway closes their connections there.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub bans: Vec<BanNotice>,
-}
-
-/// A ban to enforce on a gateway's open connections.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BanNotice {
-    /// The room.
-    pub room: String,
-    /// The banned user key (user id, or display name without authentication).
-    pub user: String,
-}
-
-impl DeliveryBatch {
-    /// A batch of `deliveries` published at `published_us`, with no probe,
-    /// events or bans.
-    pub fn new(deliveries: Vec<Delivery>, published_us: i64) -> Self {
-        Self {
-            v: VERSION,
-            deliveries,
-            published_us,
-            probe: None,
-            events: Vec::new(),
-            bans: Vec::new(),
-        }
-    }
-
-    /// A liveness probe a gateway publishes to its own channel.
-    pub fn probe(now_us: i64) -> Self {
-        Self {
-            probe: Some(now_us),
-            ..Self::new(Vec::new(), now_us)
-        }
-    }
-
-    /// Encodes as MessagePack.
-    pub fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec_named(self).unwrap_or_default()
-    }
-
-    /// Decodes a batch received on a gateway channel.
-    ///
-    /// # Errors
-    /// Fails on bytes that are not a version-1 batch.
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let b: Self = rmp_serde::from_slice(bytes).map_err(|_| DecodeError)?;
-        if b.v != VERSION {
-            return Err(DecodeError);
-        }
-        Ok(b)
-    }
-}
-
-/// Bytes that are not a valid envelope of this version.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("undecodable envelope")]
-pub struct DecodeError;
-
-/// Current time in Unix microseconds.
-pub fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,27 +351,5 @@ mod tests {
         assert_eq!(rec["type"], "edit");
         assert_eq!(rec["message"], ev.message);
         assert_eq!(rec["edited_at"], ev.timestamp);
-    }
-
-    #[test]
-    fn batch_round_trip() {
-        let b = DeliveryBatch {
-            v: VERSION,
-            deliveries: vec![Delivery {
-                room: "r".into(),
-                seq: 1,
-                epoch: "e".into(),
-                record: "{}".into(),
-                stamped_us: 5,
-            }],
-            published_us: 6,
-            probe: None,
-            events: Vec::new(),
-            bans: vec![BanNotice {
-                room: "r".into(),
-                user: "u".into(),
-            }],
-        };
-        assert_eq!(DeliveryBatch::decode(&b.encode()).unwrap(), b);
     }
 }

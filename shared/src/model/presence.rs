@@ -4,7 +4,7 @@
 //! Every registered connection has an entry `<gateway>/<conn>` → the JSON of
 //! a [`PresenceUser`] in `chat:presence-conns:{connections:<room>}`, and its
 //! user a count in `chat:presence-users:{connections:<room>}` (see
-//! [`crate::keys`]). Both keys share the slot of `connections:<room>`, so the
+//! [`crate::redis::keys`]). Both keys share the slot of `connections:<room>`, so the
 //! scripts that add and remove connections keep all of them consistent in
 //! one call. A user's first connection makes the count 1 (a `join`), the
 //! last one's removal makes it 0 (a `leave`).
