@@ -66,11 +66,19 @@ try {
   await b.setViewportSize({ width: 390, height: 844 });
   const pageErrors = [];
   for (const p of [a, b]) p.on("pageerror", (e) => pageErrors.push(String(e)));
+  // What a fresh load logs in the console (a missing favicon would be a
+  // 404 there), and any answer >= 400, until both pages are open: the
+  // network cut and the drain below log connection errors on purpose.
+  const loadErrors = [];
+  const onConsole = (m) => { if (m.type() === "error") loadErrors.push(`console: ${m.text()}`); };
+  const onResponse = (r) => { if (r.status() >= 400) loadErrors.push(`${r.status()} ${r.url()}`); };
+  for (const p of [a, b]) { p.on("console", onConsole); p.on("response", onResponse); }
 
   await a.goto(`${base1}/?room=${room}&name=ana&gateways=${ws(base1)},${ws(base2)}`);
   await b.goto(`${base2}/?room=${room}&name=bo&gateways=${ws(base2)},${ws(base1)}`);
   for (const p of [a, b]) await waitFor(p, "page is open", () => document.body.dataset.state === "open");
-  report("open", { a: await connectedUrl(a), b: await connectedUrl(b), title: await a.title() });
+  for (const p of [a, b]) { p.off("console", onConsole); p.off("response", onResponse); }
+  report("open", { a: await connectedUrl(a), b: await connectedUrl(b), title: await a.title(), loadErrors });
 
   // 1. Both pages send at once; both show one and the same order.
   const burst = async (p, prefix) => { for (let i = 1; i <= 5; i++) await say(p, `${prefix}${i}`); };

@@ -2,7 +2,7 @@
 //! (`tests/browser/demo-chat.mjs`, playwright-core) against two real gateways:
 //! cross-gateway order, edit/delete/react, a network cut with messages sent
 //! meanwhile, and a SIGTERM drain that moves the page to the other gateway.
-//! Also `DEMO_PAGE` on and off. Screenshots go to `target/demo-screenshots/`.
+//! A fresh load logs no console error. Also `DEMO_PAGE` on and off. Screenshots go to `target/demo-screenshots/`.
 
 mod common;
 
@@ -74,6 +74,12 @@ async fn two_demo_pages_chat_recover_and_survive_a_drain() {
     assert_eq!(
         open["title"].as_str().unwrap().split(" — ").nth(1),
         Some("Chat demo")
+    );
+    // A fresh load logs nothing in the console (no favicon 404, nothing).
+    assert_eq!(
+        open["loadErrors"],
+        serde_json::json!([]),
+        "console errors or failed requests while the pages loaded"
     );
 
     // Both pages, on two gateways, show the same ten messages in one order.
