@@ -8,9 +8,11 @@
 
 import { backoffDelay } from "./backoff.js";
 import { EVENT_TYPES, MessageStore } from "./store.js";
+import { SseSocket } from "./sse.js";
 
 export { MessageStore } from "./store.js";
 export { backoffDelay } from "./backoff.js";
+export { SseSocket, FetchEventSource } from "./sse.js";
 
 /** @typedef {import("./store.js").ChatMessage} ChatMessage */
 /** @typedef {import("./store.js").RoomEvent} RoomEvent */
@@ -36,6 +38,13 @@ export { backoffDelay } from "./backoff.js";
  * @property {number} [requestTimeoutMs=5000] Deadline of a `presence()` answer.
  * @property {number} [connectTimeoutMs=10000] A socket not open by then is closed and retried.
  * @property {any} [WebSocket] A WebSocket constructor (default: the global one).
+ * @property {"auto"|"ws"|"sse"} [transport="auto"] `auto`: WebSocket, and after it fails
+ *   to open twice in a row, server-sent events plus HTTP requests (`sse.js`), trying the
+ *   WebSocket again every `wsRetryMs`. `ws` / `sse`: that transport only.
+ * @property {number} [wsRetryMs=60000] How often an `auto` client on SSE probes the WebSocket.
+ * @property {any} [EventSource] An EventSource constructor (default: the global one, else
+ *   a fetch-based reader).
+ * @property {Function} [fetch] The fetch function of the SSE transport.
  * @property {{setTimeout: Function, clearTimeout: Function}} [timers]
  * @property {() => number} [random] Source of [0, 1) for the jitter.
  */
@@ -96,6 +105,17 @@ export class ChatClient {
     this.refreshTimer = null;
     this.stopped = false;
     this.opened = null;
+    /** Whether the SSE transport is in use (option, or after failed WebSockets). */
+    this.useSse = opts.transport === "sse";
+    /** WebSockets that failed to open in a row (`auto` falls back at 2). */
+    this.wsFailures = 0;
+    this.probeTimer = null;
+    this.probe = null;
+  }
+
+  /** The transport in use: `"ws"` or `"sse"`. */
+  get transport() {
+    return this.useSse ? "sse" : "ws";
   }
 
   // ---- events ------------------------------------------------------------
@@ -181,10 +201,13 @@ export class ChatClient {
     }
     let ws;
     try {
-      ws = new this.WS(this.buildUrl());
+      ws = this.useSse
+        ? new SseSocket(this.buildUrl(), { EventSource: this.opts.EventSource, fetch: this.opts.fetch })
+        : new this.WS(this.buildUrl());
     } catch (e) {
       this.emit("error", new ChatError("connect_failed", String(e)));
-      return this.retryLater();
+      // Counted like a socket that closed before opening (the fallback rule).
+      return this.onClose(1006, "connect failed");
     }
     this.ws = ws;
     this.hist = null;
@@ -222,7 +245,8 @@ export class ChatClient {
   onOpen() {
     this.timers.clearTimeout(this.connectTimer);
     this.attempt = 0;
-    this.setState("open", { url: this.urls[this.urlIndex % this.urls.length] });
+    if (!this.useSse) this.wsFailures = 0;
+    this.setState("open", { url: this.urls[this.urlIndex % this.urls.length], transport: this.transport });
     this.openWaiter?.resolve();
     this.scheduleRefresh();
     // Resend everything not acknowledged, in order and with the same client_id:
@@ -236,6 +260,7 @@ export class ChatClient {
 
   /** @param {number} code @param {string} reason */
   onClose(code, reason) {
+    const neverOpened = this.state !== "open";
     this.ws = null;
     this.timers.clearTimeout(this.connectTimer);
     this.hist = null;
@@ -251,6 +276,18 @@ export class ChatClient {
       return;
     }
     if (code === 4001) this.needFreshToken = true;
+    if (neverOpened && !this.useSse && (this.opts.transport ?? "auto") === "auto") {
+      this.wsFailures++;
+      if (this.wsFailures >= 2) {
+        // WebSockets do not get through (a proxy, a carrier): SSE + HTTP,
+        // with the same recovery, until a probe finds them working again.
+        this.useSse = true;
+        this.attempt = 0;
+        this.emit("transport", { transport: "sse" });
+        this.scheduleWsProbe();
+        return this.openSocket();
+      }
+    }
     this.urlIndex = (this.urlIndex + 1) % this.urls.length;
     this.retryLater({ code, reason });
   }
@@ -264,7 +301,42 @@ export class ChatClient {
     this.retryTimer = this.timers.setTimeout(() => this.openSocket(), delayMs);
   }
 
+  /** While on SSE (`auto`), tries a WebSocket every `wsRetryMs`; one that opens brings the client back to it. */
+  scheduleWsProbe() {
+    this.timers.clearTimeout(this.probeTimer);
+    this.probeTimer = this.timers.setTimeout(() => {
+      this.probeTimer = null;
+      if (this.stopped || !this.useSse) return;
+      let probe;
+      try { probe = new this.WS(this.buildUrl()); } catch { return this.scheduleWsProbe(); }
+      this.probe = probe;
+      let settled = false;
+      const failed = () => {
+        if (settled) return;
+        settled = true;
+        this.probe = null;
+        if (!this.stopped) this.scheduleWsProbe();
+      };
+      probe.onopen = () => {
+        if (settled) return;
+        settled = true;
+        this.probe = null;
+        try { probe.close(1000, "probe"); } catch { /* ignore */ }
+        if (this.stopped) return;
+        this.useSse = false;
+        this.wsFailures = 0;
+        this.emit("transport", { transport: "ws" });
+        this.reconnect();
+      };
+      probe.onerror = failed;
+      probe.onclose = failed;
+    }, this.opts.wsRetryMs ?? 60_000);
+  }
+
   clearTimers() {
+    this.timers.clearTimeout(this.probeTimer);
+    if (this.probe) try { this.probe.close(); } catch { /* not open */ }
+    this.probe = this.probeTimer = null;
     this.cancelResend();
     this.timers.clearTimeout(this.retryTimer);
     this.timers.clearTimeout(this.refreshTimer);
@@ -330,9 +402,12 @@ export class ChatClient {
       case "presence":
         this.presenceWaiters.shift()?.resolve(data);
         return this.emit("presence", data);
+      case "typing":
+        // Over SSE the gateway cannot tell this client's stream from others.
+        if (this.useSse && this.userId && data?.user_id === this.userId) return undefined;
+        return this.emit(type, data);
       case "join":
       case "leave":
-      case "typing":
       case "read":
         return this.emit(type, data);
       default:

@@ -1,6 +1,8 @@
 // The demo page: one room through the JS client (served at /client/index.js).
 // URL parameters: room, name (join at once when both are set) and gateways
-// (comma list of WebSocket URLs to fail over between; default: this gateway).
+// (comma list of WebSocket URLs to fail over between; default: this gateway),
+// transport (`auto`, the default: WebSocket, falling back to server-sent
+// events + HTTP when WebSockets are blocked; `ws`; `sse`).
 import { ChatClient } from "../client/index.js";
 
 const $ = (id) => document.getElementById(id);
@@ -55,7 +57,8 @@ function join(room, name) {
   renderPeople();
   els.title.textContent = `#${room}`;
   document.title = `#${room} — Chat demo`;
-  const c = new ChatClient({ url: gateways, room, username: name, backoff: { initialMs: 300, maxMs: 5000 } });
+  const transport = ["ws", "sse"].includes(params.get("transport")) ? params.get("transport") : "auto";
+  const c = new ChatClient({ url: gateways, room, username: name, transport, backoff: { initialMs: 300, maxMs: 5000 } });
   client = c;
   window.chatDemo = { client: c };
   c.on("state", (s) => c === client && onState(s));
@@ -75,8 +78,9 @@ function join(room, name) {
   els.input.focus();
 }
 
-function onState({ state, attempt, delayMs }) {
+function onState({ state, attempt, delayMs, transport }) {
   document.body.dataset.state = state;
+  if (transport) document.body.dataset.transport = transport;
   if (state === "reconnecting") {
     for (const name of [...typers.keys()]) stopTyping(name); // stale once cut off
     const wait = delayMs !== undefined ? ` in ${(delayMs / 1000).toFixed(1)} s` : "";

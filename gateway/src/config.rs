@@ -202,6 +202,10 @@ pub struct GatewayConfig {
 
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub publish_hook: crate::hook::HookArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub redis: RedisArgs,
 
     #[command(flatten)]

@@ -6,28 +6,37 @@
 //! - `ws/`: one task per socket after the upgrade (all refusals happen
 //!   before it): inbound frames validated ([`chat_shared::protocol`]),
 //!   stamped, appended and acked; outbound frames written in order.
+//! - `sse/`: `GET /sse`, the same connection over server-sent events;
+//!   `conn` holds what both transports check and take before serving.
 //! - [`http`]: the routes (`/ws`, `/health`, `/livez`, `/readyz`, `/metrics`,
 //!   `/rooms/{room}/…`), the access guard of room routes, the publish API,
-//!   the demo page and the JSON error type.
+//!   sending over HTTP with a token or session (`http::send`), the demo
+//!   page and the JSON error type.
 //! - [`rooms`]: the room features: history and search, room-event checks,
 //!   presence and `join` / `leave`, read receipts, typing, bans.
 //! - [`edge`]: accepting and admitting a connection: the accept loop and
 //!   the bounded handshake, the listener, tokens (JWT, JWKS), anonymous
 //!   sessions, API keys, origin / IP policy, rate limits, the periodic
 //!   re-check of bans and registrations.
-//! - [`delivery`]: a message's path through this gateway: the append to the
-//!   room's stream, the delivery channel, the local registry of connections
-//!   per room, each connection's bounded queue.
+//! - [`delivery`]: a message's path through this gateway: the pre-publish
+//!   hook's verdict, the append to the room's stream, the delivery channel,
+//!   the local registry of connections per room, each connection's bounded
+//!   queue.
+//! - [`hook`]: the client of the application's pre-publish hook
+//!   (`PUBLISH_HOOK_URL`): the signed request, its answer, its bounds.
 //! - [`state`]: what every request and connection shares; [`config`]: flags
 //!   and env variables.
 //!
 //! [`run`] is what `main` calls and what tests start.
 
 pub mod config;
+mod conn;
 pub mod delivery;
 pub mod edge;
+pub mod hook;
 pub mod http;
 pub mod rooms;
+mod sse;
 pub mod state;
 mod ws;
 

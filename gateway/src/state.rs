@@ -74,6 +74,8 @@ pub struct Inner {
     pub sessions: Option<Sessions>,
     /// Bounds the HTTP room reads in flight (`HTTP_READ_CONCURRENCY`).
     pub read_permits: Arc<Semaphore>,
+    /// The application's pre-publish hook; `None` without `PUBLISH_HOOK_URL`.
+    pub publish_hook: Option<crate::hook::PublishHook>,
 }
 
 /// Connection history reads in flight at once, per gateway.
@@ -109,6 +111,7 @@ impl AppState {
         let auth = Authenticator::from_args(&config.access)?;
         let access = Arc::new(AccessPolicy::from_args(&config.access)?);
         let api_keys = ApiKeys::from_args(&config.access)?;
+        let publish_hook = crate::hook::PublishHook::from_args(&config.publish_hook, limits)?;
         let user_limit = UserLimit::new(
             config.access.user_rate_limit_per_sec,
             config.access.user_rate_limit_burst,
@@ -147,6 +150,7 @@ impl AppState {
                 room_creation,
                 sessions,
                 read_permits,
+                publish_hook,
             }),
         })
     }

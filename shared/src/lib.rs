@@ -18,7 +18,8 @@
 //!   room's gateways outside the `seq` sequence.
 //! - Process plumbing: [`config`] (clap pieces flattened into both binaries),
 //!   [`metrics`] (names, descriptions, the Prometheus recorder), [`shutdown`]
-//!   (one SIGTERM/SIGINT handler), [`telemetry`] (tracing set-up, `RUST_LOG`,
+//!   (one SIGTERM/SIGINT handler), [`signing`] (the HMAC keys of a webhook or
+//!   publish-hook secret and the Standard Webhooks signatures), [`telemetry`] (tracing set-up, `RUST_LOG`,
 //!   `LOG_FORMAT`), [`startup`] (the start-up steps both binaries share).
 //!
 //! The modules of [`model`] and [`redis`] are also re-exported at the top
@@ -36,6 +37,7 @@ pub mod model;
 pub mod protocol;
 pub mod redis;
 pub mod shutdown;
+pub mod signing;
 pub mod startup;
 pub mod telemetry;
 

@@ -18,13 +18,16 @@ pub use zero::{register_at_zero, Role};
 use describe::describe_all;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-/// Gauge: WebSocket connections open on this gateway.
+/// Gauge: client connections open on this gateway, by `transport`.
 pub const GW_CONNECTIONS: &str = "chat_gateway_connections";
-/// Counter: connections accepted (upgraded).
+/// Counter: connections accepted (upgraded, or streaming), by `transport`.
 pub const GW_CONNECTIONS_OPENED: &str = "chat_gateway_connections_opened_total";
-/// Counter: connections closed, by `reason`.
+/// Counter: connections closed, by `reason` and `transport`.
 pub const GW_CONNECTIONS_CLOSED: &str = "chat_gateway_connections_closed_total";
-/// Counter: upgrade requests refused before the upgrade, by `code`.
+/// The `transport` label values of the connection metrics: WebSocket
+/// (`/ws`) and server-sent events (`/sse`).
+pub const GW_TRANSPORTS: &[&str] = &["ws", "sse"];
+/// Counter: connection requests refused before serving, by `code` and `transport`.
 pub const GW_CONNECTIONS_REJECTED: &str = "chat_gateway_connections_rejected_total";
 /// Counter: inbound frames by `result` (`accepted` or an error code).
 pub const GW_FRAMES_RECEIVED: &str = "chat_gateway_frames_received_total";
@@ -50,8 +53,14 @@ pub const GW_SUBSCRIPTIONS: &str = "chat_gateway_subscriptions_total";
 /// recovered from history by every local connection).
 pub const GW_DELIVERY_OVERFLOWS: &str = "chat_gateway_delivery_overflows_total";
 /// Counter: HTTP publish requests, by `result` (`accepted`, `unauthorized`,
-/// `rate_limited`, `unavailable`).
+/// `rate_limited`, `unavailable`, `rejected`).
 pub const GW_API_REQUESTS: &str = "chat_gateway_api_publish_requests_total";
+/// Histogram: time a message or edit waited for the pre-publish hook's
+/// verdict (a free slot, the request and its answer).
+pub const GW_PUBLISH_HOOK_SECONDS: &str = "chat_gateway_publish_hook_seconds";
+/// Counter: pre-publish hook calls, by `outcome` (`accept`, `reject`,
+/// `modify`, `timeout`, `error`, `fail_open`).
+pub const GW_PUBLISH_HOOK_OUTCOMES: &str = "chat_gateway_publish_hook_outcomes_total";
 /// Counter: history searches answered (`GET /rooms/{room}/messages?q=`).
 pub const GW_SEARCHES: &str = "chat_gateway_searches_total";
 /// Counter: room-scoped HTTP requests refused before their route ran, by

@@ -1,6 +1,7 @@
 //! Access on every door, against real processes: every room-scoped HTTP
-//! read applies the `/ws` checks (no credentials, a token for another room,
-//! a banned user; a token by header or query, an API key); anonymous
+//! read and write (`/messages`, `/events`) and `/sse` applies the `/ws`
+//! checks (no credentials, a token for another room, a banned user; a token
+//! by header or query, an API key); anonymous
 //! identities that a display name cannot impersonate (edits and deletes of
 //! another connection's message with the same name are `forbidden`, the
 //! author back with its session on another gateway may edit, a tampered
@@ -148,6 +149,78 @@ async fn every_http_door_applies_the_ws_checks() {
                 );
             }
         }
+    }
+    // The write doors (wave 3): sending over HTTP takes the same checks,
+    // then answers as /ws would (a presence request here).
+    for door in ["/rooms/secret/events", "/rooms/secret/messages"] {
+        let body = if door.ends_with("events") {
+            json!({"type": "presence"})
+        } else {
+            json!({"message": "over http", "client_id": "h1"})
+        };
+        let cases: [Case; 6] = [
+            (
+                "no credentials",
+                door.into(),
+                None,
+                401,
+                Some("unauthorized"),
+            ),
+            (
+                "a bad token",
+                door.into(),
+                Some("not-a-token"),
+                401,
+                Some("unauthorized"),
+            ),
+            (
+                "a token for other rooms",
+                door.into(),
+                Some(&other_room),
+                403,
+                Some("forbidden"),
+            ),
+            (
+                "a banned user",
+                door.into(),
+                Some(&banned),
+                403,
+                Some("banned"),
+            ),
+            ("a token by header", door.into(), Some(&good), 0, None),
+            (
+                "a token in the query",
+                format!("{door}?token={good}"),
+                None,
+                0,
+                None,
+            ),
+        ];
+        for (what, path, bearer, want, code) in cases {
+            let (status, answer) = call(&gw, "POST", &path, bearer, &body.to_string()).await;
+            if let Some(code) = code {
+                assert_eq!(status, want, "POST {door} with {what}: {answer}");
+                assert_eq!(answer["error"]["code"], code, "POST {door} with {what}");
+            } else {
+                assert!(
+                    status == 200 || status == 201,
+                    "POST {door} with {what}: {status} {answer}"
+                );
+            }
+        }
+    }
+    // /sse refuses like /ws.
+    for (what, query, want) in [
+        ("no credentials", "room=secret".to_owned(), 401),
+        (
+            "a token for other rooms",
+            format!("room=secret&token={other_room}"),
+            403,
+        ),
+        ("a banned user", format!("room=secret&token={banned}"), 403),
+    ] {
+        let (status, answer) = call(&gw, "GET", &format!("/sse?{query}"), None, "").await;
+        assert_eq!(status, want, "/sse with {what}: {answer}");
     }
     // What the allowed callers read is the room's data.
     let (_, page) = call(&gw, "GET", doors[1], Some(&good), "").await;

@@ -171,7 +171,7 @@ async fn every_refusal_gets_its_status_and_code() {
         .unwrap();
     let rejected = metric(
         &gw.addr(),
-        "chat_gateway_connections_rejected_total{code=\"too_many_connections\"}",
+        "chat_gateway_connections_rejected_total{code=\"too_many_connections\",transport=\"ws\"}",
     )
     .await;
     assert_eq!(rejected, Some(1.0));
@@ -530,7 +530,8 @@ async fn http_publish_shares_one_order_with_websocket_senders() {
     .await
     .unwrap();
     assert_eq!(s, 401, "no key at all");
-    // A gateway without keys has no publish API.
+    // A gateway without keys: a key is no credential there (401; wave 2
+    // answered 404, wave 3's HTTP sending made the route always exist).
     let bare = start_gateway(&redis.url(), "gw2", &[]).await;
     let (s, b) = http_request(
         &bare.addr(),
@@ -541,7 +542,7 @@ async fn http_publish_shares_one_order_with_websocket_senders() {
     )
     .await
     .unwrap();
-    assert_eq!(s, 404, "{b}");
+    assert_eq!(s, 401, "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

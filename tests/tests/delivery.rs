@@ -304,7 +304,7 @@ async fn a_client_that_stops_answering_pings_is_closed_and_deregistered() {
     let addr = gw.addr();
     let n = metric(
         &addr,
-        "chat_gateway_connections_closed_total{reason=\"idle_timeout\"}",
+        "chat_gateway_connections_closed_total{reason=\"idle_timeout\",transport=\"ws\"}",
     )
     .await;
     assert_eq!(n, Some(1.0));

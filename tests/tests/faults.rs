@@ -454,7 +454,7 @@ async fn slow_consumer(topology: Topology) {
         async move {
             metric(
                 &a,
-                "chat_gateway_connections_closed_total{reason=\"slow_consumer\"}",
+                "chat_gateway_connections_closed_total{reason=\"slow_consumer\",transport=\"ws\"}",
             )
             .await
         }

@@ -50,8 +50,12 @@ async fn metrics_count_what_happened_on_both_tiers() {
     expect_series(
         &g,
         &[
-            ("chat_gateway_connections", 1.0),
-            ("chat_gateway_connections_opened_total", 1.0),
+            ("chat_gateway_connections{transport=\"ws\"}", 1.0),
+            (
+                "chat_gateway_connections_opened_total{transport=\"ws\"}",
+                1.0,
+            ),
+            ("chat_gateway_connections{transport=\"sse\"}", 0.0),
             (
                 "chat_gateway_frames_received_total{result=\"accepted\"}",
                 6.0,
@@ -142,6 +146,7 @@ fn env_vars() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for file in [
         "gateway/src/config.rs",
+        "gateway/src/hook/config.rs",
         "fanout-worker/src/config.rs",
         "shared/src/config.rs",
     ] {
@@ -262,10 +267,14 @@ async fn incident_series_exist_at_zero_on_fresh_processes() {
         "chat_gateway_redis_errors_total{op=\"append\"}",
         "chat_gateway_slow_consumer_disconnects_total",
         "chat_gateway_rate_limited_frames_total",
-        "chat_gateway_connections_closed_total{reason=\"slow_consumer\"}",
+        "chat_gateway_connections_closed_total{reason=\"slow_consumer\",transport=\"ws\"}",
+        "chat_gateway_connections_closed_total{reason=\"slow_consumer\",transport=\"sse\"}",
         "chat_gateway_http_refused_total{route=\"read\",code=\"overloaded\"}",
         "chat_gateway_accept_errors_total{kind=\"fd_limit\"}",
-        "chat_gateway_connections",
+        "chat_gateway_connections{transport=\"ws\"}",
+        "chat_gateway_connections{transport=\"sse\"}",
+        "chat_gateway_connections_opened_total{transport=\"sse\"}",
+        "chat_gateway_connections_rejected_total{code=\"unauthorized\",transport=\"sse\"}",
     ] {
         assert_eq!(metric(&gw.addr(), series).await, Some(0.0), "{series}");
     }

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,9 +19,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use common::webhooks::{check_standard_webhook, standardwebhooks_python};
 use common::*;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
 use sha2::Sha256;
 
 /// The example secret of the Standard Webhooks specification.
@@ -213,33 +212,6 @@ impl Rig {
     }
 }
 
-/// The workspace root, where `scripts/` and `.run/` are.
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-/// The venv's python with `standardwebhooks`, installed by `scripts/lib.sh`.
-async fn standardwebhooks_python() -> std::path::PathBuf {
-    let out = tokio::process::Command::new("bash")
-        .args([
-            "-euo",
-            "pipefail",
-            "-c",
-            ". scripts/lib.sh && ensure_standardwebhooks",
-        ])
-        .current_dir(root())
-        .output()
-        .await
-        .expect("run bash");
-    assert!(
-        out.status.success(),
-        "ensure_standardwebhooks failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let venv = std::env::var("CHECK_MANIFESTS_VENV").unwrap_or_else(|_| ".run/venv".into());
-    root().join(venv).join("bin/python")
-}
-
 #[tokio::test]
 async fn a_whsec_signed_delivery_verifies_with_the_standardwebhooks_library() {
     // First, so that a slow first install does not age the request.
@@ -264,38 +236,7 @@ async fn a_whsec_signed_delivery_verifies_with_the_standardwebhooks_library() {
         req.arrived
     );
 
-    let headers: serde_json::Map<String, Value> = req
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().into()))
-        .collect();
-    let dump = json!({
-        "secret": WHSEC,
-        "headers": headers,
-        "body": std::str::from_utf8(&req.body).unwrap(),
-    });
-    let file = scratch_dir("standard-webhooks").join("request.json");
-    std::fs::write(&file, dump.to_string()).unwrap();
-    let out = tokio::process::Command::new(python)
-        .arg(root().join("tests/python/standard_webhooks_check.py"))
-        .arg(&file)
-        .output()
-        .await
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}");
-    assert!(
-        out.status.success(),
-        "standardwebhooks check failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for check in [
-        "verified",
-        "tampered body refused",
-        "re-signed at a 10-minute-old",
-    ] {
-        assert!(stdout.contains(check), "{check} missing from:\n{stdout}");
-    }
+    check_standard_webhook(&python, WHSEC, &req.headers, &req.body).await;
 }
 
 #[tokio::test]

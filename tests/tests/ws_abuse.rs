@@ -163,7 +163,7 @@ fn encode(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
 async fn closed_total(addr: &str, reason: &str) -> f64 {
     metric(
         addr,
-        &format!("chat_gateway_connections_closed_total{{reason=\"{reason}\"}}"),
+        &format!("chat_gateway_connections_closed_total{{reason=\"{reason}\",transport=\"ws\"}}"),
     )
     .await
     .unwrap_or(0.0)

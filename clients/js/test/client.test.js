@@ -212,7 +212,8 @@ test("a 1001 drain moves to the next gateway and keeps since", async () => {
 
 test("backoff grows while connecting fails, and resets once open", async () => {
   const delays = [];
-  const c = client({ backoff: { initialMs: 100, maxMs: 1000 } });
+  // WebSocket only: `auto` would move to SSE after two failures (sse.test.js).
+  const c = client({ transport: "ws", backoff: { initialMs: 100, maxMs: 1000 } });
   c.on("state", (s) => { if (s.delayMs !== undefined) delays.push(s.delayMs); });
   c.connect();
   for (let i = 0; i < 6; i++) {
@@ -301,7 +302,8 @@ test("an unavailable answer is retried with the same client_id, then rejected", 
 });
 
 test("a handshake that errors without a close, or never opens, is retried", async () => {
-  const c = client();
+  // WebSocket only: `auto` would move to SSE after two failures (sse.test.js).
+  const c = client({ transport: "ws" });
   c.connect();
   await tick();
   FakeSocket.last.onerror({}); // Node 20's WebSocket: an error and no close event

@@ -4,7 +4,8 @@
 //! verbatim, in outbox order (so in `seq` order per room). A chat message
 //! record has its `id`, `room` and `seq`; a room event record starts with its
 //! `type` (`edit`, `delete`, `reaction`) and has its own `event_id`, the
-//! target message's `id`, `room` and `seq`. How it is signed is `sign`'s.
+//! target message's `id`, `room` and `seq`. How it is signed is
+//! [`chat_shared::signing`]'s.
 //!
 //! **The `webhook-id`** is `msg_<shard>_<first>_<last>`, from the shard and
 //! the outbox stream ids of the batch's first and last entries, e.g.

@@ -1,14 +1,14 @@
 //! Webhook options (`WEBHOOK_*`), flattened into the worker's configuration,
-//! among them the secret that signs each request ([`Secret`] and its keys
-//! are `sign`'s).
+//! and the secret that signs each request (its keys are
+//! [`chat_shared::signing`]'s).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-use super::sign::Keys;
-pub use super::sign::Secret;
+use chat_shared::signing::Keys;
+pub use chat_shared::signing::Secret;
 
 /// Default timeout of one webhook request, in milliseconds.
 pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -102,11 +102,11 @@ impl WebhookArgs {
             (None, Some(path)) => {
                 let raw = std::fs::read_to_string(path)
                     .map_err(|e| format!("WEBHOOK_SECRET_FILE={}: {e}", path.display()))?;
-                Secret(raw.trim_end_matches(['\r', '\n']).to_owned())
+                Secret::new(raw.trim_end_matches(['\r', '\n']))
             }
             (None, None) => return Ok(None),
         };
-        if secret.0.is_empty() {
+        if secret.is_empty() {
             return Err("the webhook secret is empty".into());
         }
         Ok(Some(secret))

@@ -12,17 +12,19 @@
 //! next holder.
 //!
 //! Every attempt carries the batch's `webhook-id` and is signed anew with
-//! its own `webhook-timestamp` (`sign`); `X-Chat-Signature` depends on the
+//! its own `webhook-timestamp` ([`chat_shared::signing`]); `X-Chat-Signature` depends on the
 //! body only and is computed once.
 
 use std::time::Duration;
 
 use chat_shared::envelope::now_us;
 use chat_shared::metrics as m;
+use chat_shared::signing::{
+    self as sign, CHAT_SIGNATURE_HEADER, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::body::Batch;
-use super::sign::{self, CHAT_SIGNATURE_HEADER, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use super::Webhook;
 use crate::lease::LeaseClock;
 

@@ -12,8 +12,9 @@
 //!   in flight at a time, and deletes what was delivered.
 //! - `deliver`: one batch's attempts, backoff and bound.
 //! - `body`: the JSON body and the batch's `webhook-id`.
-//! - `sign`: the keys of `WEBHOOK_SECRET` and the two signatures every
-//!   request carries: `X-Chat-Signature`, and the Standard Webhooks headers
+//! - [`chat_shared::signing`] (shared with the gateway's pre-publish hook):
+//!   the keys of `WEBHOOK_SECRET` and the two signatures every request
+//!   carries: `X-Chat-Signature`, and the Standard Webhooks headers
 //!   (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
 //!
 //! A room maps to one shard and a shard to one lease holder, so per-room
@@ -28,12 +29,11 @@ mod body;
 mod deliver;
 pub(crate) mod outbox;
 pub(crate) mod sender;
-mod sign;
 
 use std::sync::Arc;
 
+use chat_shared::signing::Keys;
 use config::WebhookArgs;
-use sign::Keys;
 
 /// A configured webhook: where to POST, how to sign, with one shared client.
 #[derive(Debug)]

@@ -48,6 +48,11 @@
 //! removed from the index again; after a Redis error the batch may have been
 //! stored, and its ids stay.
 //!
+//! With a pre-publish hook (`PUBLISH_HOOK_URL`), a batch's messages and
+//! edits are screened first ([`super::screen`]) and what the hook lets
+//! through is stored in the batch's order: every door appends here, so none
+//! skips the hook.
+//!
 //! Concurrent appends from many connections share the multiplexed
 //! connections, which pipelines them under load with no added wait at idle.
 //! With `ACK_AFTER_REPLICAS` they share the connections kept for requests
@@ -67,6 +72,8 @@ use redis::Script;
 
 use super::draft::Stamped;
 pub use super::draft::{AppendError, AppendLimits, Appended, Draft};
+use super::screen;
+use crate::hook::PublishHook;
 
 /// KEYS[1]: the shard's stream; KEYS[2..]: the dedupe markers of the
 /// messages that have a `client_id`.
@@ -186,10 +193,11 @@ async fn send(
 pub async fn append(
     redis: &RedisHandle,
     limits: AppendLimits,
+    hook: Option<&PublishHook>,
     room: &RoomId,
     draft: Draft,
 ) -> Result<Appended, AppendError> {
-    append_batch(redis, limits, room, vec![draft])
+    append_batch(redis, limits, hook, room, vec![draft])
         .await
         .pop()
         .unwrap_or(Err(AppendError::Redis))
@@ -199,14 +207,33 @@ pub async fn append(
 /// it the history's TTL): a day, far beyond any dedupe window or backlog.
 pub const ORPHAN_INDEX_TTL_SECS: u64 = 86_400;
 
-/// Stamps the drafts (all of `room`) and appends them in order in one round
-/// trip; returns one result per draft, in order.
+/// Screens the drafts (all of `room`) with the pre-publish `hook`, if any,
+/// then stamps what it lets through and appends it in order in one round
+/// trip; returns one result per draft, in order. This is the one way
+/// messages and room events are stored.
 ///
 /// A message is stored if and only if its result is `Ok`, except after
 /// [`AppendError::Redis`] (the whole batch may or may not be stored) and
 /// [`AppendError::NotReplicated`] (stored, not confirmed by replicas): a
 /// resend with the same `client_id` is then deduplicated.
 pub async fn append_batch(
+    redis: &RedisHandle,
+    limits: AppendLimits,
+    hook: Option<&PublishHook>,
+    room: &RoomId,
+    drafts: Vec<Draft>,
+) -> Vec<Result<Appended, AppendError>> {
+    let Some(hook) = hook else {
+        return store_batch(redis, limits, room, drafts).await;
+    };
+    let screened = screen::screen(hook, room, drafts).await;
+    let stored = store_batch(redis, limits, room, screened.passed).await;
+    screen::merge(screened.refusals, stored)
+}
+
+/// Stamps the drafts and appends them in order in one round trip (one
+/// script call); one result per draft, in order.
+async fn store_batch(
     redis: &RedisHandle,
     limits: AppendLimits,
     room: &RoomId,
@@ -318,6 +345,8 @@ pub async fn append_batch(
         .filter(|(s, r)| match r {
             Ok(a) => s.indexed() && a.repeat && a.id != s.entry.id,
             Err(AppendError::BacklogFull | AppendError::AfterFailure) => s.indexed(),
+            // Screened out before the script (never indexed), or maybe stored.
+            Err(AppendError::Rejected(_) | AppendError::HookFailed) => false,
             Err(AppendError::Redis | AppendError::NotReplicated) => false,
         })
         .map(|(s, _)| s.entry.id.clone())

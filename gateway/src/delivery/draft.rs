@@ -4,9 +4,11 @@
 //! a stream entry (id, timestamp) by [`super::append`].
 
 use chat_shared::config::ReplicaAck;
-use chat_shared::envelope::{now_us, RoomEvent, StreamEntry};
+use chat_shared::envelope::{now_us, EventKind, RoomEvent, StreamEntry};
 use chat_shared::ids::{RoomId, Username};
-use chat_shared::protocol::Attachment;
+use chat_shared::protocol::{Attachment, ErrorCode, ProtocolError};
+
+use crate::hook::{self, Subject};
 
 /// What the sender's ack needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +22,7 @@ pub struct Appended {
 }
 
 /// Why a message was not stored (or not acknowledged).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
     /// Redis did not take the batch (unreachable, timed out, failed): it was
     /// stored entirely or not at all.
@@ -39,12 +41,35 @@ pub enum AppendError {
     /// but it is not acked.
     #[error("not confirmed by enough replicas")]
     NotReplicated,
+    /// The pre-publish hook rejected it, with this reason (error `rejected`).
+    #[error("rejected by the publish hook")]
+    Rejected(String),
+    /// The pre-publish hook failed (timeout, error status, malformed
+    /// answer) and the gateway fails closed.
+    #[error("the publish hook failed")]
+    HookFailed,
 }
 
 impl AppendError {
-    /// The `message` of the `unavailable` error the sender gets.
-    pub fn client_message(self) -> &'static str {
+    /// The code of the error the sender gets: `rejected` for a hook's
+    /// rejection, else `unavailable` (the sender resends).
+    pub fn code(&self) -> ErrorCode {
         match self {
+            Self::Rejected(_) => ErrorCode::Rejected,
+            _ => ErrorCode::Unavailable,
+        }
+    }
+
+    /// The error the sender gets.
+    pub fn to_protocol(&self) -> ProtocolError {
+        ProtocolError::new(self.code(), self.client_message())
+    }
+
+    /// The `message` of the error the sender gets.
+    pub fn client_message(&self) -> &str {
+        match self {
+            Self::Rejected(reason) => reason,
+            Self::HookFailed => hook::UNAVAILABLE_MESSAGE,
             Self::BacklogFull => "not stored: the room's stream backlog is full; retry later",
             Self::Redis => "not stored: Redis unavailable; retry with the same client_id",
             Self::AfterFailure => {
@@ -91,6 +116,27 @@ pub struct Draft {
 }
 
 impl Draft {
+    /// What the pre-publish hook is asked about this draft: messages and
+    /// edits; `None` for deletes and reactions (they carry no text).
+    pub fn subject<'a>(&'a self, room: &'a RoomId) -> Option<Subject<'a>> {
+        let (kind, id) = match &self.event {
+            None => (hook::Kind::Message, None),
+            Some(e) if e.kind == EventKind::Edit => (hook::Kind::Edit, Some(e.target.as_str())),
+            Some(_) => return None,
+        };
+        Some(Subject {
+            kind,
+            room: room.as_str(),
+            user_id: self.user_id.as_deref(),
+            username: self.username.as_str(),
+            message: &self.message,
+            client_id: self.client_id.as_deref(),
+            reply_to: self.reply_to.as_deref(),
+            attachments: &self.attachments,
+            id,
+        })
+    }
+
     /// A plain message.
     pub fn message(
         username: Username,

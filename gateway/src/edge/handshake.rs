@@ -142,6 +142,21 @@ impl Drop for PendingSlot {
     }
 }
 
+/// Lets a handler whose response is a long-lived stream (`/sse`) take its
+/// connection out of the HTTP phase: once [`Streaming::start`] is called,
+/// the handshake deadline and the pending-connection cap no longer apply to
+/// it (the stream is a connection like an upgraded WebSocket, bounded by
+/// `MAX_CONNECTIONS` and its own write timeouts instead).
+#[derive(Debug, Clone, Default)]
+pub struct Streaming(CancellationToken);
+
+impl Streaming {
+    /// Marks the connection as streaming its response.
+    pub fn start(&self) {
+        self.0.cancel();
+    }
+}
+
 /// How a connection's HTTP phase ended, when the gateway ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cut {
@@ -158,15 +173,19 @@ pub(super) async fn serve_connection(
     limits: Limits,
     close: CancellationToken,
     stop: CancellationToken,
-    _slot: PendingSlot,
+    slot: PendingSlot,
 ) {
+    let streaming = Streaming::default();
+    let mut slot = Some(slot);
     // Whether any request got its answer: a keep-alive connection that
     // reaches the deadline after serving is not a slow peer.
     let served = Arc::new(AtomicBool::new(false));
     let service = {
         let served = served.clone();
+        let streaming = streaming.clone();
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer.clone()));
+            req.extensions_mut().insert(streaming.clone());
             let answer = router.clone().oneshot(req);
             let served = served.clone();
             async move {
@@ -187,21 +206,30 @@ pub(super) async fn serve_connection(
     tokio::pin!(conn);
     let deadline = tokio::time::sleep(limits.handshake_timeout);
     tokio::pin!(deadline);
-    let cut = tokio::select! {
-        result = conn.as_mut() => {
-            // Upgraded (the socket now belongs to the WebSocket task), or closed.
-            if let Err(e) = result {
-                if e.is_timeout() {
-                    count_deadline(&served);
+    let started = streaming.0.clone();
+    let cut = loop {
+        let is_streaming = slot.is_none();
+        break tokio::select! {
+            result = conn.as_mut() => {
+                // Upgraded (the socket now belongs to the WebSocket task), or closed.
+                if let Err(e) = result {
+                    if e.is_timeout() {
+                        count_deadline(&served);
+                    }
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
                 }
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+                return;
             }
-            return;
-        }
-        // Shed: dropping the connection closes the socket (counted by the shedder).
-        () = close.cancelled() => return,
-        () = &mut deadline => Cut::Deadline,
-        () = stop.cancelled() => Cut::Shutdown,
+            // Shed: dropping the connection closes the socket (counted by the shedder).
+            () = close.cancelled(), if !is_streaming => return,
+            () = &mut deadline, if !is_streaming => Cut::Deadline,
+            () = stop.cancelled() => Cut::Shutdown,
+            // A streamed response (`/sse`): out of the HTTP phase.
+            () = started.cancelled(), if !is_streaming => {
+                drop(slot.take());
+                continue;
+            }
+        };
     };
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(GRACE, conn.as_mut()).await;

@@ -114,6 +114,22 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// The identity `presented` proves, or `None` for a missing, tampered or
+    /// foreign session (no fresh id: HTTP senders must prove one).
+    ///
+    /// # Errors
+    /// Fails only when the shared key cannot be read from Redis.
+    pub async fn check(
+        &self,
+        redis: &RedisHandle,
+        presented: &str,
+    ) -> Result<Option<String>, RedisError> {
+        let key = self.key(redis).await?;
+        Ok(verify(key, presented))
+    }
+}
+
 fn tag(key: &[u8], user_id: &str) -> [u8; TAG_BYTES] {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(b"chat-session-v1:");

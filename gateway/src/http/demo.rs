@@ -33,6 +33,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         JS,
         include_str!("../../../clients/js/backoff.js"),
     ),
+    (
+        "/client/sse.js",
+        JS,
+        include_str!("../../../clients/js/sse.js"),
+    ),
 ];
 
 /// The page may only load its own files, and open WebSockets only to its own

@@ -8,3 +8,4 @@ pub mod error;
 pub mod publish;
 pub mod room_access;
 pub mod routes;
+pub(crate) mod send;

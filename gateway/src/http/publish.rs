@@ -4,7 +4,9 @@
 //! clients, so their messages get the same order, `seq`, deduplication by
 //! `client_id` and back-pressure. Keys
 //! ([`crate::edge::api_keys`]) come from `API_KEYS` and `API_KEYS_FILE`;
-//! without any, the route answers 404. A message posted with a key carries
+//! the route also takes a user token or an anonymous session
+//! ([`crate::http::send`], which hands API keys to this module), and
+//! answers 401 without any credential. A message posted with a key carries
 //! `user_id` `api:<name>`, so its author is known and no token can claim it
 //! (tokens with an `api:` sub are refused). Each key has its own rate limit.
 
@@ -130,15 +132,17 @@ pub(crate) async fn publish(
             message,
         )
     };
-    let appended = append::append(&state.redis, state.config.append_limits(), &room, draft)
+    let limits = state.config.append_limits();
+    let hook = state.publish_hook.as_ref();
+    let appended = append::append(&state.redis, limits, hook, &room, draft)
         .await
         .map_err(|e| {
-            metrics::counter!(m::GW_API_REQUESTS, "result" => "unavailable").increment(1);
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                e.client_message(),
-            )
+            metrics::counter!(m::GW_API_REQUESTS, "result" => e.code().as_str()).increment(1);
+            let status = match e.code() {
+                ErrorCode::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            ApiError::new(status, e.code(), e.client_message())
         })?;
     metrics::counter!(m::GW_API_REQUESTS, "result" => "accepted").increment(1);
     let body = serde_json::json!({

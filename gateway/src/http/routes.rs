@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
     let demo_gateways = state.config.demo_gateways.clone();
     Router::new()
         .route("/ws", get(ws::upgrade))
+        .route("/sse", get(crate::sse::stream))
         .route("/health", get(health))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
 pub const ROOM_ROUTES: &[(&str, &str)] = &[
     ("GET", "/messages"),
     ("POST", "/messages"),
+    ("POST", "/events"),
     ("GET", "/presence"),
     ("GET", "/reads"),
     ("POST", "/bans"),
@@ -60,8 +62,9 @@ fn room_routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route(
             "/messages",
-            get(messages).post(crate::http::publish::publish),
+            get(messages).post(crate::http::send::post_message),
         )
+        .route("/events", post(crate::http::send::post_event))
         .route(
             "/presence",
             get(crate::rooms::presence_events::http_presence),

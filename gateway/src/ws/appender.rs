@@ -26,6 +26,9 @@
 //!   order and with the same `client_id`s, stores each message once, in its
 //!   sending order. When the refused message has no `client_id` (nothing
 //!   can close a window), what is queued behind it is refused, as before.
+//! - A message the pre-publish hook rejects (`rejected`, see
+//!   `delivery::screen`) is final for itself alone and opens no window; a
+//!   hook that fails closed refuses `unavailable` like Redis does.
 //!
 //! On close or shutdown the appender finishes what it holds before the
 //! reader's end marker is queued: a message that was stored is acked.
@@ -190,7 +193,8 @@ async fn run(
             }
         }
         let client_ids: Vec<Option<String>> = batch.iter().map(|d| d.client_id.clone()).collect();
-        let results = append::append_batch(&state.redis, limits, &room, batch).await;
+        let hook = state.publish_hook.as_ref();
+        let results = append::append_batch(&state.redis, limits, hook, &room, batch).await;
         let mut failed = false;
         for (client_id, result) in client_ids.iter().zip(results) {
             let client_id = client_id.as_deref();
@@ -199,6 +203,13 @@ async fn run(
                     metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => "accepted").increment(1);
                     reply(&replies, ack_frame(client_id, &done.id, &done.timestamp)).await;
                 }
+                // A hook's rejection is final for that message alone: it
+                // opens no send-order window. Inside one (an earlier message
+                // of the batch failed) it is refused like the rest.
+                Err(AppendError::Rejected(_)) if order.is_open() => {
+                    refuse(&replies, AppendError::AfterFailure, client_id).await;
+                }
+                Err(e @ AppendError::Rejected(_)) => refuse(&replies, e, client_id).await,
                 Err(e) => {
                     failed = true;
                     order.refused(client_id);
@@ -259,7 +270,7 @@ async fn answer_unstored(
 
 /// Tells the sender its message was not stored (or not acknowledged).
 async fn refuse(replies: &queue::Sender<Outbound>, e: AppendError, client_id: Option<&str>) {
-    let err = ProtocolError::new(ErrorCode::Unavailable, e.client_message());
+    let err = e.to_protocol();
     metrics::counter!(m::GW_FRAMES_RECEIVED, "result" => err.code.as_str()).increment(1);
     reply(replies, error_frame(&err, client_id)).await;
 }

@@ -5,7 +5,7 @@ use axum::extract::ws::{CloseFrame, Utf8Bytes};
 
 /// Close codes and reasons, one per way a connection can end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum CloseReason {
+pub(crate) enum CloseReason {
     /// The client closed or went away.
     Client,
     /// The server is draining (1001).
@@ -35,7 +35,7 @@ pub(super) enum CloseReason {
 
 impl CloseReason {
     /// The metric label (`reason` of `chat_gateway_connections_closed_total`).
-    pub(super) fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Shutdown => "shutdown",
@@ -53,7 +53,7 @@ impl CloseReason {
     }
 
     /// The close frame to send, if the socket can still take one.
-    pub(super) fn frame(self) -> Option<CloseFrame> {
+    pub(crate) fn frame(self) -> Option<CloseFrame> {
         let (code, reason) = match self {
             Self::Client | Self::SocketError => return None,
             Self::Shutdown => (1001, "server shutting down; reconnect"),
@@ -77,7 +77,7 @@ impl CloseReason {
     /// axum's: invalid UTF-8 is 1007, a broken framing rule 1002, a message
     /// or frame over the size limit 1009; I/O errors and resets need no
     /// close frame.
-    pub(super) fn from_socket_error(e: &axum::Error) -> Self {
+    pub(crate) fn from_socket_error(e: &axum::Error) -> Self {
         use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError as P};
         let source = std::error::Error::source(e);
         let Some(ws) = source.and_then(|s| s.downcast_ref::<WsError>()) else {

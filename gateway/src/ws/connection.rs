@@ -25,6 +25,7 @@ use super::reader::Reader;
 use super::recovery::{self, RoomHistory};
 use super::writer::{bounded_write, Writer, WriterLimits};
 use super::Resume;
+use crate::conn::Transport;
 use crate::delivery::queue;
 use crate::edge::access::IpSlot;
 use crate::edge::auth::Identity;
@@ -64,6 +65,8 @@ pub(crate) struct Connection {
     pub(crate) permit: OwnedSemaphorePermit,
     /// Resets the TCP socket on close when the peer stopped reading.
     pub(crate) abort: AbortSwitch,
+    /// What carries the frames (the metrics' `transport` label).
+    pub(crate) transport: Transport,
 }
 
 impl Connection {
@@ -75,6 +78,24 @@ impl Connection {
     /// the close frame) runs in boxed futures of their own, and only the
     /// two halves and what the close needs are held while serving.
     pub(crate) async fn run(self: Box<Self>, socket: Box<WebSocket>) {
+        let (sink, stream) = unbox(socket).split();
+        let ping_interval = self.state.config.ping_interval();
+        Box::pin(self.serve_on(sink, stream, ping_interval)).await;
+    }
+
+    /// Serves the connection over any transport that takes and gives
+    /// WebSocket messages (`/sse` adapts its stream to this), with a ping
+    /// (or keep-alive) every `ping_interval`, until it ends; returns why.
+    pub(crate) async fn serve_on<S, R>(
+        self: Box<Self>,
+        mut sink: S,
+        mut stream: R,
+        ping_interval: Duration,
+    ) -> CloseReason
+    where
+        S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+        R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
         let Self {
             state,
             room,
@@ -86,6 +107,7 @@ impl Connection {
             slot,
             permit,
             abort,
+            transport,
         } = unbox(self);
         let conn_key = presence::conn_key(conn_id);
         let kick = CancellationToken::new();
@@ -113,12 +135,12 @@ impl Connection {
                 tx,
             )
             .with_conn_key(&conn_key),
+            transport,
         );
-        let (mut sink, mut stream) = unbox(socket).split();
         let cfg = &state.config;
         let limits = WriterLimits {
             write_timeout: cfg.write_timeout(),
-            ping_interval: cfg.ping_interval(),
+            ping_interval,
             reset_tail: cfg.history_on_join,
         };
         let session = anon.map(|a| session_frame(&a.user_id, &a.session));
@@ -171,24 +193,36 @@ impl Connection {
         state
             .connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        metrics::gauge!(m::GW_CONNECTIONS).decrement(1.0);
-        metrics::counter!(m::GW_CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
-        tracing::info!(reason = reason.label(), "Connection closed");
+        let label = transport.label();
+        metrics::gauge!(m::GW_CONNECTIONS, "transport" => label).decrement(1.0);
+        metrics::counter!(m::GW_CONNECTIONS_CLOSED, "reason" => reason.label(), "transport" => label)
+            .increment(1);
+        tracing::info!(
+            reason = reason.label(),
+            transport = label,
+            "Connection closed"
+        );
         drop(permit);
         drop(slot);
+        reason
     }
 }
 
 /// Counts and logs an opened connection. A plain function: a value borrowed
 /// in an `async fn` keeps its room in the future until the end of its scope.
-fn opened(reader: Reader) -> Reader {
+fn opened(reader: Reader, transport: Transport) -> Reader {
     let state = reader.state();
     state
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    metrics::counter!(m::GW_CONNECTIONS_OPENED).increment(1);
-    metrics::gauge!(m::GW_CONNECTIONS).increment(1.0);
-    tracing::info!(username = reader.username(), "Connection opened");
+    let label = transport.label();
+    metrics::counter!(m::GW_CONNECTIONS_OPENED, "transport" => label).increment(1);
+    metrics::gauge!(m::GW_CONNECTIONS, "transport" => label).increment(1.0);
+    tracing::info!(
+        username = reader.username(),
+        transport = label,
+        "Connection opened"
+    );
     reader
 }
 

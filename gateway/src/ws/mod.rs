@@ -11,29 +11,27 @@
 //! ordering [`cursor`], history reads for [`recovery`] and the [`close`]
 //! reasons.
 
-mod admission;
+pub(crate) mod admission;
 mod appender;
-mod close;
+pub(crate) mod close;
 mod connection;
 mod cursor;
-mod query;
-mod reader;
+pub(crate) mod query;
+pub(crate) mod reader;
 mod recovery;
-mod writer;
+pub(crate) mod writer;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use chat_shared::metrics as m;
+use axum::response::Response;
 use chat_shared::protocol::ErrorCode;
 use tracing::Instrument;
 
+use crate::conn::Transport;
 use crate::edge::listener::Peer;
-use crate::http::error::ApiError;
 use crate::state::AppState;
 
 pub(crate) use connection::Connection;
@@ -47,18 +45,11 @@ pub(crate) struct Resume {
     pub(crate) epoch: Option<String>,
 }
 
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
-
 /// Upper bound of a socket's write buffer: room for the largest frame plus the
 /// small frames queued behind it.
 fn max_write_buffer(max_message_chars: usize) -> usize {
     let largest_record = max_message_chars * 6 + 1024;
     (2 * chat_shared::protocol::HISTORY_FRAME_BYTES.max(largest_record)).max(256 * 1024)
-}
-
-fn reject(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    metrics::counter!(m::GW_CONNECTIONS_REJECTED, "code" => code.as_str()).increment(1);
-    ApiError::new(status, code, message).into_response()
 }
 
 /// Validates the request and upgrades it.
@@ -69,117 +60,36 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let query::WsQuery {
-        room,
-        username,
-        resume,
-    } = match query::parse(&params) {
+    let query = match crate::conn::parse_query(&params, Transport::Ws) {
         Ok(q) => q,
-        Err(r) => return reject(r.status, r.code, r.message),
+        Err(refused) => return *refused,
     };
     let ws = match ws {
         Ok(ws) => ws,
         Err(_) => {
-            return reject(
+            return crate::conn::reject(
+                Transport::Ws,
                 StatusCode::UPGRADE_REQUIRED,
                 ErrorCode::InvalidParameter,
                 "this endpoint needs a WebSocket upgrade request",
             )
         }
     };
-    if state.is_draining() {
-        return reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "gateway is shutting down; connect to another one",
-        );
-    }
-    let admitted = match admission::admit(
-        &state,
-        &peer,
-        &params,
-        &headers,
-        &room,
-        username,
-        params.contains_key("username"),
-    )
-    .await
+    let peer_addr = peer.addr;
+    let conn = match crate::conn::admit(&state, peer, &params, &headers, query, Transport::Ws).await
     {
-        Ok(a) => a,
-        Err(admission::Refused(status, code, message)) => return reject(status, code, &message),
+        Ok(conn) => conn,
+        Err(refused) => return refused,
     };
-    // Authentication off: the client's anonymous identity, kept from its
-    // `session` when that proves one, else fresh.
-    let anon = match (&admitted.identity, &state.sessions) {
-        (None, Some(sessions)) => {
-            let presented = params.get("session").map(String::as_str);
-            match sessions.resolve(&state.redis, presented).await {
-                Ok(anon) => Some(anon),
-                Err(_) => {
-                    return reject(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        ErrorCode::Unavailable,
-                        "Redis unreachable; retry",
-                    )
-                }
-            }
-        }
-        _ => None,
-    };
-    if crate::rooms::bans::enabled(&state) {
-        let user = match (&admitted.identity, &anon) {
-            (Some(i), _) => i.user_id.as_str(),
-            (None, Some(a)) => a.user_id.as_str(),
-            (None, None) => admitted.username.as_str(),
-        };
-        match crate::rooms::bans::is_banned(&state.redis, &room, user).await {
-            Ok(false) => {}
-            Ok(true) => {
-                tracing::info!(room = %room, user, reason = "banned", "WebSocket refused");
-                return reject(
-                    StatusCode::FORBIDDEN,
-                    ErrorCode::Banned,
-                    "you are banned from this room",
-                );
-            }
-            Err(_) => {
-                return reject(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
-                    "Redis unreachable; retry",
-                )
-            }
-        }
-    }
-    let Ok(permit) = state.conn_permits.clone().try_acquire_owned() else {
-        return reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::TooManyConnections,
-            "gateway is at its connection limit",
-        );
-    };
-    let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", conn_id, room = %room, peer = %peer.addr);
+    let span =
+        tracing::info_span!("conn", conn_id = conn.conn_id, room = %conn.room, peer = %peer_addr);
+    let state = conn.state.clone();
     let tracker = state.tracker.clone();
     let (read_buffer, max_message) = (
         state.config.ws_read_buffer_bytes as usize,
         state.config.ws_max_message_bytes,
     );
     let max_write = max_write_buffer(state.config.max_message_len as usize);
-    // One pointer in the upgrade callback: axum keeps the callback in its
-    // upgrade task for as long as the connection lives.
-    let conn = Box::new(Connection {
-        state,
-        room,
-        username: admitted.username,
-        identity: admitted.identity,
-        anon,
-        conn_id,
-        resume,
-        slot: admitted.slot,
-        permit,
-        abort: peer.abort,
-    });
     ws.read_buffer_size(read_buffer)
         .max_message_size(max_message)
         .max_frame_size(max_message)

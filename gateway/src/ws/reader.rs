@@ -31,6 +31,8 @@ use chat_shared::protocol::{
 use futures_util::{Stream, StreamExt};
 
 mod messages;
+mod once;
+pub(crate) use once::OneShot;
 mod room;
 
 use super::appender::Appender;
@@ -48,7 +50,7 @@ struct WriterGone;
 
 /// The inbound half of one connection.
 #[derive(Debug)]
-pub(super) struct Reader {
+pub(crate) struct Reader {
     state: AppState,
     room: RoomId,
     username: Username,
@@ -139,11 +141,17 @@ impl Reader {
         S: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
         let reason = self.read(stream).await;
+        self.finish().await;
+        reason
+    }
+
+    /// Stores and answers what was read, then queues
+    /// [`Outbound::ReaderDone`] behind the answers.
+    async fn finish(&mut self) {
         if let Some(appender) = self.appender.take() {
             appender.finish().await;
         }
         let _ = self.replies.send(Outbound::ReaderDone).await;
-        reason
     }
 
     async fn read<S>(&mut self, stream: &mut S) -> CloseReason

@@ -56,22 +56,22 @@ pub(super) fn describe_all() {
     describe_gauge!(
         GW_CONNECTIONS,
         Unit::Count,
-        "WebSocket connections open on this gateway"
+        "Client connections open on this gateway, by transport (ws, sse)"
     );
     describe_counter!(
         GW_CONNECTIONS_OPENED,
         Unit::Count,
-        "WebSocket connections accepted"
+        "Client connections accepted (upgraded or streaming), by transport"
     );
     describe_counter!(
         GW_CONNECTIONS_CLOSED,
         Unit::Count,
-        "WebSocket connections closed, by reason"
+        "Client connections closed, by reason and transport"
     );
     describe_counter!(
         GW_CONNECTIONS_REJECTED,
         Unit::Count,
-        "Upgrade requests refused before the upgrade, by code"
+        "Connection requests (/ws, /sse) refused before serving, by code and transport"
     );
     describe_counter!(
         GW_FRAMES_RECEIVED,
@@ -122,6 +122,16 @@ pub(super) fn describe_all() {
         GW_API_REQUESTS,
         Unit::Count,
         "HTTP publish requests, by result"
+    );
+    describe_histogram!(
+        GW_PUBLISH_HOOK_SECONDS,
+        Unit::Seconds,
+        "Time a message or edit waited for the pre-publish hook's verdict"
+    );
+    describe_counter!(
+        GW_PUBLISH_HOOK_OUTCOMES,
+        Unit::Count,
+        "Pre-publish hook calls, by outcome"
     );
     describe_counter!(GW_SEARCHES, Unit::Count, "History searches answered");
     describe_counter!(

@@ -59,6 +59,15 @@ const GW_HTTP_REFUSAL_CODES: &[&str] = &[
     "overloaded",
     "unavailable",
 ];
+/// The `outcome` labels of [`GW_PUBLISH_HOOK_OUTCOMES`].
+const PUBLISH_HOOK_OUTCOMES: &[&str] = &[
+    "accept",
+    "reject",
+    "modify",
+    "timeout",
+    "error",
+    "fail_open",
+];
 const WK_REDIS_OPS: &[&str] = &[
     "connect",
     "heartbeat",
@@ -81,7 +90,6 @@ pub fn register_at_zero(role: Role) {
     match role {
         Role::Gateway => {
             for name in [
-                GW_CONNECTIONS_OPENED,
                 GW_RATE_LIMITED,
                 GW_MESSAGES_DELIVERED,
                 GW_SLOW_CONSUMERS,
@@ -99,17 +107,23 @@ pub fn register_at_zero(role: Role) {
             ] {
                 metrics::counter!(name).increment(0);
             }
-            for name in [GW_CONNECTIONS, GW_ROOMS, GW_PENDING_CONNECTIONS] {
+            for name in [GW_ROOMS, GW_PENDING_CONNECTIONS] {
                 metrics::gauge!(name).set(0.0);
             }
             for op in GW_REDIS_OPS {
                 metrics::counter!(GW_REDIS_ERRORS, "op" => *op).increment(0);
             }
-            for reason in GW_CLOSE_REASONS {
-                metrics::counter!(GW_CONNECTIONS_CLOSED, "reason" => *reason).increment(0);
-            }
-            for code in GW_REJECT_CODES {
-                metrics::counter!(GW_CONNECTIONS_REJECTED, "code" => *code).increment(0);
+            for transport in GW_TRANSPORTS {
+                metrics::gauge!(GW_CONNECTIONS, "transport" => *transport).set(0.0);
+                metrics::counter!(GW_CONNECTIONS_OPENED, "transport" => *transport).increment(0);
+                for reason in GW_CLOSE_REASONS {
+                    metrics::counter!(GW_CONNECTIONS_CLOSED, "reason" => *reason, "transport" => *transport)
+                        .increment(0);
+                }
+                for code in GW_REJECT_CODES {
+                    metrics::counter!(GW_CONNECTIONS_REJECTED, "code" => *code, "transport" => *transport)
+                        .increment(0);
+                }
             }
             for route in ["read", "write"] {
                 for code in GW_HTTP_REFUSAL_CODES {
@@ -125,6 +139,9 @@ pub fn register_at_zero(role: Role) {
             }
             for kind in ["fd_limit", "no_memory", "connection", "other"] {
                 metrics::counter!(GW_ACCEPT_ERRORS, "kind" => kind).increment(0);
+            }
+            for outcome in PUBLISH_HOOK_OUTCOMES {
+                metrics::counter!(GW_PUBLISH_HOOK_OUTCOMES, "outcome" => *outcome).increment(0);
             }
         }
         Role::Worker => {

@@ -63,7 +63,12 @@ pub(crate) fn check_room(
 }
 
 /// Checks a message text: present, not empty, at most `max_message_chars`.
-pub(crate) fn check_text(
+/// Public for texts from elsewhere that must pass the same checks (a
+/// pre-publish hook's modification).
+///
+/// # Errors
+/// `empty_message` or `message_too_long`, echoing `client_id`.
+pub fn check_text(
     text: Option<String>,
     limits: &Limits,
     client_id: &Option<String>,

@@ -24,7 +24,7 @@ mod room_inbound;
 
 use serde::Serialize;
 
-pub use checks::Rejected;
+pub use checks::{check_text, Rejected};
 pub use inbound::{parse_client_frame, ClientFrame, HistoryRequest, InboundMessage};
 pub use outbound::{
     ack_frame, error_frame, history_frame, history_frames, http_error_body, live_frame, record_seq,
@@ -89,6 +89,9 @@ pub enum ErrorCode {
     Overloaded,
     /// The message already has 20 distinct reactions; another emoji is refused.
     TooManyReactions,
+    /// The application's pre-publish hook refused the message or edit; the
+    /// error's message is the hook's reason. Nothing is stored (HTTP 422).
+    Rejected,
 }
 
 impl ErrorCode {
@@ -118,11 +121,12 @@ impl ErrorCode {
             Self::Banned => "banned",
             Self::Overloaded => "overloaded",
             Self::TooManyReactions => "too_many_reactions",
+            Self::Rejected => "rejected",
         }
     }
 
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::BadJson,
         Self::BadFrame,
         Self::UnknownType,
@@ -146,6 +150,7 @@ impl ErrorCode {
         Self::Banned,
         Self::Overloaded,
         Self::TooManyReactions,
+        Self::Rejected,
     ];
 }
 

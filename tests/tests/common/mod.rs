@@ -8,7 +8,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
+pub mod sse;
 pub mod store;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -3,7 +3,8 @@
 //! one `RESULT {json}` line. Loopback targets only; every run stops by itself.
 //!
 //! Scenarios:
-//! - `fanout`: R rooms × C subscribers × P publishers at a fixed rate for D s;
+//! - `fanout`: R rooms × C subscribers × P publishers at a fixed rate for D s
+//!   (`--sse-subs N`: N subscribers per room on `/sse` instead);
 //! - `burst`: one room, C subscribers, one publisher as fast as a window of
 //!   unacked messages allows;
 //! - `conns`: N idle connections in 100 rooms, each with a `username`, over
@@ -19,6 +20,7 @@ mod cpu;
 mod reactors;
 mod roles;
 mod scenarios;
+mod sse_sub;
 mod stats;
 
 use std::time::Duration;
@@ -81,6 +83,10 @@ enum Scenario {
         /// every N-th message (0 = none).
         #[arg(long, default_value_t = 0)]
         react_every: u64,
+        /// Of each room's subscribers, how many receive over server-sent
+        /// events (`/sse`) instead of a WebSocket.
+        #[arg(long, default_value_t = 0)]
+        sse_subs: usize,
     },
     /// One room, C subscribers, one publisher with a window of unacked messages.
     Burst {
@@ -193,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
             pad,
             typing_every,
             react_every,
+            sse_subs,
         } => {
             let mixed = typing_every > 0 || react_every > 0;
             scenarios::rooms(
@@ -209,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
                         typing_every,
                         react_every,
                     },
+                    sse_subs,
                 },
             )
             .await?
@@ -231,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
                     duration: Duration::from_secs(duration),
                     pad,
                     mix: Mix::default(),
+                    sse_subs: 0,
                 },
             )
             .await?

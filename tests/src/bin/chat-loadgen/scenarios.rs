@@ -46,6 +46,9 @@ pub(crate) struct RoomLoad {
     pub(crate) pad: usize,
     /// Typing frames and reactions sent besides the messages.
     pub(crate) mix: Mix,
+    /// Of each room's subscribers, how many receive over `/sse` (the rest
+    /// over WebSockets).
+    pub(crate) sse_subs: usize,
 }
 
 /// Runs subscribers and publishers over rooms and accounts for every delivery.
@@ -60,19 +63,16 @@ pub(crate) async fn rooms(t: &Targets, load: RoomLoad) -> anyhow::Result<Report>
         let room = format!("{prefix}-{r}");
         let (tx, rx) = watch::channel(None);
         targets.push(tx);
-        for _ in 0..load.subs {
+        for s in 0..load.subs {
             let (url, src) = t.pick(idx, &room, "");
             idx += 1;
-            subs.push((
-                r,
-                tokio::spawn(roles::subscriber(
-                    url,
-                    src,
-                    ready_tx.clone(),
-                    rx.clone(),
-                    drain,
-                )),
-            ));
+            let (ready, target) = (ready_tx.clone(), rx.clone());
+            let task = if s < load.sse_subs {
+                tokio::spawn(crate::sse_sub::subscriber(url, src, ready, target, drain))
+            } else {
+                tokio::spawn(roles::subscriber(url, src, ready, target, drain))
+            };
+            subs.push((r, task));
         }
     }
     drop(ready_tx);

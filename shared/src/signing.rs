@@ -1,7 +1,9 @@
-//! The signatures a webhook request carries, the keys that make them and
-//! the secret (`WEBHOOK_SECRET`) they come from.
+//! The signatures an outgoing request to an application carries, and the
+//! keys that make them: the worker's webhooks and the gateway's pre-publish
+//! hook sign the same way, with this one implementation.
 //!
-//! Every request carries two, so that a receiver can check either:
+//! A webhook request carries two, so that a receiver can check either (the
+//! pre-publish hook sends only the Standard Webhooks headers):
 //! - `X-Chat-Signature: sha256=<hex>`: the HMAC-SHA256 of the exact body
 //!   bytes keyed with the `WEBHOOK_SECRET` string as given (our own scheme,
 //!   kept for existing receivers).
@@ -14,10 +16,10 @@
 //!   decodes to nothing) is refused at start-up rather than signing with a
 //!   key no receiver can hold.
 //!
-//! The `webhook-id` is the batch's (see `body`) and so the same for every
-//! attempt; the timestamp is the attempt's own, so each attempt is signed
-//! anew and a receiver's replay window (5 minutes in those libraries) counts
-//! from the attempt, not from the first try.
+//! The caller picks the `webhook-id` (the worker: the batch's, the same for
+//! every attempt); the timestamp is the attempt's own, so each attempt is
+//! signed anew and a receiver's replay window (5 minutes in those libraries)
+//! counts from the attempt, not from the first try.
 //!
 //! [Standard Webhooks]: https://www.standardwebhooks.com/
 
@@ -29,15 +31,45 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// A signing secret; its `Debug` never shows the value.
+/// Our own signature header.
+pub const CHAT_SIGNATURE_HEADER: &str = "X-Chat-Signature";
+/// Standard Webhooks: the message id, the same for every attempt of a batch.
+pub const ID_HEADER: &str = "webhook-id";
+/// Standard Webhooks: Unix seconds of the attempt.
+pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
+/// Standard Webhooks: `v1,<base64 signature>`.
+pub const SIGNATURE_HEADER: &str = "webhook-signature";
+
+/// Prefix of a Standard Webhooks secret whose key follows in base64.
+const STANDARD_SECRET_PREFIX: &str = "whsec_";
+
+/// Standard base64 with or without padding: the `standardwebhooks`
+/// libraries accept `whsec_` secrets either way.
+const SECRET_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// A signing secret as configured (`WEBHOOK_SECRET`, `PUBLISH_HOOK_SECRET`);
+/// its `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub(super) String);
+pub struct Secret(String);
 
 impl Secret {
+    /// A secret from its configured text.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
     /// The secret's bytes as given: the key of `X-Chat-Signature`, and of
     /// `webhook-signature` unless it is a `whsec_<base64>` secret.
     pub fn expose(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+
+    /// Whether the secret is empty (refused at start-up).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -54,28 +86,9 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// Our own signature header.
-pub(crate) const CHAT_SIGNATURE_HEADER: &str = "X-Chat-Signature";
-/// Standard Webhooks: the message id, the same for every attempt of a batch.
-pub(crate) const ID_HEADER: &str = "webhook-id";
-/// Standard Webhooks: Unix seconds of the attempt.
-pub(crate) const TIMESTAMP_HEADER: &str = "webhook-timestamp";
-/// Standard Webhooks: `v1,<base64 signature>`.
-pub(crate) const SIGNATURE_HEADER: &str = "webhook-signature";
-
-/// Prefix of a Standard Webhooks secret whose key follows in base64.
-const STANDARD_SECRET_PREFIX: &str = "whsec_";
-
-/// Standard base64 with or without padding: the `standardwebhooks`
-/// libraries accept `whsec_` secrets either way.
-const SECRET_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-/// The two HMAC keys of one `WEBHOOK_SECRET`; `Debug` never shows them.
+/// The two HMAC keys of one secret; `Debug` never shows them.
 #[derive(Clone)]
-pub(crate) struct Keys {
+pub struct Keys {
     /// The secret's bytes as given: the key of `X-Chat-Signature`.
     chat: Vec<u8>,
     /// The key of `webhook-signature`.
@@ -92,8 +105,9 @@ impl Keys {
     /// The keys of `secret`.
     ///
     /// # Errors
-    /// When a `whsec_` secret is not valid base64 or decodes to no bytes.
-    pub(crate) fn new(secret: &Secret) -> Result<Self, String> {
+    /// When a `whsec_` secret is not valid base64 or decodes to no bytes
+    /// (the message names the prefix, never the secret).
+    pub fn new(secret: &Secret) -> Result<Self, String> {
         let chat = secret.expose().to_vec();
         let standard = match secret
             .expose()
@@ -116,12 +130,12 @@ impl Keys {
     }
 
     /// `sha256=<hex HMAC-SHA256 of body>`, keyed with the secret as given.
-    pub(crate) fn chat_signature(&self, body: &[u8]) -> String {
+    pub fn chat_signature(&self, body: &[u8]) -> String {
         format!("sha256={}", hex::encode(hmac(&self.chat, &[body])))
     }
 
     /// `v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`.
-    pub(crate) fn standard_signature(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
+    pub fn standard_signature(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
         let timestamp = timestamp.to_string();
         let mac = hmac(
             &self.standard,
@@ -142,7 +156,7 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Unix seconds now: the `webhook-timestamp` of an attempt.
-pub(crate) fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     // A clock before 1970 signs with 0, which every receiver refuses as too old.
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
