@@ -16,29 +16,10 @@ use chat_shared::protocol::ErrorCode;
 use crate::edge::listener::Peer;
 use crate::http::error::ApiError;
 use crate::state::AppState;
+use crate::transport::Transport;
 use crate::ws::admission::{self, Refused};
 use crate::ws::query::{self, WsQuery};
 use crate::ws::Connection;
-
-/// What carries a connection's frames; the `transport` label of the
-/// connection metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Transport {
-    /// A WebSocket (`/ws`).
-    Ws,
-    /// Server-sent events (`/sse`); the client sends over HTTP.
-    Sse,
-}
-
-impl Transport {
-    /// The metric label.
-    pub(crate) const fn label(self) -> &'static str {
-        match self {
-            Self::Ws => "ws",
-            Self::Sse => "sse",
-        }
-    }
-}
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 

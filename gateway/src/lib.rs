@@ -7,7 +7,8 @@
 //!   before it): inbound frames validated ([`chat_shared::protocol`]),
 //!   stamped, appended and acked; outbound frames written in order.
 //! - `sse/`: `GET /sse`, the same connection over server-sent events;
-//!   `conn` holds what both transports check and take before serving.
+//!   `conn` holds what both transports check and take before serving, and
+//!   `transport` names which one carries a connection.
 //! - [`http`]: the routes (`/ws`, `/health`, `/livez`, `/readyz`, `/metrics`,
 //!   `/rooms/{room}/…`), the access guard of room routes, the publish API,
 //!   sending over HTTP with a token or session (`http::send`), the demo
@@ -38,6 +39,7 @@ pub mod http;
 pub mod rooms;
 mod sse;
 pub mod state;
+mod transport;
 mod ws;
 
 use std::sync::atomic::Ordering;

@@ -29,10 +29,11 @@ use chat_shared::protocol::ErrorCode;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::conn::{self, Transport};
+use crate::conn;
 use crate::edge::handshake::Streaming;
 use crate::edge::listener::Peer;
 use crate::state::AppState;
+use crate::transport::Transport;
 use crate::ws::close::CloseReason;
 use crate::ws::Resume;
 

@@ -25,7 +25,6 @@ use super::reader::Reader;
 use super::recovery::{self, RoomHistory};
 use super::writer::{bounded_write, Writer, WriterLimits};
 use super::Resume;
-use crate::conn::Transport;
 use crate::delivery::queue;
 use crate::edge::access::IpSlot;
 use crate::edge::auth::Identity;
@@ -34,6 +33,7 @@ use crate::edge::session::AnonSession;
 use crate::rooms::presence;
 use crate::rooms::presence_events;
 use crate::state::AppState;
+use crate::transport::Transport;
 
 /// How long the close frame may take before the socket is reset instead.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);

@@ -30,9 +30,9 @@ use axum::response::Response;
 use chat_shared::protocol::ErrorCode;
 use tracing::Instrument;
 
-use crate::conn::Transport;
 use crate::edge::listener::Peer;
 use crate::state::AppState;
+use crate::transport::Transport;
 
 pub(crate) use connection::Connection;
 

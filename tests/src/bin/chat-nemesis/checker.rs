@@ -18,7 +18,8 @@
 //! - a subscriber sees every `seq` after its join, in order, unless a
 //!   `history` frame told it with `truncated` or `reset` (repeats are
 //!   allowed: delivery is at least once);
-//! - what a subscriber was delivered at a `seq` is what history holds there;
+//! - what a subscriber was delivered at a `seq` (a repeat too) is what
+//!   history holds there, and history holds every delivered `seq`;
 //! - a subscriber still connected to a ready gateway at the end has the
 //!   room's last `seq` (else its socket went silent);
 //! - every stored item reached the webhook, and a receiver that drops
@@ -284,6 +285,9 @@ impl Follow<'_, '_> {
         } else {
             key(item)
         };
+        if !self.reset_seen {
+            self.same_as_history(s, item_key, how);
+        }
         let last = self.last.unwrap_or(s.saturating_sub(1));
         if s <= last {
             return; // a repeat: delivery is at least once
@@ -305,19 +309,25 @@ impl Follow<'_, '_> {
             });
         }
         self.last = Some(s);
-        if !self.reset_seen {
-            if let (Some(k), Some(want)) = (item_key, self.room.key_at.get(&s)) {
-                if &k != want {
-                    self.out.push(Anomaly {
-                        kind: Kind::DeliveryDiffers,
-                        evidence: format!(
-                            "{} (room {}): seq {s} delivered as {k} ({how}), history holds {want}",
-                            self.name, self.room_name,
-                        ),
-                    });
-                }
-            }
+    }
+
+    /// What was delivered at `s` (repeats too) is what history holds there;
+    /// a delivered `seq` that history does not hold at all was lost after
+    /// it was delivered.
+    fn same_as_history(&mut self, s: u64, item_key: Option<String>, how: &str) {
+        let Some(k) = item_key else { return };
+        let want = self.room.key_at.get(&s);
+        if want == Some(&k) {
+            return;
         }
+        let holds = want.map_or_else(|| "nothing there".to_owned(), |w| w.clone());
+        self.out.push(Anomaly {
+            kind: Kind::DeliveryDiffers,
+            evidence: format!(
+                "{} (room {}): seq {s} delivered as {k} ({how}), history holds {holds}",
+                self.name, self.room_name,
+            ),
+        });
     }
 
     /// A `history` frame; `first` when it is the first frame of a connection

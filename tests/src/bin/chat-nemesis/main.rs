@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`system`]: starts and heals the processes; [`webhook`]: the receiver.
-//! - [`faults`]: a seed's fault plan and how each fault is applied.
+//! - [`faults`]: a seed's fault plan; [`apply`]: starting and ending each.
 //! - [`workload`]: publishers and subscribers that log what they saw into
 //!   [`record`]'s observations.
 //! - [`schedule`]: one schedule: system, workload, faults, quiet, check.
@@ -18,6 +18,7 @@
 //! `nemesis: S schedules, F faults, A anomalies`. Exit 0 iff A = 0 (and
 //! every schedule ran; a schedule that could not start exits 2).
 
+mod apply;
 mod checker;
 mod faults;
 mod record;
@@ -74,7 +75,7 @@ async fn main() -> ExitCode {
     let dir = cli.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("chat-nemesis-{}", std::process::id()))
     });
-    let mut faults = 0;
+    let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut kinds: BTreeMap<Kind, usize> = BTreeMap::new();
     let mut failed_to_run = 0;
     for i in 0..cli.schedules {
@@ -95,13 +96,15 @@ async fn main() -> ExitCode {
         let sdir = dir.join(format!("seed-{seed}"));
         match schedule::run(seed, Duration::from_secs(cli.duration), cli.cluster, &sdir).await {
             Ok(out) => {
-                faults += out.faults;
+                for (k, n) in &out.faults {
+                    *faults.entry(k).or_default() += n;
+                }
                 for a in &out.anomalies {
                     println!("  anomaly {a}");
                 }
                 println!(
                     "  seed {seed}: {} faults, {} anomalies",
-                    out.faults,
+                    out.faults.values().sum::<usize>(),
                     out.anomalies.len()
                 );
                 for (k, n) in per_kind(&out.anomalies) {
@@ -119,6 +122,8 @@ async fn main() -> ExitCode {
         .iter()
         .map(|k| format!("{}={}", k.name(), kinds.get(k).copied().unwrap_or(0)))
         .collect();
+    let fault_kinds: Vec<String> = faults.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    println!("faults by kind: {}", fault_kinds.join(" "));
     println!("anomalies by kind: {}", per.join(" "));
     if failed_to_run > 0 {
         println!(
@@ -131,8 +136,9 @@ async fn main() -> ExitCode {
         let _ = std::fs::remove_dir_all(&dir);
     }
     println!(
-        "nemesis: {} schedules, {faults} faults, {anomalies} anomalies",
-        cli.schedules
+        "nemesis: {} schedules, {} faults, {anomalies} anomalies",
+        cli.schedules,
+        faults.values().sum::<usize>()
     );
     if anomalies > 0 {
         ExitCode::FAILURE

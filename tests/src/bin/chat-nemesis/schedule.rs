@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::checker::{check, Anomaly};
-use crate::faults::{apply, plan};
+use crate::faults::plan;
 use crate::record::{Observations, SentKind, SubEvent};
 use crate::system::System;
 use crate::workload::{http_publisher, subscriber, ws_publisher, Ctx};
@@ -27,8 +27,8 @@ const QUIET: Duration = Duration::from_secs(30);
 /// What one schedule found.
 #[derive(Debug)]
 pub(crate) struct Outcome {
-    /// Faults applied.
-    pub(crate) faults: usize,
+    /// Faults applied, per kind.
+    pub(crate) faults: BTreeMap<&'static str, usize>,
     /// Anomalies the checker reported.
     pub(crate) anomalies: Vec<Anomaly>,
 }
@@ -88,18 +88,13 @@ pub(crate) async fn run(
     pubs.push(tokio::spawn(http_publisher(rooms.clone(), ctx.clone())));
 
     let schedule = plan(seed, duration, cluster);
-    let start = Instant::now();
-    let mut faults = 0;
+    let start = tokio::time::Instant::now();
+    crate::apply::run(&mut sys, &schedule, start).await;
+    let mut kinds = BTreeMap::new();
     for p in &schedule {
-        let due = start + p.at;
-        tokio::time::sleep_until(due.into()).await;
-        let t = start.elapsed().as_secs_f64();
-        let note = apply(&mut sys, &p.fault).await;
-        faults += 1;
-        let sep = if note.is_empty() { "" } else { ": " };
-        println!("  +{t:6.1}s  {}{sep}{note}", p.fault);
+        *kinds.entry(p.fault.kind()).or_default() += 1;
     }
-    tokio::time::sleep_until((start + duration).into()).await;
+    tokio::time::sleep_until(start + duration).await;
     let _ = stop_sending_tx.send(true);
     sys.heal().await;
 
@@ -136,10 +131,13 @@ pub(crate) async fn run(
     for room in &rooms {
         obs.stored.insert(room.clone(), sys.stored(room).await?);
     }
-    print_counts(&obs, quiet);
+    print_counts(&obs, quiet, duration);
     let anomalies = check(&obs);
     drop(sys);
-    Ok(Outcome { faults, anomalies })
+    Ok(Outcome {
+        faults: kinds,
+        anomalies,
+    })
 }
 
 /// Waits until every acked item is stored, every subscriber has the last
@@ -205,7 +203,7 @@ async fn gateways_ready(sys: &System) -> Vec<bool> {
     out
 }
 
-fn print_counts(obs: &Observations, quiet: Option<Duration>) {
+fn print_counts(obs: &Observations, quiet: Option<Duration>, duration: Duration) {
     let sent = obs.publishers.iter().flat_map(|p| &p.sent);
     let (mut msgs, mut events, mut acked, mut resent) = (0, 0, 0, 0);
     for s in sent {
@@ -229,8 +227,9 @@ fn print_counts(obs: &Observations, quiet: Option<Duration>) {
     println!(
         "  counts: {msgs} messages and {events} events sent, {acked} acked, {resent} resent; \
          {stored} stored; {deliveries} live deliveries over {conns} subscriber connections \
-         ({closes} closed or dropped); {} webhook events",
-        obs.webhook_events.len()
+         ({closes} closed or dropped); {} webhook events; {:.1} acked/s under faults",
+        obs.webhook_events.len(),
+        acked as f64 / duration.as_secs_f64()
     );
     match quiet {
         Some(d) => println!("  quiet {:.1}s after the faults healed", d.as_secs_f64()),

@@ -165,6 +165,23 @@ fn plants() -> Vec<Plant> {
             },
         ),
         (
+            "a delivered message lost from history",
+            Kind::DeliveryDiffers,
+            |o| {
+                let lost = record(N + 1, N + 1);
+                o.subscribers[0].events.push(frame("message", lost));
+            },
+        ),
+        (
+            "a repeat that differs from history",
+            Kind::DeliveryDiffers,
+            |o| {
+                let mut again = record(9, 2);
+                again["id"] = "m-other".into();
+                o.subscribers[1].events.push(frame("message", again));
+            },
+        ),
+        (
             "the tail never delivered on an open socket",
             Kind::SilentSocket,
             |o| {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chat_tests::fault_proxy::FaultProxy;
-use chat_tests::procs::{free_port, scratch_dir, sibling_bin, Proc, ServiceSpec};
+use chat_tests::procs::{free_port, scratch_dir, sibling_bin, wait_http_ok, Proc, ServiceSpec};
 use chat_tests::redis_procs::{DurableCluster, DurableRedis};
 
 use crate::webhook::Receiver;
@@ -46,25 +46,47 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    /// Starts it again if it is down.
+    /// Resumes it, or starts it again without waiting until it is ready:
+    /// a fault's end must not wait on a process that needs another fault
+    /// (Redis down) to end first. [`Self::ensure_up`] waits, at the heal.
     ///
     /// # Errors
-    /// When it does not get ready in time (the process is kept anyway).
-    pub(crate) async fn ensure_up(&mut self) -> anyhow::Result<()> {
+    /// When the binary cannot be started.
+    pub(crate) fn start_if_down(&mut self) -> std::io::Result<()> {
         if let Some(p) = &mut self.proc {
             p.signal("CONT");
             if p.is_running() {
                 return Ok(());
             }
         }
+        self.proc = Some(self.spec.spawn()?);
+        Ok(())
+    }
+
+    /// Resumes it or starts it again, and waits until it is ready (three
+    /// starts at most).
+    ///
+    /// # Errors
+    /// When it does not get ready in time (the process is kept anyway).
+    pub(crate) async fn ensure_up(&mut self) -> anyhow::Result<()> {
         let mut last = None;
         for _ in 0..3 {
-            match self.spec.start(READY).await {
-                Ok(p) => {
-                    self.proc = Some(p);
-                    return Ok(());
+            let running = self.proc.as_mut().is_some_and(Proc::is_running);
+            match &mut self.proc {
+                Some(p) if running => {
+                    p.signal("CONT");
+                    match wait_http_ok(p, self.spec.port, "/readyz", READY).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => last = Some(e),
+                    }
                 }
-                Err(e) => last = Some(e),
+                _ => match self.spec.start(READY).await {
+                    Ok(p) => {
+                        self.proc = Some(p);
+                        return Ok(());
+                    }
+                    Err(e) => last = Some(e),
+                },
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -209,8 +231,8 @@ impl System {
             .collect())
     }
 
-    /// Starts every service that is down and resumes every stopped one,
-    /// lifts proxy faults, and on a cluster waits until it is ok.
+    /// Starts every service that is down and resumes every stopped one
+    /// (Redis too), lifts proxy faults, and on a cluster waits until it is ok.
     pub(crate) async fn heal(&mut self) {
         for s in self.all_services_mut() {
             if let Some(p) = &s.proxy {
@@ -221,10 +243,14 @@ impl System {
                 println!("  ! {} did not come back: {e:#}", s.spec.name);
             }
         }
+        if let Store::Single(r) = &self.store {
+            r.signal("CONT");
+        }
         if let Store::Cluster(cl) = &mut self.store {
             for n in &mut cl.nodes {
                 n.proxy.set_latency(Duration::ZERO);
                 n.proxy.disarm();
+                n.signal("CONT");
                 if !n.is_up() {
                     let _ = n.restart();
                 }
