@@ -33,7 +33,8 @@ const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir()
 const timer = setTimeout(() => { console.error("demo-chat timed out"); process.exit(1); }, 240_000);
 
 // A network cut the page cannot tell from a real one: while `__net.down`, new
-// WebSockets go to a closed port (they fail, 1006), and the cut closes the open ones.
+// WebSockets and EventSources go to a closed port (they fail, 1006), fetch
+// fails, and the cut closes the open WebSockets.
 await browser.addInitScript(() => {
   const Native = window.WebSocket;
   const net = { down: false, sockets: new Set() };
@@ -45,6 +46,18 @@ await browser.addInitScript(() => {
       this.addEventListener("close", () => net.sockets.delete(this));
     }
   };
+  // The cut is not only of WebSockets: the client's SSE fallback (EventSource
+  // and fetch) finds the network down as well.
+  const NativeEventSource = window.EventSource;
+  window.EventSource = class extends NativeEventSource {
+    constructor(url, init) {
+      const u = String(new URL(url, location.href));
+      super(net.down ? u.replace(/^(https?:\/\/)[^/]+/, "$1127.0.0.1:9") : u, init);
+    }
+  };
+  const nativeFetch = window.fetch.bind(window);
+  window.fetch = (input, init) =>
+    net.down ? Promise.reject(new TypeError("Failed to fetch (network cut)")) : nativeFetch(input, init);
   window.__cut = () => { net.down = true; for (const s of net.sockets) s.close(4000, "network cut"); };
   window.__restore = () => { net.down = false; };
   // Every connection state the client went through, for the assertions.
@@ -74,8 +87,11 @@ try {
   const onResponse = (r) => { if (r.status() >= 400) loadErrors.push(`${r.status()} ${r.url()}`); };
   for (const p of [a, b]) { p.on("console", onConsole); p.on("response", onResponse); }
 
-  await a.goto(`${base1}/?room=${room}&name=ana&gateways=${ws(base1)},${ws(base2)}`);
-  await b.goto(`${base2}/?room=${room}&name=bo&gateways=${ws(base2)},${ws(base1)}`);
+  // WebSocket only: this test is about the WebSocket's reconnects and its
+  // drain close (1001); with `auto`, a cut long enough for two failed opens
+  // moves the client to SSE (tests/browser/sse-chat.mjs covers that path).
+  await a.goto(`${base1}/?room=${room}&name=ana&transport=ws&gateways=${ws(base1)},${ws(base2)}`);
+  await b.goto(`${base2}/?room=${room}&name=bo&transport=ws&gateways=${ws(base2)},${ws(base1)}`);
   for (const p of [a, b]) await waitFor(p, "page is open", () => document.body.dataset.state === "open");
   for (const p of [a, b]) { p.off("console", onConsole); p.off("response", onResponse); }
   report("open", { a: await connectedUrl(a), b: await connectedUrl(b), title: await a.title(), loadErrors });
