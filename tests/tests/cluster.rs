@@ -277,17 +277,7 @@ async fn send_until_acked(url: String, room: String, tag: String, count: usize) 
 async fn a_master_failover_under_load_keeps_every_acked_message_exactly_once() {
     let mut cluster = RedisCluster::start(3, 1).await;
     let url = cluster.url();
-    let ack = [
-        ("ACK_AFTER_REPLICAS", "1"),
-        ("ACK_REPLICAS_TIMEOUT_MS", "500"),
-        ("REDIS_TIMEOUT_MS", "1000"),
-    ];
-    let worker_env = [
-        &[("STREAM_SHARDS", SHARDS), ("LEASE_TTL_MS", "1500")][..],
-        &ack,
-    ]
-    .concat();
-    let gw_env = [&env()[..], &ack].concat();
+    let (worker_env, gw_env) = common::cluster::replica_ack_env();
     let _w = start_worker(&url, "w1", &worker_env).await;
     let gw1 = start_gateway(&url, "gw1", &gw_env).await;
     let gw2 = start_gateway(&url, "gw2", &gw_env).await;

@@ -22,7 +22,6 @@ use common::*;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-const SHARDS: &str = "16";
 const ROOMS: usize = 8;
 const PER_ROOM: usize = 160;
 /// One send every 50 ms: 20 msg/s per sender.
@@ -107,17 +106,7 @@ async fn pipelined_sender(url: String, room: String, tag: String) -> Vec<String>
 async fn pipelining_senders_lose_nothing_in_a_master_failover_with_replica_acks() {
     let mut cluster = RedisCluster::start(3, 1).await;
     let url = cluster.url();
-    let ack = [
-        ("ACK_AFTER_REPLICAS", "1"),
-        ("ACK_REPLICAS_TIMEOUT_MS", "500"),
-        ("REDIS_TIMEOUT_MS", "1000"),
-    ];
-    let worker_env = [
-        &[("STREAM_SHARDS", SHARDS), ("LEASE_TTL_MS", "1500")][..],
-        &ack,
-    ]
-    .concat();
-    let gw_env = [FAST_GW, &[("STREAM_SHARDS", SHARDS)], &ack].concat();
+    let (worker_env, gw_env) = common::cluster::replica_ack_env();
     let _w = start_worker(&url, "w1", &worker_env).await;
     let gws = [
         start_gateway(&url, "gw1", &gw_env).await,

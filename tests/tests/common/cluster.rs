@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chat_tests::fault_proxy::FaultProxy;
 
-use super::{free_port, scratch_dir, Proc, DEADLINE};
+use super::{free_port, scratch_dir, Proc, DEADLINE, FAST_GW};
 
 /// One node of a test cluster.
 pub struct Node {
@@ -319,4 +319,21 @@ impl RedisCluster {
         let mut c = self.conn().await;
         super::records_in(&mut c, room).await
     }
+}
+
+/// A process's environment settings.
+pub type Env = Vec<(&'static str, &'static str)>;
+
+/// Settings of the failover tests with `ACK_AFTER_REPLICAS=1` (replica acks
+/// with short timeouts, 16 stream shards): the worker's and the gateways'.
+pub fn replica_ack_env() -> (Env, Env) {
+    let ack = [
+        ("ACK_AFTER_REPLICAS", "1"),
+        ("ACK_REPLICAS_TIMEOUT_MS", "500"),
+        ("REDIS_TIMEOUT_MS", "1000"),
+        ("STREAM_SHARDS", "16"),
+    ];
+    let worker = [&[("LEASE_TTL_MS", "1500")][..], &ack].concat();
+    let gateway = [FAST_GW, &ack].concat();
+    (worker, gateway)
 }

@@ -155,6 +155,21 @@ impl Request {
             query,
         })
     }
+
+    /// Runs `frame` as `sender` through the reader's handlers, with the
+    /// display name of `?username=`.
+    async fn run(self, sender: SenderIdentity, frame: &Value) -> Result<Vec<Value>, Response> {
+        let username = self.query.get("username");
+        run_frame(
+            &self.state,
+            self.room,
+            sender,
+            self.client_ip,
+            username,
+            frame,
+        )
+        .await
+    }
 }
 
 /// `POST /rooms/{room}/messages`: an API key publishes as before; a token
@@ -186,17 +201,7 @@ pub(crate) async fn post_message(
     data.entry("room")
         .or_insert_with(|| Value::String(req.room.as_str().to_owned()));
     let frame = json!({"type": "message", "data": data});
-    let username = req.query.get("username");
-    let replies = match run_frame(
-        &req.state,
-        req.room,
-        sender,
-        req.client_ip,
-        username,
-        &frame,
-    )
-    .await
-    {
+    let replies = match req.run(sender, &frame).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -269,17 +274,7 @@ pub(crate) async fn post_event(
     };
     frame.insert("data".into(), Value::Object(data));
     let frame = Value::Object(frame);
-    let username = req.query.get("username");
-    let replies = match run_frame(
-        &req.state,
-        req.room,
-        sender,
-        req.client_ip,
-        username,
-        &frame,
-    )
-    .await
-    {
+    let replies = match req.run(sender, &frame).await {
         Ok(r) => r,
         Err(e) => return e,
     };
