@@ -141,6 +141,29 @@ pub struct GatewayConfig {
     #[arg(long, env = "MAX_PENDING_HANDSHAKES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_pending_handshakes: u64,
 
+    /// Most connections between their upgrade and their registration in
+    /// Redis with the join history sent (1–1000000). Above it a new `/ws` or
+    /// `/sse` request gets HTTP 503 `overloaded` with `Retry-After` before
+    /// the upgrade: a connect storm Redis cannot keep up with is refused
+    /// early and cheaply instead of accepted and then dropped.
+    #[arg(long, env = "MAX_PENDING_REGISTRATIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_pending_registrations: u64,
+
+    /// Most connection registrations sent to Redis in one pipeline (1–10000).
+    #[arg(long, env = "REGISTRATION_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub registration_batch_max: u64,
+
+    /// Longest a registration waits for others to share its pipeline, in µs
+    /// (0–100000; 0: only those already queued go along).
+    #[arg(long, env = "REGISTRATION_BATCH_WAIT_US", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub registration_batch_wait_us: u64,
+
+    /// Seconds a client refused for overload should wait before it
+    /// reconnects: the `Retry-After` of the 503 and the hint in a 1013 close
+    /// (1–3600). Clients add their own jitter on top.
+    #[arg(long, env = "OVERLOAD_RETRY_AFTER_SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub overload_retry_after_secs: u64,
+
     /// Frames per second a connection may send (token bucket refill rate).
     #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 20.0)]
     pub rate_limit_per_sec: f64,

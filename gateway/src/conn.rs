@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chat_shared::metrics as m;
 use chat_shared::protocol::ErrorCode;
@@ -36,6 +36,36 @@ pub(crate) fn reject(
     ApiError::new(status, code, message).into_response()
 }
 
+/// The refusal of a connection because registrations are backed up:
+/// 503 `overloaded` with `Retry-After`, counted and logged once per
+/// overload episode (a storm refuses thousands).
+fn shed(state: &AppState, transport: Transport) -> Response {
+    let retry_after = state.registrar.retry_after_secs();
+    metrics::counter!(m::GW_CONNECTIONS_SHED, "reason" => "pending_registrations").increment(1);
+    if state.overload.mark_registrations() {
+        tracing::warn!(
+            max = state.config.max_pending_registrations,
+            retry_after,
+            "Registrations backed up: refusing new connections with 503 overloaded"
+        );
+    }
+    tracing::debug!(
+        transport = transport.label(),
+        reason = "overloaded",
+        "Connection refused"
+    );
+    let mut response = reject(
+        transport,
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Overloaded,
+        "too many connections are being registered; retry after Retry-After seconds",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}
+
 /// Validates the query (`room`, `username`, `since`, `epoch`).
 ///
 /// # Errors
@@ -48,8 +78,10 @@ pub(crate) fn parse_query(
 }
 
 /// Runs every check a connection must pass before it is served and takes
-/// its places (per-IP slot, gateway permit): draining, Origin, per-IP cap,
-/// token and room, anonymous session, ban, `MAX_CONNECTIONS`.
+/// its places (per-IP slot, gateway permit): draining, registrations
+/// backed up (`MAX_PENDING_REGISTRATIONS`, checked first: it is the cheapest
+/// and spares Redis the session and ban reads), Origin, per-IP cap, token
+/// and room, anonymous session, ban, `MAX_CONNECTIONS`.
 ///
 /// # Errors
 /// The HTTP answer of the first check that refuses (the same for both
@@ -75,6 +107,9 @@ pub(crate) async fn admit(
             "gateway is shutting down; connect to another one",
         ));
     }
+    let Some(pending) = state.registrar.admit() else {
+        return Err(shed(state, transport));
+    };
     let admitted = admission::admit(
         state,
         &peer,
@@ -146,6 +181,7 @@ pub(crate) async fn admit(
         resume,
         slot: admitted.slot,
         permit,
+        pending,
         abort: peer.abort,
         transport,
     }))

@@ -78,6 +78,9 @@ pub struct Inner {
     pub read_permits: Arc<Semaphore>,
     /// The application's pre-publish hook; `None` without `PUBLISH_HOOK_URL`.
     pub publish_hook: Option<crate::hook::PublishHook>,
+    /// Admits connections while registrations keep up
+    /// (`MAX_PENDING_REGISTRATIONS`) and batches their registrations.
+    pub registrar: crate::rooms::registrar::Registrar,
 }
 
 /// Connection history reads in flight at once, per gateway.
@@ -94,7 +97,8 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// Builds the state.
+    /// Builds the state and starts the registration batcher (so it needs
+    /// a Tokio runtime).
     ///
     /// # Errors
     /// A message for the operator when the access settings are unusable
@@ -128,8 +132,11 @@ impl AppState {
         let read_permits = Arc::new(Semaphore::new(
             usize::try_from(config.http_read_concurrency).unwrap_or(usize::MAX),
         ));
+        let registrar =
+            crate::rooms::registrar::Registrar::spawn(&config, gateway_id.clone(), redis.clone());
         Ok(Self {
             inner: Arc::new(Inner {
+                registrar,
                 presence_counts: chat_shared::presence_count::PresenceCounts::new(
                     redis.clone(),
                     config.presence_events_max_members,

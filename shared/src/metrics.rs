@@ -93,6 +93,22 @@ pub const GW_PENDING_CLOSED: &str = "chat_gateway_pending_connections_closed_tot
 /// Counter: failed `accept` calls, by `kind` (`fd_limit`, `no_memory`,
 /// `connection`, `other`).
 pub const GW_ACCEPT_ERRORS: &str = "chat_gateway_accept_errors_total";
+/// Gauge: connections between their upgrade and the end of their opening
+/// (registered in Redis, join history sent); capped by
+/// `MAX_PENDING_REGISTRATIONS`.
+pub const GW_PENDING_REGISTRATIONS: &str = "chat_gateway_pending_registrations";
+/// Counter: connections refused because registrations are backed up, by
+/// `reason`: `pending_registrations` (503 before the upgrade),
+/// `registration_queue` and `registration_timeout` (1013 after it).
+pub const GW_CONNECTIONS_SHED: &str = "chat_gateway_connections_shed_total";
+/// The `reason` labels of [`GW_CONNECTIONS_SHED`].
+pub const GW_SHED_REASONS: &[&str] = &[
+    "pending_registrations",
+    "registration_queue",
+    "registration_timeout",
+];
+/// Histogram: connection registrations sent to Redis in one pipeline.
+pub const GW_REGISTRATION_BATCH: &str = "chat_gateway_registration_batch_connections";
 /// Counter: ephemeral frames (join, leave, typing, read) queued to local
 /// connections.
 pub const GW_EPHEMERAL_DELIVERED: &str = "chat_gateway_ephemeral_delivered_total";

@@ -1,9 +1,11 @@
-//! Recent accept-loop overload (descriptor limit, pending-handshake cap),
-//! remembered for a short window so `/readyz` can answer 503 with the reason.
+//! Recent overload (descriptor limit, pending-handshake cap, registrations
+//! backed up), remembered for a short window so `/readyz` can answer 503
+//! with the reason and a load balancer sends new clients elsewhere.
 //!
 //! It lives below [`crate::state`] (the state holds one), and is marked by the
-//! accept loop ([`super::accept`]) and the pending-handshake set
-//! ([`super::handshake`]).
+//! accept loop ([`super::accept`]), the pending-handshake set
+//! ([`super::handshake`]) and the connection admission (`conn`, at
+//! `MAX_PENDING_REGISTRATIONS`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ pub struct Overload {
     /// Milliseconds since `origin` plus one of the last event; 0 = never.
     fd_limit_at: AtomicU64,
     shed_at: AtomicU64,
+    registrations_at: AtomicU64,
 }
 
 impl Default for Overload {
@@ -26,6 +29,7 @@ impl Default for Overload {
             origin: Instant::now(),
             fd_limit_at: AtomicU64::new(0),
             shed_at: AtomicU64::new(0),
+            registrations_at: AtomicU64::new(0),
         }
     }
 }
@@ -37,6 +41,8 @@ impl Overload {
             Some("overloaded: accept fails for lack of file descriptors")
         } else if self.recent(&self.shed_at) {
             Some("overloaded: MAX_PENDING_HANDSHAKES reached, shedding the oldest")
+        } else if self.recent(&self.registrations_at) {
+            Some("overloaded: MAX_PENDING_REGISTRATIONS reached, refusing connections")
         } else {
             None
         }
@@ -57,5 +63,14 @@ impl Overload {
 
     pub(super) fn mark_shed(&self) {
         self.shed_at.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Marks a connection refused at `MAX_PENDING_REGISTRATIONS`; returns
+    /// whether this starts a new overload episode (none in the last
+    /// window), so the caller logs once per episode, not per connection.
+    pub(crate) fn mark_registrations(&self) -> bool {
+        let now = self.now_ms();
+        let before = self.registrations_at.swap(now, Ordering::Relaxed);
+        before == 0 || now.saturating_sub(before) > OVERLOAD_WINDOW.as_millis() as u64
     }
 }

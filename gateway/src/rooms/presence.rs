@@ -26,26 +26,32 @@ use redis::Script;
 /// Adds members and raises the gateway's count (ARGV[1]) by the number
 /// actually added. ARGV[2..] are triples: member, user key, user JSON. A
 /// member's presence record is written once (`HSETNX`), and only then does
-/// its user's count rise; returns the records of users whose count went from
-/// 0 to 1 (they joined).
-static JOIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+/// its user's count rise. Returns one answer per triple, in order: the
+/// user's record when its count went from 0 to 1 (that member's user
+/// joined), else `""`.
+const JOIN_LUA: &str = r#"
 local added = 0
-local joined = {}
+local out = {}
 for i = 2, #ARGV, 3 do
+  local joined = ''
   added = added + redis.call('SADD', KEYS[1], ARGV[i])
   if redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 2]) == 1 then
     if redis.call('HINCRBY', KEYS[4], ARGV[i + 1], 1) == 1 then
-      table.insert(joined, ARGV[i + 2])
+      joined = ARGV[i + 2]
     end
   end
+  out[#out + 1] = joined
 end
 if added > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], added) end
-return joined
-"#,
-    )
-});
+return out
+"#;
+
+/// The loaded [`JOIN_LUA`] (its SHA is computed once).
+static JOIN: LazyLock<Script> = LazyLock::new(|| Script::new(JOIN_LUA));
+
+/// Members per script call: a restore of a huge room, or a large batch of
+/// one room, never blocks Redis long.
+const JOIN_CHUNK: usize = 1000;
 
 /// Heartbeat at Redis's time. KEYS: the gateway registry, the janitor's
 /// evictions hash (same slot). Returns 1 when the gateway must
@@ -97,32 +103,108 @@ async fn join(
     conns: &[(String, PresenceUser)],
 ) -> Result<Vec<String>, RedisError> {
     let mut joined = Vec::new();
-    // Bounded script calls: a restore of a huge room never blocks Redis long.
-    for chunk in conns.chunks(1000) {
-        let mut inv = JOIN.key(keys::connections(room));
-        inv.key(keys::room_gateways(room))
-            .key(keys::presence_conns(room))
-            .key(keys::presence_users(room))
-            .arg(gateway);
-        for (c, user) in chunk {
-            inv.arg(keys::connection_member(gateway, c))
-                .arg(&user.key)
-                .arg(user.to_json());
+    for chunk in conns.chunks(JOIN_CHUNK) {
+        let regs: Vec<Registration> = chunk
+            .iter()
+            .map(|(conn, user)| Registration {
+                room: room.clone(),
+                conn: conn.clone(),
+                user: user.clone(),
+            })
+            .collect();
+        joined.extend(
+            add_connections(redis, gateway, &regs)
+                .await?
+                .into_iter()
+                .flatten(),
+        );
+    }
+    Ok(joined)
+}
+
+/// One connection to register: its room, its `<conn>` key and its user.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The room joined.
+    pub room: RoomId,
+    /// The connection's key ([`conn_key`]).
+    pub conn: String,
+    /// Who is connected (the presence record).
+    pub user: PresenceUser,
+}
+
+/// Registers `regs`, of any rooms, in one pipeline: one [`JOIN`] call per
+/// room (per [`JOIN_CHUNK`] members), then one `SADD` each to `rooms:active`
+/// and to this gateway's room index for all their rooms. Returns, for each
+/// registration in order, its user's stored record when this was the
+/// user's first connection to the room (a join).
+///
+/// Every command is idempotent, so the pipeline is sent again whole after a
+/// `NOSCRIPT` (Redis restarted or flushed its scripts). On a cluster the
+/// pipeline is cut into runs of one slot each ([`chat_shared::redis::conn`]);
+/// the rooms' keys and the two sets may each live on another master.
+///
+/// # Errors
+/// Fails when Redis does not answer; then none of `regs` is known to be
+/// registered (some may be: removing them is harmless).
+pub async fn add_connections(
+    redis: &RedisHandle,
+    gateway: &str,
+    regs: &[Registration],
+) -> Result<Vec<Option<String>>, RedisError> {
+    // The registrations of each room, in order of first appearance.
+    let mut rooms: Vec<(&RoomId, Vec<usize>)> = Vec::new();
+    for (i, reg) in regs.iter().enumerate() {
+        match rooms.iter_mut().find(|(room, _)| **room == reg.room) {
+            Some((_, members)) => members.push(i),
+            None => rooms.push((&reg.room, vec![i])),
         }
-        joined.extend(redis.script::<Vec<String>>(&inv).await?);
+    }
+    let mut pipe = redis::pipe();
+    let mut calls: Vec<&[usize]> = Vec::new();
+    for (room, members) in &rooms {
+        for chunk in members.chunks(JOIN_CHUNK) {
+            let mut inv = JOIN.key(keys::connections(room));
+            inv.key(keys::room_gateways(room))
+                .key(keys::presence_conns(room))
+                .key(keys::presence_users(room))
+                .arg(gateway);
+            for &i in chunk {
+                let reg = &regs[i];
+                inv.arg(keys::connection_member(gateway, &reg.conn))
+                    .arg(&reg.user.key)
+                    .arg(reg.user.to_json());
+            }
+            pipe.invoke_script(&inv);
+            calls.push(chunk);
+        }
     }
     // Separate slots: not part of the script, and need not be. The room
     // index lets the janitor evict this gateway room by room (room_index).
-    let mut pipe = redis::pipe();
+    let names: Vec<&str> = rooms.iter().map(|(room, _)| room.as_str()).collect();
     pipe.cmd("SADD")
         .arg(keys::ROOMS_ACTIVE)
-        .arg(room.as_str())
+        .arg(&names)
         .ignore();
     pipe.cmd("SADD")
         .arg(keys::gateway_rooms(gateway))
-        .arg(room.as_str())
+        .arg(&names)
         .ignore();
-    redis.pipe::<()>(&pipe).await?;
+    let replies: Vec<Vec<String>> = match redis.pipe(&pipe).await {
+        Err(e) if e.is_no_script() => {
+            redis
+                .query::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(JOIN_LUA))
+                .await?;
+            redis.pipe(&pipe).await?
+        }
+        other => other?,
+    };
+    let mut joined = vec![None; regs.len()];
+    for (chunk, answers) in calls.iter().zip(replies) {
+        for (&i, answer) in chunk.iter().zip(answers) {
+            joined[i] = (!answer.is_empty()).then_some(answer);
+        }
+    }
     Ok(joined)
 }
 
@@ -144,21 +226,6 @@ pub fn local_conn(gateway: &str, member: &str) -> Option<u64> {
     let key = member.strip_prefix(gateway)?.strip_prefix('/')?;
     let id: u64 = key.rsplit_once('-')?.1.parse().ok()?;
     (conn_key(id) == key).then_some(id)
-}
-
-/// Registers a connection of `user`. Returns the user's stored record when
-/// this is the user's first connection to the room (a join).
-///
-/// # Errors
-/// Fails when Redis does not answer.
-pub async fn add_connection(
-    redis: &RedisHandle,
-    gateway: &str,
-    room: &RoomId,
-    conn: &str,
-    user: &PresenceUser,
-) -> Result<Vec<String>, RedisError> {
-    join(redis, gateway, room, &[(conn.to_owned(), user.clone())]).await
 }
 
 /// Removes a connection (a no-op for one that was never registered) and its

@@ -31,6 +31,13 @@ pub(crate) enum CloseReason {
     TokenExpired,
     /// The user was banned from the room (4003).
     Banned,
+    /// Registrations are backed up: the connection was upgraded but could
+    /// not be registered in time; the client retries after this many
+    /// seconds, with jitter (1013).
+    Overloaded {
+        /// The hint in the close reason (`OVERLOAD_RETRY_AFTER_SECS`).
+        retry_after_secs: u16,
+    },
 }
 
 impl CloseReason {
@@ -49,6 +56,7 @@ impl CloseReason {
             Self::SocketError => "socket_error",
             Self::TokenExpired => "token_expired",
             Self::Banned => "banned",
+            Self::Overloaded { .. } => "overloaded",
         }
     }
 
@@ -66,6 +74,12 @@ impl CloseReason {
             Self::ProtocolError(what) => (1002, what),
             Self::TokenExpired => (4001, "token expired"),
             Self::Banned => (4003, "banned"),
+            Self::Overloaded { retry_after_secs } => {
+                return Some(CloseFrame {
+                    code: 1013,
+                    reason: overloaded_reason(retry_after_secs).into(),
+                })
+            }
         };
         Some(CloseFrame {
             code,
@@ -111,6 +125,12 @@ impl CloseReason {
     }
 }
 
+/// The reason text of an overload close: `overloaded: retry after N s`
+/// (clients read N from it, as they read `Retry-After` from a 503).
+pub(crate) fn overloaded_reason(retry_after_secs: u16) -> String {
+    format!("overloaded: retry after {retry_after_secs} s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,11 +149,21 @@ mod tests {
             CloseReason::ProtocolError("x"),
             CloseReason::SocketError,
             CloseReason::TokenExpired,
+            CloseReason::Overloaded {
+                retry_after_secs: 2,
+            },
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), all.len());
         assert_eq!(CloseReason::GapUnfilled.frame().unwrap().code, 1011);
         assert!(CloseReason::Client.frame().is_none());
+        let overloaded = CloseReason::Overloaded {
+            retry_after_secs: 3,
+        }
+        .frame()
+        .unwrap();
+        assert_eq!(overloaded.code, 1013);
+        assert_eq!(overloaded.reason.as_str(), "overloaded: retry after 3 s");
     }
 
     #[test]

@@ -20,10 +20,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::close::CloseReason;
-use super::cursor::Cursor;
+use super::opening::{open, session_frame};
 use super::reader::Reader;
-use super::recovery::{self, RoomHistory};
-use super::writer::{bounded_write, Writer, WriterLimits};
+use super::recovery::RoomHistory;
+use super::writer::{Writer, WriterLimits};
 use super::Resume;
 use crate::delivery::queue;
 use crate::edge::access::IpSlot;
@@ -32,6 +32,7 @@ use crate::edge::listener::AbortSwitch;
 use crate::edge::session::AnonSession;
 use crate::rooms::presence;
 use crate::rooms::presence_events;
+use crate::rooms::registrar::PendingPermit;
 use crate::state::AppState;
 use crate::transport::Transport;
 
@@ -63,6 +64,9 @@ pub(crate) struct Connection {
     pub(crate) slot: IpSlot,
     /// The gateway-wide connection permit; released when the connection ends.
     pub(crate) permit: OwnedSemaphorePermit,
+    /// Its place among the connections being opened
+    /// (`MAX_PENDING_REGISTRATIONS`); released once it is opened.
+    pub(crate) pending: PendingPermit,
     /// Resets the TCP socket on close when the peer stopped reading.
     pub(crate) abort: AbortSwitch,
     /// What carries the frames (the metrics' `transport` label).
@@ -106,6 +110,7 @@ impl Connection {
             anon,
             slot,
             permit,
+            pending,
             abort,
             transport,
         } = unbox(self);
@@ -145,7 +150,7 @@ impl Connection {
         };
         let session = anon.map(|a| session_frame(&a.user_id, &a.session));
         let opening = open(
-            &state, &room, &conn_key, &user, resume, session, &mut sink, &kick, limits,
+            &state, &room, &conn_key, &user, resume, session, &mut sink, &kick, limits, pending,
         );
         let reason = match Box::pin(opening).await {
             Err(reason) => reason,
@@ -224,83 +229,6 @@ fn opened(reader: Reader, transport: Transport) -> Reader {
         "Connection opened"
     );
     reader
-}
-
-/// Whether `user` is banned from `room` now (`false` when Redis does not
-/// answer: the upgrade's check already passed).
-async fn banned_now(state: &AppState, room: &RoomId, user: &str) -> bool {
-    crate::rooms::bans::enabled(state)
-        && crate::rooms::bans::is_banned(&state.redis, room, user)
-            .await
-            .unwrap_or(false)
-}
-
-/// Registers the connection in Redis (so workers route to this gateway, and
-/// the room sees the user present), reads the join history in one consistent
-/// snapshot and sends it. Returns where the client is in the room's
-/// sequence, or the reason to close with.
-#[allow(clippy::too_many_arguments)]
-async fn open<S>(
-    state: &AppState,
-    room: &RoomId,
-    conn_key: &str,
-    user: &PresenceUser,
-    resume: Option<Resume>,
-    session: Option<String>,
-    sink: &mut S,
-    kick: &CancellationToken,
-    limits: WriterLimits,
-) -> Result<Cursor, CloseReason>
-where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
-{
-    let joined =
-        match presence::add_connection(&state.redis, &state.gateway_id, room, conn_key, user).await
-        {
-            Ok(joined) => joined,
-            Err(e) => {
-                metrics::counter!(m::GW_REDIS_ERRORS, "op" => "register").increment(1);
-                tracing::warn!(error = %e, "Cannot register connection in Redis");
-                return Err(CloseReason::Unavailable);
-            }
-        };
-    // The other members learn of a user's first connection; the joiner knows.
-    // (Announced also when closing for a ban below: the leave on close
-    // pairs with it.)
-    let me = chat_shared::keys::connection_member(&state.gateway_id, conn_key);
-    presence_events::announce_except(state, room, PresenceKind::Join, &joined, Some(&me)).await;
-    // Checked again once registered: a ban placed while this connection was
-    // being admitted found no connection to close.
-    if banned_now(state, room, &user.key).await {
-        return Err(CloseReason::Banned);
-    }
-    let history = RoomHistory {
-        state: state.clone(),
-        room: room.clone(),
-    };
-    let on_join = state.config.history_on_join;
-    let joined = match recovery::join(&history, room, resume.as_ref(), on_join).await {
-        Ok(joined) => joined,
-        Err(e) => {
-            metrics::counter!(m::GW_REDIS_ERRORS, "op" => "history").increment(1);
-            tracing::warn!(error = %e, "Cannot read history on join");
-            return Err(CloseReason::Unavailable);
-        }
-    };
-    // The anonymous session goes right after the join's last history frame.
-    for frame in joined.frames.into_iter().chain(session) {
-        let fed = sink.feed(Message::Text(frame.into()));
-        bounded_write(limits.write_timeout, kick, fed).await?;
-    }
-    bounded_write(limits.write_timeout, kick, sink.flush()).await?;
-    Ok(joined.cursor)
-}
-
-/// `{"type":"session","data":{"user_id","session"}}`: the anonymous
-/// identity of this connection and the value that keeps it on reconnect.
-fn session_frame(user_id: &str, session: &str) -> String {
-    serde_json::json!({"type": "session", "data": {"user_id": user_id, "session": session}})
-        .to_string()
 }
 
 /// Moves a value out of its box and frees the box at once (a box moved out

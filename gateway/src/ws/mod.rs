@@ -8,7 +8,7 @@
 //!
 //! The query is validated by [`query`]. Each connection is served by [`connection`]: a [`reader`] for inbound
 //! frames and a [`writer`] that alone writes to the socket, with the pure
-//! ordering [`cursor`], history reads for [`recovery`] and the [`close`]
+//! ordering [`cursor`], the [`opening`] (registration, join history), history reads for [`recovery`] and the [`close`]
 //! reasons.
 
 pub(crate) mod admission;
@@ -16,6 +16,7 @@ mod appender;
 pub(crate) mod close;
 mod connection;
 mod cursor;
+mod opening;
 pub(crate) mod query;
 pub(crate) mod reader;
 mod recovery;

@@ -175,6 +175,21 @@ pub(super) fn describe_all() {
         Unit::Count,
         "Connections closed by the gateway before their upgrade, by reason"
     );
+    describe_gauge!(
+        GW_PENDING_REGISTRATIONS,
+        Unit::Count,
+        "Connections between their upgrade and their registration in Redis with the join history sent"
+    );
+    describe_counter!(
+        GW_CONNECTIONS_SHED,
+        Unit::Count,
+        "Connections refused because registrations are backed up, by reason"
+    );
+    describe_histogram!(
+        GW_REGISTRATION_BATCH,
+        Unit::Count,
+        "Connection registrations sent to Redis in one pipeline"
+    );
     describe_counter!(
         GW_ACCEPT_ERRORS,
         Unit::Count,

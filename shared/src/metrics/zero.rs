@@ -42,6 +42,7 @@ const GW_CLOSE_REASONS: &[&str] = &[
     "socket_error",
     "token_expired",
     "banned",
+    "overloaded",
 ];
 const GW_REJECT_CODES: &[&str] = &[
     "unauthorized",
@@ -50,6 +51,7 @@ const GW_REJECT_CODES: &[&str] = &[
     "banned",
     "too_many_connections",
     "unavailable",
+    "overloaded",
 ];
 const GW_HTTP_REFUSAL_CODES: &[&str] = &[
     "unauthorized",
@@ -107,7 +109,7 @@ pub fn register_at_zero(role: Role) {
             ] {
                 metrics::counter!(name).increment(0);
             }
-            for name in [GW_ROOMS, GW_PENDING_CONNECTIONS] {
+            for name in [GW_ROOMS, GW_PENDING_CONNECTIONS, GW_PENDING_REGISTRATIONS] {
                 metrics::gauge!(name).set(0.0);
             }
             for op in GW_REDIS_OPS {
@@ -136,6 +138,9 @@ pub fn register_at_zero(role: Role) {
             }
             for reason in ["shed", "timeout", "keepalive", "fd_limit"] {
                 metrics::counter!(GW_PENDING_CLOSED, "reason" => reason).increment(0);
+            }
+            for reason in GW_SHED_REASONS {
+                metrics::counter!(GW_CONNECTIONS_SHED, "reason" => *reason).increment(0);
             }
             for kind in ["fd_limit", "no_memory", "connection", "other"] {
                 metrics::counter!(GW_ACCEPT_ERRORS, "kind" => kind).increment(0);
