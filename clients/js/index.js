@@ -6,12 +6,12 @@
 //
 // See README.md in this directory, and the service README's "Protocol".
 
-import { backoffDelay } from "./backoff.js";
+import { backoffDelay, hintedDelay, retryHintMs } from "./backoff.js";
 import { EVENT_TYPES, MessageStore } from "./store.js";
 import { SseSocket } from "./sse.js";
 
 export { MessageStore } from "./store.js";
-export { backoffDelay } from "./backoff.js";
+export { backoffDelay, hintedDelay, retryHintMs } from "./backoff.js";
 export { SseSocket, FetchEventSource } from "./sse.js";
 
 /** @typedef {import("./store.js").ChatMessage} ChatMessage */
@@ -295,7 +295,11 @@ export class ChatClient {
   /** @param {object} [info] */
   retryLater(info = {}) {
     if (this.stopped) return;
-    const delayMs = backoffDelay(this.attempt, this.opts.backoff, this.opts.random);
+    // A gateway refusing for overload (1013) says how long to stay away.
+    const hint = info.code === 1013 ? retryHintMs(info.reason) : undefined;
+    const delayMs = hint === undefined
+      ? backoffDelay(this.attempt, this.opts.backoff, this.opts.random)
+      : hintedDelay(hint, this.attempt, this.opts.backoff, this.opts.random);
     this.attempt++;
     this.setState("reconnecting", { ...info, attempt: this.attempt, delayMs });
     this.retryTimer = this.timers.setTimeout(() => this.openSocket(), delayMs);

@@ -228,6 +228,21 @@ test("backoff grows while connecting fails, and resets once open", async () => {
   assert.equal(delays.at(-1), 50);
 });
 
+test("an overload close (1013) waits the hinted time plus jitter, never less", async () => {
+  const delays = [];
+  const { c } = await joined({ backoff: { initialMs: 100, maxMs: 1000 } });
+  c.on("state", (s) => { if (s.delayMs !== undefined) delays.push(s.delayMs); });
+  FakeSocket.last.drop(1013, "overloaded: retry after 2 s");
+  // 2 s, plus half (random 0.5) of a window as wide as the hint.
+  assert.deepEqual(delays, [3000]);
+  timers.fireAll();
+  await tick();
+  // A slow consumer's 1013 carries no hint: the usual backoff.
+  FakeSocket.last.open();
+  FakeSocket.last.drop(1013, "slow consumer: outbound queue full");
+  assert.deepEqual(delays, [3000, 50]);
+});
+
 test("the token is refreshed before it expires, and after a 4001 close", async () => {
   let n = 0;
   const getToken = async () => token(3600, "u1") + (n++ ? "" : "");
