@@ -9,7 +9,9 @@
 //!   unacked messages allows;
 //! - `conns`: N idle connections in 100 rooms (`--rooms`), each with a
 //!   `username` (or none: `--anonymous`), over several loopback source
-//!   addresses, with connect rate and gateway RSS per connection;
+//!   addresses, with connect rate and gateway RSS per connection
+//!   (`--retry`: counted once registered, refusals retried after their
+//!   hint, drops while held reported; see `storm`);
 //! - `persist`: entries appended straight to the streams, timed until the
 //!   worker has persisted and published them all;
 //! - `reactors`: blocks of distinct users each adding 👍 to one message,
@@ -22,6 +24,7 @@ mod roles;
 mod scenarios;
 mod sse_sub;
 mod stats;
+mod storm;
 
 use std::time::Duration;
 
@@ -125,6 +128,14 @@ enum Scenario {
         /// independent WebSocket client.
         #[arg(long)]
         anonymous: bool,
+        /// Count a connection once registered (its first frame), retry
+        /// refusals after their hint (503 `Retry-After`, 1013) plus jitter,
+        /// and report the connections dropped while held.
+        #[arg(long)]
+        retry: bool,
+        /// Room names are `<prefix>-<n>` (with `--retry`).
+        #[arg(long, default_value = "idle")]
+        room_prefix: String,
     },
     /// Stream → history → publish throughput of the running worker(s).
     Persist {
@@ -260,19 +271,28 @@ async fn main() -> anyhow::Result<()> {
             gateway_pids,
             rooms,
             anonymous,
+            retry,
+            room_prefix,
         } => {
-            scenarios::conns(
-                &targets(&common)?,
-                scenarios::ConnsShape {
-                    count,
-                    parallel,
-                    rooms,
-                    anonymous,
-                },
-                Duration::from_secs(hold),
-                &gateway_pids,
-            )
-            .await?
+            let shape = scenarios::ConnsShape {
+                count,
+                parallel,
+                rooms,
+                anonymous,
+            };
+            if retry {
+                let hold = Duration::from_secs(hold);
+                storm::conns_retrying(&targets(&common)?, shape, &room_prefix, hold, &gateway_pids)
+                    .await?
+            } else {
+                scenarios::conns(
+                    &targets(&common)?,
+                    shape,
+                    Duration::from_secs(hold),
+                    &gateway_pids,
+                )
+                .await?
+            }
         }
         Scenario::Persist {
             common,

@@ -26,7 +26,7 @@ pub(crate) struct Targets {
 
 impl Targets {
     /// The `i`-th client's gateway URL (round-robin) for `room`, and source.
-    fn pick(&self, i: usize, room: &str, extra: &str) -> (String, Option<IpAddr>) {
+    pub(crate) fn pick(&self, i: usize, room: &str, extra: &str) -> (String, Option<IpAddr>) {
         let base = &self.urls[i % self.urls.len()];
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}room={room}{extra}");
