@@ -210,8 +210,11 @@ mod tests {
         }
     }
 
+    /// The batches a test batcher was given, in order.
+    type Seen = Arc<Mutex<Vec<Vec<u32>>>>;
+
     /// A batcher that doubles numbers and records each batch it was given.
-    fn doubler(limits: BatchLimits) -> (Batcher<u32, u32, String>, Arc<Mutex<Vec<Vec<u32>>>>) {
+    fn doubler(limits: BatchLimits) -> (Batcher<u32, u32, String>, Seen) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let batcher = Batcher::spawn(limits, move |items: Vec<u32>| {
