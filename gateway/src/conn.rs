@@ -36,14 +36,16 @@ pub(crate) fn reject(
     ApiError::new(status, code, message).into_response()
 }
 
-/// The refusal of a connection because registrations are backed up:
-/// 503 `overloaded` with `Retry-After`, counted and logged once per
-/// overload episode (a storm refuses thousands).
-fn shed(state: &AppState, transport: Transport) -> Response {
+/// The refusal of a connection because registrations are backed up
+/// (`reason`, see [`crate::rooms::registrar::Registrar::admit`]): 503
+/// `overloaded` with `Retry-After`, counted and logged once per overload
+/// episode (a storm refuses thousands).
+fn shed(state: &AppState, transport: Transport, reason: &'static str) -> Response {
     let retry_after = state.registrar.retry_after_secs();
-    metrics::counter!(m::GW_CONNECTIONS_SHED, "reason" => "pending_registrations").increment(1);
+    metrics::counter!(m::GW_CONNECTIONS_SHED, "reason" => reason).increment(1);
     if state.overload.mark_registrations() {
         tracing::warn!(
+            reason,
             max = state.config.max_pending_registrations,
             retry_after,
             "Registrations backed up: refusing new connections with 503 overloaded"
@@ -107,9 +109,10 @@ pub(crate) async fn admit(
             "gateway is shutting down; connect to another one",
         ));
     }
-    let Some(pending) = state.registrar.admit() else {
-        return Err(shed(state, transport));
-    };
+    let pending = state
+        .registrar
+        .admit()
+        .map_err(|reason| shed(state, transport, reason))?;
     let admitted = admission::admit(
         state,
         &peer,

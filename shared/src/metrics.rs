@@ -98,14 +98,17 @@ pub const GW_ACCEPT_ERRORS: &str = "chat_gateway_accept_errors_total";
 /// `MAX_PENDING_REGISTRATIONS`.
 pub const GW_PENDING_REGISTRATIONS: &str = "chat_gateway_pending_registrations";
 /// Counter: connections refused because registrations are backed up, by
-/// `reason`: `pending_registrations` (503 before the upgrade),
-/// `registration_queue` and `registration_timeout` (1013 after it).
+/// `reason`: `pending_registrations` and `redis_timeouts` (503 before the
+/// upgrade), `registration_queue`, `registration_timeout` and
+/// `history_timeout` (1013 after it).
 pub const GW_CONNECTIONS_SHED: &str = "chat_gateway_connections_shed_total";
 /// The `reason` labels of [`GW_CONNECTIONS_SHED`].
 pub const GW_SHED_REASONS: &[&str] = &[
     "pending_registrations",
+    "redis_timeouts",
     "registration_queue",
     "registration_timeout",
+    "history_timeout",
 ];
 /// Histogram: connection registrations sent to Redis in one pipeline.
 pub const GW_REGISTRATION_BATCH: &str = "chat_gateway_registration_batch_connections";

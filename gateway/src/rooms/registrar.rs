@@ -7,8 +7,10 @@
 //! back at once, and a reconnect storm after a deploy feeds itself).
 //! - **Admission** ([`Registrar::admit`]): at most `MAX_PENDING_REGISTRATIONS`
 //!   connections between their upgrade and the end of their opening
-//!   (registered, join history sent). Above it a request is refused before
-//!   the upgrade with 503 `overloaded` and `Retry-After`.
+//!   (registered, join history sent). Above it, and for a second after an
+//!   opening timed out in Redis (Redis is backed up now, whatever the
+//!   count: the bound that fits depends on how busy Redis is), a request
+//!   is refused before the upgrade with 503 `overloaded` and `Retry-After`.
 //! - **Batching** ([`Registrar::register`]): concurrent registrations share
 //!   one pipeline ([`super::batcher`], [`presence::add_connections`]). A
 //!   registration still queued after one Redis timeout (the batch ahead of
@@ -19,8 +21,9 @@
 //! Each registration gets exactly the answer it got alone: its user's
 //! record when this is the user's first connection to the room.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_shared::metrics as m;
 use chat_shared::redis::{RedisError, RedisHandle};
@@ -53,12 +56,19 @@ impl RegisterError {
     }
 }
 
+/// How long an opening that timed out in Redis keeps new connections out.
+pub const BACKED_UP_WINDOW: Duration = Duration::from_secs(1);
+
 /// The gateway's registrar: the admission bound and the batching task.
 #[derive(Debug)]
 pub struct Registrar {
     pending: Arc<Semaphore>,
     batcher: Batcher<Registration, Option<String>, RedisError>,
     retry_after_secs: u64,
+    origin: Instant,
+    /// Milliseconds since `origin` plus one of the last opening that timed
+    /// out in Redis; 0 = never.
+    timed_out_at: AtomicU64,
 }
 
 impl Registrar {
@@ -82,16 +92,44 @@ impl Registrar {
             pending: Arc::new(Semaphore::new(max_pending)),
             batcher,
             retry_after_secs: config.overload_retry_after_secs,
+            origin: Instant::now(),
+            timed_out_at: AtomicU64::new(0),
         }
     }
 
-    /// Takes a place among the connections being opened, or `None` when
-    /// `MAX_PENDING_REGISTRATIONS` are (the request is then refused with
-    /// 503 `overloaded`). The place is freed when the permit drops.
-    pub fn admit(&self) -> Option<PendingPermit> {
-        let permit = self.pending.clone().try_acquire_owned().ok()?;
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// Records that an opening timed out in Redis (its registration waited
+    /// past the deadline or timed out, or its join history read did): new
+    /// connections are refused for [`BACKED_UP_WINDOW`].
+    pub fn mark_timed_out(&self) {
+        self.timed_out_at.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Takes a place among the connections being opened. Refused (the
+    /// request then gets 503 `overloaded`) with the `reason` label of
+    /// `chat_gateway_connections_shed_total`: `pending_registrations` when
+    /// `MAX_PENDING_REGISTRATIONS` are being opened, `redis_timeouts` within
+    /// [`BACKED_UP_WINDOW`] of an opening that timed out. The place is freed
+    /// when the permit drops.
+    ///
+    /// # Errors
+    /// The refusal's reason.
+    pub fn admit(&self) -> Result<PendingPermit, &'static str> {
+        let last = self.timed_out_at.load(Ordering::Relaxed);
+        let window = BACKED_UP_WINDOW.as_millis() as u64;
+        if last != 0 && self.now_ms().saturating_sub(last) <= window {
+            return Err("redis_timeouts");
+        }
+        let permit = self
+            .pending
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "pending_registrations")?;
         metrics::gauge!(m::GW_PENDING_REGISTRATIONS).increment(1.0);
-        Some(PendingPermit { _permit: permit })
+        Ok(PendingPermit { _permit: permit })
     }
 
     /// Seconds a refused client should wait (`OVERLOAD_RETRY_AFTER_SECS`).
@@ -131,5 +169,31 @@ pub struct PendingPermit {
 impl Drop for PendingPermit {
     fn drop(&mut self) {
         metrics::gauge!(m::GW_PENDING_REGISTRATIONS).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[tokio::test]
+    async fn admission_stops_at_the_bound_and_after_a_timeout() {
+        let cfg = GatewayConfig::parse_from([
+            "chat-gateway",
+            "--max-pending-registrations",
+            "2",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ]);
+        let redis = RedisHandle::new(&cfg.redis).unwrap();
+        let registrar = Registrar::spawn(&cfg, "g".into(), redis);
+        let first = registrar.admit().unwrap();
+        let _second = registrar.admit().unwrap();
+        assert_eq!(registrar.admit().unwrap_err(), "pending_registrations");
+        drop(first);
+        let _third = registrar.admit().unwrap();
+        registrar.mark_timed_out();
+        assert_eq!(registrar.admit().unwrap_err(), "redis_timeouts");
     }
 }

@@ -1,9 +1,9 @@
 //! Opening a connection, between its upgrade and serving it: register it
 //! in Redis (through the gateway's [`crate::rooms::registrar`]), announce
 //! the join, check the ban again, and send the join history and the
-//! anonymous session. A registration that Redis could not take in time
-//! closes the connection with 1013 and a retry hint; any other Redis
-//! failure with 1011 `unavailable`.
+//! anonymous session. A registration or join-history read that Redis could
+//! not answer in time (it is backed up) closes the connection with 1013 and
+//! a retry hint; any other Redis failure with 1011 `unavailable`.
 
 use axum::extract::ws::Message;
 use chat_shared::ephemeral::PresenceKind;
@@ -82,6 +82,11 @@ where
         Ok(joined) => joined,
         Err(e) => {
             metrics::counter!(m::GW_REDIS_ERRORS, "op" => "history").increment(1);
+            if matches!(e, chat_shared::redis::RedisError::Timeout) {
+                // Redis is backed up, as with a registration timeout.
+                tracing::info!("Cannot read history on join in time; closing with 1013");
+                return Err(overloaded(state, "history_timeout"));
+            }
             tracing::warn!(error = %e, "Cannot read history on join");
             return Err(CloseReason::Unavailable);
         }
@@ -118,6 +123,17 @@ fn not_registered(state: &AppState, e: &RegisterError) -> CloseReason {
             tracing::warn!(error = %e, "Cannot register connection in Redis");
             CloseReason::Unavailable
         }
+    }
+}
+
+/// The 1013 close with the retry hint of a connection Redis could not open
+/// in time, counted by `reason` (a label of `chat_gateway_connections_shed_total`).
+fn overloaded(state: &AppState, reason: &'static str) -> CloseReason {
+    metrics::counter!(m::GW_CONNECTIONS_SHED, "reason" => reason).increment(1);
+    state.registrar.mark_timed_out();
+    let secs = state.registrar.retry_after_secs();
+    CloseReason::Overloaded {
+        retry_after_secs: u16::try_from(secs).unwrap_or(u16::MAX),
     }
 }
 

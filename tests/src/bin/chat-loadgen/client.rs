@@ -15,6 +15,24 @@ pub(crate) type Ws = WebSocketStream<TcpStream>;
 /// Connects to `url` (`ws://host:port/...`), binding the local side to
 /// `source` when given (spreads ephemeral ports over loopback addresses).
 pub(crate) async fn connect(url: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+    connect_with(url, source, None).await
+}
+
+/// [`connect`] for a connection that mostly idles: a 4 KiB read buffer
+/// instead of tungstenite's 128 KiB (allocated per connection up front:
+/// 2 GiB for 16,000 connections).
+pub(crate) async fn connect_idle(url: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    connect_with(url, source, Some(config)).await
+}
+
+/// [`connect`] with a tungstenite configuration.
+async fn connect_with(
+    url: &str,
+    source: Option<IpAddr>,
+    config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
+) -> anyhow::Result<Ws> {
     let rest = url
         .strip_prefix("ws://")
         .context("only ws:// URLs are supported")?;
@@ -33,7 +51,7 @@ pub(crate) async fn connect(url: &str, source: Option<IpAddr>) -> anyhow::Result
     }
     let stream = sock.connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, config).await?;
     Ok(ws)
 }
 

@@ -57,7 +57,7 @@ fn close_hint(reason: &str) -> Option<u64> {
 
 /// One attempt: connect, upgrade, wait for the first frame.
 async fn attempt(url: &str, src: Option<IpAddr>, tally: &Tally) -> Outcome {
-    let mut ws = match client::connect(url, src).await {
+    let mut ws = match client::connect_idle(url, src).await {
         Ok(ws) => ws,
         Err(e) => {
             let refused = e
