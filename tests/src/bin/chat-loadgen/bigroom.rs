@@ -187,7 +187,13 @@ struct MemberLinks {
 
 /// One member: joins, then records the publisher's messages; keeps its
 /// socket open (answering pings) until every member has reported.
-async fn member(url: String, src: IpAddr, join_slot: Arc<Semaphore>, messages: u64, l: MemberLinks) {
+async fn member(
+    url: String,
+    src: IpAddr,
+    join_slot: Arc<Semaphore>,
+    messages: u64,
+    l: MemberLinks,
+) {
     let MemberLinks {
         joined: joined_tx,
         seen: seen_tx,
@@ -255,7 +261,13 @@ async fn members(urls: &[String], sources: &[IpAddr], s: Shape) -> anyhow::Resul
         };
         let url = member_url(&urls[i % urls.len()], &s.room);
         let src = sources[i % sources.len()];
-        handles.push(tokio::spawn(member(url, src, slots.clone(), s.messages, links)));
+        handles.push(tokio::spawn(member(
+            url,
+            src,
+            slots.clone(),
+            s.messages,
+            links,
+        )));
     }
     drop((joined_tx, seen_tx));
     let (mut ok, mut failed) = (0u64, 0u64);
