@@ -54,8 +54,10 @@ pub(crate) enum Role {
     Publish {
         #[command(flatten)]
         common: Common,
+        /// The room to send to (the members' room).
         #[arg(long, default_value = "bigroom")]
         room: String,
+        /// Messages to send.
         #[arg(long, default_value_t = 5)]
         messages: u64,
         /// Milliseconds between two sends.
@@ -397,6 +399,7 @@ async fn publish(
     Ok(r)
 }
 
+/// A deadline that never comes (a disabled `select!` arm still needs one).
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400)
 }
