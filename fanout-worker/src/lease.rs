@@ -1,7 +1,7 @@
 //! Shard leases: at most one worker processes a shard at a time.
 //!
-//! A lease is `chat:lease:{shard-n}` = worker id with a TTL, taken with
-//! `SET NX PX` and renewed or released only by its holder (compare-and-set in
+//! A lease is `chat:lease:{shard-n}` = worker id with a TTL, taken when free
+//! (or when Redis still names this worker) and renewed or released only by its holder (compare-and-set in
 //! Lua). The holder also tracks, on its own monotonic clock, until when its
 //! lease is surely still valid ([`LeaseClock`]): the renewal's send time plus
 //! the TTL minus a safety margin. A shard task stops before that instant when
@@ -21,6 +21,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+"#;
+
+/// Takes a free lease, or takes back one Redis still gives this worker (a
+/// shard task that stopped by itself, say because its webhook sender found
+/// the lease lapsed, while no renewal had failed in Redis): its shard then
+/// resumes at the next tick instead of after the whole TTL.
+const ACQUIRE_LUA: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 "#;
 
 const RELEASE_LUA: &str = r#"
@@ -67,20 +82,12 @@ impl Leases {
         self.release_key(&keys::lease(shard)).await
     }
 
-    /// Tries to take the lease stored at `key`.
+    /// Tries to take the lease stored at `key` (free, or already ours).
     pub(crate) async fn acquire_key(&self, key: &str) -> Result<bool, RedisError> {
-        let reply: Option<String> = self
-            .redis
-            .query(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(&self.worker_id)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(self.ttl.as_millis() as u64),
-            )
-            .await?;
-        Ok(reply.is_some())
+        let script = Script::new(ACQUIRE_LUA);
+        let mut inv = script.key(key);
+        inv.arg(&self.worker_id).arg(self.ttl.as_millis() as u64);
+        Ok(self.redis.script::<i64>(&inv).await? == 1)
     }
 
     /// Extends the lease at `key`. `Ok(false)` when it is no longer ours.

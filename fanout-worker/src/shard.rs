@@ -96,7 +96,15 @@ pub(crate) async fn run(
     let mut hold = Hold::new(shard);
     let mut backoff = Duration::from_millis(50);
     tracing::info!(shard, "Shard processing started");
-    while !cancel.is_cancelled() && lease.is_valid() {
+    // The sender stops on its own when it finds the lease lapsed or not
+    // ours; the shard then stops too (it may not have noticed: a lapse can
+    // be undone by a late renewal), so the supervisor restarts both. A
+    // shard running without its sender would queue its rooms' webhooks
+    // forever and deliver none (nemesis, cluster seed 1).
+    let sender_gone = |s: &Option<tokio::task::JoinHandle<()>>| {
+        s.as_ref().is_some_and(tokio::task::JoinHandle::is_finished)
+    };
+    while !cancel.is_cancelled() && lease.is_valid() && !sender_gone(&sender) {
         let c = match conn.as_mut() {
             Some(c) => c,
             None => match open(&ctx, &target, &consumer, &scripts).await {

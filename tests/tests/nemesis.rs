@@ -1,6 +1,6 @@
 //! The nemesis in the test suite, kept short for CI: its checker must
 //! report every planted anomaly (`--self-test`), and short schedules with
-//! fixed seeds (three of 45 s on a single durable Redis, one on a 3+3
+//! fixed seeds (two of 45 s on a single durable Redis, one on a 3+3
 //! cluster) must inject faults and end with 0 anomalies. Long runs are
 //! `scripts/nemesis --schedules 10 --duration 120` (docs/architecture.md,
 //! "Nemesis"); each seed a long run ever finds an anomaly with joins
@@ -19,8 +19,10 @@ use std::sync::Mutex;
 /// run's seq gap (Redis's own AOF repair after a crash cut a transaction;
 /// its forcing test is `redis_aof.rs`, as the moment, +80 s, lies beyond a
 /// short schedule).
-const SINGLE_SEEDS: [u64; 3] = [1, 2, 1003];
-/// Seeds of the short schedules on a cluster.
+const SINGLE_SEEDS: [u64; 2] = [2, 1003];
+/// Seeds of the short schedules on a cluster. 1: a master paused past its
+/// failover left one room's webhook sender stopped while its shard ran on
+/// (forcing test: `webhooks.rs`, `a_sender_that_stops_by_itself_…`).
 const CLUSTER_SEEDS: [u64; 1] = [1];
 /// Seconds per short schedule.
 const SHORT: &str = "45";
@@ -89,7 +91,6 @@ fn short_schedules_on_one_durable_redis_find_no_anomaly() {
 }
 
 #[test]
-#[ignore = "open finding (docs/architecture.md, Nemesis, Open): after a cluster master is SIGSTOPped past the node timeout, one room's webhook events can stop for good (seed 1 at 45 s, 2 of 5 runs)"]
 fn a_short_schedule_on_a_cluster_finds_no_anomaly() {
     for seed in CLUSTER_SEEDS {
         schedule(true, seed);

@@ -439,3 +439,99 @@ async fn a_full_queue_drops_and_counts_new_records() {
     assert_eq!(got, kept);
     assert_eq!(assert_in_order(&events)["wh-full"], 3);
 }
+
+/// A webhook sender that stops by itself (it found the shard's lease not
+/// its worker's, or lapsed) takes its shard task down with it, and the
+/// worker takes the shard back: the room's records keep reaching the
+/// webhook. Before, the shard task ran on without a sender and queued the
+/// room's records for ever (nemesis, cluster seed 1: a master paused past
+/// its failover left one room's webhooks stopped at seq 680).
+///
+/// The sender is made to meet another holder's name for a moment while the
+/// shard task sleeps in its blocking read (`READ_BLOCK_MS` 4 s) between
+/// renewals (every 3 s): only the sender sees it. (Should the shard task's
+/// own read or a renewal fall in that moment, the shard stops anyway and the
+/// test cannot tell; it then passes without proving more.)
+#[tokio::test]
+async fn a_sender_that_stops_by_itself_stops_its_shard_and_the_shard_resumes() {
+    let redis = Redis::start().await;
+    let receiver = Receiver::start(Mode::Accept).await;
+    let env = worker_env(
+        &receiver,
+        &[
+            ("STREAM_SHARDS", "1"),
+            ("LEASE_TTL_MS", "9000"),
+            ("READ_BLOCK_MS", "4000"),
+            // The sender's own stop is logged at debug before the fix, at
+            // warn after it: either way the test sees when it happened.
+            ("RUST_LOG", "info,chat_fanout_worker::webhook::sender=debug"),
+        ],
+    );
+    let worker = start_worker(&redis.url(), "w1", &env).await;
+    wait_metric(&worker.addr(), "chat_worker_shards_owned", 1.0).await;
+    let gw = start_gateway(&redis.url(), "g1", &[("STREAM_SHARDS", "1")]).await;
+    let room = "stop-s";
+    let (mut c, _) = Client::join(&gw.ws_url(&format!("room={room}&username=tester"))).await;
+    let first = acked(&mut c, message_frame(room, "before", "c0")).await;
+    wait_for_all(&receiver.hook, &HashSet::from([first])).await;
+
+    // Both tasks now wait in `XREAD BLOCK`. Another name in the lease, and an
+    // outbox entry (a repeat of the stored record: at least once allows it)
+    // to wake the sender, which finds the lease not ours and stops.
+    let mut r = redis.conn().await;
+    let lease = "chat:lease:{shard-0}";
+    let holder: String = redis::cmd("GET")
+        .arg(lease)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(holder, "w1");
+    let stored: String = redis::cmd("LINDEX")
+        .arg(format!("messages:{room}"))
+        .arg(-1)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(lease)
+        .arg("someone-else")
+        .arg("KEEPTTL")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("chat:webhooks:{shard-0}")
+        .arg("*")
+        .arg("record")
+        .arg(&stored)
+        .arg("at")
+        .arg(0)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    eventually("the webhook sender stops", DEADLINE, || async {
+        worker
+            .proc
+            .log_text()
+            .contains("Webhook sender stopped")
+            .then_some(())
+    })
+    .await;
+    let _: () = redis::cmd("SET")
+        .arg(lease)
+        .arg("w1")
+        .arg("KEEPTTL")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+
+    // A new record wakes the shard task: it must stop for its sender, and
+    // the worker takes its own lease back at once, with a new sender.
+    let second = acked(&mut c, message_frame(room, "after", "c1")).await;
+    let events = wait_for_all(&receiver.hook, &HashSet::from([second])).await;
+    assert_in_order(&events);
+    assert!(
+        worker.proc.log_text().contains("Shard task ended"),
+        "the shard task stopped with its sender"
+    );
+}

@@ -107,7 +107,16 @@ pub(crate) async fn run(
             sleep_or_cancel(&cancel, &mut backoff, MAX_BACKOFF).await;
         }
     }
-    tracing::debug!(shard, "Webhook sender stopped");
+    if cancel.is_cancelled() {
+        tracing::debug!(shard, "Webhook sender stopped");
+    } else {
+        // The shard task sees this sender finished and stops as well.
+        tracing::warn!(
+            shard,
+            lease_valid = lease.is_valid(),
+            "Webhook sender stopped (lease lapsed or not ours); stopping the shard"
+        );
+    }
 }
 
 /// The next entries: claimed while a claim pass is under way, else read.
