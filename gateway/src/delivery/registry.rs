@@ -1,7 +1,8 @@
 //! The local fan-out registry: which connections of this gateway are in which room.
 //!
 //! The subscriber hands each delivery batch here. A message frame is built once
-//! per gateway into shared bytes and offered with `try_send` to each member's
+//! per gateway into shared bytes (its `/sse` event too, once, by the first
+//! `/sse` member to write it) and offered with `try_send` to each member's
 //! bounded queue; a full queue means "slow consumer", decided here and only
 //! here: the member is kicked (its connection closes with 1013) and removed.
 //! Ephemeral frames (join, leave, typing, read) are best-effort instead: a
