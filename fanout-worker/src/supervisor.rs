@@ -53,11 +53,21 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             alive
         });
 
-        // Renew.
+        // Renew, every held lease at once: one after the other, N renewals
+        // took N round trips, and with a slow Redis (a latency of TTL/3/N
+        // is enough) the last lease's clock lapsed before its turn came
+        // round again, stopping shards that nobody else wanted (nemesis:
+        // leases churned hundreds of times per schedule on a busy machine).
+        let sent = Instant::now();
+        let renewals = futures_util::future::join_all(
+            owned
+                .keys()
+                .map(|&shard| tokio::time::timeout(margin, leases.renew(shard))),
+        )
+        .await;
         let mut lost = Vec::new();
-        for (&shard, o) in &owned {
-            let sent = Instant::now();
-            match tokio::time::timeout(margin, leases.renew(shard)).await {
+        for ((&shard, o), renewal) in owned.iter().zip(renewals) {
+            match renewal {
                 Ok(Ok(true)) => o.clock.extend(sent, ttl, margin),
                 Ok(Ok(false)) => {
                     tracing::warn!(shard, "Lease taken by another worker; stopping shard");

@@ -113,26 +113,54 @@ pub fn scratch_dir(base: &Path, tag: &str) -> PathBuf {
     dir
 }
 
-/// A free loopback port (bound, then released).
+/// Where [`free_port`] looks: below Linux's default ephemeral range
+/// (32768–60999), which the kernel draws client sockets' source ports from.
+/// A port picked there by binding port 0 and released again can be taken by
+/// any outgoing connection (a load generator's, another test's) before the
+/// service binds it ("Address already in use": a nemesis schedule that could
+/// not start). Below the range only explicit binds compete.
+const PORTS: std::ops::Range<u16> = 10_000..32_000;
+/// The cluster bus adds 10000 to a node's port: nodes take ports below this,
+/// so that the bus port stays below the ephemeral range too.
+const CLUSTER_PORTS_END: u16 = 22_000;
+
+/// A free loopback port below `end` and outside the ephemeral range (bound,
+/// then released), starting from a random point so that processes picking
+/// at once rarely meet.
+fn free_port_below(end: u16, also_free: impl Fn(u16) -> bool) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(end - PORTS.start);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default()
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let start = seed.wrapping_add(NEXT.fetch_add(7_919, std::sync::atomic::Ordering::Relaxed));
+    for i in 0..span {
+        let port = PORTS.start + ((start.wrapping_add(i)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && also_free(port) {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {}..{end}", PORTS.start);
+}
+
+/// A free loopback port (bound, then released), outside the ephemeral range.
 ///
 /// # Panics
-/// When no port can be bound at all.
+/// When no port in the range can be bound.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("a bound address")
-        .port()
+    free_port_below(PORTS.end, |_| true)
 }
 
 /// A free port whose Redis Cluster bus port (`port + 10000`) is free too.
+///
+/// # Panics
+/// When no such port can be bound.
 pub fn free_cluster_port() -> u16 {
-    loop {
-        let p = free_port();
-        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
-            return p;
-        }
-    }
+    free_port_below(CLUSTER_PORTS_END, |p| {
+        std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+    })
 }
 
 /// Waits until `GET <path>` on `127.0.0.1:<port>` answers 200.

@@ -323,3 +323,37 @@ async fn held_entries_are_counted_left_alone_and_released_by_a_command() {
         .unwrap();
     assert!(left.is_empty(), "the released entry is deleted");
 }
+
+/// A worker renews all its leases at once. Renewed one after the other, 16
+/// leases took 16 round trips: with 150 ms of latency on the way to Redis
+/// (`LEASE_TTL_MS` 3000: a lease is used for 2,250 ms after its renewal
+/// was sent), each lease's next renewal came ~2.7 s after the last, its
+/// clock lapsed, and its shard stopped though no other worker wanted it
+/// (the nemesis saw leases churn hundreds of times per schedule on a busy
+/// machine, and shards whose batches never finished).
+#[tokio::test]
+async fn a_slow_redis_does_not_make_a_worker_drop_its_leases() {
+    let (_redis, proxy) = redis_behind_proxy().await;
+    let url = format!("redis://{}", proxy.addr());
+    let env = [("STREAM_SHARDS", "16"), ("LEASE_TTL_MS", "3000")];
+    let worker = start_worker(&url, "w1", &env).await;
+    wait_metric(&worker.addr(), "chat_worker_shards_owned", 16.0).await;
+
+    proxy.set_latency(Duration::from_millis(150));
+    // Each supervisor round writes and reads the worker registry once.
+    let before = proxy.seen(keys::WORKERS.as_bytes());
+    eventually(
+        "ten supervisor rounds under latency",
+        Duration::from_secs(90),
+        || async { (proxy.seen(keys::WORKERS.as_bytes()) >= before + 20).then_some(()) },
+    )
+    .await;
+    proxy.set_latency(Duration::ZERO);
+    let log = worker.proc.log_text();
+    let stopped = log
+        .lines()
+        .filter(|l| l.contains("Shard processing stopped"))
+        .count();
+    assert_eq!(stopped, 0, "shards stopped under latency:\n{log}");
+    wait_metric(&worker.addr(), "chat_worker_shards_owned", 16.0).await;
+}

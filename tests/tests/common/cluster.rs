@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chat_tests::fault_proxy::FaultProxy;
 
-use super::{free_port, scratch_dir, Proc, DEADLINE, FAST_GW};
+use super::{scratch_dir, Proc, DEADLINE, FAST_GW};
 
 /// One node of a test cluster.
 pub struct Node {
@@ -27,15 +27,7 @@ pub struct RedisCluster {
     pub nodes: Vec<Node>,
 }
 
-/// A free port whose cluster bus port (`port + 10000`) is free too.
-fn free_cluster_port() -> u16 {
-    loop {
-        let p = free_port();
-        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
-            return p;
-        }
-    }
-}
+use chat_tests::procs::free_cluster_port;
 
 fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")

@@ -54,14 +54,9 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A free loopback port (bound then released) below the ephemeral range,
+/// where no client socket can take it before the service binds it.
+pub use chat_tests::procs::free_port;
 
 /// Path of a workspace binary built next to this test executable.
 ///
