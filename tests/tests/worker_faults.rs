@@ -357,3 +357,65 @@ async fn a_slow_redis_does_not_make_a_worker_drop_its_leases() {
     assert_eq!(stopped, 0, "shards stopped under latency:\n{log}");
     wait_metric(&worker.addr(), "chat_worker_shards_owned", 16.0).await;
 }
+
+/// A fenced read that ran, on a cluster, whose reply was lost with its
+/// connection: redis-rs's cluster client used to send it again on a new
+/// connection, and the second read found nothing new. The entries the
+/// first one moved into the worker's pending list were never processed by
+/// it (its re-claim passes skip its own entries), later messages of the room
+/// were stored before them, and a newer holder stored them out of order
+/// (nemesis cluster seed 3003: `sender_order`). Now the worker's own
+/// connections never re-send: the error makes it reconnect, and its claim
+/// pass takes the entries in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_read_whose_reply_is_lost_on_a_cluster_is_not_sent_again() {
+    use chat_shared::cluster::{slot_of, spread_tag};
+    use chat_shared::ids::RoomId;
+    use chat_tests::fault_proxy::Reply;
+    use common::cluster::RedisCluster;
+    use common::store::Store;
+
+    let store = Store::Cluster(RedisCluster::start_proxied(3, 0).await);
+    let Store::Cluster(cluster) = &store else {
+        unreachable!()
+    };
+    let url = cluster.url();
+    let shards_env = [("STREAM_SHARDS", "16")];
+    let gw = start_gateway(&url, "gw1", &[FAST_GW, &shards_env].concat()).await;
+    let room = "orphan-c";
+    let (mut c, _) = Client::join(&gw.ws_url(&format!("room={room}&username=ana"))).await;
+    // Appended before any worker runs: its first read returns all three.
+    for text in ["m1", "m2", "m3"] {
+        send_acked(&mut c, room, text).await;
+    }
+
+    // The shard's fenced read (not its claim, not another shard's read) of
+    // worker w1 with the default batch size.
+    let shard = keys::shard_of(&RoomId::parse(room).unwrap(), 16);
+    let tag = spread_tag(shard, 16);
+    let read = format!(
+        "chat:fence:{{{tag}}}:chat-fanout\r\n$2\r\nw1\r\n$11\r\nchat-fanout\r\n$3\r\n512\r\n$4\r\nread\r\n"
+    );
+    let stream_slot = slot_of(format!("chat:stream:{{{tag}}}").as_bytes());
+    let proxy = cluster.proxy(cluster.master_of(stream_slot));
+    let mut fired = proxy.reset_after_next(read.as_bytes(), Reply::Drop);
+    let _w = start_worker(&url, "w1", &shards_env).await;
+    fired.wait(DEADLINE).await;
+
+    send_acked(&mut c, room, "m4").await;
+    let texts = eventually("m4 persisted", DEADLINE, || async {
+        let texts: Vec<String> = store
+            .stored_records(room)
+            .await
+            .iter()
+            .map(|r| r["message"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        texts.iter().any(|t| t == "m4").then_some(texts)
+    })
+    .await;
+    assert_eq!(
+        texts,
+        ["m1", "m2", "m3", "m4"],
+        "stored in send order, once"
+    );
+}

@@ -13,6 +13,12 @@ impl RedisHandle {
     /// `block` is the longest server-side block the caller will ask for; the
     /// response timeout is that plus the normal timeout.
     ///
+    /// On a cluster it never re-sends a request that may have run (redis-rs
+    /// retries off; [`Conn`] still re-sends a single command a node refused):
+    /// the workers read their streams over it, and a read re-sent after its
+    /// reply was lost used to leave the entries the first one took in the
+    /// reader's pending list, unseen (nemesis cluster seed 3003).
+    ///
     /// # Errors
     /// Fails when Redis cannot be reached in time.
     pub async fn dedicated(&self, block: Duration) -> Result<Conn, RedisError> {
@@ -31,7 +37,7 @@ impl RedisHandle {
                 let client = backend.cluster_client(
                     redis::ProtocolVersion::RESP2,
                     block + self.timeout,
-                    true,
+                    false,
                 )?;
                 let config = redis::cluster::ClusterConfig::new()
                     .set_connection_timeout(self.timeout)
