@@ -6,10 +6,9 @@
 // failed wait `FAIL <what> <json>` (then exits 1). Before the drain phase it
 // prints `PHASE drain-ready {"port":..}` and expects the test to SIGTERM the
 // gateway on that port. Every wait has a deadline; nothing sleeps and hopes.
-import { chromium } from "playwright-core";
-import { mkdtempSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { launch, list, report, say, tryWait, waitCount, waitFor } from "./lib.mjs";
 
 const [base1, base2, shotDir] = process.argv.slice(2);
 if (!base1 || !base2 || !shotDir) {
@@ -19,17 +18,8 @@ if (!base1 || !base2 || !shotDir) {
 mkdirSync(shotDir, { recursive: true });
 const ws = (base) => base.replace(/^http/, "ws") + "/ws";
 const room = "demo-" + Math.random().toString(36).slice(2, 8);
-const WAIT = 20_000;
-const report = (name, data) => console.log(`PHASE ${name} ${JSON.stringify(data)}`);
 
-const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "chat-demo-")), {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch("demo");
 const timer = setTimeout(() => { console.error("demo-chat timed out"); process.exit(1); }, 240_000);
 
 // A network cut the page cannot tell from a real one: while `__net.down`, new
@@ -184,20 +174,7 @@ try {
   await browser.close();
 }
 
-// ---- helpers ---------------------------------------------------------------
-
-/** Type and send through the page's composer (Enter), as a user does. */
-async function say(p, text) {
-  await p.fill("#composer-input", text);
-  await p.press("#composer-input", "Enter");
-}
-
-async function list(p) {
-  return p.$$eval("#messages > li", (lis) => lis.map((li) => ({
-    seq: Number(li.dataset.seq), id: li.dataset.id,
-    author: li.querySelector(".author").textContent, text: li.querySelector(".text").textContent,
-  })));
-}
+// ---- helpers (the shared ones are in lib.mjs) -------------------------------
 
 async function states(p) {
   return p.evaluate(() => window.__states.map((s) => ({ state: s.state, code: s.code, url: s.url })));
@@ -205,25 +182,4 @@ async function states(p) {
 
 async function connectedUrl(p) {
   return p.evaluate(() => { const c = window.chatDemo.client; return c.urls[c.urlIndex % c.urls.length]; });
-}
-
-async function waitCount(p, n, timeout = WAIT) {
-  await waitFor(p, `${n} messages`, (n) => document.querySelectorAll("#messages > li").length >= n, n, timeout);
-}
-
-async function waitFor(p, what, fn, arg, timeout = WAIT) {
-  try {
-    return await p.waitForFunction(fn, arg, { timeout, polling: 20 });
-  } catch (e) {
-    throw new Error(`waiting for ${what}: ${e.message}`);
-  }
-}
-
-/** A condition that may never hold (a server feature missing): its value, or null. */
-async function tryWait(p, fn, timeout = 8_000) {
-  try {
-    return await (await p.waitForFunction(fn, null, { timeout, polling: 50 })).jsonValue();
-  } catch {
-    return null;
-  }
 }

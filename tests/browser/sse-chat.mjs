@@ -6,10 +6,7 @@
 // Usage: node sse-chat.mjs <http-base>
 // Prints `PHASE <name> <json>` lines for the Rust test to assert on, and on a
 // failed wait `FAIL <what> <json>` (then exits 1). Every wait has a deadline.
-import { chromium } from "playwright-core";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { launch, list, report, say, tryWait, waitCount, waitFor } from "./lib.mjs";
 
 const [base] = process.argv.slice(2);
 if (!base) {
@@ -17,17 +14,8 @@ if (!base) {
   process.exit(2);
 }
 const room = "sse-" + Math.random().toString(36).slice(2, 8);
-const WAIT = 20_000;
-const report = (name, data) => console.log(`PHASE ${name} ${JSON.stringify(data)}`);
 
-const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "chat-sse-")), {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch("sse");
 const timer = setTimeout(() => { console.error("sse-chat timed out"); process.exit(1); }, 180_000);
 
 let a, b;
@@ -108,36 +96,4 @@ try {
 } finally {
   clearTimeout(timer);
   await browser.close();
-}
-
-async function say(p, text) {
-  await p.fill("#composer-input", text);
-  await p.press("#composer-input", "Enter");
-}
-
-async function list(p) {
-  return p.$$eval("#messages > li", (lis) => lis.map((li) => ({
-    seq: Number(li.dataset.seq), id: li.dataset.id,
-    author: li.querySelector(".author").textContent, text: li.querySelector(".text").textContent,
-  })));
-}
-
-async function waitCount(p, n, timeout = WAIT) {
-  await waitFor(p, `${n} messages`, (n) => document.querySelectorAll("#messages > li").length >= n, n, timeout);
-}
-
-async function waitFor(p, what, fn, arg, timeout = WAIT) {
-  try {
-    return await p.waitForFunction(fn, arg, { timeout, polling: 20 });
-  } catch (e) {
-    throw new Error(`waiting for ${what}: ${e.message}`);
-  }
-}
-
-async function tryWait(p, fn, timeout = 8_000) {
-  try {
-    return await (await p.waitForFunction(fn, undefined, { timeout, polling: 20 })).jsonValue();
-  } catch {
-    return null;
-  }
 }

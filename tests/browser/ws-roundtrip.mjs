@@ -5,24 +5,14 @@
 // Usage: node ws-roundtrip.mjs <ws-url-gateway-1> <ws-url-gateway-2>
 // Prints one JSON line `PHASE1 {...}` once the exchange is done, then waits
 // (bounded) for the first socket's close and prints `PHASE2 {"code":..}`.
-import { chromium } from "playwright-core";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { launch } from "./lib.mjs";
 
 const [url1, url2] = process.argv.slice(2);
 if (!url1 || !url2) {
   console.error("usage: node ws-roundtrip.mjs <ws-url-1> <ws-url-2>");
   process.exit(2);
 }
-const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "chat-chromium-")), {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch("chromium");
 const timer = setTimeout(() => { console.error("timed out"); process.exit(1); }, 60_000);
 try {
   const page = await browser.newPage();

@@ -64,9 +64,79 @@ async fn refused(c: &mut Client, frame: Value) -> String {
     }
 }
 
-/// What a door is called with and must answer: description, path, bearer,
-/// status, error code.
-type Case<'a> = (&'a str, String, Option<&'a str>, u16, Option<&'a str>);
+/// A caller of a door: description, path, bearer, and the refusal it must
+/// get (status, error code), `None` when it is let in.
+type Case<'a> = (&'a str, String, Option<&'a str>, Option<(u16, &'a str)>);
+
+/// The callers every room door is walked with: the ones `/ws` refuses (no
+/// credentials, a bad token, a token for other rooms, a banned user) and a
+/// valid token by header and in the query.
+fn callers<'a>(door: &str, good: &'a str, other_room: &'a str, banned: &'a str) -> Vec<Case<'a>> {
+    let sep = if door.contains('?') { '&' } else { '?' };
+    vec![
+        (
+            "no credentials",
+            door.into(),
+            None,
+            Some((401, "unauthorized")),
+        ),
+        (
+            "a bad token",
+            door.into(),
+            Some("not-a-token"),
+            Some((401, "unauthorized")),
+        ),
+        (
+            "a token for other rooms",
+            door.into(),
+            Some(other_room),
+            Some((403, "forbidden")),
+        ),
+        (
+            "a banned user",
+            door.into(),
+            Some(banned),
+            Some((403, "banned")),
+        ),
+        ("a token by header", door.into(), Some(good), None),
+        (
+            "a token in the query",
+            format!("{door}{sep}token={good}"),
+            None,
+            None,
+        ),
+    ]
+}
+
+/// Calls `method door` with `body` as each of `cases`: a refused caller
+/// gets its status and error code and none of the room's history; a caller
+/// let in gets one of the `admitted` statuses.
+async fn walk(
+    gw: &Gateway,
+    method: &str,
+    door: &str,
+    body: &str,
+    cases: Vec<Case<'_>>,
+    admitted: &[u16],
+) {
+    for (what, path, bearer, refusal) in cases {
+        let (status, answer) = call(gw, method, &path, bearer, body).await;
+        match refusal {
+            Some((want, code)) => {
+                assert_eq!(status, want, "{method} {door} with {what}: {answer}");
+                assert_eq!(answer["error"]["code"], code, "{method} {door} with {what}");
+                assert!(
+                    !answer.to_string().contains("swordfish"),
+                    "{door} leaked history to {what}"
+                );
+            }
+            None => assert!(
+                admitted.contains(&status),
+                "{method} {door} with {what}: {status} {answer}"
+            ),
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_http_door_applies_the_ws_checks() {
@@ -98,57 +168,9 @@ async fn every_http_door_applies_the_ws_checks() {
     let other_room = token("bo", Some(&["lobby", "team-*"]));
     let banned = token("troll", None);
     for door in doors {
-        let sep = if door.contains('?') { '&' } else { '?' };
-        let cases: [Case; 7] = [
-            (
-                "no credentials",
-                door.into(),
-                None,
-                401,
-                Some("unauthorized"),
-            ),
-            (
-                "a bad token",
-                door.into(),
-                Some("not-a-token"),
-                401,
-                Some("unauthorized"),
-            ),
-            (
-                "a token for other rooms",
-                door.into(),
-                Some(&other_room),
-                403,
-                Some("forbidden"),
-            ),
-            (
-                "a banned user",
-                door.into(),
-                Some(&banned),
-                403,
-                Some("banned"),
-            ),
-            ("a token by header", door.into(), Some(&good), 200, None),
-            (
-                "a token in the query",
-                format!("{door}{sep}token={good}"),
-                None,
-                200,
-                None,
-            ),
-            ("an API key", door.into(), Some(API_KEY), 200, None),
-        ];
-        for (what, path, bearer, want, code) in cases {
-            let (status, body) = call(&gw, "GET", &path, bearer, "").await;
-            assert_eq!(status, want, "GET {door} with {what}: {body}");
-            if let Some(code) = code {
-                assert_eq!(body["error"]["code"], code, "GET {door} with {what}");
-                assert!(
-                    !body.to_string().contains("swordfish"),
-                    "{door} leaked history to {what}"
-                );
-            }
-        }
+        let mut cases = callers(door, &good, &other_room, &banned);
+        cases.push(("an API key", door.into(), Some(API_KEY), None));
+        walk(&gw, "GET", door, "", cases, &[200]).await;
     }
     // The write doors (wave 3): sending over HTTP takes the same checks,
     // then answers as /ws would (a presence request here).
@@ -158,56 +180,8 @@ async fn every_http_door_applies_the_ws_checks() {
         } else {
             json!({"message": "over http", "client_id": "h1"})
         };
-        let cases: [Case; 6] = [
-            (
-                "no credentials",
-                door.into(),
-                None,
-                401,
-                Some("unauthorized"),
-            ),
-            (
-                "a bad token",
-                door.into(),
-                Some("not-a-token"),
-                401,
-                Some("unauthorized"),
-            ),
-            (
-                "a token for other rooms",
-                door.into(),
-                Some(&other_room),
-                403,
-                Some("forbidden"),
-            ),
-            (
-                "a banned user",
-                door.into(),
-                Some(&banned),
-                403,
-                Some("banned"),
-            ),
-            ("a token by header", door.into(), Some(&good), 0, None),
-            (
-                "a token in the query",
-                format!("{door}?token={good}"),
-                None,
-                0,
-                None,
-            ),
-        ];
-        for (what, path, bearer, want, code) in cases {
-            let (status, answer) = call(&gw, "POST", &path, bearer, &body.to_string()).await;
-            if let Some(code) = code {
-                assert_eq!(status, want, "POST {door} with {what}: {answer}");
-                assert_eq!(answer["error"]["code"], code, "POST {door} with {what}");
-            } else {
-                assert!(
-                    status == 200 || status == 201,
-                    "POST {door} with {what}: {status} {answer}"
-                );
-            }
-        }
+        let cases = callers(door, &good, &other_room, &banned);
+        walk(&gw, "POST", door, &body.to_string(), cases, &[200, 201]).await;
     }
     // /sse refuses like /ws.
     for (what, query, want) in [

@@ -22,8 +22,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use chat_tests::http_request;
+use common::receiver::Receiver;
 use common::webhooks::{check_standard_webhook, standardwebhooks_python};
 use common::*;
 use serde_json::{json, Value};
@@ -75,30 +75,9 @@ impl Hook {
 /// submitted text: `reject…` → reject (reason `no: <text>`), `modify:<x>` →
 /// modify to `modified(<x>)`, `slow…` → accept after [`SLOW`], `fail…` →
 /// 500, `jitter…` → accept after 0–40 ms, anything else → accept.
-struct Receiver {
-    url: String,
-    hook: Arc<Hook>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Receiver {
+impl Receiver<Hook> {
     async fn start() -> Self {
-        let hook = Arc::new(Hook::default());
-        let app = axum::Router::new()
-            .route("/hook", post(receive))
-            .with_state(hook.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { url, hook, task }
+        Receiver::serve(Hook::default(), receive).await
     }
 }
 
@@ -153,7 +132,7 @@ async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes)
 struct Rig {
     gateway: Gateway,
     _worker: Worker,
-    receiver: Receiver,
+    receiver: Receiver<Hook>,
     redis: Redis,
 }
 

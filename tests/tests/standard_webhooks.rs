@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use common::receiver::Receiver;
 use common::webhooks::{check_standard_webhook, standardwebhooks_python};
 use common::*;
 use hmac::{Hmac, Mac};
@@ -79,35 +79,15 @@ impl Hook {
 }
 
 /// A recording webhook receiver on a free loopback port.
-struct Receiver {
-    url: String,
-    hook: Arc<Hook>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Receiver {
+impl Receiver<Hook> {
     /// Fails the first `fail` requests (each answered after `fail_delay`).
     async fn start(fail: usize, fail_delay: Duration) -> Self {
-        let hook = Arc::new(Hook {
+        let hook = Hook {
             fail_next: AtomicUsize::new(fail),
             fail_delay,
             seen: Mutex::new(Vec::new()),
-        });
-        let app = axum::Router::new()
-            .route("/hook", post(receive))
-            .with_state(hook.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { url, hook, task }
+        };
+        Receiver::serve(hook, receive).await
     }
 }
 
@@ -169,13 +149,13 @@ fn assert_signed(seen: &Seen, secret: &str, standard_key: &[u8]) {
 struct Rig {
     gateway: Gateway,
     worker: Worker,
-    receiver: Receiver,
+    receiver: Receiver<Hook>,
     redis: Redis,
 }
 
 /// The worker's environment for `receiver` with `secret`, plus `extra`.
 fn worker_env<'a>(
-    receiver: &'a Receiver,
+    receiver: &'a Receiver<Hook>,
     secret: &'a str,
     extra: &[(&'a str, &'a str)],
 ) -> Vec<(&'a str, &'a str)> {
@@ -188,7 +168,7 @@ fn worker_env<'a>(
 }
 
 impl Rig {
-    async fn start(receiver: Receiver, secret: &str, extra: &[(&str, &str)]) -> Self {
+    async fn start(receiver: Receiver<Hook>, secret: &str, extra: &[(&str, &str)]) -> Self {
         let redis = Redis::start().await;
         let env = worker_env(&receiver, secret, extra);
         let worker = start_worker(&redis.url(), "w1", &env).await;

@@ -16,9 +16,9 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use common::receiver::Receiver;
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -69,37 +69,17 @@ impl Hook {
     }
 }
 
-/// A webhook receiver on a free loopback port.
-struct Receiver {
-    url: String,
-    hook: Arc<Hook>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Receiver {
+/// A webhook receiver on a free loopback port, in `mode`.
+impl Receiver<Hook> {
     async fn start(mode: Mode) -> Self {
-        let hook = Arc::new(Hook {
+        let hook = Hook {
             mode: AtomicU8::new(mode as u8),
             requests: AtomicUsize::new(0),
             bad_signatures: AtomicUsize::new(0),
             delay_ms: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
-        });
-        let app = axum::Router::new()
-            .route("/hook", post(receive))
-            .with_state(hook.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { url, hook, task }
+        };
+        Receiver::serve(hook, receive).await
     }
 }
 
@@ -147,7 +127,10 @@ fn signed(headers: &HeaderMap, body: &[u8]) -> bool {
 }
 
 /// The worker's environment for `receiver`, plus `extra` (later entries win).
-fn worker_env<'a>(receiver: &'a Receiver, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+fn worker_env<'a>(
+    receiver: &'a Receiver<Hook>,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
     let base = [
         ("STREAM_SHARDS", SHARDS),
         ("WEBHOOK_URL", receiver.url.as_str()),
@@ -162,7 +145,7 @@ fn worker_env<'a>(receiver: &'a Receiver, extra: &[(&'a str, &'a str)]) -> Vec<(
 struct Rig {
     gateway: Gateway,
     worker: Worker,
-    receiver: Receiver,
+    receiver: Receiver<Hook>,
     _redis: Redis,
 }
 

@@ -1,7 +1,8 @@
 //! The local fan-out registry: which connections of this gateway are in which room.
 //!
 //! The subscriber hands each delivery batch here. A message frame is built once
-//! per gateway into shared bytes and offered with `try_send` to each member's
+//! per gateway into shared bytes (its `/sse` event too, once, by the first
+//! `/sse` member to write it) and offered with `try_send` to each member's
 //! bounded queue; a full queue means "slow consumer", decided here and only
 //! here: the member is kicked (its connection closes with 1013) and removed.
 //! Ephemeral frames (join, leave, typing, read) are best-effort instead: a
@@ -9,8 +10,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
+use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
 use chat_shared::envelope::{now_us, DeliveryBatch};
 use chat_shared::ephemeral::EphemeralEvent;
@@ -60,6 +62,28 @@ pub struct LiveMessage {
     pub epoch: Arc<str>,
     /// The serialized `message` frame, shared by every recipient.
     pub frame: Utf8Bytes,
+    /// The frame as a server-sent event, built by the first `/sse`
+    /// recipient to write it and shared by the others (empty in a room
+    /// without one).
+    sse: OnceLock<Bytes>,
+}
+
+impl LiveMessage {
+    /// A live message of `frame`, at `seq` of `epoch`.
+    pub fn new(seq: u64, epoch: Arc<str>, frame: Utf8Bytes) -> Self {
+        Self {
+            seq,
+            epoch,
+            frame,
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// The frame's encoding for `/sse`: `encode` runs once per message, and
+    /// every recipient gets the same bytes.
+    pub fn sse_event(&self, encode: impl FnOnce(&str) -> Bytes) -> Bytes {
+        self.sse.get_or_init(|| encode(self.frame.as_str())).clone()
+    }
 }
 
 /// What the registry holds per connection.
@@ -220,11 +244,11 @@ impl LocalRooms {
                 tracing::warn!(seq = d.seq, "Delivered record is not JSON; skipped");
                 continue;
             };
-            let live = Arc::new(LiveMessage {
-                seq: d.seq,
-                epoch: Arc::from(d.epoch.as_str()),
-                frame: Utf8Bytes::from(frame),
-            });
+            let live = Arc::new(LiveMessage::new(
+                d.seq,
+                Arc::from(d.epoch.as_str()),
+                Utf8Bytes::from(frame),
+            ));
             for member in members.values() {
                 if member.kicked.load(Ordering::Relaxed) {
                     continue;

@@ -9,15 +9,23 @@
 //! nor `truncated` (an empty join or recovery: everything up to
 //! `latest_seq` is accounted for). Other frames (acks, typing, presence,
 //! errors, the session) have no id.
+//!
+//! Events are written as bytes, byte for byte what axum's `Event` writes,
+//! so that a live message's event is encoded once and shared by every
+//! `/sse` member of its room ([`live`]) instead of parsed and formatted per
+//! connection.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
-use axum::response::sse::Event;
+use axum::body::Bytes;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+use crate::delivery::registry::LiveMessage;
+
 /// The SSE comment that keeps an idle stream alive.
-pub(crate) const KEEPALIVE: &str = "keepalive";
+pub(crate) const KEEPALIVE: Bytes = Bytes::from_static(b": keepalive\n\n");
 
 #[derive(Deserialize)]
 struct Peek<'a> {
@@ -77,16 +85,36 @@ pub(crate) fn event_id(text: &str) -> Option<u64> {
     }
 }
 
-/// The event for one frame. The gateway's JSON never holds a raw line
-/// break (serde escapes them in strings); one in a record written by
-/// another program is JSON whitespace and becomes a space.
-pub(crate) fn event(text: &str) -> Event {
+/// The event for one frame: `data: <frame>`, then `id: <id>` when it has
+/// one, then the blank line that ends it. The gateway's JSON never holds a
+/// raw line break (serde escapes them in strings); one in a record written
+/// by another program is JSON whitespace and becomes a space.
+pub(crate) fn event(text: &str) -> Bytes {
     let id = event_id(text);
-    let event = Event::default().data(one_line(text));
-    match id {
-        Some(id) => event.id(id.to_string()),
-        None => event,
+    let data = one_line(text);
+    let mut out = String::with_capacity(data.len() + 32);
+    // As axum's `Event::data`: no field for no data.
+    if !data.is_empty() {
+        out.push_str("data: ");
+        out.push_str(&data);
+        out.push('\n');
     }
+    if let Some(id) = id {
+        let _ = writeln!(out, "id: {id}");
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// The event of a live message: encoded by the first `/sse` member of the
+/// room to write it, then the same bytes for the others.
+pub(crate) fn live(live: &LiveMessage) -> Bytes {
+    live.sse_event(event)
+}
+
+/// A comment line (`: <text>`) as a whole event; line breaks become spaces.
+pub(crate) fn comment(text: &str) -> Bytes {
+    Bytes::from(format!(": {}\n\n", one_line(text)))
 }
 
 /// `text` without line breaks (an SSE `data:` field ends at one).
@@ -100,6 +128,11 @@ fn one_line(text: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
+    use axum::response::sse::{Event, Sse};
+    use axum::response::IntoResponse;
+
     use super::*;
 
     #[test]
@@ -128,5 +161,54 @@ mod tests {
     fn line_breaks_never_split_an_event() {
         assert_eq!(one_line("{\"a\":\r\n1}"), "{\"a\":  1}");
         assert!(matches!(one_line("{}"), Cow::Borrowed(_)));
+    }
+
+    /// What axum's `Sse` writes for `event`.
+    async fn written_by_axum(event: Event) -> Bytes {
+        let body = Sse::new(futures_util::stream::iter([Ok::<_, Infallible>(event)]));
+        axum::body::to_bytes(body.into_response().into_body(), usize::MAX)
+            .await
+            .unwrap()
+    }
+
+    /// The wire format is axum's, which clients were served before events
+    /// were encoded here.
+    #[tokio::test]
+    async fn events_are_byte_for_byte_axums() {
+        for text in [
+            r#"{"type":"message","data":{"id":"x","room":"r","seq":42}}"#,
+            r#"{"type":"history","data":{"messages":[],"room":"r","latest_seq":9}}"#,
+            r#"{"type":"ack","data":{"client_id":"c","id":"x"}}"#,
+            "{\"type\":\"edit\",\r\n\"data\":{\"seq\":7}}",
+            "",
+        ] {
+            let axums = Event::default().data(one_line(text));
+            let axums = match event_id(text) {
+                Some(id) => axums.id(id.to_string()),
+                None => axums,
+            };
+            assert_eq!(event(text), written_by_axum(axums).await, "{text:?}");
+        }
+        let keepalive = Event::default().comment("keepalive");
+        assert_eq!(KEEPALIVE, written_by_axum(keepalive).await);
+        let close = Event::default().comment("close 1001 going  away");
+        assert_eq!(
+            comment("close 1001 going\r\naway"),
+            written_by_axum(close).await
+        );
+    }
+
+    /// Every `/sse` member of a room writes the same bytes for a live
+    /// message, encoded once.
+    #[test]
+    fn a_live_messages_event_is_encoded_once() {
+        let frame = r#"{"type":"message","data":{"room":"r","seq":5}}"#;
+        let live = LiveMessage::new(5, "e".into(), frame.into());
+        let (a, b) = (super::live(&live), super::live(&live));
+        assert_eq!(
+            a,
+            "data: {\"type\":\"message\",\"data\":{\"room\":\"r\",\"seq\":5}}\nid: 5\n\n"
+        );
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer, shared");
     }
 }

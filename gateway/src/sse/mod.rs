@@ -19,9 +19,9 @@ pub(crate) mod stream;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use chat_shared::metrics as m;
@@ -103,8 +103,14 @@ pub(crate) async fn stream(
         }
         .instrument(span),
     );
-    let mut response = Sse::new(body).into_response();
+    let mut response = Body::from_stream(body).into_response();
     let h = response.headers_mut();
+    // What axum's `Sse` response sets.
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies (nginx) must pass events on as they come.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     // The connection ends with the stream: no keep-alive reuse after it.

@@ -1,8 +1,9 @@
 //! The plumbing between a connection's writer and hyper's response body.
 //!
-//! The writer writes WebSocket messages to a sink; [`SseSink`] turns them
-//! into events (text frames as `data:` with their id, pings as the
-//! `: keepalive` comment, the close as a last comment) in a small bounded
+//! The writer writes WebSocket messages to a sink, as [`SseFrame`]s: text
+//! frames as events with their id (a live message's event is encoded once
+//! for every `/sse` member of its room), pings as the `: keepalive` comment,
+//! the close as a last comment. [`SseSink`] puts them in a small bounded
 //! channel that the response body ([`SseBody`]) drains as hyper writes. A
 //! client that stops reading fills the socket, then hyper's buffer, then the
 //! channel: the writer's next write waits, and after `WRITE_TIMEOUT_MS` (or
@@ -16,26 +17,53 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::ws::Message;
-use axum::response::sse::Event;
 use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard, PollSender, WaitForCancellationFutureOwned};
 
 use super::frame;
+use crate::delivery::registry::LiveMessage;
+use crate::ws::outgoing::Outgoing;
 
 /// Events buffered between the writer and the body (hyper buffers more).
 pub(crate) const EVENT_BUFFER: usize = 16;
 
+/// One frame of the writer as the bytes of an event; `None` for what SSE
+/// does not carry (binary frames, pongs: never written).
+#[derive(Debug)]
+pub(crate) struct SseFrame(Option<Bytes>);
+
+impl From<Message> for SseFrame {
+    fn from(message: Message) -> Self {
+        Self(match message {
+            Message::Text(text) => Some(frame::event(text.as_str())),
+            Message::Ping(_) => Some(frame::KEEPALIVE),
+            Message::Close(close) => {
+                let why = close.map_or_else(String::new, |c| format!(" {} {}", c.code, c.reason));
+                Some(frame::comment(&format!("close{why}")))
+            }
+            Message::Binary(_) | Message::Pong(_) => None,
+        })
+    }
+}
+
+impl Outgoing for SseFrame {
+    fn live(live: &LiveMessage) -> Self {
+        Self(Some(frame::live(live)))
+    }
+}
+
 /// The writer's sink on an SSE connection.
 #[derive(Debug)]
 pub(crate) struct SseSink {
-    events: PollSender<Event>,
+    events: PollSender<Bytes>,
 }
 
 impl SseSink {
     /// A sink feeding `events`.
-    pub(crate) fn new(events: mpsc::Sender<Event>) -> Self {
+    pub(crate) fn new(events: mpsc::Sender<Bytes>) -> Self {
         Self {
             events: PollSender::new(events),
         }
@@ -46,26 +74,18 @@ fn gone<E: std::error::Error + Send + Sync + 'static>(e: E) -> axum::Error {
     axum::Error::new(e)
 }
 
-impl Sink<Message> for SseSink {
+impl Sink<SseFrame> for SseSink {
     type Error = axum::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.events.poll_reserve(cx).map_err(gone)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-        let event = match item {
-            Message::Text(text) => frame::event(text.as_str()),
-            Message::Ping(_) => Event::default().comment(frame::KEEPALIVE),
-            Message::Close(close) => {
-                let why = close.map_or_else(String::new, |c| format!(" {} {}", c.code, c.reason));
-                Event::default().comment(format!("close{}", why.replace(['\n', '\r'], " ")))
-            }
-            // Nothing else is ever written; the reserved slot is given back.
-            Message::Binary(_) | Message::Pong(_) => {
-                self.events.abort_send();
-                return Ok(());
-            }
+    fn start_send(mut self: Pin<&mut Self>, item: SseFrame) -> Result<(), Self::Error> {
+        let SseFrame(Some(event)) = item else {
+            // Nothing to write; the reserved slot is given back.
+            self.events.abort_send();
+            return Ok(());
         };
         self.events.send_item(event).map_err(gone)
     }
@@ -89,7 +109,7 @@ impl Sink<Message> for SseSink {
 /// written or the client has gone) fires the `done` token.
 #[derive(Debug)]
 pub(crate) struct SseBody {
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<Bytes>,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
     dead: bool,
     _done: DropGuard,
@@ -99,7 +119,7 @@ impl SseBody {
     /// A body of `events`, ended with an error when `kill` fires; `done`
     /// fires when it is dropped.
     pub(crate) fn new(
-        events: mpsc::Receiver<Event>,
+        events: mpsc::Receiver<Bytes>,
         kill: CancellationToken,
         done: CancellationToken,
     ) -> Self {
@@ -113,7 +133,7 @@ impl SseBody {
 }
 
 impl Stream for SseBody {
-    type Item = Result<Event, std::io::Error>;
+    type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.dead {

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::close::CloseReason;
 use super::opening::{open, session_frame};
+use super::outgoing::Outgoing;
 use super::reader::Reader;
 use super::recovery::RoomHistory;
 use super::writer::{Writer, WriterLimits};
@@ -88,16 +89,18 @@ impl Connection {
     }
 
     /// Serves the connection over any transport that takes and gives
-    /// WebSocket messages (`/sse` adapts its stream to this), with a ping
-    /// (or keep-alive) every `ping_interval`, until it ends; returns why.
-    pub(crate) async fn serve_on<S, R>(
+    /// WebSocket messages (`/sse` adapts its stream and encodes them,
+    /// [`Outgoing`]), with a ping (or keep-alive) every `ping_interval`,
+    /// until it ends; returns why.
+    pub(crate) async fn serve_on<S, R, M>(
         self: Box<Self>,
         mut sink: S,
         mut stream: R,
         ping_interval: Duration,
     ) -> CloseReason
     where
-        S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+        S: futures_util::Sink<M, Error = axum::Error> + Unpin,
+        M: Outgoing,
         R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
         let Self {
@@ -241,7 +244,7 @@ fn unbox<T>(boxed: Box<T>) -> T {
 /// Runs both halves until one ends. The halves are borrowed, not moved in:
 /// an `async fn` keeps its by-value arguments twice (as passed, and moved
 /// into its body), and these live as long as the connection.
-async fn serve<S, R>(
+async fn serve<S, R, M>(
     sink: &mut S,
     stream: &mut R,
     reader: &mut Reader,
@@ -249,7 +252,8 @@ async fn serve<S, R>(
     write_timeout: Duration,
 ) -> CloseReason
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<M, Error = axum::Error> + Unpin,
+    M: Outgoing,
     R: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let read = reader.run(stream);
@@ -275,14 +279,18 @@ where
 /// Sends the close frame for `reason`, or resets the socket when the peer
 /// does not take it in time (it stopped reading: its queued bytes would
 /// otherwise sit in kernel memory).
-async fn close<S>(sink: &mut S, reason: CloseReason, abort: &AbortSwitch)
+async fn close<S, M>(sink: &mut S, reason: CloseReason, abort: &AbortSwitch)
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<M, Error = axum::Error> + Unpin,
+    M: Outgoing,
 {
     let sent = match reason.frame() {
-        Some(frame) => tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame))))
-            .await
-            .is_ok_and(|r| r.is_ok()),
+        Some(frame) => tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            sink.send(M::from(Message::Close(Some(frame)))),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok()),
         // The peer closed: complete the close handshake if it still listens.
         None => tokio::time::timeout(CLOSE_TIMEOUT, sink.close())
             .await

@@ -7,7 +7,8 @@
 //! tracked so the drain can wait for it (axum's graceful shutdown does not).
 //!
 //! The query is validated by [`query`]. Each connection is served by [`connection`]: a [`reader`] for inbound
-//! frames and a [`writer`] that alone writes to the socket, with the pure
+//! frames and a [`writer`] that alone writes to the socket (or to what
+//! stands for it, [`outgoing`]), with the pure
 //! ordering [`cursor`], the [`opening`] (registration, join history), history reads for [`recovery`] and the [`close`]
 //! reasons.
 
@@ -17,6 +18,7 @@ pub(crate) mod close;
 mod connection;
 mod cursor;
 mod opening;
+pub(crate) mod outgoing;
 pub(crate) mod query;
 pub(crate) mod reader;
 mod recovery;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::close::CloseReason;
 use super::cursor::Cursor;
+use super::outgoing::Outgoing;
 use super::recovery::{self, RoomHistory};
 use super::writer::{bounded_write, WriterLimits};
 use super::Resume;
@@ -38,7 +39,7 @@ async fn banned_now(state: &AppState, room: &RoomId, user: &str) -> bool {
 /// sequence, or the reason to close with. `pending` (its place among the
 /// connections being opened) is freed when this returns.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn open<S>(
+pub(super) async fn open<S, M>(
     state: &AppState,
     room: &RoomId,
     conn_key: &str,
@@ -51,7 +52,8 @@ pub(super) async fn open<S>(
     pending: PendingPermit,
 ) -> Result<Cursor, CloseReason>
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<M, Error = axum::Error> + Unpin,
+    M: Outgoing,
 {
     let _pending = pending;
     let registration = Registration {
@@ -93,7 +95,7 @@ where
     };
     // The anonymous session goes right after the join's last history frame.
     for frame in joined.frames.into_iter().chain(session) {
-        let fed = sink.feed(Message::Text(frame.into()));
+        let fed = sink.feed(M::from(Message::Text(frame.into())));
         bounded_write(limits.write_timeout, kick, fed).await?;
     }
     bounded_write(limits.write_timeout, kick, sink.flush()).await?;

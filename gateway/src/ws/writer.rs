@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::close::CloseReason;
 use super::cursor::{Cursor, Step};
+use super::outgoing::Outgoing;
 use super::recovery::{self, HistorySource};
 use crate::delivery::queue;
 use crate::delivery::registry::{LiveMessage, Outbound};
@@ -77,9 +78,10 @@ impl<H: HistorySource> Writer<H> {
 
     /// Writes until the reader's end marker, with everything queued before it
     /// written (`Ok`), or until writing fails (`Err` with the reason to close).
-    pub(super) async fn run<S, E>(&mut self, sink: &mut S) -> Result<(), CloseReason>
+    pub(super) async fn run<S, E, M>(&mut self, sink: &mut S) -> Result<(), CloseReason>
     where
-        S: Sink<Message, Error = E> + Unpin,
+        S: Sink<M, Error = E> + Unpin,
+        M: Outgoing,
     {
         let mut ping = tokio::time::interval(self.limits.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -113,7 +115,7 @@ impl<H: HistorySource> Writer<H> {
                     }
                 }
                 _ = ping.tick() => {
-                    self.feed(sink, Message::Ping(Default::default())).await?;
+                    self.feed(sink, M::from(Message::Ping(Default::default()))).await?;
                     self.flush(sink).await?;
                 }
             }
@@ -123,18 +125,19 @@ impl<H: HistorySource> Writer<H> {
     /// Writes one queued item: a live message unless it is a repeat (a gap
     /// is filled first), a catch-up, or a reply. Returns `true` at the
     /// reader's end marker.
-    async fn deliver<S, E>(&mut self, sink: &mut S, out: Outbound) -> Result<bool, CloseReason>
+    async fn deliver<S, E, M>(&mut self, sink: &mut S, out: Outbound) -> Result<bool, CloseReason>
     where
-        S: Sink<Message, Error = E> + Unpin,
+        S: Sink<M, Error = E> + Unpin,
+        M: Outgoing,
     {
         match out {
             Outbound::Message(live) => self.deliver_live(sink, live).await?,
             Outbound::Resync => Box::pin(self.fill_gap(sink, u64::MAX)).await?,
-            Outbound::Reply(frame) => self.feed(sink, Message::Text(*frame)).await?,
+            Outbound::Reply(frame) => self.feed(sink, M::from(Message::Text(*frame))).await?,
             // No `seq`: written as-is, outside the cursor.
             Outbound::Ephemeral(frame) => {
                 let text = Arc::unwrap_or_clone(frame);
-                self.feed(sink, Message::Text(text)).await?
+                self.feed(sink, M::from(Message::Text(text))).await?
             }
             Outbound::ReaderDone => return Ok(true),
             Outbound::Banned => return Err(CloseReason::Banned),
@@ -142,16 +145,17 @@ impl<H: HistorySource> Writer<H> {
         Ok(false)
     }
 
-    async fn deliver_live<S, E>(
+    async fn deliver_live<S, E, M>(
         &mut self,
         sink: &mut S,
         live: Arc<LiveMessage>,
     ) -> Result<(), CloseReason>
     where
-        S: Sink<Message, Error = E> + Unpin,
+        S: Sink<M, Error = E> + Unpin,
+        M: Outgoing,
     {
         match self.cursor.on_live(live.seq, &live.epoch) {
-            Step::Send => self.feed(sink, Message::Text(live.frame.clone())).await,
+            Step::Send => self.feed(sink, M::live(&live)).await,
             Step::Skip => Ok(()),
             // The rare paths read Redis: boxed, so that every idle connection
             // does not carry the size of a Redis call in its state.
@@ -159,7 +163,7 @@ impl<H: HistorySource> Writer<H> {
             Step::FillGap => {
                 Box::pin(self.fill_gap(sink, live.seq)).await?;
                 match self.cursor.on_live(live.seq, &live.epoch) {
-                    Step::Send => self.feed(sink, Message::Text(live.frame.clone())).await,
+                    Step::Send => self.feed(sink, M::live(&live)).await,
                     Step::Skip | Step::Reset => Ok(()),
                     Step::FillGap => {
                         // History no longer holds the missing messages (they
@@ -171,7 +175,7 @@ impl<H: HistorySource> Writer<H> {
                         );
                         metrics::counter!(m::GW_GAPS_TRIMMED).increment(1);
                         self.cursor.skip_to(live.seq);
-                        self.feed(sink, Message::Text(live.frame.clone())).await
+                        self.feed(sink, M::live(&live)).await
                     }
                 }
             }
@@ -180,9 +184,10 @@ impl<H: HistorySource> Writer<H> {
 
     /// Sends stored messages with `last_seq < seq < upto`; on an epoch
     /// change, resets the client instead.
-    async fn fill_gap<S, E>(&mut self, sink: &mut S, upto: u64) -> Result<(), CloseReason>
+    async fn fill_gap<S, E, M>(&mut self, sink: &mut S, upto: u64) -> Result<(), CloseReason>
     where
-        S: Sink<Message, Error = E> + Unpin,
+        S: Sink<M, Error = E> + Unpin,
+        M: Outgoing,
     {
         let from = self.cursor.last_seq();
         let snap = match recovery::read_with_retry(&self.history, Range::After(from)).await {
@@ -215,7 +220,7 @@ impl<H: HistorySource> Writer<H> {
             self.cursor
                 .skip_to(newest.max(upto.saturating_sub(1).min(snap.latest_seq)));
             for f in frames {
-                self.feed(sink, Message::Text(f.into())).await?;
+                self.feed(sink, M::from(Message::Text(f.into()))).await?;
             }
             return Ok(());
         }
@@ -225,7 +230,8 @@ impl<H: HistorySource> Writer<H> {
                 continue;
             }
             if let Some(frame) = live_frame(record) {
-                self.feed(sink, Message::Text(frame.into())).await?;
+                self.feed(sink, M::from(Message::Text(frame.into())))
+                    .await?;
             }
         }
         Ok(())
@@ -234,9 +240,10 @@ impl<H: HistorySource> Writer<H> {
     /// The room's sequence restarted (its state was lost, e.g. Redis was
     /// replaced): send a `history` frame marked `reset: "epoch_changed"` with
     /// the new sequence's messages, and continue from there.
-    async fn reset<S, E>(&mut self, sink: &mut S) -> Result<(), CloseReason>
+    async fn reset<S, E, M>(&mut self, sink: &mut S) -> Result<(), CloseReason>
     where
-        S: Sink<Message, Error = E> + Unpin,
+        S: Sink<M, Error = E> + Unpin,
+        M: Outgoing,
     {
         let tail = Range::Tail(self.limits.reset_tail.max(1));
         let snap = match recovery::read_with_retry(&self.history, tail).await {
@@ -251,7 +258,7 @@ impl<H: HistorySource> Writer<H> {
         let frames = recovery::reset_frames(&snap, &self.room);
         self.cursor.reset(snap.latest_seq, snap.epoch);
         for f in frames {
-            self.feed(sink, Message::Text(f.into())).await?;
+            self.feed(sink, M::from(Message::Text(f.into()))).await?;
         }
         Ok(())
     }
@@ -262,9 +269,10 @@ impl<H: HistorySource> Writer<H> {
     /// Usually the buffer takes the frame at once. Only then does the wait
     /// (with its timer and kick future) run, boxed: its size would otherwise
     /// be part of every connection's writer, idle or not.
-    async fn feed<S, E>(&self, sink: &mut S, msg: Message) -> Result<(), CloseReason>
+    async fn feed<S, E, M>(&self, sink: &mut S, msg: M) -> Result<(), CloseReason>
     where
-        S: Sink<Message, Error = E> + Unpin,
+        S: Sink<M, Error = E> + Unpin,
+        M: Outgoing,
     {
         match poll_once(|cx| sink.poll_ready_unpin(cx)).await {
             Poll::Ready(Ok(())) => sink
@@ -280,9 +288,10 @@ impl<H: HistorySource> Writer<H> {
 
     /// Writes out everything queued; waits (boxed) only when the socket
     /// does not take it at once, as [`Self::feed`].
-    async fn flush<S, E>(&self, sink: &mut S) -> Result<(), CloseReason>
+    async fn flush<S, E, M>(&self, sink: &mut S) -> Result<(), CloseReason>
     where
-        S: Sink<Message, Error = E> + Unpin,
+        S: Sink<M, Error = E> + Unpin,
+        M: Outgoing,
     {
         match poll_once(|cx| sink.poll_flush_unpin(cx)).await {
             Poll::Ready(Ok(())) => Ok(()),

@@ -23,9 +23,11 @@
 //! client re-sends a request after a dropped connection, and a whole slot
 //! run after a redirect in any of its replies; an append that already ran
 //! would run again (stored twice, or its dedupe marker found and its own
-//! index entry removed). So the `*_once` requests go over a second cluster
-//! connection built with `retries(0)`, and [`conn`] re-sends only a single
-//! command a node refused to run. On a single Redis, redis-rs's
+//! index entry removed), and a worker's stream read would move entries into
+//! its pending list behind its back. So the `*_once` requests go over a
+//! second cluster connection built with `retries(0)`, so do dedicated
+//! connections (the workers' stream readers), and [`conn`] re-sends only a
+//! single command a node refused to run. On a single Redis, redis-rs's
 //! `ConnectionManager` never re-sends a command: after a dropped connection
 //! it reconnects and returns the error (its `number_of_retries` counts
 //! reconnection attempts), and [`RedisHandle::with_retry`] repeats only

@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
+pub mod receiver;
 pub mod sse;
 pub mod store;
 pub mod webhooks;

@@ -50,11 +50,11 @@ fn snap(seqs: std::ops::RangeInclusive<u64>, epoch: &str) -> Snapshot {
 }
 
 fn live(seq: u64, epoch: &str) -> Outbound {
-    Outbound::Message(Arc::new(LiveMessage {
+    Outbound::Message(Arc::new(LiveMessage::new(
         seq,
-        epoch: Arc::from(epoch),
-        frame: live_frame(&record(seq)).unwrap().into(),
-    }))
+        Arc::from(epoch),
+        live_frame(&record(seq)).unwrap().into(),
+    )))
 }
 
 /// Runs a writer at `last_seq` 1 of epoch `e` over `deliveries` until it

@@ -15,8 +15,11 @@
 //! - `persist`: entries appended straight to the streams, timed until the
 //!   worker has persisted and published them all;
 //! - `reactors`: blocks of distinct users each adding 👍 to one message,
-//!   with Redis CPU time per reaction per block.
+//!   with Redis CPU time per reaction per block;
+//! - `bigroom members` / `bigroom publish`: one large room over several
+//!   client processes, its connect rate and one message delivered to all.
 
+mod bigroom;
 mod client;
 mod cpu;
 mod reactors;
@@ -171,6 +174,9 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         parallel: usize,
     },
+    /// One large room over several processes: members, or the publisher.
+    #[command(subcommand)]
+    Bigroom(bigroom::Role),
 }
 
 /// Refuses any target that is not a loopback address: load tests stay on this host.
@@ -333,6 +339,7 @@ async fn main() -> anyhow::Result<()> {
             ensure_loopback(&chat_shared::config::normalize_redis_url(&redis_url))?;
             reactors::reactors(&targets(&common)?, &redis_url, users, block, parallel).await?
         }
+        Scenario::Bigroom(role) => bigroom::run(role).await?,
     };
     report.print();
     Ok(())

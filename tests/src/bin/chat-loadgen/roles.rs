@@ -1,6 +1,6 @@
-//! The two client roles: a subscriber that checks every delivery, and a
-//! publisher that sends at a fixed rate or as fast as a window of unacked
-//! messages allows.
+//! The two client roles: a subscriber that checks every delivery (on a
+//! WebSocket or, through [`Frames`], on `/sse`), and a publisher that sends
+//! at a fixed rate or as fast as a window of unacked messages allows.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::client::{self, Incoming};
 use crate::stats::SubStats;
@@ -75,30 +75,62 @@ pub(crate) struct Mix {
     pub(crate) react_every: u64,
 }
 
-/// Reads frames until the `history` frame of the join.
-async fn joined(ws: &mut client::Ws) -> anyhow::Result<()> {
-    while let Some(msg) = ws.next().await {
-        if let Message::Text(t) = msg? {
-            let f: Incoming<'_> = serde_json::from_str(t.as_str())?;
-            if f.kind == "history" {
-                return Ok(());
+/// Where a subscriber reads the server's frames: a WebSocket, or an `/sse`
+/// stream (`sse_sub`).
+pub(crate) trait Frames {
+    /// A frame's text.
+    type Text: AsRef<str>;
+    /// The next text frame; `None` once the server has ended the stream.
+    async fn next_text(&mut self) -> anyhow::Result<Option<Self::Text>>;
+}
+
+impl Frames for client::Ws {
+    type Text = Utf8Bytes;
+    async fn next_text(&mut self) -> anyhow::Result<Option<Utf8Bytes>> {
+        while let Some(msg) = self.next().await {
+            if let Message::Text(t) = msg? {
+                return Ok(Some(t));
             }
+        }
+        Ok(None)
+    }
+}
+
+/// Reads frames until the `history` frame of the join.
+async fn joined(frames: &mut impl Frames) -> anyhow::Result<()> {
+    while let Some(t) = frames.next_text().await? {
+        let f: Incoming<'_> = serde_json::from_str(t.as_ref())?;
+        if f.kind == "history" {
+            return Ok(());
         }
     }
     anyhow::bail!("closed before the history frame")
 }
 
-/// Joins `room`, reports readiness, then records deliveries until it has
-/// `target` distinct messages (once known) or `deadline` passes.
+/// Joins `room` over a WebSocket, then [`subscribe`]s.
 pub(crate) async fn subscriber(
     url: String,
     source: Option<IpAddr>,
     ready: mpsc::Sender<()>,
-    mut target: watch::Receiver<Option<u64>>,
+    target: watch::Receiver<Option<u64>>,
     deadline: Duration,
 ) -> anyhow::Result<SubStats> {
     let mut ws = client::connect(&url, source).await?;
-    joined(&mut ws).await?;
+    let stats = subscribe(&mut ws, ready, target, deadline).await?;
+    let _ = ws.close(None).await;
+    Ok(stats)
+}
+
+/// Waits for the join's history on `frames`, reports readiness, then
+/// records deliveries until it has `target` distinct messages (once known)
+/// or `deadline` passes.
+pub(crate) async fn subscribe(
+    frames: &mut impl Frames,
+    ready: mpsc::Sender<()>,
+    mut target: watch::Receiver<Option<u64>>,
+    deadline: Duration,
+) -> anyhow::Result<SubStats> {
+    joined(frames).await?;
     let _ = ready.send(()).await;
     let mut stats = SubStats::new();
     // One timer for the whole run, not one per received frame.
@@ -110,11 +142,10 @@ pub(crate) async fn subscriber(
         }
         tokio::select! {
             biased;
-            msg = ws.next() => {
-                let Some(msg) = msg else { break };
-                let Message::Text(t) = msg? else { continue };
+            t = frames.next_text() => {
+                let Some(t) = t? else { break };
                 let now = client::now_us();
-                let f: Incoming<'_> = serde_json::from_str(t.as_str())?;
+                let f: Incoming<'_> = serde_json::from_str(t.as_ref())?;
                 if f.kind != "message" {
                     continue;
                 }
@@ -127,7 +158,6 @@ pub(crate) async fn subscriber(
             _ = &mut end => break,
         }
     }
-    let _ = ws.close(None).await;
     Ok(stats)
 }
 

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::client::{self, Incoming};
+use crate::roles::{self, Frames};
 use crate::stats::SubStats;
 
 /// An open event stream: the socket and the undecoded event text.
@@ -86,48 +86,22 @@ impl Stream {
     }
 }
 
-/// The SSE twin of `roles::subscriber`: joins, reports readiness, records
-/// deliveries until it has `target` distinct messages or `deadline` passes.
+impl Frames for Stream {
+    type Text = String;
+    async fn next_text(&mut self) -> anyhow::Result<Option<String>> {
+        self.next_data().await
+    }
+}
+
+/// The SSE twin of `roles::subscriber`: opens `/sse`, then
+/// [`roles::subscribe`]s.
 pub(crate) async fn subscriber(
     url: String,
     source: Option<IpAddr>,
     ready: mpsc::Sender<()>,
-    mut target: watch::Receiver<Option<u64>>,
+    target: watch::Receiver<Option<u64>>,
     deadline: Duration,
 ) -> anyhow::Result<SubStats> {
     let mut stream = Stream::open(&url, source).await?;
-    loop {
-        let data = stream.next_data().await?.context("closed before history")?;
-        let f: Incoming<'_> = serde_json::from_str(&data)?;
-        if f.kind == "history" {
-            break;
-        }
-    }
-    let _ = ready.send(()).await;
-    let mut stats = SubStats::new();
-    let end = tokio::time::sleep(deadline);
-    tokio::pin!(end);
-    loop {
-        if target.borrow().is_some_and(|t| stats.unique() >= t) {
-            break;
-        }
-        tokio::select! {
-            biased;
-            data = stream.next_data() => {
-                let Some(data) = data? else { break };
-                let now = client::now_us();
-                let f: Incoming<'_> = serde_json::from_str(&data)?;
-                if f.kind != "message" {
-                    continue;
-                }
-                let Some(d) = f.data else { continue };
-                if let Some((p, n, sent)) = d.message.as_deref().and_then(client::parse_payload) {
-                    stats.record(p, n, sent, d.seq.unwrap_or(0), now);
-                }
-            }
-            r = target.changed() => if r.is_err() { break },
-            _ = &mut end => break,
-        }
-    }
-    Ok(stats)
+    roles::subscribe(&mut stream, ready, target, deadline).await
 }
