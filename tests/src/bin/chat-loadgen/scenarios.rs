@@ -242,17 +242,7 @@ pub(crate) async fn conns(
         }));
     }
     drop(ok_tx);
-    let (mut ok, mut failed) = (0u64, 0u64);
-    while let Some(r) = ok_rx.recv().await {
-        if r {
-            ok += 1
-        } else {
-            failed += 1
-        }
-        if ok + failed == count as u64 {
-            break;
-        }
-    }
+    let (ok, failed) = tally_connects(&mut ok_rx, count).await;
     let connect_secs = started.elapsed().as_secs_f64();
     // Let the gateways settle (registrations, history frames) before measuring.
     tokio::time::sleep(hold).await;
@@ -443,4 +433,22 @@ async fn worker_counter(addrs: &str) -> anyhow::Result<f64> {
             .unwrap_or(0.0);
     }
     Ok(total)
+}
+
+/// Counts the connection outcomes (`true`: connected) sent on `rx` until
+/// all `count` attempts have reported or every sender is gone; returns
+/// (connected, failed).
+pub(crate) async fn tally_connects(rx: &mut mpsc::Receiver<bool>, count: usize) -> (u64, u64) {
+    let (mut ok, mut failed) = (0u64, 0u64);
+    while let Some(r) = rx.recv().await {
+        if r {
+            ok += 1
+        } else {
+            failed += 1
+        }
+        if ok + failed == count as u64 {
+            break;
+        }
+    }
+    (ok, failed)
 }

@@ -201,17 +201,7 @@ pub(crate) async fn conns_retrying(
         }));
     }
     drop(ok_tx);
-    let (mut ok, mut failed) = (0u64, 0u64);
-    while let Some(r) = ok_rx.recv().await {
-        if r {
-            ok += 1
-        } else {
-            failed += 1
-        }
-        if ok + failed == count as u64 {
-            break;
-        }
-    }
+    let (ok, failed) = crate::scenarios::tally_connects(&mut ok_rx, count).await;
     let connect_secs = started.elapsed().as_secs_f64();
     eprintln!("conns --retry: {ok} registered, {failed} gave up in {connect_secs:.1} s; holding");
     tokio::time::sleep(hold).await;
